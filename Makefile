@@ -1,0 +1,34 @@
+# The documented commands. CI runs `make test` (via .ci/run).
+PYTHON ?= python3
+VENV ?= .venv
+BIN = $(VENV)/bin
+
+.PHONY: install run test lint typecheck unit docs bench
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e '.[dev]'
+	touch $@
+
+run: install
+	$(BIN)/fleetops serve
+
+lint: install
+	$(BIN)/ruff check src tests bench
+	$(BIN)/ruff format --check src tests bench
+
+typecheck: install
+	$(BIN)/mypy
+
+docs: install
+	$(BIN)/python -m fleetops.api.docs > docs/api.md
+
+test: lint typecheck
+	$(BIN)/python -m fleetops.api.docs --check docs/api.md
+	$(BIN)/pytest -q
+
+unit: install
+	$(BIN)/pytest -q tests/unit

@@ -1,0 +1,10 @@
+"""Every implemented action, collected for the registry and for docs/api.md."""
+
+from __future__ import annotations
+
+from fleetops.api.actions import products
+from fleetops.api.registry import Action
+
+
+def all_actions() -> tuple[Action, ...]:
+    return (*products.ACTIONS,)

@@ -1,0 +1,175 @@
+"""The HTTP front door: one endpoint (``/``) that speaks Tencent Cloud API 3.0.
+
+Order of checks (cloud-api.md section 5, server-side verification): method and size, request shape and
+Authorization format, action and version, clock skew, SecretId, signature, rate limit, then the action's
+parameters. Every response is HTTP 200 with the JSON envelope; a client's mistake is never an InternalError.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import PlainTextResponse, Response
+from starlette.routing import BaseRoute, Route
+
+from fleetops import errors
+from fleetops.api.decoding import decode_params
+from fleetops.api.envelope import CONTENT_TYPE, error_body, new_request_id, success_body
+from fleetops.api.ratelimit import RateLimiter
+from fleetops.api.registry import ActionContext, Registry
+from fleetops.api.request import RawRequest, check_timestamp, detect_language, parse_request, verify_signature
+from fleetops.backend.container import Backend
+from fleetops.store.accounts import AccountStore
+
+log = logging.getLogger("fleetops.access")
+error_log = logging.getLogger("fleetops.api")
+
+# Documented request size limits (cloud-api.md section 1): GET 32 KB, v1-signed POST 1 MB, TC3 POST 10 MB.
+MAX_GET_QUERY_BYTES = 32 * 1024
+MAX_V1_POST_BYTES = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class ApiConfig:
+    max_body_bytes: int = 10 * 1024 * 1024
+    clock_skew_s: int = 300
+
+
+class ApiEndpoint:
+    """Turns one HTTP request into one action call and renders the envelope."""
+
+    def __init__(
+        self,
+        registry: Registry,
+        accounts: AccountStore,
+        backend: Backend,
+        limiter: RateLimiter,
+        config: ApiConfig,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._registry = registry
+        self._accounts = accounts
+        self._backend = backend
+        self._limiter = limiter
+        self._config = config
+        self._clock = clock
+
+    async def __call__(self, request: Request) -> Response:
+        started = time.perf_counter()
+        request_id = new_request_id()
+        outcome, action_name, account = "OK", "-", "-"
+        language = "en-US"
+        try:
+            raw = await self._read(request)
+            language = detect_language(raw)
+            result, action_name, account = await self._dispatch(raw, request_id, language)
+            body = success_body(result, request_id)
+        except errors.ApiError as exc:
+            outcome = exc.code
+            body = error_body(exc, request_id, language)
+        except Exception:
+            outcome = "InternalError"
+            error_log.exception("unhandled error in %s (RequestId %s)", action_name, request_id)
+            body = error_body(errors.InternalError(), request_id, language)
+        elapsed_ms = (time.perf_counter() - started) * 1000
+        log.info(
+            "action=%s account=%s request_id=%s outcome=%s latency_ms=%.1f",
+            action_name, account, request_id, outcome, elapsed_ms,
+        )
+        return Response(body, status_code=200, headers={"content-type": CONTENT_TYPE})
+
+    async def _read(self, request: Request) -> RawRequest:
+        method = request.method.upper()
+        headers = {k.lower(): v for k, v in request.headers.items()}
+        raw_query = request.scope.get("query_string", b"").decode("latin-1")
+        if method not in ("GET", "POST"):
+            raise errors.UnsupportedProtocol(
+                f"HTTP method {method} is not supported: send the request with GET or POST."
+            )
+        if method == "GET" and len(raw_query) > MAX_GET_QUERY_BYTES:
+            raise errors.RequestSizeLimitExceeded(
+                f"The GET query string is {len(raw_query)} bytes; at most {MAX_GET_QUERY_BYTES} bytes are "
+                "accepted. Send large requests as POST."
+            )
+        body = b""
+        if method == "POST":
+            body = await self._read_body(request, headers)
+        return RawRequest(method=method, raw_query=raw_query, headers=headers, body=body)
+
+    async def _read_body(self, request: Request, headers: dict[str, str]) -> bytes:
+        # v1-signed requests carry no Authorization header; they are limited to 1 MB, TC3 to max_body_bytes.
+        limit = self._config.max_body_bytes if "authorization" in headers else MAX_V1_POST_BYTES
+        declared = headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > limit:
+            raise _too_large(int(declared), limit)
+        chunks: list[bytes] = []
+        size = 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise _too_large(size, limit)
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    async def _dispatch(self, raw: RawRequest, request_id: str, language: str) -> tuple[dict[str, Any], str, str]:
+        parsed = parse_request(raw)
+        action = self._registry.get(parsed.action)
+        if action is None:
+            raise errors.InvalidAction(
+                f"The action `{parsed.action}` does not exist in iotcloud 2018-06-14. "
+                f"Supported actions: {', '.join(self._registry.names())}."
+            )
+        now = int(self._clock())
+        check_timestamp(parsed, now=now, skew_s=self._config.clock_skew_s)
+        key = await self._accounts.get_key(parsed.secret_id)
+        if key is None or not key.enabled:
+            raise errors.SecretIdNotFound(
+                f"The SecretId `{parsed.secret_id}` does not exist or is disabled. "
+                "Check the key (fleetops keys list) and use an enabled one."
+            )
+        verify_signature(parsed, raw, key.secret_key, now=now)
+        if not self._limiter.allow(key.secret_id, action.name):
+            raise errors.RequestLimitExceeded(
+                f"More than {self._limiter.per_second} {action.name} requests per second for this SecretId. "
+                "Slow down and retry."
+            )
+        params = decode_params(parsed.params, action.params, from_strings=parsed.from_strings)
+        ctx = ActionContext(
+            account_id=key.account_id,
+            secret_id=key.secret_id,
+            request_id=request_id,
+            language=language,
+            backend=self._backend,
+        )
+        return await action.handler(ctx, params), action.name, key.account_name
+
+
+def _too_large(size: int, limit: int) -> errors.RequestSizeLimitExceeded:
+    return errors.RequestSizeLimitExceeded(
+        f"The request body is at least {size} bytes; at most {limit} bytes are accepted for this signature method."
+    )
+
+
+async def _healthz(_request: Request) -> Response:
+    return PlainTextResponse("ok")
+
+
+def create_app(
+    endpoint: ApiEndpoint,
+    *,
+    extra_routes: Sequence[BaseRoute] = (),
+    lifespan: Any = None,
+) -> Starlette:
+    methods = ["GET", "POST", "PUT", "DELETE", "PATCH", "HEAD", "OPTIONS"]
+    routes: list[BaseRoute] = [
+        Route("/", endpoint, methods=methods),
+        Route("/healthz", _healthz, methods=["GET"]),
+        *extra_routes,
+    ]
+    return Starlette(routes=routes, lifespan=lifespan)

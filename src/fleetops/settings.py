@@ -1,0 +1,93 @@
+"""One settings object, built once by the CLI and passed down.
+
+Every field can be set by a ``FLEETOPS_<FIELD>`` environment variable (the CLI options override them). Nothing
+reads the environment at import time.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+from fleetops.errors import ConfigurationError
+
+ENV_PREFIX = "FLEETOPS_"
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Runtime configuration. Field docs double as the operator reference in docs/configuration.md."""
+
+    host: str = field(default="127.0.0.1", metadata={"doc": "HTTP API listen address"})
+    port: int = field(default=8080, metadata={"doc": "HTTP API listen port"})
+    data_dir: Path = field(default=Path("fleetops-data"), metadata={"doc": "directory for SQLite and credentials"})
+    database_url: str = field(
+        default="", metadata={"doc": "SQLAlchemy URL; empty = SQLite in data_dir (postgresql://... for PostgreSQL)"}
+    )
+    mqtt_host: str = field(default="127.0.0.1", metadata={"doc": "embedded MQTT broker listen address"})
+    mqtt_port: int = field(default=1883, metadata={"doc": "embedded MQTT broker listen port"})
+    mqtt_url: str = field(
+        default="", metadata={"doc": "external broker (mqtt://user:pass@host:port); empty = embedded broker"}
+    )
+    mqtt_client_id: str = field(default="", metadata={"doc": "client id of this node on an external broker"})
+    rate_limit_per_s: int = field(default=100, metadata={"doc": "requests per second per SecretId per action"})
+    max_body_bytes: int = field(default=10 * 1024 * 1024, metadata={"doc": "largest TC3 POST body accepted"})
+    clock_skew_s: int = field(default=300, metadata={"doc": "allowed request timestamp skew"})
+    max_pending_tasks: int = field(
+        default=10, metadata={"doc": "tasks waiting or processing per account (CreateTask limit)"}
+    )
+    task_retention_s: int = field(default=30 * 86400, metadata={"doc": "how long finished tasks are kept"})
+    task_batch_size: int = field(default=5000, metadata={"doc": "devices per executor batch (one transaction)"})
+    task_poll_interval_s: float = field(default=0.5, metadata={"doc": "scheduler poll interval"})
+    task_lease_s: int = field(default=30, metadata={"doc": "a node's lease on a running task"})
+    broker_wait_s: float = field(default=30.0, metadata={"doc": "how long a publish waits for a down broker"})
+    node_id: str = field(default="", metadata={"doc": "this node's name in task leases (default host:pid)"})
+    log_level: str = field(default="INFO", metadata={"doc": "log level"})
+
+    @property
+    def effective_database_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{(self.data_dir / 'fleetops.db').resolve()}"
+
+    def with_overrides(self, **overrides: Any) -> Settings:
+        """A copy with the non-None overrides applied (CLI options)."""
+        given = {k: v for k, v in overrides.items() if v is not None}
+        return _coerce(replace(self, **given))
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        env = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        for f in fields(cls):
+            raw = env.get(ENV_PREFIX + f.name.upper())
+            if raw is not None:
+                values[f.name] = raw
+        return _coerce(cls(**values))
+
+
+def _coerce(settings: Settings) -> Settings:
+    """Convert string values (from the environment) to each field's type, with a clear error."""
+    converted: dict[str, Any] = {}
+    for f in fields(settings):
+        value = getattr(settings, f.name)
+        default = f.default
+        try:
+            if isinstance(default, bool):
+                converted[f.name] = value if isinstance(value, bool) else str(value).lower() in ("1", "true", "yes")
+            elif isinstance(default, int):
+                converted[f.name] = int(value)
+            elif isinstance(default, float):
+                converted[f.name] = float(value)
+            elif isinstance(default, Path):
+                converted[f.name] = Path(value)
+            else:
+                converted[f.name] = str(value)
+        except ValueError as exc:
+            raise ConfigurationError(
+                f"setting {f.name} ({ENV_PREFIX}{f.name.upper()}) must be a {type(default).__name__}, got {value!r}"
+            ) from exc
+    return Settings(**converted)

@@ -1,0 +1,126 @@
+"""Initial schema: accounts, keys, products, devices with shadows, tasks.
+
+Revision ID: 0001
+Revises:
+"""
+
+import sqlalchemy as sa
+from alembic import op
+from sqlalchemy.dialects.postgresql import JSONB
+
+revision = "0001"
+down_revision = None
+branch_labels = None
+depends_on = None
+
+Json = sa.JSON().with_variant(JSONB(), "postgresql")
+
+# RFC 7396 JSON merge patch for jsonb: the same merge SQLite's built-in json_patch() does, so the task executor can
+# merge desired state inside PostgreSQL exactly as domain.shadow.merge_patch does in Python.
+MERGE_PATCH_FUNCTION = """
+CREATE OR REPLACE FUNCTION fleetops_merge_patch(target jsonb, patch jsonb) RETURNS jsonb
+LANGUAGE plpgsql IMMUTABLE AS $$
+BEGIN
+  IF patch IS NULL OR jsonb_typeof(patch) <> 'object' THEN
+    RETURN patch;
+  END IF;
+  IF target IS NULL OR jsonb_typeof(target) <> 'object' THEN
+    target := '{}'::jsonb;
+  END IF;
+  RETURN (
+    SELECT COALESCE(jsonb_object_agg(s.key, s.value), '{}'::jsonb) FROM (
+      SELECT t.key, t.value FROM jsonb_each(target) t WHERE NOT (patch ? t.key)
+      UNION ALL
+      SELECT p.key, fleetops_merge_patch(target -> p.key, p.value)
+        FROM jsonb_each(patch) p WHERE jsonb_typeof(p.value) <> 'null'
+    ) s
+  );
+END
+$$;
+"""
+
+
+def upgrade() -> None:
+    op.create_table(
+        "accounts",
+        sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+        sa.Column("name", sa.String(64), nullable=False, unique=True),
+        sa.Column("created_at", sa.BigInteger, nullable=False),
+    )
+    op.create_table(
+        "api_keys",
+        sa.Column("secret_id", sa.String(64), primary_key=True),
+        sa.Column("secret_key", sa.String(128), nullable=False),
+        sa.Column("account_id", sa.Integer, sa.ForeignKey("accounts.id"), nullable=False, index=True),
+        sa.Column("enabled", sa.Boolean, nullable=False, server_default=sa.true()),
+        sa.Column("created_at", sa.BigInteger, nullable=False),
+    )
+    op.create_table(
+        "products",
+        sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+        sa.Column("account_id", sa.Integer, sa.ForeignKey("accounts.id"), nullable=False),
+        sa.Column("product_id", sa.String(10), nullable=False, unique=True),
+        sa.Column("name", sa.String(32), nullable=False),
+        sa.Column("properties", Json, nullable=False),
+        sa.Column("created_at", sa.BigInteger, nullable=False),
+        sa.UniqueConstraint("account_id", "name", name="uq_products_account_name"),
+    )
+    op.create_table(
+        "devices",
+        sa.Column("id", sa.BigInteger().with_variant(sa.Integer, "sqlite"), primary_key=True, autoincrement=True),
+        sa.Column("product_pk", sa.Integer, sa.ForeignKey("products.id"), nullable=False),
+        sa.Column("name", sa.String(48), nullable=False),
+        sa.Column("psk", sa.String(128), nullable=False),
+        sa.Column("enabled", sa.Boolean, nullable=False, server_default=sa.true()),
+        sa.Column("tags", Json, nullable=True),
+        sa.Column("created_at", sa.BigInteger, nullable=False),
+        sa.Column("online", sa.Boolean, nullable=False, server_default=sa.false()),
+        sa.Column("login_time", sa.BigInteger, nullable=False, server_default="0"),
+        sa.Column("last_offline_time", sa.BigInteger, nullable=True),
+        sa.Column("first_online_time", sa.BigInteger, nullable=True),
+        sa.Column("client_ip", sa.String(64), nullable=True),
+        sa.Column("shadow_reported", Json, nullable=False),
+        sa.Column("shadow_desired", Json, nullable=True),
+        sa.Column("shadow_meta_reported", Json, nullable=False),
+        sa.Column("shadow_meta_desired", Json, nullable=False),
+        sa.Column("shadow_version", sa.BigInteger, nullable=False, server_default="0"),
+        sa.Column("shadow_ts_ms", sa.BigInteger, nullable=False, server_default="0"),
+        sa.UniqueConstraint("product_pk", "name", name="uq_devices_product_name"),
+    )
+    op.create_table(
+        "tasks",
+        sa.Column("id", sa.String(24), primary_key=True),
+        sa.Column("account_id", sa.Integer, sa.ForeignKey("accounts.id"), nullable=False),
+        sa.Column("product_pk", sa.Integer, nullable=False),
+        sa.Column("product_id", sa.String(10), nullable=False),
+        sa.Column("type", sa.String(32), nullable=False),
+        sa.Column("name_filter", sa.Text, nullable=False),
+        sa.Column("spec", Json, nullable=False),
+        sa.Column("status", sa.SmallInteger, nullable=False),
+        sa.Column("created_at", sa.BigInteger, nullable=False),
+        sa.Column("updated_at", sa.BigInteger, nullable=False),
+        sa.Column("schedule_time", sa.BigInteger, nullable=False),
+        sa.Column("started_at", sa.BigInteger, nullable=True),
+        sa.Column("done_time", sa.BigInteger, nullable=False, server_default="0"),
+        sa.Column("max_execution_s", sa.Integer, nullable=False),
+        sa.Column("ret_code", sa.Integer, nullable=False, server_default="0"),
+        sa.Column("err_msg", sa.Text, nullable=False, server_default=""),
+        sa.Column("all_device_cnt", sa.BigInteger, nullable=False, server_default="0"),
+        sa.Column("done_device_cnt", sa.BigInteger, nullable=False, server_default="0"),
+        sa.Column("snapshot_device_id", sa.BigInteger, nullable=True),
+        sa.Column("applied_cursor", sa.String(48), nullable=True),
+        sa.Column("pushed_cursor", sa.String(48), nullable=True),
+        sa.Column("lease_owner", sa.String(128), nullable=True),
+        sa.Column("lease_until", sa.BigInteger, nullable=True),
+    )
+    op.create_index("ix_tasks_account_created", "tasks", ["account_id", "created_at"])
+    op.create_index("ix_tasks_status_schedule", "tasks", ["status", "schedule_time"])
+    if op.get_bind().dialect.name == "postgresql":
+        op.execute(MERGE_PATCH_FUNCTION)
+
+
+def downgrade() -> None:
+    if op.get_bind().dialect.name == "postgresql":
+        op.execute("DROP FUNCTION IF EXISTS fleetops_merge_patch(jsonb, jsonb)")
+    for name in ("tasks", "devices", "products", "api_keys", "accounts"):
+        op.drop_table(name)

@@ -1,0 +1,100 @@
+"""The one schema, as SQLAlchemy Core tables. Alembic migrations (store/migrations) create exactly this.
+
+JSON columns are JSONB on PostgreSQL and JSON text on SQLite, so the task executor can merge desired state
+inside the database on both (``json_patch`` / ``fleetops_merge_patch``).
+"""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+from sqlalchemy.dialects.postgresql import JSONB
+
+metadata = sa.MetaData()
+
+Json = sa.JSON().with_variant(JSONB(), "postgresql")
+
+accounts = sa.Table(
+    "accounts",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("name", sa.String(64), nullable=False, unique=True),
+    sa.Column("created_at", sa.BigInteger, nullable=False),
+)
+
+api_keys = sa.Table(
+    "api_keys",
+    metadata,
+    sa.Column("secret_id", sa.String(64), primary_key=True),
+    sa.Column("secret_key", sa.String(128), nullable=False),
+    sa.Column("account_id", sa.Integer, sa.ForeignKey("accounts.id"), nullable=False, index=True),
+    sa.Column("enabled", sa.Boolean, nullable=False, server_default=sa.true()),
+    sa.Column("created_at", sa.BigInteger, nullable=False),
+)
+
+products = sa.Table(
+    "products",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("account_id", sa.Integer, sa.ForeignKey("accounts.id"), nullable=False),
+    sa.Column("product_id", sa.String(10), nullable=False, unique=True),
+    sa.Column("name", sa.String(32), nullable=False),
+    sa.Column("properties", Json, nullable=False),
+    sa.Column("created_at", sa.BigInteger, nullable=False),
+    sa.UniqueConstraint("account_id", "name", name="uq_products_account_name"),
+)
+
+devices = sa.Table(
+    "devices",
+    metadata,
+    sa.Column("id", sa.BigInteger().with_variant(sa.Integer, "sqlite"), primary_key=True, autoincrement=True),
+    sa.Column("product_pk", sa.Integer, sa.ForeignKey("products.id"), nullable=False),
+    sa.Column("name", sa.String(48), nullable=False),
+    sa.Column("psk", sa.String(128), nullable=False),
+    sa.Column("enabled", sa.Boolean, nullable=False, server_default=sa.true()),
+    sa.Column("tags", Json, nullable=True),
+    sa.Column("created_at", sa.BigInteger, nullable=False),
+    sa.Column("online", sa.Boolean, nullable=False, server_default=sa.false()),
+    sa.Column("login_time", sa.BigInteger, nullable=False, server_default="0"),
+    sa.Column("last_offline_time", sa.BigInteger, nullable=True),
+    sa.Column("first_online_time", sa.BigInteger, nullable=True),
+    sa.Column("client_ip", sa.String(64), nullable=True),
+    # the shadow, one row per device (device-protocol.md section 6.1)
+    sa.Column("shadow_reported", Json, nullable=False),
+    sa.Column("shadow_desired", Json, nullable=True),
+    sa.Column("shadow_meta_reported", Json, nullable=False),
+    sa.Column("shadow_meta_desired", Json, nullable=False),
+    sa.Column("shadow_version", sa.BigInteger, nullable=False, server_default="0"),
+    sa.Column("shadow_ts_ms", sa.BigInteger, nullable=False, server_default="0"),
+    sa.UniqueConstraint("product_pk", "name", name="uq_devices_product_name"),
+)
+
+tasks = sa.Table(
+    "tasks",
+    metadata,
+    sa.Column("id", sa.String(24), primary_key=True),
+    sa.Column("account_id", sa.Integer, sa.ForeignKey("accounts.id"), nullable=False),
+    sa.Column("product_pk", sa.Integer, nullable=False),
+    sa.Column("product_id", sa.String(10), nullable=False),
+    sa.Column("type", sa.String(32), nullable=False),
+    sa.Column("name_filter", sa.Text, nullable=False),
+    sa.Column("spec", Json, nullable=False),
+    sa.Column("status", sa.SmallInteger, nullable=False),
+    sa.Column("created_at", sa.BigInteger, nullable=False),
+    sa.Column("updated_at", sa.BigInteger, nullable=False),
+    sa.Column("schedule_time", sa.BigInteger, nullable=False),
+    sa.Column("started_at", sa.BigInteger, nullable=True),
+    sa.Column("done_time", sa.BigInteger, nullable=False, server_default="0"),
+    sa.Column("max_execution_s", sa.Integer, nullable=False),
+    sa.Column("ret_code", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("err_msg", sa.Text, nullable=False, server_default=""),
+    sa.Column("all_device_cnt", sa.BigInteger, nullable=False, server_default="0"),
+    sa.Column("done_device_cnt", sa.BigInteger, nullable=False, server_default="0"),
+    # execution state: the devices snapshot and how far each step got (engine/executor.py)
+    sa.Column("snapshot_device_id", sa.BigInteger, nullable=True),
+    sa.Column("applied_cursor", sa.String(48), nullable=True),
+    sa.Column("pushed_cursor", sa.String(48), nullable=True),
+    sa.Column("lease_owner", sa.String(128), nullable=True),
+    sa.Column("lease_until", sa.BigInteger, nullable=True),
+    sa.Index("ix_tasks_account_created", "account_id", "created_at"),
+    sa.Index("ix_tasks_status_schedule", "status", "schedule_time"),
+)
