@@ -25,9 +25,12 @@ typecheck: install
 
 docs: install
 	$(BIN)/python -m fleetops.api.docs > docs/api.md
+	$(BIN)/python -m fleetops.settings > docs/configuration.md
 
 test: lint typecheck
 	$(BIN)/python -m fleetops.api.docs --check docs/api.md
+	$(BIN)/python -m fleetops.settings | diff -q - docs/configuration.md >/dev/null || \
+		{ echo "docs/configuration.md is stale: run make docs"; exit 1; }
 	$(BIN)/pytest -q
 
 unit: install

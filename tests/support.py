@@ -8,7 +8,7 @@ import secrets
 import socket
 import threading
 import time
-from collections.abc import Coroutine, Iterator
+from collections.abc import Awaitable, Callable, Coroutine, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -190,3 +190,218 @@ def sdk_error_code(call: Any) -> str:
     except TencentCloudSDKException as exc:
         return str(exc.get_code())
     raise AssertionError("the call succeeded but an error was expected")
+
+
+# --- batch tasks: a database with one product, a fake clock and a recording publisher ----------------------
+
+
+class FakeClock:
+    """An injectable clock (Unix seconds as float) that moves only when told."""
+
+    def __init__(self, start: float = 1_700_000_000.0) -> None:
+        self.now = start
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+class TaskPublisher:
+    """A :class:`~fleetops.messaging.ports.Publisher` that records every message (thread-safe).
+
+    ``down`` makes it raise BrokerUnavailable like a broker that is gone; ``before_publish`` runs (awaited)
+    before each call, so a test can act at a batch boundary (advance a clock, add devices, crash).
+    """
+
+    def __init__(self) -> None:
+        self.messages: list[tuple[str, bytes]] = []
+        self.calls = 0
+        self.refused = 0
+        self.down = False
+        self.before_publish: Callable[[int], Awaitable[None]] | None = None
+        self._lock = threading.Lock()
+
+    async def publish(self, topic: str, payload: bytes, qos: int) -> None:
+        await self.publish_many([(topic, payload)], qos)
+
+    async def publish_many(self, messages: Sequence[tuple[str, bytes]], qos: int) -> None:
+        from fleetops.errors import BrokerUnavailable
+
+        assert qos == 0, "batch tasks publish with QoS 0"
+        self.calls += 1
+        if self.before_publish is not None:
+            await self.before_publish(self.calls)
+        if self.down:
+            self.refused += 1
+            raise BrokerUnavailable("the test broker is down")
+        with self._lock:
+            self.messages.extend(messages)
+
+    def subscribed(self, topic: str) -> bool | None:
+        return None
+
+    def online(self, product_id: str, device_name: str) -> bool | None:
+        return None
+
+    def by_topic(self) -> dict[str, list[bytes]]:
+        with self._lock:
+            grouped: dict[str, list[bytes]] = {}
+            for topic, payload in self.messages:
+                grouped.setdefault(topic, []).append(payload)
+            return grouped
+
+
+@dataclass
+class TaskEnv:
+    """One account and product in a fresh database, the task use cases, and workers on demand."""
+
+    db: Any
+    account_id: int
+    product_id: str
+    product_pk: int
+    clock: FakeClock
+    publisher: TaskPublisher
+    service: Any  # fleetops.backend.tasks.TaskService
+
+    def worker(
+        self,
+        node_id: str = "node-a",
+        *,
+        batch_size: int = 50,
+        lease_s: int = 30,
+        concurrency: int = 1,
+        publisher: Any = None,
+    ) -> Any:
+        from fleetops.engine.worker import TaskWorker
+
+        settings = Settings(
+            node_id=node_id,
+            task_batch_size=batch_size,
+            task_lease_s=lease_s,
+            task_concurrency=concurrency,
+            task_poll_interval_s=0.05,
+        )
+        return TaskWorker.create(self.db, settings, self.clock, publisher or self.publisher)
+
+    async def add_devices(self, names: Sequence[str]) -> None:
+        from fleetops.backend.registration import register_devices
+        from fleetops.store.devices import DeviceStore
+
+        await register_devices(
+            DeviceStore(self.db), self.account_id, self.product_id, list(names), now_s=0, max_devices=10**7
+        )
+
+    async def create(
+        self,
+        task_type: str,
+        name_filter: str,
+        tasks: dict[str, Any],
+        *,
+        schedule_time_s: int = 0,
+        max_execution_time_s: int | None = None,
+    ) -> str:
+        task_id: str = await self.service.create(
+            self.account_id,
+            task_type=task_type,
+            product_id=self.product_id,
+            device_name_filter=name_filter,
+            schedule_time_s=schedule_time_s,
+            tasks=tasks,
+            max_execution_time_s=max_execution_time_s,
+        )
+        return task_id
+
+    async def update_shadow_task(self, name_filter: str, desired: dict[str, Any], **kwargs: Any) -> str:
+        import orjson
+
+        body = {"UpdateShadowTask": {"Desired": orjson.dumps(desired).decode()}}
+        return await self.create("UpdateShadow", name_filter, body, **kwargs)
+
+    async def publish_task(self, name_filter: str, topic: str, payload: str, **kwargs: Any) -> str:
+        body = {"PublishMessageTask": {"Topic": topic, "Payload": payload}}
+        return await self.create("PublishMessage", name_filter, body, **kwargs)
+
+    async def task(self, task_id: str) -> Any:
+        from fleetops.store.tasks import TaskStore
+
+        return await TaskStore(self.db).read(task_id)
+
+    async def shadows(self) -> dict[str, Any]:
+        """Every device's shadow (fleetops.domain.shadow.Shadow) by name."""
+        import sqlalchemy as sa
+
+        from fleetops.domain.shadow import Shadow
+        from fleetops.store.tables import devices
+
+        async with self.db.connect() as conn:
+            rows = await conn.execute(sa.select(devices).where(devices.c.product_pk == self.product_pk))
+            return {
+                row.name: Shadow(
+                    reported=dict(row.shadow_reported or {}),
+                    desired=None if row.shadow_desired is None else dict(row.shadow_desired),
+                    metadata_reported=dict(row.shadow_meta_reported or {}),
+                    metadata_desired=dict(row.shadow_meta_desired or {}),
+                    version=int(row.shadow_version),
+                    timestamp_ms=int(row.shadow_ts_ms),
+                )
+                for row in rows
+            }
+
+    async def set_shadow(self, name: str, shadow: Any) -> None:
+        """Overwrite one device's shadow columns (test setup)."""
+        import sqlalchemy as sa
+
+        from fleetops.store.tables import devices
+
+        async with self.db.begin() as conn:
+            await conn.execute(
+                sa.update(devices)
+                .where(devices.c.product_pk == self.product_pk, devices.c.name == name)
+                .values(
+                    shadow_reported=shadow.reported,
+                    shadow_desired=sa.null() if shadow.desired is None else shadow.desired,
+                    shadow_meta_reported=shadow.metadata_reported,
+                    shadow_meta_desired=shadow.metadata_desired,
+                    shadow_version=shadow.version,
+                    shadow_ts_ms=shadow.timestamp_ms,
+                )
+            )
+
+    async def close(self) -> None:
+        await self.db.dispose()
+
+
+async def open_task_env(
+    database_url: str, *, max_open_tasks: int = 10, clock: FakeClock | None = None
+) -> TaskEnv:
+    from fleetops.backend.tasks import TaskService
+    from fleetops.store.accounts import AccountStore
+    from fleetops.store.database import open_database
+    from fleetops.store.migrate import upgrade
+    from fleetops.store.products import ProductStore
+    from fleetops.store.tasks import TaskStore
+
+    clock = clock or FakeClock()
+    db = open_database(database_url)
+    await upgrade(db)
+    account_id = await AccountStore(db).create_account("tasks-" + secrets.token_hex(4), int(clock()))
+    product_id = "".join(secrets.choice("ABCDEFGHJKLMNPQRSTUVWXYZ0123456789") for _ in range(10))
+    product = await ProductStore(db).insert(account_id, product_id, "p" + secrets.token_hex(4), {}, 0, 100)
+    assert product is not None
+    service = TaskService(
+        TaskStore(db), ProductStore(db), clock, max_open_tasks=max_open_tasks, retention_s=30 * 86400
+    )
+    return TaskEnv(db, account_id, product_id, product.pk, clock, TaskPublisher(), service)
+
+
+async def wait_until(
+    condition: Callable[[], Awaitable[bool]], *, timeout_s: float = 10.0, interval_s: float = 0.02
+) -> None:
+    """Poll ``condition`` until it holds; TimeoutError after ``timeout_s``."""
+    async with asyncio.timeout(timeout_s):
+        while True:
+            if await condition():
+                return
+            await asyncio.sleep(interval_s)

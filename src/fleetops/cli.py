@@ -152,6 +152,70 @@ def keys_disable(ctx: click.Context, secret_id: str, as_json: bool) -> None:
 
 
 @main.group()
+def devices() -> None:
+    """Register devices in bulk (works without the server running)."""
+
+
+@devices.command("create")
+@click.option("--product", "product_id", required=True, help="ProductId of the product")
+@click.option("--prefix", default=None, help="name prefix; names are PREFIX<n> for n = START .. START+COUNT-1")
+@click.option("--count", type=int, default=None, help="how many devices to create (with --prefix)")
+@click.option("--start", type=int, default=1, show_default=True, help="first number after the prefix")
+@click.option("--digits", type=int, default=0, show_default=True, help="zero-pad numbers to this width")
+@click.option(
+    "--names-file", type=click.Path(path_type=Path, dir_okay=False), default=None, help="one device name per line"
+)
+@click.option(
+    "--psk-out", type=click.Path(path_type=Path, dir_okay=False), default=None, help="write name,psk CSV (mode 0600)"
+)
+@click.option("--account", default="default", show_default=True, help="account that owns the product")
+@click.option("--skip-existing", is_flag=True, help="skip names the product already has instead of failing")
+@click.option("--batch-size", type=int, default=10_000, show_default=True, help="devices per transaction")
+@click.pass_context
+def devices_create(
+    ctx: click.Context,
+    product_id: str,
+    prefix: str | None,
+    count: int | None,
+    start: int,
+    digits: int,
+    names_file: Path | None,
+    psk_out: Path | None,
+    account: str,
+    skip_existing: bool,
+    batch_size: int,
+) -> None:
+    """Create many devices at once: names [a-zA-Z0-9:_-]{1,48}, each with a new PSK and an empty shadow."""
+    from rich.console import Console
+
+    from fleetops.backend.registration import RegistrationError
+    from fleetops.devices_cli import RegistrationRequest, create_devices
+
+    request = RegistrationRequest(
+        product_id=product_id,
+        account=account,
+        prefix=prefix,
+        count=count,
+        start=start,
+        digits=digits,
+        names_file=names_file,
+        psk_out=psk_out,
+        skip_existing=skip_existing,
+        batch_size=batch_size,
+    )
+    console = Console(stderr=True)
+    try:
+        report = _run(create_devices(_settings(ctx), request, console))
+    except RegistrationError as exc:
+        raise click.ClickException(str(exc)) from exc
+    skipped = f", skipped {report.skipped_existing:,} existing" if report.skipped_existing else ""
+    click.echo(
+        f"created {report.created:,} devices in {report.elapsed_s:.1f} s ({report.rate_per_s:,.0f}/s){skipped}"
+        + (f"; PSKs in {psk_out}" if psk_out is not None else "")
+    )
+
+
+@main.group()
 def db() -> None:
     """Database maintenance."""
 

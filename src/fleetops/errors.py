@@ -291,6 +291,12 @@ class JSONLevelExceedLimit(InvalidParameterValue):
     code = "InvalidParameterValue.JSONLevelExceedLimit"
 
 
+class ParamIncomplete(InvalidParameterValue):
+    """Required information is missing."""
+
+    code = "InvalidParameterValue.ParamIncomplete"
+
+
 class PrefixInvalid(InvalidParameterValue):
     """Prefix must be $shadow or $template."""
 
@@ -363,6 +369,10 @@ class DeviceIsNotEnabled(UnauthorizedOperation):
 
 class ConfigurationError(FleetopsError):
     """The configuration is invalid."""
+
+
+class InvalidTaskTransition(FleetopsError):
+    """The task cannot make this status change (for example completing a task that was cancelled)."""
 
 
 class BrokerUnavailable(FleetopsError):

@@ -16,12 +16,19 @@ from fleetops.api.app import ApiConfig, ApiEndpoint, create_app
 from fleetops.api.ratelimit import RateLimiter
 from fleetops.api.registry import Registry
 from fleetops.backend.container import Backend
+from fleetops.backend.devices import DeviceService
 from fleetops.backend.products import ProductService
+from fleetops.backend.shadows import ShadowService
+from fleetops.backend.tasks import TaskService
+from fleetops.engine.worker import TaskWorker
 from fleetops.settings import Settings
 from fleetops.store.accounts import AccountStore
 from fleetops.store.database import Database, open_database
+from fleetops.store.devices import DeviceStore
 from fleetops.store.migrate import upgrade
 from fleetops.store.products import ProductStore
+from fleetops.store.shadows import ShadowStore
+from fleetops.store.tasks import TaskStore
 
 log = logging.getLogger("fleetops")
 
@@ -35,14 +42,37 @@ class Node:
     accounts: AccountStore
     backend: Backend
     clock: Callable[[], float] = time.time
+    # the task engine (a service: started and stopped with the node); attach the MQTT publisher to it with
+    # engine.attach_publisher once the messaging side exists, as for ShadowService
+    engine: TaskWorker | None = None
     _services: list[Any] = field(default_factory=list)
 
     @classmethod
     async def open(cls, settings: Settings, clock: Callable[[], float] = time.time) -> Node:
         db = open_database(settings.effective_database_url)
         await upgrade(db)
-        backend = Backend(products=ProductService(ProductStore(db), clock))
-        return cls(settings=settings, db=db, accounts=AccountStore(db), backend=backend, clock=clock)
+        device_store = DeviceStore(db)
+        engine = TaskWorker.create(db, settings, clock)
+        backend = Backend(
+            products=ProductService(ProductStore(db), clock),
+            devices=DeviceService(device_store, clock, max_devices_per_product=settings.max_devices_per_product),
+            # the publisher (delta pushes) is attached once the MQTT side exists: ShadowService.attach_publisher
+            shadows=ShadowService(
+                ShadowStore(db), device_store, clock, delta_publish_timeout_s=settings.delta_publish_timeout_s
+            ),
+            tasks=TaskService(
+                TaskStore(db),
+                ProductStore(db),
+                clock,
+                max_open_tasks=settings.max_pending_tasks,
+                retention_s=settings.task_retention_s,
+                on_created=engine.wake,
+            ),
+        )
+        accounts = AccountStore(db)
+        node = cls(settings=settings, db=db, accounts=accounts, backend=backend, clock=clock, engine=engine)
+        node._services.append(engine)
+        return node
 
     def app(self) -> Starlette:
         endpoint = ApiEndpoint(

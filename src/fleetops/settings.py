@@ -39,12 +39,19 @@ class Settings:
     max_pending_tasks: int = field(
         default=10, metadata={"doc": "tasks waiting or processing per account (CreateTask limit)"}
     )
+    max_devices_per_product: int = field(
+        default=1_000_000, metadata={"doc": "devices per product (CreateDevice limit, vendor quota 1,000,000)"}
+    )
+    delta_publish_timeout_s: float = field(
+        default=2.0, metadata={"doc": "how long UpdateDeviceShadow waits for the broker to take its delta push"}
+    )
     task_retention_s: int = field(default=30 * 86400, metadata={"doc": "how long finished tasks are kept"})
     task_batch_size: int = field(default=5000, metadata={"doc": "devices per executor batch (one transaction)"})
     task_poll_interval_s: float = field(default=0.5, metadata={"doc": "scheduler poll interval"})
     task_lease_s: int = field(default=30, metadata={"doc": "a node's lease on a running task"})
     broker_wait_s: float = field(default=30.0, metadata={"doc": "how long a publish waits for a down broker"})
     node_id: str = field(default="", metadata={"doc": "this node's name in task leases (default host:pid)"})
+    task_concurrency: int = field(default=4, metadata={"doc": "tasks one node runs at the same time"})
     log_level: str = field(default="INFO", metadata={"doc": "log level"})
 
     @property
@@ -91,3 +98,24 @@ def _coerce(settings: Settings) -> Settings:
                 f"setting {f.name} ({ENV_PREFIX}{f.name.upper()}) must be a {type(default).__name__}, got {value!r}"
             ) from exc
     return Settings(**converted)
+
+
+def render_reference() -> str:
+    """docs/configuration.md, generated from the field docs (``python -m fleetops.settings``)."""
+    lines = [
+        "# Configuration (generated)",
+        "",
+        "Generated from `fleetops.settings.Settings` by `make docs`; do not edit by hand. Every setting is an",
+        "environment variable; `fleetops serve` options override them.",
+        "",
+        "| variable | default | meaning |",
+        "|---|---|---|",
+    ]
+    for f in fields(Settings):
+        default = "" if f.default in ("", None) else f"`{f.default}`"
+        lines.append(f"| `{ENV_PREFIX}{f.name.upper()}` | {default} | {f.metadata.get('doc', '')} |")
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    print(render_reference(), end="")

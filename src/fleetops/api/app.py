@@ -168,7 +168,8 @@ def create_app(
 ) -> Starlette:
     methods = ["GET", "POST", "PUT", "DELETE", "PATCH", "HEAD", "OPTIONS"]
     routes: list[BaseRoute] = [
-        Route("/", endpoint, methods=methods),
+        # a bound method: Starlette treats any other callable object as a raw ASGI app (scope, receive, send)
+        Route("/", endpoint.__call__, methods=methods),
         Route("/healthz", _healthz, methods=["GET"]),
         *extra_routes,
     ]

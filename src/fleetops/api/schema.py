@@ -1,8 +1,9 @@
 """How an action declares its parameters.
 
-A :class:`Param` names a parameter as it appears on the wire (PascalCase, e.g. ``ProductId``), says its type and
-the rules its value must follow. :func:`fleetops.api.decoding.decode_params` turns the raw request parameters
-into typed values keyed by :attr:`Param.snake_name`; nothing else converts between wire names and Python names.
+A :class:`Param` names a parameter as it appears on the wire (PascalCase, e.g. ``ProductId``), says its type
+and the rules its value must follow. :func:`fleetops.api.decoding.decode_params` turns the raw request
+parameters into typed values keyed by :attr:`Param.snake_name`; nothing else converts wire names to Python
+names.
 
 The helper constructors (:func:`string`, :func:`integer`, ...) exist so that an action's parameter list reads
 like the vendor's documentation table::
@@ -117,7 +118,7 @@ def _declaration_problems(p: Param) -> list[str]:
 
 
 def check_unique_names(params: tuple[Param, ...] | list[Param]) -> None:
-    """Raise ``ValueError`` if two params share a wire name or a snake_case name (the decoded dict would clash)."""
+    """Raise ``ValueError`` if two params share a wire or snake_case name (the decoded dict would clash)."""
     seen: dict[str, str] = {}
     for p in params:
         for key in {p.name, p.snake_name}:
@@ -138,9 +139,7 @@ def string(
     pattern: str | None = None,
     choices: tuple[str, ...] | None = None,
 ) -> Param:
-    return Param(
-        name, Kind.STRING, required, doc, max_length=max_length, pattern=pattern, choices=choices
-    )
+    return Param(name, Kind.STRING, required, doc, max_length=max_length, pattern=pattern, choices=choices)
 
 
 def integer(
@@ -153,9 +152,7 @@ def integer(
     choices: tuple[int, ...] | None = None,
 ) -> Param:
     """An unsigned 64-bit integer (the vendor's ``Integer``)."""
-    return Param(
-        name, Kind.INTEGER, required, doc, min_value=min_value, max_value=max_value, choices=choices
-    )
+    return Param(name, Kind.INTEGER, required, doc, min_value=min_value, max_value=max_value, choices=choices)
 
 
 def int64(

@@ -4,9 +4,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from fleetops.backend.devices import DeviceService
 from fleetops.backend.products import ProductService
+from fleetops.backend.shadows import ShadowService
+from fleetops.backend.tasks import TaskService
 
 
 @dataclass(frozen=True)
 class Backend:
     products: ProductService
+    devices: DeviceService
+    shadows: ShadowService
+    tasks: TaskService

@@ -1,0 +1,235 @@
+"""Batch task actions: CreateTask, DescribeTask, DescribeTasks, CancelTask (iotcloud-actions.md section 1)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fleetops import errors
+from fleetops.api.actions.products import PRODUCT_ID
+from fleetops.api.registry import Action, ActionContext
+from fleetops.api.schema import Kind, Param
+from fleetops.domain.limits import (
+    NAME_FILTER_MAX_LENGTH,
+    PUBLISH_PAYLOAD_MAX_BYTES,
+    SHADOW_MAX_DEPTH,
+    SHADOW_STATE_MAX_BYTES,
+    TASK_MAX_EXECUTION_TIME_S,
+    TASK_MAX_SCHEDULE_AHEAD_S,
+    TOPIC_SUFFIX_MAX_LENGTH,
+)
+from fleetops.domain.tasks import TaskType, percent
+from fleetops.store.tasks import TaskRecord
+
+TASK_ID = Param("Id", Kind.STRING, required=True, max_length=64, doc="task id (24 hex characters)")
+
+# The members of Tasks are optional for the decoder: which one is required depends on TaskType, and a missing
+# one is InvalidParameterValue (domain.tasks.validate_tasks), not MissingParameter.
+TASKS = Param(
+    "Tasks",
+    Kind.OBJECT,
+    required=True,
+    doc="what to do for each matched device; the member named after TaskType is required",
+    fields=(
+        Param(
+            "UpdateShadowTask",
+            Kind.OBJECT,
+            doc="for UpdateShadow",
+            fields=(
+                Param(
+                    "Desired",
+                    Kind.STRING,
+                    doc='a JSON object as a string, e.g. {"color":"red"} (not wrapped in desired); merged '
+                    f"into each device's desired section; at most {SHADOW_STATE_MAX_BYTES} bytes and "
+                    f"{SHADOW_MAX_DEPTH} levels as a shadow state",
+                ),
+            ),
+        ),
+        Param(
+            "PublishMessageTask",
+            Kind.OBJECT,
+            doc="for PublishMessage",
+            fields=(
+                Param(
+                    "Topic",
+                    Kind.STRING,
+                    doc="the topic after {ProductId}/{DeviceName}/, e.g. control; "
+                    f"[a-zA-Z0-9:_-]{{1,{TOPIC_SUFFIX_MAX_LENGTH}}}",
+                ),
+                Param(
+                    "Payload",
+                    Kind.STRING,
+                    doc=f"the message, at most {PUBLISH_PAYLOAD_MAX_BYTES} bytes of UTF-8",
+                ),
+            ),
+        ),
+    ),
+)
+
+_WIRE_MEMBERS = {
+    "update_shadow_task": ("UpdateShadowTask", {"desired": "Desired"}),
+    "publish_message_task": ("PublishMessageTask", {"topic": "Topic", "payload": "Payload"}),
+}
+
+
+def _wire_tasks(decoded: dict[str, Any]) -> dict[str, Any]:
+    """The decoded Tasks back in wire names, the form ``domain.tasks.validate_tasks`` checks and cites."""
+    wire: dict[str, Any] = {}
+    for member, (wire_member, fields) in _WIRE_MEMBERS.items():
+        if member in decoded:
+            wire[wire_member] = {fields[key]: value for key, value in decoded[member].items()}
+    return wire
+
+
+def task_info(record: TaskRecord) -> dict[str, Any]:
+    """TaskInfo (DescribeTasks): exactly the vendor's members - the SDK warns about unknown ones."""
+    return {
+        "Type": record.type.value,
+        "Id": record.id,
+        "ProductId": record.product_id,
+        "Status": record.status.value,
+        "CreateTime": record.created_at,
+        "UpdateTime": record.updated_at,
+        "RetCode": record.ret_code,
+        "ErrMsg": record.err_msg,
+    }
+
+
+def describe_task_response(record: TaskRecord) -> dict[str, Any]:
+    return {
+        **task_info(record),
+        "DoneTime": record.done_time,
+        "ScheduleTime": record.schedule_time,
+        "Percent": percent(record.done_device_cnt, record.all_device_cnt, record.status),
+        "AllDeviceCnt": record.all_device_cnt,
+        "DoneDeviceCnt": record.done_device_cnt,
+    }
+
+
+async def create_task(ctx: ActionContext, params: dict[str, Any]) -> dict[str, Any]:
+    task_id = await ctx.backend.tasks.create(
+        ctx.account_id,
+        task_type=params["task_type"],
+        product_id=params["product_id"],
+        device_name_filter=params["device_name_filter"],
+        schedule_time_s=params["schedule_time_in_seconds"],
+        tasks=_wire_tasks(params["tasks"]),
+        max_execution_time_s=params.get("max_execution_time_in_seconds"),
+    )
+    return {"TaskId": task_id}
+
+
+async def describe_task(ctx: ActionContext, params: dict[str, Any]) -> dict[str, Any]:
+    return describe_task_response(await ctx.backend.tasks.describe(ctx.account_id, params["id"]))
+
+
+async def describe_tasks(ctx: ActionContext, params: dict[str, Any]) -> dict[str, Any]:
+    total, records = await ctx.backend.tasks.page(ctx.account_id, params["offset"], params["limit"])
+    return {"TotalCount": total, "Tasks": [task_info(r) for r in records]}
+
+
+async def cancel_task(ctx: ActionContext, params: dict[str, Any]) -> dict[str, Any]:
+    await ctx.backend.tasks.cancel(ctx.account_id, params["id"])
+    return {}
+
+
+ACTIONS = (
+    Action(
+        name="CreateTask",
+        summary="Create a batch task: update the desired shadow of, or publish a message to, every device "
+        "of a product whose name matches a regular expression, at a chosen time.",
+        params=(
+            Param(
+                "TaskType",
+                Kind.STRING,
+                required=True,
+                choices=tuple(t.value for t in TaskType),
+                doc="UpdateShadow or PublishMessage",
+            ),
+            PRODUCT_ID,
+            Param(
+                "DeviceNameFilter",
+                Kind.STRING,
+                required=True,
+                doc="RE2 regular expression searched in each device name (unanchored: use ^ and $ to "
+                f'anchor); "" matches every device; at most {NAME_FILTER_MAX_LENGTH} characters',
+            ),
+            Param(
+                "ScheduleTimeInSeconds",
+                Kind.INTEGER,
+                required=True,
+                doc=f"Unix time to start; 0 = now; in the past is refused; later than now+"
+                f"{TASK_MAX_SCHEDULE_AHEAD_S} is clamped to it",
+            ),
+            TASKS,
+            Param(
+                "MaxExecutionTimeInSeconds",
+                Kind.INTEGER,
+                min_value=0,
+                max_value=TASK_MAX_EXECUTION_TIME_S,
+                doc=f"the task fails (status 4) if not done this long after it started; 0 or absent = "
+                f"{TASK_MAX_EXECUTION_TIME_S}",
+            ),
+        ),
+        handler=create_task,
+        response=("TaskId",),
+        errors=(
+            errors.InvalidParameterValue,
+            errors.MissingParameter,
+            errors.PengingOrProcessingTasksExceedLimit,
+            errors.ProductNotExist,
+        ),
+        notes="At most `FLEETOPS_MAX_PENDING_TASKS` (default 10) tasks per account may be waiting or "
+        "processing (status 1 or 2); one more is `LimitExceeded.PengingOrProcessingTasksExceedLimit` (the "
+        "vendor's spelling). The device set is fixed when the task starts: devices created later are not "
+        "included. UpdateShadow merges `Desired` into each matched device's desired section (version + 1, no "
+        "version check) and pushes a delta (QoS 0) on `$shadow/operation/result/{ProductId}/{DeviceName}`; "
+        "PublishMessage publishes `Payload` (QoS 0) on `{ProductId}/{DeviceName}/{Topic}`. See "
+        "docs/tasks.md.",
+    ),
+    Action(
+        name="DescribeTask",
+        summary="Describe one task, with its live progress.",
+        params=(TASK_ID,),
+        handler=describe_task,
+        response=(
+            "Type",
+            "Id",
+            "ProductId",
+            "Status",
+            "CreateTime",
+            "UpdateTime",
+            "DoneTime",
+            "ScheduleTime",
+            "RetCode",
+            "ErrMsg",
+            "Percent",
+            "AllDeviceCnt",
+            "DoneDeviceCnt",
+        ),
+        errors=(errors.InvalidParameterValue, errors.TaskNotExist),
+        notes="Status: 1 waiting, 2 processing, 3 completed, 4 failed (deadline passed; `ErrMsg` says "
+        "how far it got), 5 cancelled. `Percent` = floor(100 * DoneDeviceCnt / AllDeviceCnt), 100 for a "
+        "completed task with no device. `DoneTime` is 0 until the task completes or fails. `UpdateTime` is "
+        "the last status change. Tasks are kept for one month.",
+    ),
+    Action(
+        name="DescribeTasks",
+        summary="List the account's tasks of the last month, newest first.",
+        params=(
+            Param("Offset", Kind.INTEGER, required=True, doc="from 0"),
+            Param("Limit", Kind.INTEGER, required=True, min_value=1, max_value=250, doc="1..250"),
+        ),
+        handler=describe_tasks,
+        response=("TotalCount", "Tasks"),
+        errors=(errors.InvalidParameterValue,),
+    ),
+    Action(
+        name="CancelTask",
+        summary="Cancel a task that has not started yet (status 1 -> 5).",
+        params=(TASK_ID,),
+        handler=cancel_task,
+        errors=(errors.AsyncTaskAlreadyStarted, errors.InvalidParameterValue, errors.TaskNotExist),
+        notes="A task that has started, ended or been cancelled already: "
+        "`FailedOperation.AsyncTaskAlreadyStarted`.",
+    ),
+)

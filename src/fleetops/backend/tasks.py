@@ -1,0 +1,126 @@
+"""Batch task use cases: CreateTask, DescribeTask, DescribeTasks, CancelTask (iotcloud-actions.md section 1).
+
+The rules are ``fleetops.domain.tasks`` (type, Tasks member, schedule, deadline, cancel) and
+``fleetops.domain.name_filter`` (RE2); this module applies them and talks to the store. The engine
+(``fleetops.engine``) runs what is created here.
+"""
+
+from __future__ import annotations
+
+import itertools
+import secrets
+from collections.abc import Callable
+
+from fleetops import errors
+from fleetops.domain.name_filter import compile_name_filter
+from fleetops.domain.tasks import (
+    TaskEvent,
+    effective_max_execution_time,
+    effective_schedule_time,
+    parse_task_type,
+    transition,
+    validate_tasks,
+)
+from fleetops.store.products import ProductStore
+from fleetops.store.tasks import NewTask, TaskRecord, TaskStore
+
+# The vendor's task ids look like MongoDB ObjectIds: the example 5ad5b9a53332ea3de678ea52 starts with
+# 0x5ad5b9a5, a Unix time in April 2018. Ours keep the 24 lower-case hex characters of ids.new_task_id, with
+# the creation time first, then a per-process counter, then 5 random bytes: ids sort by creation time, which
+# orders DescribeTasks among tasks created in the same second (on one node).
+_counter = itertools.count(secrets.randbelow(1 << 23))
+
+
+def new_task_id(now_s: int) -> str:
+    return f"{now_s & 0xFFFFFFFF:08x}{next(_counter) & 0xFFFFFF:06x}{secrets.token_hex(5)}"
+
+
+def _not_found(task_id: str) -> errors.TaskNotExist:
+    return errors.TaskNotExist(
+        f"The task `{task_id}` does not exist in this account (tasks are kept for one month)."
+    )
+
+
+class TaskService:
+    def __init__(
+        self,
+        store: TaskStore,
+        products: ProductStore,
+        clock: Callable[[], float],
+        *,
+        max_open_tasks: int,
+        retention_s: int,
+        on_created: Callable[[], None] | None = None,
+    ) -> None:
+        """``on_created`` hears of each new task (the node's worker: an immediate task starts at once)."""
+        self._store = store
+        self._products = products
+        self._clock = clock
+        self._max_open_tasks = max_open_tasks
+        self._retention_s = retention_s
+        self._on_created = on_created
+
+    def _visible_since(self) -> int:
+        return int(self._clock()) - self._retention_s
+
+    async def create(
+        self,
+        account_id: int,
+        *,
+        task_type: str,
+        product_id: str,
+        device_name_filter: str,
+        schedule_time_s: int,
+        tasks: object,
+        max_execution_time_s: int | None,
+    ) -> str:
+        """Validate and store a task (status 1); returns its TaskId."""
+        kind = parse_task_type(task_type)
+        spec = validate_tasks(kind, tasks)
+        compile_name_filter(device_name_filter)  # an invalid RE2 filter fails here, naming the problem
+        now = int(self._clock())
+        schedule_time = effective_schedule_time(schedule_time_s, now)
+        max_execution_s = effective_max_execution_time(max_execution_time_s)
+        product = await self._products.get(account_id, product_id)
+        if product is None:
+            raise errors.ProductNotExist(f"The product `{product_id}` does not exist in this account.")
+        task = NewTask(
+            id=new_task_id(now),
+            account_id=account_id,
+            product_pk=product.pk,
+            product_id=product_id,
+            type=kind,
+            name_filter=device_name_filter,
+            spec=spec,
+            created_at=now,
+            schedule_time=schedule_time,
+            max_execution_s=max_execution_s,
+        )
+        blocked_by = await self._store.insert_within_limit(task, self._max_open_tasks)
+        if blocked_by is not None:
+            raise errors.PengingOrProcessingTasksExceedLimit(
+                f"The account has {blocked_by} tasks waiting or processing (status 1 or 2); at most "
+                f"{self._max_open_tasks} are allowed. Wait for one to finish, or cancel a waiting one "
+                "(CancelTask)."
+            )
+        if self._on_created is not None:
+            self._on_created()
+        return task.id
+
+    async def describe(self, account_id: int, task_id: str) -> TaskRecord:
+        record = await self._store.get(account_id, task_id, self._visible_since())
+        if record is None:
+            raise _not_found(task_id)
+        return record
+
+    async def page(self, account_id: int, offset: int, limit: int) -> tuple[int, list[TaskRecord]]:
+        return await self._store.page(account_id, offset, limit, self._visible_since())
+
+    async def cancel(self, account_id: int, task_id: str) -> None:
+        """Cancel a waiting task (1 -> 5); atomic against the engine starting it."""
+        previous = await self._store.cancel(account_id, task_id, int(self._clock()), self._visible_since())
+        if previous is None:
+            raise _not_found(task_id)
+        # WAITING: this call cancelled it. Any other status: AsyncTaskAlreadyStarted, naming that status
+        # (a task cancelled before included, the spec's proposal).
+        transition(previous, TaskEvent.CANCEL)

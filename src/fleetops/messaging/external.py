@@ -1,0 +1,590 @@
+"""fleetops as a client of an external MQTT broker (``--mqtt-url mqtt://user:pass@host:port``).
+
+Devices connect to the broker (EMQX 5 in production: it asks fleetops' ``http_auth`` endpoints who may
+connect, publish and subscribe). Each fleetops node connects with gmqtt, MQTT 3.1.1, a clean session and
+the URL's credentials, and
+
+* subscribes to ``$share/fleetops/$shadow/operation/+/+`` (QoS 1): with a shared subscription the broker
+  hands each device shadow request to one node only. A broker that does not deliver ``$`` topics to shared
+  subscriptions (Mosquitto 2.0.11 does not, on 3.1.1 or 5) is detected at the first connection by a probe
+  message; fleetops then subscribes to ``$shadow/operation/+/+`` without a share group and logs a warning:
+  with such a broker only one node may run, or every node would answer every request;
+* hands the requests to the :class:`~fleetops.messaging.ports.ShadowRequestHandler` - those of one device in
+  arrival order (workers are sharded by device) - and publishes each reply (QoS 0);
+* publishes for the backend and the task engine (:class:`ExternalPublisher`), encoding PUBLISH packets
+  itself and writing them in chunks through gmqtt's connection; QoS 1 keeps ``max_in_flight`` PUBLISHes
+  per call awaiting their PUBACK.
+
+The connection recovers by itself: when it drops, a supervisor makes a new one (backing off from
+``reconnect_delay_s`` to ``max_reconnect_delay_s``) and subscribes again. Meanwhile ``publish_many`` waits
+up to ``broker_wait_s`` for it and then raises :class:`~fleetops.errors.BrokerUnavailable`; QoS 1 messages
+that were not acknowledged on the lost connection are sent again on the new one (at least once), QoS 0
+messages already written to the lost socket are not (at most once).
+
+Each connection is a fresh gmqtt client: gmqtt's own reconnect resumes with ``clean_session=False``, which
+on a 3.1.1 broker creates a persistent session that never expires and that, as a member of a share group,
+would swallow QoS 0 requests whenever it is offline.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import secrets
+import socket
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Final
+from urllib.parse import unquote, urlsplit
+
+import gmqtt
+from gmqtt.mqtt.constants import MQTTv311
+from gmqtt.mqtt.handler import MQTTConnectError
+
+from fleetops.errors import BrokerUnavailable, ConfigurationError
+from fleetops.messaging.embedded import check_qos, check_topic
+from fleetops.messaging.ports import ShadowRequestHandler
+from fleetops.messaging.topics import DeviceId, parse_shadow_request_topic, shadow_result_topic
+from fleetops.messaging.wire import encode_publish
+from fleetops.settings import Settings
+
+log = logging.getLogger("fleetops.messaging.external")
+
+SHADOW_FILTER: Final = "$shadow/operation/+/+"
+_CHUNK_BYTES: Final = 64 * 1024
+_HIGH_WATER_BYTES: Final = 1024 * 1024
+_SUBACK_FAILURE: Final = 0x80
+
+
+@dataclass(frozen=True)
+class BrokerAddress:
+    host: str
+    port: int
+    username: str | None
+    password: str | None = field(repr=False)
+    tls: bool
+
+    @classmethod
+    def parse(cls, url: str) -> BrokerAddress:
+        """``mqtt://[user[:password]@]host[:port]`` (1883) or ``mqtts://...`` (TLS, 8883)."""
+        try:
+            parts = urlsplit(url)
+            port = parts.port
+        except ValueError as exc:
+            raise ConfigurationError(f"invalid MQTT URL: {exc}") from exc
+        if parts.scheme not in ("mqtt", "mqtts") or not parts.hostname:
+            raise ConfigurationError(
+                "the MQTT URL must look like mqtt://user:password@host:port (or mqtts://)"
+            )
+        tls = parts.scheme == "mqtts"
+        return cls(
+            host=parts.hostname,
+            port=port or (8883 if tls else 1883),
+            username=unquote(parts.username) if parts.username is not None else None,
+            password=unquote(parts.password) if parts.password is not None else None,
+            tls=tls,
+        )
+
+
+@dataclass
+class ExternalOptions:
+    broker_wait_s: float = 30.0  # how long publish_many waits for a broker that is down
+    connect_timeout_s: float = 10.0
+    reconnect_delay_s: float = 1.0
+    max_reconnect_delay_s: float = 10.0
+    keepalive_s: int = 30
+    max_in_flight: int = 1000  # QoS 1 PUBLISHes awaiting a PUBACK, per publish_many call
+    share_group: str = "fleetops"  # "" subscribes without a share group (a single node)
+    probe_timeout_s: float = 2.0
+    shadow_workers: int = 4
+    shadow_queue_size: int = 10_000  # per worker; requests beyond are dropped (the device times out)
+
+
+class _Refused(Exception):
+    """The broker refused the connection or the subscription (a configuration problem, not an outage)."""
+
+
+class _Batch:
+    """The unacknowledged QoS 1 messages of one publish_many call on the current connection."""
+
+    def __init__(self) -> None:
+        self.outstanding: dict[int, int] = {}  # packet id -> message index
+        self.progress = asyncio.Event()
+
+    def acknowledged(self, packet_id: int) -> None:
+        if self.outstanding.pop(packet_id, None) is not None:
+            self.progress.set()
+
+
+class _OneConnectionClient(gmqtt.Client):  # type: ignore[misc]  # gmqtt is untyped
+    async def reconnect(self, delay: bool = False) -> None:
+        """Never: the supervisor replaces the client (module docstring)."""
+
+
+class _AckStorage:
+    """Stands in for gmqtt's PersistentStorage (same methods): gmqtt reports each PUBACK here."""
+
+    def __init__(self, link: _Link) -> None:
+        self._link = link
+
+    def push_message(self, mid: int, raw_package: bytes) -> None:
+        pass  # only gmqtt's own publish() stores packets; fleetops writes its own
+
+    def remove_message_by_mid(self, mid: int) -> None:
+        self._link.acknowledged(mid)
+
+    @property
+    def is_empty(self) -> bool:
+        return True
+
+    async def wait_empty(self) -> None:
+        return None
+
+    def clear(self) -> None:
+        pass
+
+    def get_all(self) -> list[tuple[int, bytes]]:
+        return []
+
+
+class _Link:
+    """One connection to the broker; typed adapter over the gmqtt client (and the private parts it needs)."""
+
+    def __init__(
+        self,
+        client_id: str,
+        address: BrokerAddress,
+        options: ExternalOptions,
+        on_message: Callable[[str, bytes], None],
+        on_lost: Callable[[_Link], None],
+    ) -> None:
+        self.address = address
+        self.options = options
+        self.alive = False
+        self.lost = asyncio.Event()
+        self._on_message = on_message
+        self._on_lost = on_lost
+        self._owners: dict[int, _Batch] = {}
+        self._subacks: dict[int, asyncio.Future[int]] = {}
+        client = _OneConnectionClient(
+            client_id,
+            clean_session=True,
+            optimistic_acknowledgement=True,
+            persistent_storage=_AckStorage(self),
+        )
+        if address.username is not None:
+            client.set_auth_credentials(address.username, address.password)
+        client.on_message = self._message
+        client.on_subscribe = self._suback
+        client.on_disconnect = self._disconnected
+        self._client = client
+
+    async def open(self) -> None:
+        try:
+            await asyncio.wait_for(
+                self._client.connect(
+                    self.address.host,
+                    self.address.port,
+                    ssl=self.address.tls,
+                    keepalive=self.options.keepalive_s,
+                    version=MQTTv311,
+                ),
+                self.options.connect_timeout_s,
+            )
+        except MQTTConnectError as exc:
+            await self.close()
+            raise _Refused(str(exc)) from exc
+        except BaseException:
+            await self.close()
+            raise
+        if self.lost.is_set():
+            raise ConnectionError("the connection dropped right after CONNACK")
+        self.alive = True
+        self._client._connection._transport.set_write_buffer_limits(high=_HIGH_WATER_BYTES)
+
+    async def close(self) -> None:
+        was_alive, self.alive = self.alive, False
+        try:
+            await self._client.disconnect()
+        except Exception as exc:  # closing a half-open connection
+            log.debug("closing the MQTT connection: %r", exc)
+        if was_alive:
+            self._mark_lost()
+
+    async def subscribe(self, topic_filter: str, qos: int) -> int:
+        """Subscribe and return the SUBACK code (0x80 = refused)."""
+        mid: int = self._client.subscribe(topic_filter, qos=qos)
+        future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        self._subacks[mid] = future
+        lost: asyncio.Future[Any] = asyncio.ensure_future(self.lost.wait())
+        try:
+            waiters: set[asyncio.Future[Any]] = {future, lost}
+            done, _ = await asyncio.wait(
+                waiters, timeout=self.options.connect_timeout_s, return_when=asyncio.FIRST_COMPLETED
+            )
+        finally:
+            lost.cancel()
+            self._subacks.pop(mid, None)
+        if future not in done:
+            raise ConnectionError(f"no SUBACK for {topic_filter}")
+        return future.result()
+
+    def unsubscribe(self, topic_filter: str) -> None:
+        if self.alive:
+            self._client.unsubscribe(topic_filter)
+
+    def next_packet_id(self) -> int:
+        # gmqtt's allocator, so that fleetops' PUBLISHes never reuse an id of gmqtt's own SUBSCRIBEs.
+        packet_id: int = self._client._package_handler.id_generator.next_id()
+        return packet_id
+
+    def track(self, packet_id: int, batch: _Batch) -> None:
+        self._owners[packet_id] = batch
+
+    def acknowledged(self, packet_id: int) -> None:
+        batch = self._owners.pop(packet_id, None)
+        if batch is not None:
+            batch.acknowledged(packet_id)
+
+    def write(self, data: bytes) -> bool:
+        """Hand bytes to the socket; False if this connection is gone."""
+        if not self.alive:
+            return False
+        connection = self._client._connection
+        if connection is None or connection.is_closing():
+            return False
+        connection.send_package(data)  # transport.write, and gmqtt's keep-alive bookkeeping
+        return True
+
+    async def drain(self) -> None:
+        """Wait while the socket's send buffer is over its high-water mark (back-pressure)."""
+        connection = self._client._connection
+        if not self.alive or connection is None or connection.is_closing():
+            return
+        try:
+            # asyncio's flow control, what StreamWriter.drain() awaits (gmqtt's protocol is a stream protocol)
+            await connection._protocol._drain_helper()
+        except ConnectionError:
+            pass  # the connection is gone; its loss is reported through on_disconnect
+
+    # gmqtt callbacks (the client is passed first)
+
+    def _message(self, client: Any, topic: str, payload: bytes, qos: int, properties: Any) -> int:
+        self._on_message(topic, payload)
+        return 0
+
+    def _suback(self, client: Any, mid: int, granted: Sequence[int], properties: Any) -> None:
+        future = self._subacks.get(mid)
+        if future is not None and not future.done():
+            future.set_result(granted[0] if granted else _SUBACK_FAILURE)
+
+    def _disconnected(self, client: Any, packet: Any, exc: Any = None) -> None:
+        self.alive = False
+        self._mark_lost()
+
+    def _mark_lost(self) -> None:
+        if not self.lost.is_set():
+            self.lost.set()
+            self._on_lost(self)
+
+
+class ExternalPublisher:
+    """:class:`~fleetops.messaging.ports.Publisher` through the external broker."""
+
+    def __init__(self, service: ExternalBroker) -> None:
+        self._service = service
+
+    async def publish(self, topic: str, payload: bytes, qos: int) -> None:
+        await self.publish_many(((topic, payload),), qos)
+
+    async def publish_many(self, messages: Sequence[tuple[str, bytes]], qos: int) -> None:
+        check_qos(qos)
+        encoded: list[tuple[bytes, bytes]] = []
+        for topic, payload in messages:
+            check_topic(topic)
+            encoded.append((topic.encode("utf-8"), payload))
+        if not encoded:
+            return
+        if qos == 0:
+            await self._publish_qos0(encoded)
+        else:
+            await self._publish_qos1(encoded)
+
+    def subscribed(self, topic: str) -> bool | None:
+        return None  # an external broker does not tell
+
+    def online(self, product_id: str, device_name: str) -> bool | None:
+        return None
+
+    async def _publish_qos0(self, messages: list[tuple[bytes, bytes]]) -> None:
+        index, count = 0, len(messages)
+        while index < count:
+            link = await self._service.wait_link()
+            start, chunk = index, bytearray()
+            while index < count and len(chunk) < _CHUNK_BYTES:
+                topic, payload = messages[index]
+                chunk += encode_publish(topic, payload)
+                index += 1
+            if not link.write(bytes(chunk)):
+                index = start  # the connection went before the write: this chunk goes on the next one
+                continue
+            await link.drain()
+
+    async def _publish_qos1(self, messages: list[tuple[bytes, bytes]]) -> None:
+        options = self._service.options
+        batch = _Batch()
+        to_send = deque(range(len(messages)))
+        sent_on: _Link | None = None
+        while to_send or batch.outstanding:
+            link = await self._service.wait_link()
+            if link is not sent_on:
+                # Not acknowledged on the previous connection: sent again (QoS 1 is at least once).
+                to_send.extendleft(sorted(batch.outstanding.values(), reverse=True))
+                batch.outstanding.clear()
+                sent_on = link
+            chunk = bytearray()
+            while to_send and len(batch.outstanding) < options.max_in_flight:
+                index = to_send.popleft()
+                packet_id = link.next_packet_id()
+                batch.outstanding[packet_id] = index
+                link.track(packet_id, batch)
+                topic, payload = messages[index]
+                chunk += encode_publish(topic, payload, 1, packet_id)
+                if len(chunk) >= _CHUNK_BYTES:
+                    link.write(bytes(chunk))
+                    chunk = bytearray()
+            if chunk:
+                link.write(bytes(chunk))
+            await link.drain()
+            if batch.outstanding:
+                await self._await_progress(batch, link, options.broker_wait_s)
+
+    @staticmethod
+    async def _await_progress(batch: _Batch, link: _Link, timeout_s: float) -> None:
+        batch.progress.clear()
+        if not batch.outstanding:
+            return
+        progress = asyncio.ensure_future(batch.progress.wait())
+        lost = asyncio.ensure_future(link.lost.wait())
+        try:
+            done, _ = await asyncio.wait(
+                {progress, lost}, timeout=timeout_s, return_when=asyncio.FIRST_COMPLETED
+            )
+        finally:
+            progress.cancel()
+            lost.cancel()
+        if not done:
+            raise BrokerUnavailable(f"the MQTT broker acknowledged nothing for {timeout_s:g} s")
+
+
+class ExternalBroker:
+    """:class:`~fleetops.messaging.ports.MessagingService` for an external broker (module docstring)."""
+
+    def __init__(
+        self,
+        url: str,
+        shadow_handler: ShadowRequestHandler,
+        *,
+        client_id: str | None = None,
+        options: ExternalOptions | None = None,
+    ) -> None:
+        self.address = BrokerAddress.parse(url)
+        self.client_id = client_id or f"fleetops-{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
+        self.options = options or ExternalOptions()
+        self.publisher = ExternalPublisher(self)
+        self.shadow_filter: str | None = None  # chosen at the first connection
+        self._shadow_handler = shadow_handler
+        self._link: _Link | None = None
+        self._link_up = asyncio.Event()
+        self._stopping = False
+        self._supervisor: asyncio.Task[None] | None = None
+        self._queues: list[asyncio.Queue[tuple[DeviceId, bytes]]] = []
+        self._workers: list[asyncio.Task[None]] = []
+        self._probe: tuple[str, asyncio.Future[None]] | None = None
+
+    @classmethod
+    def from_settings(cls, settings: Settings, shadow_handler: ShadowRequestHandler) -> ExternalBroker:
+        options = ExternalOptions(broker_wait_s=settings.broker_wait_s)
+        return cls(
+            settings.mqtt_url, shadow_handler, client_id=settings.mqtt_client_id or None, options=options
+        )
+
+    @property
+    def connected(self) -> bool:
+        return self._link is not None and self._link.alive
+
+    async def start(self) -> None:
+        if self._supervisor is not None:
+            return
+        self._stopping = False
+        self._queues = [
+            asyncio.Queue(self.options.shadow_queue_size) for _ in range(self.options.shadow_workers)
+        ]
+        self._workers = [asyncio.create_task(self._shadow_worker(queue)) for queue in self._queues]
+        try:
+            await self._connect()
+        except _Refused as exc:
+            await self.stop()
+            raise ConfigurationError(
+                f"the MQTT broker at {self.address.host}:{self.address.port} refused fleetops: {exc}"
+            ) from exc
+        except (OSError, TimeoutError) as exc:
+            log.warning(
+                "MQTT broker %s:%d unreachable (%s); connecting in the background",
+                self.address.host,
+                self.address.port,
+                exc or type(exc).__name__,
+            )
+        self._supervisor = asyncio.create_task(self._supervise())
+
+    async def stop(self) -> None:
+        self._stopping = True
+        self._link_up.set()  # wakes publishers waiting for a connection: they raise BrokerUnavailable
+        tasks = [task for task in (self._supervisor, *self._workers) if task is not None]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        self._supervisor, self._workers, self._queues = None, [], []
+        link, self._link = self._link, None
+        if link is not None:
+            await link.close()
+
+    async def disconnect_device(self, product_id: str, device_name: str) -> bool:
+        """Not possible over MQTT: kick it with the broker's API (EMQX: DELETE /api/v5/clients/{id})."""
+        return False
+
+    async def wait_link(self) -> _Link:
+        """The live connection, waiting up to ``broker_wait_s`` for one."""
+        link = self._link
+        if link is not None and link.alive and not self._stopping:
+            return link
+        try:
+            await asyncio.wait_for(self._link_up.wait(), self.options.broker_wait_s)
+        except TimeoutError:
+            raise BrokerUnavailable(
+                f"the MQTT broker at {self.address.host}:{self.address.port} has been unreachable for "
+                f"{self.options.broker_wait_s:g} s"
+            ) from None
+        link = self._link
+        if self._stopping or link is None or not link.alive:
+            raise BrokerUnavailable("the MQTT connection is shutting down")
+        return link
+
+    # --- connection --------------------------------------------------------------------------------------
+
+    async def _connect(self) -> None:
+        link = _Link(self.client_id, self.address, self.options, self._message, self._lost)
+        await link.open()
+        try:
+            if self.shadow_filter is None:
+                self.shadow_filter = await self._choose_shadow_filter(link)
+            if await link.subscribe(self.shadow_filter, 1) >= _SUBACK_FAILURE:
+                raise _Refused(f"the subscription to {self.shadow_filter} was refused")
+        except BaseException:
+            await link.close()
+            raise
+        self._link = link
+        self._link_up.set()
+        log.info(
+            "connected to the MQTT broker at %s:%d as %s",
+            self.address.host,
+            self.address.port,
+            self.client_id,
+        )
+
+    def _lost(self, link: _Link) -> None:
+        if self._link is link:
+            self._link_up.clear()
+            if not self._stopping:
+                log.warning(
+                    "lost the connection to the MQTT broker at %s:%d", self.address.host, self.address.port
+                )
+
+    async def _supervise(self) -> None:
+        delay = self.options.reconnect_delay_s
+        while not self._stopping:
+            link = self._link
+            if link is not None and link.alive:
+                await link.lost.wait()
+                delay = self.options.reconnect_delay_s
+                continue
+            await asyncio.sleep(delay)
+            try:
+                await self._connect()
+            except _Refused as exc:
+                log.error("the MQTT broker refused fleetops: %s", exc)
+            except (OSError, TimeoutError) as exc:
+                log.info("MQTT broker still unreachable: %s", exc or type(exc).__name__)
+            except Exception:  # keep supervising whatever gmqtt raises
+                log.exception("connecting to the MQTT broker failed")
+            else:
+                continue
+            delay = min(delay * 2, self.options.max_reconnect_delay_s)
+
+    async def _choose_shadow_filter(self, link: _Link) -> str:
+        """The shared subscription if the broker delivers ``$`` topics to one, else the plain filter."""
+        group = self.options.share_group
+        if not group:
+            return SHADOW_FILTER
+        nonce = secrets.token_hex(8)
+        # The product id "_probe_" is not a valid one, so the other nodes ignore the probe.
+        probe_topic = f"$shadow/operation/_probe_/{nonce}"
+        probe_filter = f"$share/{group}-probe-{nonce}/$shadow/operation/+/{nonce}"
+        arrived: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._probe = (probe_topic, arrived)
+        try:
+            works = False
+            if await link.subscribe(probe_filter, 0) < _SUBACK_FAILURE:
+                link.write(encode_publish(probe_topic.encode("utf-8"), b"probe"))
+                try:
+                    await asyncio.wait_for(asyncio.shield(arrived), self.options.probe_timeout_s)
+                    works = True
+                except TimeoutError:
+                    pass
+            link.unsubscribe(probe_filter)
+        finally:
+            self._probe = None
+        if works:
+            return f"$share/{group}/{SHADOW_FILTER}"
+        log.warning(
+            "the MQTT broker does not deliver $ topics to shared subscriptions (Mosquitto 2.0.11 does not): "
+            "subscribed to %s without a share group, so only ONE fleetops node may use this broker",
+            SHADOW_FILTER,
+        )
+        return SHADOW_FILTER
+
+    # --- shadow requests ---------------------------------------------------------------------------------
+
+    def _message(self, topic: str, payload: bytes) -> None:
+        probe = self._probe
+        if probe is not None and topic == probe[0]:
+            if not probe[1].done():
+                probe[1].set_result(None)
+            return
+        device = parse_shadow_request_topic(topic)
+        if device is None or not self._queues:
+            return
+        queue = self._queues[hash(device.client_id) % len(self._queues)]
+        try:
+            queue.put_nowait((device, payload))
+        except asyncio.QueueFull:
+            log.warning("shadow request queue full: dropped a request of %s", device.client_id)
+
+    async def _shadow_worker(self, queue: asyncio.Queue[tuple[DeviceId, bytes]]) -> None:
+        while True:
+            device, payload = await queue.get()
+            try:
+                reply = await self._shadow_handler.handle_shadow_request(
+                    device.product_id, device.device_name, payload
+                )
+            except Exception:
+                log.exception("shadow request of %s failed", device.client_id)
+                continue
+            if reply is None:
+                continue
+            link = self._link
+            topic = shadow_result_topic(device.product_id, device.device_name)
+            if link is None or not link.write(encode_publish(topic.encode("utf-8"), reply)):
+                log.info("no MQTT connection: dropped the shadow reply to %s", device.client_id)

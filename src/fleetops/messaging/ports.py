@@ -1,0 +1,101 @@
+"""The messaging side's interfaces: what it needs from the rest of fleetops, and what it offers.
+
+The store implements :class:`DeviceDirectory`, the backend implements :class:`ShadowRequestHandler`; both are
+passed in by the CLI. The backend and the task engine publish through :class:`Publisher`; ``fleetops serve``
+starts and stops a :class:`MessagingService` (the embedded broker or the client of an external one).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+
+@dataclass(frozen=True)
+class DeviceCredentials:
+    """What the broker needs to authenticate a device."""
+
+    product_id: str
+    device_name: str
+    # The Base64 text returned by CreateDevice (DevicePsk); the HMAC key is its decoded bytes.
+    psk: str = field(repr=False)
+    enabled: bool
+
+
+class DeviceDirectory(Protocol):
+    """Device credentials and online state, implemented by the store."""
+
+    async def device_credentials(self, product_id: str, device_name: str) -> DeviceCredentials | None:
+        """The device's credentials, or None if the product or the device does not exist."""
+        ...
+
+    async def set_online(
+        self, product_id: str, device_name: str, online: bool, client_ip: str | None, now_s: int
+    ) -> None:
+        """Record a connect (``online``, with the peer address) or a disconnect."""
+        ...
+
+
+class ShadowRequestHandler(Protocol):
+    """Device shadow requests (``get`` / ``update``), implemented by the backend."""
+
+    async def handle_shadow_request(self, product_id: str, device_name: str, payload: bytes) -> bytes | None:
+        """The reply to publish (QoS 0) on ``$shadow/operation/result/{pid}/{dn}``, or None for no reply.
+
+        Called for each PUBLISH of a device on its own ``$shadow/operation/{pid}/{dn}``; ``payload`` is the
+        raw message. The requests of one device are handed over one at a time, in the order they arrived.
+        """
+        ...
+
+
+class Publisher(Protocol):
+    """Cloud-to-device publishing (PublishMessage, delta pushes, batch tasks)."""
+
+    async def publish(self, topic: str, payload: bytes, qos: int) -> None:
+        """``publish_many([(topic, payload)], qos)``."""
+        ...
+
+    async def publish_many(self, messages: Sequence[tuple[str, bytes]], qos: int) -> None:
+        """Publish every message with QoS 0 or 1.
+
+        Returns only when the broker has taken every message: on an external broker, QoS 1 = every PUBACK
+        received and QoS 0 = written to the socket; on the embedded broker, every message has been written to
+        each connected subscriber's socket or queued in its persistent session (messages for topics nobody
+        subscribes to are skipped, as MQTT routing would drop them). Raises
+        :class:`fleetops.errors.BrokerUnavailable` when the broker cannot take them within the configured
+        wait; nothing is dropped silently, so the caller can retry (QoS 1 is at least once: a retry may repeat
+        some).
+        """
+        ...
+
+    def subscribed(self, topic: str) -> bool | None:
+        """Whether a live or persistent session subscribes to ``topic`` (embedded); None if unknown."""
+        ...
+
+    def online(self, product_id: str, device_name: str) -> bool | None:
+        """Whether the device is connected (embedded); None = unknown (external broker)."""
+        ...
+
+
+class MessagingService(Protocol):
+    """What ``fleetops serve`` starts and stops: the embedded broker or the client of an external broker."""
+
+    publisher: Publisher
+
+    async def start(self) -> None:
+        """Start serving; raises :class:`fleetops.errors.ConfigurationError` with a readable message on a bad
+        configuration (port taken, broker refusing the credentials)."""
+        ...
+
+    async def stop(self) -> None:
+        """Stop serving; idempotent."""
+        ...
+
+    async def disconnect_device(self, product_id: str, device_name: str) -> bool:
+        """Close the device's connection and drop its session (device disabled or deleted).
+
+        True if a connection or session was closed; False if there was none or the broker cannot do it (an
+        external broker: use its own management API).
+        """
+        ...

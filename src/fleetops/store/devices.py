@@ -1,0 +1,514 @@
+"""Devices, always reached through their product's account (the API) or their own credentials (MQTT).
+
+Every API-facing query joins ``products`` and filters on ``products.account_id``: an account can neither see
+nor change another account's devices, and cannot tell them from devices that do not exist. The MQTT-facing
+methods (:meth:`DeviceStore.device_credentials` and :meth:`DeviceStore.set_online`, the ``DeviceDirectory``
+of ``messaging/ports.py``) take the globally unique ProductId instead: the device proves who it is with its
+PSK, and has no account to speak of.
+
+A device and its shadow are one row (``devices.shadow_*``): deleting the device deletes the shadow, and a new
+device starts with the empty shadow at version 0 (device-protocol.md section 6.1). Shadow reads and writes
+live in ``store/shadows.py``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any, NamedTuple
+
+import orjson
+import sqlalchemy as sa
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from fleetops.domain.shadow import Shadow
+from fleetops.messaging.ports import DeviceCredentials
+from fleetops.store import dialect
+from fleetops.store.database import Database
+from fleetops.store.tables import devices, products
+
+# Large IN lists are split: SQLite allows 32,766 bound parameters, PostgreSQL 32,767 per statement.
+_IN_CHUNK = 1000
+
+# The empty shadow of a new device (Shadow.new()) as stored, JSON text so the bulk path needs no per-row
+# encoding; tests/integration/test_device_store.py checks the two agree.
+_EMPTY_OBJECT = "{}"
+_EMPTY_ARRAY = "[]"
+
+
+class ProductMissing(Exception):
+    """The account has no product with this ProductId."""
+
+
+class DeviceMissing(Exception):
+    """The product has no device with (one of) these names; ``names`` lists the missing ones."""
+
+    def __init__(self, names: Sequence[str]) -> None:
+        self.names = tuple(names)
+        super().__init__(", ".join(self.names))
+
+
+class DeviceNameTaken(Exception):
+    """The product already has a device with this name."""
+
+
+class DeviceLimitReached(Exception):
+    """The product would hold more devices than allowed."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        super().__init__(f"at most {limit} devices per product")
+
+
+@dataclass(frozen=True)
+class DeviceRecord:
+    pk: int
+    product_pk: int
+    product_id: str
+    name: str
+    psk: str
+    enabled: bool
+    tags: list[dict[str, Any]]
+    created_at: int
+    online: bool
+    login_time: int
+    first_online_time: int | None
+    last_offline_time: int | None
+    client_ip: str | None
+
+
+class NewDevice(NamedTuple):
+    """A device to insert (a tuple: bulk registration builds millions of them)."""
+
+    name: str
+    psk: str
+    tags: list[dict[str, Any]] | None = None
+
+
+@dataclass(frozen=True)
+class DevicePage:
+    total: int
+    devices: list[DeviceRecord]
+
+
+_DEVICE_COLUMNS = (
+    devices.c.id,
+    devices.c.product_pk,
+    devices.c.name,
+    devices.c.psk,
+    devices.c.enabled,
+    devices.c.tags,
+    devices.c.created_at,
+    devices.c.online,
+    devices.c.login_time,
+    devices.c.first_online_time,
+    devices.c.last_offline_time,
+    devices.c.client_ip,
+)
+
+# Columns written by the bulk insert, in this order.
+# Columns written by the bulk insert, in this order. The others take their server defaults, which are the
+# values of a new device: enabled, offline, LoginTime 0, no desired section, shadow version 0 and time 0
+# (tests/integration/test_device_store.py checks both insert paths give the same device and shadow). Fewer
+# columns make the COPY measurably faster.
+_BULK_COLUMNS = (
+    "product_pk",
+    "name",
+    "psk",
+    "tags",
+    "created_at",
+    "shadow_reported",
+    "shadow_meta_reported",
+    "shadow_meta_desired",
+)
+
+
+def empty_shadow_values() -> dict[str, Any]:
+    """Column values of a new device's shadow (for single-row inserts through SQLAlchemy)."""
+    shadow = Shadow.new()
+    return {
+        "shadow_reported": shadow.reported,
+        "shadow_desired": sa.null() if shadow.desired is None else shadow.desired,
+        "shadow_meta_reported": shadow.metadata_reported,
+        "shadow_meta_desired": shadow.metadata_desired,
+        "shadow_version": shadow.version,
+        "shadow_ts_ms": shadow.timestamp_ms,
+    }
+
+
+class DeviceStore:
+    def __init__(self, db: Database) -> None:
+        self._db = db
+
+    # --- products, as seen from the device side -------------------------------------------------------------
+
+    async def product_pk(self, account_id: int, product_id: str) -> int:
+        """The product's primary key; raises ProductMissing."""
+        async with self._db.connect() as conn:
+            return await _product_pk(conn, account_id, product_id)
+
+    async def product_owner(self, product_id: str) -> int | None:
+        """The account that owns ``product_id`` (for the MQTT side, which knows only the ProductId)."""
+        async with self._db.connect() as conn:
+            row = (
+                await conn.execute(
+                    sa.select(products.c.account_id).where(products.c.product_id == product_id)
+                )
+            ).first()
+        return None if row is None else int(row.account_id)
+
+    async def count(self, account_id: int, product_id: str) -> int:
+        async with self._db.connect() as conn:
+            pk = await _product_pk(conn, account_id, product_id)
+            return await _count(conn, pk)
+
+    # --- create -------------------------------------------------------------------------------------------
+
+    async def insert(
+        self, account_id: int, product_id: str, device: NewDevice, now_s: int, max_devices: int
+    ) -> DeviceRecord:
+        """Insert one device with an empty shadow.
+
+        Raises ProductMissing, DeviceLimitReached, DeviceNameTaken.
+        """
+        async with self._db.begin() as conn:
+            pk = await _product_pk(conn, account_id, product_id)
+            if await _count(conn, pk) >= max_devices:
+                raise DeviceLimitReached(max_devices)
+            try:
+                async with conn.begin_nested():
+                    device_pk = (
+                        await conn.execute(
+                            sa.insert(devices)
+                            .values(
+                                product_pk=pk,
+                                name=device.name,
+                                psk=device.psk,
+                                enabled=True,
+                                tags=device.tags or [],
+                                created_at=now_s,
+                                online=False,
+                                login_time=0,
+                                **empty_shadow_values(),
+                            )
+                            .returning(devices.c.id)
+                        )
+                    ).scalar_one()
+            except IntegrityError as exc:
+                raise DeviceNameTaken(device.name) from exc
+        return DeviceRecord(
+            pk=int(device_pk),
+            product_pk=pk,
+            product_id=product_id,
+            name=device.name,
+            psk=device.psk,
+            enabled=True,
+            tags=list(device.tags or []),
+            created_at=now_s,
+            online=False,
+            login_time=0,
+            first_online_time=None,
+            last_offline_time=None,
+            client_ip=None,
+        )
+
+    async def insert_many(
+        self,
+        account_id: int,
+        product_id: str,
+        batch: Sequence[NewDevice],
+        now_s: int,
+        max_devices: int | None,
+    ) -> int:
+        """Insert a batch in one transaction (all or nothing); returns how many were inserted.
+
+        Raises ProductMissing, DeviceLimitReached (the batch would pass ``max_devices``) and DeviceNameTaken
+        (some name exists already; nothing of the batch is kept). Callers that want speed make the batch large
+        (thousands), check names beforehand (:meth:`existing_names`) and, having checked the limit for the
+        whole run, pass ``max_devices=None``: counting a million-device product costs tens of milliseconds.
+        """
+        if not batch:
+            return 0
+        async with self._db.begin() as conn:
+            pk = await _product_pk(conn, account_id, product_id)
+            if max_devices is not None and await _count(conn, pk) + len(batch) > max_devices:
+                raise DeviceLimitReached(max_devices)
+            rows = [
+                (
+                    pk,
+                    d.name,
+                    d.psk,
+                    _json_text(d.tags) if d.tags else _EMPTY_ARRAY,
+                    now_s,
+                    _EMPTY_OBJECT,
+                    _EMPTY_OBJECT,
+                    _EMPTY_OBJECT,
+                )
+                for d in batch
+            ]
+            try:
+                await dialect.copy_rows(conn, devices, _BULK_COLUMNS, rows)
+            except IntegrityError as exc:
+                raise DeviceNameTaken(str(exc.orig)) from exc
+        return len(batch)
+
+    async def existing_names(self, account_id: int, product_id: str, names: Iterable[str]) -> set[str]:
+        """Which of ``names`` the product already has."""
+        wanted = list(dict.fromkeys(names))
+        found: set[str] = set()
+        async with self._db.connect() as conn:
+            pk = await _product_pk(conn, account_id, product_id)
+            for start in range(0, len(wanted), _IN_CHUNK):
+                chunk = wanted[start : start + _IN_CHUNK]
+                rows = await conn.execute(
+                    sa.select(devices.c.name).where(devices.c.product_pk == pk, devices.c.name.in_(chunk))
+                )
+                found.update(r.name for r in rows)
+        return found
+
+    # --- read ---------------------------------------------------------------------------------------------
+
+    async def get(self, account_id: int, product_id: str, name: str) -> DeviceRecord:
+        """One device. Raises ProductMissing or DeviceMissing (one query tells them apart)."""
+        async with self._db.connect() as conn:
+            row = (
+                await conn.execute(
+                    sa.select(products.c.id.label("owner_pk"), *_DEVICE_COLUMNS)
+                    .select_from(
+                        products.outerjoin(
+                            devices, sa.and_(devices.c.product_pk == products.c.id, devices.c.name == name)
+                        )
+                    )
+                    .where(products.c.account_id == account_id, products.c.product_id == product_id)
+                )
+            ).first()
+        if row is None:
+            raise ProductMissing(product_id)
+        if row.id is None:
+            raise DeviceMissing([name])
+        return _record(row, product_id)
+
+    async def page(
+        self,
+        account_id: int,
+        product_id: str,
+        offset: int,
+        limit: int,
+        *,
+        name_contains: str | None = None,
+        enabled: bool | None = None,
+    ) -> DevicePage:
+        """One page of the product's devices in name order, and how many match in all.
+
+        Both queries walk the ``(product_pk, name)`` unique index: the product's range of it, in order, so a
+        page costs ``offset + limit`` index entries and no sort. Raises ProductMissing.
+        """
+        async with self._db.connect() as conn:
+            pk = await _product_pk(conn, account_id, product_id)
+            conditions: list[Any] = [devices.c.product_pk == pk]
+            if name_contains:
+                conditions.append(dialect.contains(conn, devices.c.name, name_contains))
+            if enabled is not None:
+                conditions.append(devices.c.enabled == enabled)
+            total = (
+                await conn.execute(sa.select(sa.func.count()).select_from(devices).where(*conditions))
+            ).scalar_one()
+            rows = (
+                await conn.execute(
+                    sa.select(*_DEVICE_COLUMNS)
+                    .where(*conditions)
+                    .order_by(devices.c.product_pk, devices.c.name)
+                    .offset(offset)
+                    .limit(limit)
+                )
+            ).all()
+        return DevicePage(int(total), [_record(r, product_id) for r in rows])
+
+    async def page_after(
+        self, account_id: int, product_id: str, after_name: str | None, limit: int
+    ) -> list[DeviceRecord]:
+        """Keyset page: up to ``limit`` devices named after ``after_name`` (None: from the start)."""
+        async with self._db.connect() as conn:
+            pk = await _product_pk(conn, account_id, product_id)
+            conditions: list[Any] = [devices.c.product_pk == pk]
+            if after_name is not None:
+                conditions.append(devices.c.name > after_name)
+            rows = (
+                await conn.execute(
+                    sa.select(*_DEVICE_COLUMNS)
+                    .where(*conditions)
+                    .order_by(devices.c.product_pk, devices.c.name)
+                    .limit(limit)
+                )
+            ).all()
+        return [_record(r, product_id) for r in rows]
+
+    async def iter_names(
+        self, account_id: int, product_id: str, batch_size: int = 10_000
+    ) -> AsyncIterator[str]:
+        """Every device name of the product, in order, read in keyset pages (short transactions)."""
+        async with self._db.connect() as conn:
+            pk = await _product_pk(conn, account_id, product_id)
+        after: str | None = None
+        while True:
+            async with self._db.connect() as conn:
+                conditions: list[Any] = [devices.c.product_pk == pk]
+                if after is not None:
+                    conditions.append(devices.c.name > after)
+                names = (
+                    (
+                        await conn.execute(
+                            sa.select(devices.c.name)
+                            .where(*conditions)
+                            .order_by(devices.c.product_pk, devices.c.name)
+                            .limit(batch_size)
+                        )
+                    )
+                    .scalars()
+                    .all()
+                )
+            for name in names:
+                yield name
+            if len(names) < batch_size:
+                return
+            after = names[-1]
+
+    # --- change -------------------------------------------------------------------------------------------
+
+    async def delete(self, account_id: int, product_id: str, name: str) -> None:
+        """Delete the device and with it its shadow (same row). Raises ProductMissing or DeviceMissing."""
+        async with self._db.begin() as conn:
+            pk = await _product_pk(conn, account_id, product_id)
+            result = await conn.execute(
+                sa.delete(devices).where(devices.c.product_pk == pk, devices.c.name == name)
+            )
+            if not result.rowcount:
+                raise DeviceMissing([name])
+
+    async def set_enabled(self, account_id: int, product_id: str, names: Sequence[str], enabled: bool) -> int:
+        """Enable or disable every named device, or none of them.
+
+        Raises ProductMissing, or DeviceMissing listing every name the product does not have (then nothing has
+        changed). Returns the number of distinct devices named.
+        """
+        wanted = list(dict.fromkeys(names))
+        async with self._db.begin() as conn:
+            pk = await _product_pk(conn, account_id, product_id)
+            found: set[str] = set()
+            for start in range(0, len(wanted), _IN_CHUNK):
+                chunk = wanted[start : start + _IN_CHUNK]
+                rows = await conn.execute(
+                    sa.select(devices.c.name).where(devices.c.product_pk == pk, devices.c.name.in_(chunk))
+                )
+                found.update(r.name for r in rows)
+            missing = [n for n in wanted if n not in found]
+            if missing:
+                raise DeviceMissing(missing)
+            for start in range(0, len(wanted), _IN_CHUNK):
+                chunk = wanted[start : start + _IN_CHUNK]
+                await conn.execute(
+                    sa.update(devices)
+                    .where(devices.c.product_pk == pk, devices.c.name.in_(chunk))
+                    .values(enabled=enabled)
+                )
+        return len(wanted)
+
+    # --- the MQTT side: lookups by the globally unique ProductId ----------------------------------------
+
+    async def device_credentials(self, product_id: str, device_name: str) -> DeviceCredentials | None:
+        """The device's PSK and EnableState for MQTT authentication (``DeviceDirectory``)."""
+        async with self._db.connect() as conn:
+            row = (
+                await conn.execute(
+                    sa.select(devices.c.psk, devices.c.enabled)
+                    .select_from(devices.join(products, products.c.id == devices.c.product_pk))
+                    .where(products.c.product_id == product_id, devices.c.name == device_name)
+                )
+            ).first()
+        if row is None:
+            return None
+        return DeviceCredentials(
+            product_id=product_id, device_name=device_name, psk=row.psk, enabled=bool(row.enabled)
+        )
+
+    async def set_online(
+        self, product_id: str, device_name: str, online: bool, client_ip: str | None, now_s: int
+    ) -> None:
+        """Record a CONNECT (Online 1, LoginTime, FirstOnlineTime once, ClientIP) or a lost connection
+        (Online 0, LastOfflineTime) (``DeviceDirectory``). A device deleted meanwhile is ignored."""
+        values: dict[str, Any]
+        if online:
+            values = {
+                "online": True,
+                "login_time": now_s,
+                "first_online_time": sa.func.coalesce(devices.c.first_online_time, now_s),
+                "client_ip": client_ip,
+            }
+        else:
+            values = {"online": False, "last_offline_time": now_s}
+        async with self._db.begin() as conn:
+            await conn.execute(
+                sa.update(devices)
+                .where(devices.c.product_pk == _product_pk_by_id(product_id), devices.c.name == device_name)
+                .values(**values)
+            )
+
+    async def set_all_offline(self, now_s: int) -> int:
+        """Mark every online device offline (a broker that starts knows no connection yet)."""
+        async with self._db.begin() as conn:
+            result = await conn.execute(
+                sa.update(devices)
+                .where(devices.c.online == sa.true())
+                .values(online=False, last_offline_time=now_s)
+            )
+            return int(result.rowcount or 0)
+
+
+async def _product_pk(conn: AsyncConnection, account_id: int, product_id: str) -> int:
+    row = (
+        await conn.execute(
+            sa.select(products.c.id).where(
+                products.c.account_id == account_id, products.c.product_id == product_id
+            )
+        )
+    ).first()
+    if row is None:
+        raise ProductMissing(product_id)
+    return int(row.id)
+
+
+def _product_pk_by_id(product_id: str) -> sa.ScalarSelect[int]:
+    return sa.select(products.c.id).where(products.c.product_id == product_id).scalar_subquery()
+
+
+async def _count(conn: AsyncConnection, product_pk: int) -> int:
+    return int(
+        (
+            await conn.execute(
+                sa.select(sa.func.count()).select_from(devices).where(devices.c.product_pk == product_pk)
+            )
+        ).scalar_one()
+    )
+
+
+def _json_text(value: Any) -> str:
+    return orjson.dumps(value or []).decode()
+
+
+def _record(row: Any, product_id: str) -> DeviceRecord:
+    return DeviceRecord(
+        pk=int(row.id),
+        product_pk=int(row.product_pk),
+        product_id=product_id,
+        name=row.name,
+        psk=row.psk,
+        enabled=bool(row.enabled),
+        tags=list(row.tags or []),
+        created_at=int(row.created_at),
+        online=bool(row.online),
+        login_time=int(row.login_time or 0),
+        first_online_time=None if row.first_online_time is None else int(row.first_online_time),
+        last_offline_time=None if row.last_offline_time is None else int(row.last_offline_time),
+        client_ip=row.client_ip,
+    )

@@ -1,0 +1,298 @@
+"""Helpers for the MQTT integration tests: an in-memory device directory, an echoing shadow handler, paho
+devices driven from asyncio, and a private Mosquitto process.
+
+Not a conftest (nothing here is collected): the test modules import what they use.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import os
+import queue
+import secrets
+import shutil
+import signal
+import socket
+import string
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import orjson
+import paho.mqtt.client as paho
+from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
+from paho.mqtt.reasoncodes import ReasonCode
+
+from fleetops.messaging.device_auth import SignMethod, make_username, sign_password
+from fleetops.messaging.ports import DeviceCredentials
+from fleetops.messaging.wire import encode_remaining_length
+
+WAIT_S = 5.0
+T = TypeVar("T")
+
+# paho 2 reports an MQTT 3.1.1 CONNACK return code as a v5 reason code; these are the names it uses.
+_CONNACK_BY_NAME = {
+    "Success": 0,
+    "Unsupported protocol version": 1,
+    "Client identifier not valid": 2,
+    "Server unavailable": 3,
+    "Bad user name or password": 4,
+    "Not authorized": 5,
+}
+
+
+def random_product_id() -> str:
+    """A fresh ``[A-Z0-9]{10}`` product id: tests sharing a broker never see each other's topics."""
+    return "".join(secrets.choice(string.ascii_uppercase + string.digits) for _ in range(10))
+
+
+def random_psk() -> str:
+    return base64.b64encode(secrets.token_bytes(18)).decode("ascii")
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+@dataclass
+class MemoryDirectory:
+    """:class:`~fleetops.messaging.ports.DeviceDirectory` over a dict; records every ``set_online``."""
+
+    devices: dict[tuple[str, str], DeviceCredentials] = field(default_factory=dict)
+    online_calls: list[tuple[str, str, bool, str | None]] = field(default_factory=list)
+
+    def add(self, product_id: str, device_name: str, *, enabled: bool = True) -> DeviceCredentials:
+        credentials = DeviceCredentials(product_id, device_name, random_psk(), enabled)
+        self.devices[(product_id, device_name)] = credentials
+        return credentials
+
+    async def device_credentials(self, product_id: str, device_name: str) -> DeviceCredentials | None:
+        return self.devices.get((product_id, device_name))
+
+    async def set_online(
+        self, product_id: str, device_name: str, online: bool, client_ip: str | None, now_s: int
+    ) -> None:
+        self.online_calls.append((product_id, device_name, online, client_ip))
+
+    def online_states(self, product_id: str, device_name: str) -> list[bool]:
+        return [online for pid, dn, online, _ in self.online_calls if (pid, dn) == (product_id, device_name)]
+
+
+@dataclass
+class EchoShadowHandler:
+    """Answers the shadow requests of known devices with ``{"echo": <request>}``; ignores others (so that
+    test runs sharing a broker do not answer each other's devices)."""
+
+    known: set[tuple[str, str]] = field(default_factory=set)
+    requests: list[tuple[str, str, bytes]] = field(default_factory=list)
+
+    async def handle_shadow_request(self, product_id: str, device_name: str, payload: bytes) -> bytes | None:
+        if (product_id, device_name) not in self.known:
+            return None
+        self.requests.append((product_id, device_name, payload))
+        return orjson.dumps({"echo": orjson.loads(payload)})
+
+
+@dataclass(frozen=True)
+class Received:
+    topic: str
+    payload: bytes
+    qos: int
+
+
+class PahoDevice:
+    """A paho-mqtt 2 client (network loop in paho's thread) that asyncio tests can await."""
+
+    def __init__(
+        self,
+        credentials: DeviceCredentials,
+        *,
+        method: SignMethod = SignMethod.HMAC_SHA256,
+        expiry: int | None = None,
+        password: str | None = None,
+        clean_session: bool = True,
+        keepalive_s: int = 60,
+        protocol: MQTTProtocolVersion = paho.MQTTv311,
+        reconnect: bool = False,
+        resubscribe: tuple[tuple[str, int], ...] = (),
+    ) -> None:
+        """``reconnect``: paho reconnects after a lost connection (every second); ``resubscribe``: subscribed
+        on every successful connection."""
+        self.client_id = credentials.product_id + credentials.device_name
+        username = make_username(self.client_id, expiry if expiry is not None else int(time.time()) + 3600)
+        self.client = paho.Client(
+            CallbackAPIVersion.VERSION2,
+            client_id=self.client_id,
+            protocol=protocol,
+            clean_session=clean_session,
+            reconnect_on_failure=reconnect,
+        )
+        self.client.reconnect_delay_set(min_delay=1, max_delay=1)
+        self.client.username_pw_set(username, password or sign_password(username, credentials.psk, method))
+        self.keepalive_s = keepalive_s
+        self.resubscribe = resubscribe
+        self.connacks: queue.Queue[int] = queue.Queue()
+        self.subacks: queue.Queue[list[int]] = queue.Queue()
+        self.messages: queue.Queue[Received] = queue.Queue()
+        self.disconnected = threading.Event()
+        self.client.on_connect = self._on_connect
+        self.client.on_subscribe = self._on_subscribe
+        self.client.on_message = self._on_message
+        self.client.on_disconnect = self._on_disconnect
+
+    def _on_connect(
+        self, client: paho.Client, userdata: Any, flags: Any, reason: ReasonCode, props: Any
+    ) -> None:
+        self.disconnected.clear()
+        code = _CONNACK_BY_NAME.get(str(reason), -1)
+        if code == 0:
+            for topic, qos in self.resubscribe:
+                client.subscribe(topic, qos)
+        self.connacks.put(code)
+
+    def _on_subscribe(
+        self, client: paho.Client, userdata: Any, mid: int, codes: list[ReasonCode], props: Any
+    ) -> None:
+        self.subacks.put([code.value for code in codes])
+
+    def _on_message(self, client: paho.Client, userdata: Any, message: paho.MQTTMessage) -> None:
+        self.messages.put(Received(message.topic, bytes(message.payload), message.qos))
+
+    def _on_disconnect(
+        self, client: paho.Client, userdata: Any, flags: Any, reason: ReasonCode, props: Any
+    ) -> None:
+        self.disconnected.set()
+
+    async def connect(self, port: int, *, host: str = "127.0.0.1") -> int:
+        """Connect and return the CONNACK return code."""
+        await asyncio.to_thread(self.client.connect, host, port, self.keepalive_s)
+        self.client.loop_start()
+        code = await self.wait(self.connacks)
+        if code != 0:
+            self.client.disconnect()
+        return code
+
+    async def subscribe(self, topic: str, qos: int = 0) -> int:
+        """Subscribe and return the SUBACK return code (0x80 = refused)."""
+        self.client.subscribe(topic, qos)
+        return (await self.wait(self.subacks))[0]
+
+    def publish(self, topic: str, payload: bytes, qos: int = 0) -> None:
+        self.client.publish(topic, payload, qos)
+
+    async def receive(self, timeout_s: float = WAIT_S) -> Received:
+        return await self.wait(self.messages, timeout_s)
+
+    async def nothing_received(self, within_s: float = 0.5) -> bool:
+        try:
+            await self.wait(self.messages, within_s)
+        except TimeoutError:
+            return True
+        return False
+
+    @staticmethod
+    async def wait(source: queue.Queue[T], timeout_s: float = WAIT_S) -> T:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                return source.get_nowait()
+            except queue.Empty:
+                if time.monotonic() > deadline:
+                    raise TimeoutError("nothing arrived") from None
+                await asyncio.sleep(0.01)
+
+    async def wait_disconnected(self, timeout_s: float = WAIT_S) -> bool:
+        return await asyncio.to_thread(self.disconnected.wait, timeout_s)
+
+    def close(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
+
+
+@contextmanager
+def paho_devices() -> Iterator[list[PahoDevice]]:
+    """A list to put devices in; every device is closed at the end."""
+    devices: list[PahoDevice] = []
+    try:
+        yield devices
+    finally:
+        for device in devices:
+            device.close()
+
+
+class MosquittoProcess:
+    """A private Mosquitto on a free port (its own config, persistence in ``workdir``), stopped by its PID."""
+
+    def __init__(self, workdir: Path, *, users: dict[str, str] | None = None) -> None:
+        """``users``: require these user names and passwords instead of allowing anonymous clients."""
+        self.port = free_port()
+        self.workdir = workdir
+        self.config = workdir / "mosquitto.conf"
+        access = "allow_anonymous true\n"
+        if users:
+            password_file = workdir / "passwords"
+            password_file.write_text("".join(f"{user}:{password}\n" for user, password in users.items()))
+            password_file.chmod(0o600)
+            subprocess.run(["mosquitto_passwd", "-U", str(password_file)], check=True)  # hashes in place
+            access = f"allow_anonymous false\npassword_file {password_file}\n"
+        # Started as root, Mosquitto becomes the "mosquitto" user, who cannot write to a private temp dir.
+        run_as = "user root\n" if os.geteuid() == 0 else ""
+        lines = [f"listener {self.port} 127.0.0.1\n", run_as, access, "persistence true\n"]
+        lines += [f"persistence_location {workdir}/\n", "log_dest none\n"]
+        self.config.write_text("".join(lines))
+        self.process: asyncio.subprocess.Process | None = None
+
+    @staticmethod
+    def available() -> bool:
+        return shutil.which("mosquitto") is not None
+
+    async def start(self) -> None:
+        self.process = await asyncio.create_subprocess_exec(
+            "mosquitto",
+            "-c",
+            str(self.config),
+            stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + WAIT_S
+        while time.monotonic() < deadline:
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
+                    return
+            except OSError:
+                await asyncio.sleep(0.02)
+        raise RuntimeError(f"mosquitto did not start on port {self.port}")
+
+    async def stop(self, sig: signal.Signals = signal.SIGTERM) -> None:
+        """Stop by PID (SIGTERM saves the persistence file, SIGKILL does not)."""
+        if self.process is None:
+            return
+        self.process.send_signal(sig)
+        await asyncio.wait_for(self.process.wait(), WAIT_S)
+        self.process = None
+
+
+def _mqtt_string(value: str) -> bytes:
+    data = value.encode("utf-8")
+    return len(data).to_bytes(2, "big") + data
+
+
+async def raw_connect(
+    port: int, client_id: str, username: str, password: str, *, keepalive_s: int
+) -> tuple[asyncio.StreamReader, asyncio.StreamWriter, bytes]:
+    """A bare MQTT 3.1.1 CONNECT on a socket (no client library pinging behind the test's back)."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    variable = _mqtt_string("MQTT") + bytes((4, 0xC2)) + keepalive_s.to_bytes(2, "big")
+    body = variable + _mqtt_string(client_id) + _mqtt_string(username) + _mqtt_string(password)
+    writer.write(b"\x10" + encode_remaining_length(len(body)) + body)
+    await writer.drain()
+    connack = await asyncio.wait_for(reader.readexactly(4), WAIT_S)
+    return reader, writer, connack

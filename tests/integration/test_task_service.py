@@ -1,0 +1,202 @@
+"""Task use cases and their store on SQLite and PostgreSQL: CreateTask's rules, the pending cap under
+concurrent creates (two nodes), cancel racing the engine's start, listing, retention."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from collections.abc import AsyncIterator
+
+import pytest
+
+from fleetops import errors
+from fleetops.backend.tasks import TaskService, new_task_id
+from fleetops.domain.tasks import TaskStatus, TaskType, UpdateShadowSpec
+from fleetops.store.database import open_database
+from fleetops.store.products import ProductStore
+from fleetops.store.tasks import TaskStore
+from tests.support import TaskEnv, open_task_env
+
+DAY = 86_400
+
+
+@pytest.fixture
+async def env(database_url: str) -> AsyncIterator[TaskEnv]:
+    task_env = await open_task_env(database_url, max_open_tasks=3)
+    try:
+        yield task_env
+    finally:
+        await task_env.close()
+
+
+async def test_create_stores_the_effective_values(env: TaskEnv) -> None:
+    now = int(env.clock())
+    immediate = await env.update_shadow_task("", {"color": "red"}, max_execution_time_s=0)
+    far = await env.publish_task("^a", "control", "x", schedule_time_s=now + 5 * DAY, max_execution_time_s=60)
+
+    task = await env.task(immediate)
+    assert (task.type, task.status, task.schedule_time, task.max_execution_s) == (
+        TaskType.UPDATE_SHADOW,
+        TaskStatus.WAITING,
+        now,
+        DAY,
+    )
+    assert task.spec == UpdateShadowSpec({"color": "red"})
+    assert (task.created_at, task.updated_at, task.done_time, task.applied_cursor) == (now, now, 0, None)
+    later = await env.task(far)
+    assert (later.schedule_time, later.max_execution_s, later.name_filter) == (now + DAY, 60, "^a")
+    assert re.fullmatch("[0-9a-f]{24}", immediate) and immediate[:8] == f"{now:08x}"
+
+
+@pytest.mark.parametrize(
+    ("change", "error", "message"),
+    [
+        (
+            {"task_type": "Reboot"},
+            errors.InvalidParameterValue,
+            "TaskType must be UpdateShadow or PublishMessage",
+        ),
+        ({"device_name_filter": "(unclosed"}, errors.InvalidParameterValue, "missing \\)"),
+        ({"device_name_filter": "(a)\\1"}, errors.InvalidParameterValue, "not a valid RE2"),
+        ({"schedule_time_s": 1}, errors.InvalidParameterValue, "ScheduleTimeInSeconds"),
+        ({"max_execution_time_s": DAY + 1}, errors.InvalidParameterValue, "MaxExecutionTimeInSeconds"),
+        ({"tasks": None}, errors.MissingParameter, "Tasks"),
+        (
+            {"tasks": {"PublishMessageTask": {"Topic": "a", "Payload": "b"}}},
+            errors.InvalidParameterValue,
+            "Update",
+        ),
+        ({"tasks": {"UpdateShadowTask": {"Desired": "[1]"}}}, errors.InvalidParameterValue, "JSON object"),
+        ({"product_id": "NOTMINE123"}, errors.ProductNotExist, "NOTMINE123"),
+    ],
+)
+async def test_create_refuses_bad_requests_naming_the_problem(
+    env: TaskEnv, change: dict[str, object], error: type[errors.ApiError], message: str
+) -> None:
+    request: dict[str, object] = {
+        "task_type": "UpdateShadow",
+        "product_id": env.product_id,
+        "device_name_filter": "",
+        "schedule_time_s": 0,
+        "tasks": {"UpdateShadowTask": {"Desired": '{"a":1}'}},
+        "max_execution_time_s": None,
+    } | change
+    with pytest.raises(error) as caught:
+        await env.service.create(env.account_id, **request)  # type: ignore[arg-type]
+    assert re.search(message, caught.value.message)
+    assert (await env.service.page(env.account_id, 0, 10))[0] == 0
+
+
+async def test_the_pending_cap_holds_for_concurrent_creates_on_two_nodes(env: TaskEnv) -> None:
+    other_db = open_database(str(env.db.engine.url.render_as_string(hide_password=False)))
+    other_node = TaskService(
+        TaskStore(other_db), ProductStore(other_db), env.clock, max_open_tasks=3, retention_s=30 * DAY
+    )
+
+    async def create(service: TaskService) -> str | errors.ApiError:
+        try:
+            return await service.create(
+                env.account_id,
+                task_type="PublishMessage",
+                product_id=env.product_id,
+                device_name_filter="",
+                schedule_time_s=int(env.clock()) + 60,
+                tasks={"PublishMessageTask": {"Topic": "control", "Payload": "x"}},
+                max_execution_time_s=None,
+            )
+        except errors.ApiError as exc:
+            return exc
+
+    try:
+        results = await asyncio.gather(*(create(env.service if i % 2 else other_node) for i in range(12)))
+    finally:
+        await other_db.dispose()
+
+    created = [r for r in results if isinstance(r, str)]
+    refused = [r for r in results if isinstance(r, errors.ApiError)]
+    assert len(created) == 3
+    assert {type(r) for r in refused} == {errors.PengingOrProcessingTasksExceedLimit}
+    assert refused[0].code == "LimitExceeded.PengingOrProcessingTasksExceedLimit"
+    assert "at most 3 are allowed" in refused[0].message
+    # a cancelled task frees its place
+    await env.service.cancel(env.account_id, created[0])
+    assert isinstance(await create(env.service), str)
+
+
+async def test_cancel_and_the_engine_start_never_both_win(env: TaskEnv) -> None:
+    store = TaskStore(env.db)
+    for _round in range(6):
+        task_id = await env.publish_task("", "control", "x")
+
+        async def cancel(task_id: str = task_id) -> bool:
+            try:
+                await env.service.cancel(env.account_id, task_id)
+            except errors.AsyncTaskAlreadyStarted:
+                return False
+            return True
+
+        async def claim() -> bool:
+            return await store.claim_next("node-a", int(env.clock()), 30) is not None
+
+        cancelled, claimed = await asyncio.gather(cancel(), claim())
+        assert cancelled != claimed
+        task = await env.task(task_id)
+        assert task.status is (TaskStatus.CANCELLED if cancelled else TaskStatus.PROCESSING)
+        assert (task.started_at is None) == cancelled
+        if claimed:  # finish it, so the cap of 3 open tasks does not stop the next round
+            assert await store.complete(task_id, "node-a", None, int(env.clock()))
+
+
+async def test_cancel_answers_each_status(env: TaskEnv) -> None:
+    store = TaskStore(env.db)
+    waiting = await env.publish_task("", "control", "x", schedule_time_s=int(env.clock()) + 60)
+    await env.service.cancel(env.account_id, waiting)
+    assert (await env.task(waiting)).status is TaskStatus.CANCELLED
+    with pytest.raises(errors.AsyncTaskAlreadyStarted, match="status is 5"):
+        await env.service.cancel(env.account_id, waiting)  # cancelled already (spec proposal)
+
+    started = await env.publish_task("", "control", "x")
+    assert (await store.claim_next("node-a", int(env.clock()), 30)) is not None
+    with pytest.raises(errors.AsyncTaskAlreadyStarted, match="status is 2"):
+        await env.service.cancel(env.account_id, started)
+
+    with pytest.raises(errors.TaskNotExist):
+        await env.service.cancel(env.account_id, "0" * 24)
+    with pytest.raises(errors.TaskNotExist):  # another account's task looks like no task
+        await env.service.cancel(env.account_id + 1000, started)
+
+
+async def test_listing_is_newest_first_per_account_and_a_month_long(env: TaskEnv) -> None:
+    ids = []
+    for step in range(3):
+        ids.append(await env.publish_task("", "control", str(step), schedule_time_s=int(env.clock()) + 60))
+        await env.service.cancel(env.account_id, ids[-1])
+        if step == 0:
+            env.clock.advance(1)
+    ids.append(await env.update_shadow_task("", {"a": 1}, schedule_time_s=int(env.clock()) + 60))
+
+    total, page = await env.service.page(env.account_id, 0, 250)
+    assert total == 4 and [t.id for t in page] == ids[::-1]  # same-second ties in creation order too
+    total, page = await env.service.page(env.account_id, 1, 2)
+    assert total == 4 and [t.id for t in page] == [ids[2], ids[1]]
+    assert await env.service.page(env.account_id + 1000, 0, 10) == (0, [])
+    with pytest.raises(errors.TaskNotExist):
+        await env.service.describe(env.account_id + 1000, ids[0])
+
+    env.clock.advance(30 * DAY)  # the first task is now older than a month, the others just not
+    assert (await env.service.page(env.account_id, 0, 10))[0] == 3
+    with pytest.raises(errors.TaskNotExist, match="kept for one month"):
+        await env.service.describe(env.account_id, ids[0])
+    assert (await env.service.describe(env.account_id, ids[1])).id == ids[1]
+
+    # the purge deletes finished tasks past the retention, never a waiting one
+    env.clock.advance(1)
+    purged = await env.worker().scheduler.purge_if_due()
+    assert purged == 3
+    assert await env.task(ids[0]) is None and (await env.task(ids[3])).status is TaskStatus.WAITING
+
+
+def test_task_ids_sort_by_creation_time() -> None:
+    ids = [new_task_id(1_700_000_000 + t) for t in (0, 0, 0, 1, 2)]
+    assert ids == sorted(ids) and len(set(ids)) == 5
+    assert all(re.fullmatch("[0-9a-f]{24}", i) for i in ids)
