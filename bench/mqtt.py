@@ -74,9 +74,7 @@ def run_devices(config: dict[str, Any]) -> None:
 
     clients = []
     for device in config["devices"]:
-        client = paho.Client(
-            CallbackAPIVersion.VERSION2, client_id=device["client_id"], protocol=paho.MQTTv311
-        )
+        client = paho.Client(CallbackAPIVersion.VERSION2, client_id=device["client_id"], protocol=paho.MQTTv311)
         if device["username"]:
             client.username_pw_set(device["username"], device["password"])
         client.on_message = on_message

@@ -97,10 +97,7 @@ async def run(url: str, count: int, batch_size: int, shadow_ops: int) -> None:
     report = await register_devices(
         store, account, PID, names, now_s=int(time.time()), max_devices=count, batch_size=batch_size
     )
-    print(
-        f"bulk registration: {report.created:,} devices in {report.elapsed_s:.1f} s "
-        f"= {report.rate_per_s:,.0f}/s"
-    )
+    print(f"bulk registration: {report.created:,} devices in {report.elapsed_s:.1f} s = {report.rate_per_s:,.0f}/s")
     if dialect == "postgresql":
         async with db.begin() as conn:
             await conn.execute(sa.text("ANALYZE devices"))
@@ -110,9 +107,7 @@ async def run(url: str, count: int, batch_size: int, shadow_ops: int) -> None:
     first = await timed(lambda: devices.page(account, PID, 0, PAGE_LIMIT, everything), 7)
     deep_offset = max(0, count - PAGE_LIMIT)
     deep = await timed(lambda: devices.page(account, PID, deep_offset, PAGE_LIMIT, everything), 7)
-    filtered = await timed(
-        lambda: devices.page(account, PID, 0, PAGE_LIMIT, DeviceFilter(name_contains="99")), 5
-    )
+    filtered = await timed(lambda: devices.page(account, PID, 0, PAGE_LIMIT, DeviceFilter(name_contains="99")), 5)
     print(
         f"DescribeDevices (Limit {PAGE_LIMIT}, with TotalCount): first page {median_ms(first):.1f} ms, "
         f"deep page (Offset {deep_offset:,}) {median_ms(deep):.1f} ms, "
@@ -145,15 +140,11 @@ async def run(url: str, count: int, batch_size: int, shadow_ops: int) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--database", default="sqlite", help="sqlite | postgresql | a database URL")
     parser.add_argument("--count", type=int, default=100_000, help="devices to register (default 100,000)")
     parser.add_argument("--batch-size", type=int, default=10_000, help="devices per transaction")
-    parser.add_argument(
-        "--shadow-ops", type=int, default=5_000, help="shadow reads and writes per measurement"
-    )
+    parser.add_argument("--shadow-ops", type=int, default=5_000, help="shadow reads and writes per measurement")
     args = parser.parse_args()
     with database(args.database) as url:
         asyncio.run(run(url, args.count, args.batch_size, args.shadow_ops))

@@ -224,18 +224,12 @@ async def run(args: argparse.Namespace, url: str) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--database", default="sqlite", help="sqlite | postgresql | a database URL")
     parser.add_argument("--broker", default="embedded", choices=("embedded", "mosquitto"))
-    parser.add_argument(
-        "--mqtt-url", default="mqtt://127.0.0.1:1883", help="the Mosquitto for --broker mosquitto"
-    )
+    parser.add_argument("--mqtt-url", default="mqtt://127.0.0.1:1883", help="the Mosquitto for --broker mosquitto")
     parser.add_argument("--count", type=int, default=100_000, help="devices (default 100,000)")
-    parser.add_argument(
-        "--batch-size", type=int, default=Settings().task_batch_size, help="devices per batch"
-    )
+    parser.add_argument("--batch-size", type=int, default=Settings().task_batch_size, help="devices per batch")
     parser.add_argument("--filter", default="", help="DeviceNameFilter of both tasks (default: every device)")
     parser.add_argument(
         "--desired",

@@ -37,9 +37,7 @@ def tc3_headers(
         [method, "/", query, f"content-type:{content_type}\nhost:{host}\n", "content-type;host", payload_hash]
     )
     scope = f"{date}/iotcloud/tc3_request"
-    string_to_sign = "\n".join(
-        ["TC3-HMAC-SHA256", str(ts), scope, hashlib.sha256(canonical.encode()).hexdigest()]
-    )
+    string_to_sign = "\n".join(["TC3-HMAC-SHA256", str(ts), scope, hashlib.sha256(canonical.encode()).hexdigest()])
     signature = Sign.sign_tc3(secret_key, date, "iotcloud", string_to_sign)
     return {
         "Content-Type": content_type,
@@ -54,8 +52,9 @@ def tc3_headers(
     }
 
 
-def tc3_post(url: str, host: str, secret_id: str, secret_key: str, action: str, params: dict[str, Any],
-             **kw: Any) -> dict[str, Any]:
+def tc3_post(
+    url: str, host: str, secret_id: str, secret_key: str, action: str, params: dict[str, Any], **kw: Any
+) -> dict[str, Any]:
     body = json.dumps(params).encode()
     headers = tc3_headers(host=host, secret_id=secret_id, secret_key=secret_key, action=action, body=body, **kw)
     return response_json(requests.post(url, data=body, headers=headers, timeout=10))
@@ -88,8 +87,9 @@ def v1_params(
     return all_params
 
 
-def v1_get(url: str, host: str, secret_id: str, secret_key: str, action: str, params: dict[str, str],
-           **kw: Any) -> dict[str, Any]:
+def v1_get(
+    url: str, host: str, secret_id: str, secret_key: str, action: str, params: dict[str, str], **kw: Any
+) -> dict[str, Any]:
     signed = v1_params(host=host, secret_id=secret_id, secret_key=secret_key, action=action, params=params, **kw)
     return response_json(requests.get(url + "?" + urllib.parse.urlencode(signed), timeout=10))
 

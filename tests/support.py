@@ -95,7 +95,9 @@ class LiveServer:
 
     def new_account(self, name: str | None = None) -> tuple[str, str]:
         async def create() -> tuple[str, str]:
-            account_id = await self.node.accounts.create_account(name or "acct-" + secrets.token_hex(4), int(time.time()))
+            account_id = await self.node.accounts.create_account(
+                name or "acct-" + secrets.token_hex(4), int(time.time())
+            )
             key = await self.node.accounts.create_key(account_id, int(time.time()))
             return key.secret_id, key.secret_key
 
@@ -129,7 +131,8 @@ def start_server(data_dir: Path, database_url: str, **overrides: Any) -> LiveSer
             )
             state.update(node=node, key=key, server=server)
             task = asyncio.create_task(server.serve())
-            while not server.started and not task.done():
+            # uvicorn exposes `started` as a plain flag, with no event to wait on
+            while not server.started and not task.done():  # noqa: ASYNC110
                 await asyncio.sleep(0.01)
             ready.set()
             try:
@@ -373,9 +376,7 @@ class TaskEnv:
         await self.db.dispose()
 
 
-async def open_task_env(
-    database_url: str, *, max_open_tasks: int = 10, clock: FakeClock | None = None
-) -> TaskEnv:
+async def open_task_env(database_url: str, *, max_open_tasks: int = 10, clock: FakeClock | None = None) -> TaskEnv:
     from fleetops.backend.tasks import TaskService
     from fleetops.store.accounts import AccountStore
     from fleetops.store.database import open_database
@@ -390,9 +391,7 @@ async def open_task_env(
     product_id = "".join(secrets.choice("ABCDEFGHJKLMNPQRSTUVWXYZ0123456789") for _ in range(10))
     product = await ProductStore(db).insert(account_id, product_id, "p" + secrets.token_hex(4), {}, 0, 100)
     assert product is not None
-    service = TaskService(
-        TaskStore(db), ProductStore(db), clock, max_open_tasks=max_open_tasks, retention_s=30 * 86400
-    )
+    service = TaskService(TaskStore(db), ProductStore(db), clock, max_open_tasks=max_open_tasks, retention_s=30 * 86400)
     return TaskEnv(db, account_id, product_id, product.pk, clock, TaskPublisher(), service)
 
 

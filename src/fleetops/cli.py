@@ -64,7 +64,9 @@ def serve(
         host=host, port=port, mqtt_port=mqtt_port, mqtt_url=mqtt_url, log_level=log_level
     )
     logging.basicConfig(
-        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s", stream=sys.stderr
+        level=settings.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s %(message)s",
+        stream=sys.stderr,
     )
     from fleetops.server import run_server
 
@@ -163,10 +165,16 @@ def devices() -> None:
 @click.option("--start", type=int, default=1, show_default=True, help="first number after the prefix")
 @click.option("--digits", type=int, default=0, show_default=True, help="zero-pad numbers to this width")
 @click.option(
-    "--names-file", type=click.Path(path_type=Path, dir_okay=False), default=None, help="one device name per line"
+    "--names-file",
+    type=click.Path(path_type=Path, dir_okay=False),
+    default=None,
+    help="one device name per line",
 )
 @click.option(
-    "--psk-out", type=click.Path(path_type=Path, dir_okay=False), default=None, help="write name,psk CSV (mode 0600)"
+    "--psk-out",
+    type=click.Path(path_type=Path, dir_okay=False),
+    default=None,
+    help="write name,psk CSV (mode 0600)",
 )
 @click.option("--account", default="default", show_default=True, help="account that owns the product")
 @click.option("--skip-existing", is_flag=True, help="skip names the product already has instead of failing")
@@ -230,4 +238,3 @@ def db_upgrade(ctx: click.Context) -> None:
 
     _run(_with_accounts(_settings(ctx), noop))
     click.echo("schema is up to date")
-

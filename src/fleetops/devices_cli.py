@@ -69,9 +69,7 @@ def _open_secret_file(path: Path) -> TextIO:
     return os.fdopen(fd, "w", encoding="utf-8", newline="")
 
 
-async def create_devices(
-    settings: Settings, request: RegistrationRequest, console: Console
-) -> RegistrationReport:
+async def create_devices(settings: Settings, request: RegistrationRequest, console: Console) -> RegistrationReport:
     """Register the devices; raises RegistrationError with a message for the user."""
     names = _names(request)
     if request.batch_size < 1:
@@ -82,9 +80,7 @@ async def create_devices(
         await upgrade(db)
         account_id = await AccountStore(db).account_id(request.account)
         if account_id is None:
-            raise RegistrationError(
-                f"there is no account named {request.account!r} (see `fleetops keys list`)."
-            )
+            raise RegistrationError(f"there is no account named {request.account!r} (see `fleetops keys list`).")
         store = DeviceStore(db)
         psk_out = _open_secret_file(request.psk_out) if request.psk_out is not None else None
         try:

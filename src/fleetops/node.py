@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from starlette.applications import Starlette
+from starlette.routing import BaseRoute, Mount
 
 from fleetops.api.actions import all_actions
 from fleetops.api.app import ApiConfig, ApiEndpoint, create_app
@@ -21,6 +22,10 @@ from fleetops.backend.products import ProductService
 from fleetops.backend.shadows import ShadowService
 from fleetops.backend.tasks import TaskService
 from fleetops.engine.worker import TaskWorker
+from fleetops.messaging.embedded import EmbeddedBroker
+from fleetops.messaging.external import BrokerAddress, ExternalBroker
+from fleetops.messaging.http_auth import mqtt_auth_router
+from fleetops.messaging.ports import MessagingService
 from fleetops.settings import Settings
 from fleetops.store.accounts import AccountStore
 from fleetops.store.database import Database, open_database
@@ -42,9 +47,11 @@ class Node:
     accounts: AccountStore
     backend: Backend
     clock: Callable[[], float] = time.time
-    # the task engine (a service: started and stopped with the node); attach the MQTT publisher to it with
-    # engine.attach_publisher once the messaging side exists, as for ShadowService
+    # the task engine and the MQTT side; both are services started and stopped with the node (messaging first,
+    # so a task resumed at start finds the publisher)
     engine: TaskWorker | None = None
+    messaging: MessagingService | None = None
+    devices: DeviceStore | None = None
     _services: list[Any] = field(default_factory=list)
 
     @classmethod
@@ -69,10 +76,43 @@ class Node:
                 on_created=engine.wake,
             ),
         )
+        messaging: MessagingService
+        if settings.mqtt_url:
+            messaging = ExternalBroker.from_settings(settings, backend.shadows)
+        else:
+            messaging = EmbeddedBroker.from_settings(settings, device_store, backend.shadows)
+        backend.shadows.attach_publisher(messaging.publisher)
+        backend.devices.attach_sessions(messaging)
+        engine.attach_publisher(messaging.publisher)
         accounts = AccountStore(db)
-        node = cls(settings=settings, db=db, accounts=accounts, backend=backend, clock=clock, engine=engine)
-        node._services.append(engine)
+        node = cls(
+            settings=settings,
+            db=db,
+            accounts=accounts,
+            backend=backend,
+            clock=clock,
+            engine=engine,
+            messaging=messaging,
+            devices=device_store,
+        )
+        node._services.extend([messaging, engine])
         return node
+
+    def _mqtt_auth_routes(self) -> list[BaseRoute]:
+        """EMQX 5 HTTP authentication / authorization endpoints, served when an external broker is used."""
+        if not self.settings.mqtt_url or self.devices is None:
+            return []
+        address = BrokerAddress.parse(self.settings.mqtt_url)
+        if not address.password:
+            log.warning("the external broker URL has no password: the /mqtt/auth endpoints are off (see docs/mqtt.md)")
+            return []
+        router = mqtt_auth_router(
+            self.devices,
+            internal_username=address.username or "",
+            internal_password=address.password,
+            clock=self.clock,
+        )
+        return [Mount("/mqtt", app=router)]
 
     def app(self) -> Starlette:
         endpoint = ApiEndpoint(
@@ -83,7 +123,7 @@ class Node:
             config=ApiConfig(max_body_bytes=self.settings.max_body_bytes, clock_skew_s=self.settings.clock_skew_s),
             clock=self.clock,
         )
-        return create_app(endpoint, lifespan=self._lifespan)
+        return create_app(endpoint, extra_routes=self._mqtt_auth_routes(), lifespan=self._lifespan)
 
     @contextlib.asynccontextmanager
     async def _lifespan(self, _app: Starlette) -> AsyncIterator[None]:

@@ -25,7 +25,8 @@ class Settings:
     port: int = field(default=8080, metadata={"doc": "HTTP API listen port"})
     data_dir: Path = field(default=Path("fleetops-data"), metadata={"doc": "directory for SQLite and credentials"})
     database_url: str = field(
-        default="", metadata={"doc": "SQLAlchemy URL; empty = SQLite in data_dir (postgresql://... for PostgreSQL)"}
+        default="",
+        metadata={"doc": "SQLAlchemy URL; empty = SQLite in data_dir (postgresql://... for PostgreSQL)"},
     )
     mqtt_host: str = field(default="127.0.0.1", metadata={"doc": "embedded MQTT broker listen address"})
     mqtt_port: int = field(default=1883, metadata={"doc": "embedded MQTT broker listen port"})
@@ -40,10 +41,12 @@ class Settings:
         default=10, metadata={"doc": "tasks waiting or processing per account (CreateTask limit)"}
     )
     max_devices_per_product: int = field(
-        default=1_000_000, metadata={"doc": "devices per product (CreateDevice limit, vendor quota 1,000,000)"}
+        default=1_000_000,
+        metadata={"doc": "devices per product (CreateDevice limit, vendor quota 1,000,000)"},
     )
     delta_publish_timeout_s: float = field(
-        default=2.0, metadata={"doc": "how long UpdateDeviceShadow waits for the broker to take its delta push"}
+        default=2.0,
+        metadata={"doc": "how long UpdateDeviceShadow waits for the broker to take its delta push"},
     )
     task_retention_s: int = field(default=30 * 86400, metadata={"doc": "how long finished tasks are kept"})
     task_batch_size: int = field(default=5000, metadata={"doc": "devices per executor batch (one transaction)"})

@@ -140,9 +140,7 @@ def test_device_lifecycle(client: Any) -> None:
     assert set(DEVICE_INFO_FIELDS) <= set(json.loads(listing.to_json_string())["Devices"][0])
 
     delete_device(client, pid, "lamp-01")
-    assert (
-        sdk_error_code(lambda: describe_device(client, pid, "lamp-01")) == "ResourceNotFound.DeviceNotExist"
-    )
+    assert sdk_error_code(lambda: describe_device(client, pid, "lamp-01")) == "ResourceNotFound.DeviceNotExist"
     assert describe_devices(client, pid, limit=10).TotalCount == 0
     delete_product(client, pid)
 
@@ -161,13 +159,8 @@ def test_defined_psk(client: Any) -> None:
 def test_create_device_errors(client: Any) -> None:
     pid = new_product(client)
     create_device(client, pid, "dup")
-    assert (
-        sdk_error_code(lambda: create_device(client, pid, "dup"))
-        == "InvalidParameterValue.DeviceAlreadyExist"
-    )
-    assert (
-        sdk_error_code(lambda: create_device(client, "NOPE000000", "x")) == "ResourceNotFound.ProductNotExist"
-    )
+    assert sdk_error_code(lambda: create_device(client, pid, "dup")) == "InvalidParameterValue.DeviceAlreadyExist"
+    assert sdk_error_code(lambda: create_device(client, "NOPE000000", "x")) == "ResourceNotFound.ProductNotExist"
     for bad in ("has space", "x" * 49, "ünï", ""):
         assert sdk_error_code(lambda bad=bad: create_device(client, pid, bad)) in (
             "InvalidParameterValue",
@@ -223,9 +216,7 @@ def test_describe_devices_pages_and_filters(client: Any) -> None:
         code = sdk_error_code(lambda limit=limit: describe_devices(client, pid, 0, limit))
         assert code == "InvalidParameterValue"
     assert sdk_error_code(lambda: describe_devices(client, pid, EnableState=2)) == "InvalidParameterValue"
-    assert (
-        sdk_error_code(lambda: describe_devices(client, "NOPE000000")) == "ResourceNotFound.ProductNotExist"
-    )
+    assert sdk_error_code(lambda: describe_devices(client, "NOPE000000")) == "ResourceNotFound.ProductNotExist"
 
 
 def test_update_devices_enable_state(server: LiveServer, client: Any) -> None:
@@ -237,15 +228,9 @@ def test_update_devices_enable_state(server: LiveServer, client: Any) -> None:
     assert states == {"a": 0, "b": 0, "c": 1}
 
     # all or nothing: one unknown name and nobody changes
-    assert (
-        sdk_error_code(lambda: set_enabled(client, pid, ["a", "ghost"], 1))
-        == "ResourceNotFound.DeviceNotExist"
-    )
+    assert sdk_error_code(lambda: set_enabled(client, pid, ["a", "ghost"], 1)) == "ResourceNotFound.DeviceNotExist"
     assert describe_device(client, pid, "a").EnableState == 0
-    assert (
-        sdk_error_code(lambda: set_enabled(client, "NOPE000000", ["a"], 1))
-        == "ResourceNotFound.ProductNotExist"
-    )
+    assert sdk_error_code(lambda: set_enabled(client, "NOPE000000", ["a"], 1)) == "ResourceNotFound.ProductNotExist"
     assert sdk_error_code(lambda: set_enabled(client, pid, ["a"], 2)) == "InvalidParameterValue"
 
     # over GET the array is flattened (DeviceNames.0, DeviceNames.1): the same call works
@@ -256,23 +241,15 @@ def test_update_devices_enable_state(server: LiveServer, client: Any) -> None:
 def test_describe_and_delete_errors(client: Any) -> None:
     pid = new_product(client)
     assert sdk_error_code(lambda: describe_device(client, pid, "nope")) == "ResourceNotFound.DeviceNotExist"
-    assert (
-        sdk_error_code(lambda: describe_device(client, "NOPE000000", "x"))
-        == "ResourceNotFound.ProductNotExist"
-    )
+    assert sdk_error_code(lambda: describe_device(client, "NOPE000000", "x")) == "ResourceNotFound.ProductNotExist"
     assert sdk_error_code(lambda: delete_device(client, pid, "nope")) == "ResourceNotFound.DeviceNotExist"
-    assert (
-        sdk_error_code(lambda: delete_device(client, "NOPE000000", "x")) == "ResourceNotFound.ProductNotExist"
-    )
+    assert sdk_error_code(lambda: delete_device(client, "NOPE000000", "x")) == "ResourceNotFound.ProductNotExist"
 
 
 def test_delete_product_refused_while_it_has_devices(client: Any) -> None:
     pid = new_product(client)
     create_device(client, pid, "last")
-    assert (
-        sdk_error_code(lambda: delete_product(client, pid))
-        == "UnauthorizedOperation.DevicesExistUnderProduct"
-    )
+    assert sdk_error_code(lambda: delete_product(client, pid)) == "UnauthorizedOperation.DevicesExistUnderProduct"
     assert describe_device(client, pid, "last").DeviceName == "last"
     delete_device(client, pid, "last")
     delete_product(client, pid)

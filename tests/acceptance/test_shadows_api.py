@@ -113,9 +113,7 @@ def update(
     return parsed
 
 
-def device_request(
-    server: LiveServer, pid: str, message: dict[str, Any], name: str = "lamp"
-) -> dict[str, Any]:
+def device_request(server: LiveServer, pid: str, message: dict[str, Any], name: str = "lamp") -> dict[str, Any]:
     """What the device gets back on $shadow/operation/result/{pid}/{dn} for one request."""
     reply = server.run(
         server.node.backend.shadows.handle_shadow_request(pid, name, orjson.dumps(message)), timeout_s=30
@@ -255,9 +253,7 @@ def test_device_and_cloud_share_one_shadow(server: LiveServer, client: Any) -> N
         "delta": {"power": "on"},
     }
     # a stale version is refused with the whole current document
-    stale = device_request(
-        server, pid, {"type": "update", "state": {"reported": {"power": "on"}}, "version": 1}
-    )
+    stale = device_request(server, pid, {"type": "update", "state": {"reported": {"power": "on"}}, "version": 1})
     assert stale["result"] == 5005 and stale["payload"]["version"] == 2
     # the acknowledgement: report and clear desired in one message
     ack = device_request(

@@ -1,9 +1,8 @@
 """Issue "Batch tasks": CreateTask, DescribeTask, DescribeTasks and CancelTask through the official SDK, with
 real paho-mqtt devices connected to the node's MQTT broker.
 
-Until the node starts its own broker, the ``mqtt`` fixture starts the embedded broker on the live server's
-event loop and attaches its publisher to the task engine and the shadow service, exactly what the node's
-wiring will do. (The engine's behaviour on PostgreSQL is covered by tests/integration/test_task_engine.py.)
+The devices connect to the node's own embedded broker. (The engine's behaviour on PostgreSQL is covered by
+tests/integration/test_task_engine.py.)
 """
 
 from __future__ import annotations
@@ -43,24 +42,11 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
 
 
 @pytest.fixture(scope="module")
-def mqtt(server: LiveServer) -> Iterator[EmbeddedBroker]:
-    engine = server.node.engine
-    assert engine is not None
-
-    async def start() -> EmbeddedBroker:
-        broker = EmbeddedBroker(DeviceStore(server.node.db), server.node.backend.shadows, port=0)
-        await broker.start()
-        engine.attach_publisher(broker.publisher)
-        server.node.backend.shadows.attach_publisher(broker.publisher)
-        return broker
-
-    broker = server.run(start())
-    try:
-        yield broker
-    finally:
-        engine.attach_publisher(None)
-        server.node.backend.shadows.attach_publisher(None)
-        server.run(broker.stop())
+def mqtt(server: LiveServer) -> EmbeddedBroker:
+    """The node's own embedded broker (started with the node, publisher attached to the engine and shadows)."""
+    broker = server.node.messaging
+    assert isinstance(broker, EmbeddedBroker)
+    return broker
 
 
 @pytest.fixture(scope="module")
@@ -95,9 +81,7 @@ def register_many(server: LiveServer, pid: str, names: list[str]) -> None:
     server.run(register())
 
 
-async def connect(
-    mqtt: EmbeddedBroker, pid: str, psks: dict[str, str], *topics: str
-) -> dict[str, PahoDevice]:
+async def connect(mqtt: EmbeddedBroker, pid: str, psks: dict[str, str], *topics: str) -> dict[str, PahoDevice]:
     """Connect each device and subscribe it to ``topics`` (``{pid}``, ``{dn}`` filled in)."""
     devices = {}
     for name, psk in psks.items():
@@ -204,17 +188,13 @@ def test_the_documented_get_request_completes(server: LiveServer) -> None:
 # --- devices -----------------------------------------------------------------------------------------------
 
 
-async def test_every_matching_device_gets_exactly_one_delta_or_message(
-    client: Any, mqtt: EmbeddedBroker
-) -> None:
+async def test_every_matching_device_gets_exactly_one_delta_or_message(client: Any, mqtt: EmbeddedBroker) -> None:
     pid = new_product(client)
     psks = create_devices(client, pid, ["lamp-1", "lamp-2", "lamp-3", "door-1", "door-2", "lamp-offline"])
     online = {name: psk for name, psk in psks.items() if name != "lamp-offline"}
     devices = await connect(mqtt, pid, online, "$shadow/operation/result/{pid}/{dn}", "{pid}/{dn}/control")
     try:
-        shadow_task = create_task(
-            client, pid, "UpdateShadow", "^lamp", update_shadow({"power": "on", "lvl": 3})
-        )
+        shadow_task = create_task(client, pid, "UpdateShadow", "^lamp", update_shadow({"power": "on", "lvl": 3}))
         message_task = create_task(client, pid, "PublishMessage", "door", publish("control", "close"))
         done = await wait_status(client, shadow_task, COMPLETED)
         assert (done.AllDeviceCnt, done.DoneDeviceCnt) == (4, 4)  # lamp-offline too: its shadow is written
@@ -239,17 +219,13 @@ async def test_every_matching_device_gets_exactly_one_delta_or_message(
             device.close()
 
 
-async def test_a_scheduled_task_waits_and_a_cancelled_one_touches_nothing(
-    client: Any, mqtt: EmbeddedBroker
-) -> None:
+async def test_a_scheduled_task_waits_and_a_cancelled_one_touches_nothing(client: Any, mqtt: EmbeddedBroker) -> None:
     pid = new_product(client)
     psks = create_devices(client, pid, ["lamp", "door"])
     devices = await connect(mqtt, pid, psks, "{pid}/{dn}/control")
     try:
         start = int(time.time()) + 2
-        scheduled = create_task(
-            client, pid, "PublishMessage", "lamp", publish("control", "on"), schedule=start
-        )
+        scheduled = create_task(client, pid, "PublishMessage", "lamp", publish("control", "on"), schedule=start)
         cancelled = create_task(client, pid, "UpdateShadow", "door", update_shadow({"x": 1}), schedule=start)
         cancel = models.CancelTaskRequest()
         cancel.Id = cancelled
@@ -297,9 +273,7 @@ def test_the_pending_cap(server: LiveServer) -> None:
     client = sdk_client(server, secret_id=secret_id, secret_key=secret_key)
     pid = new_product(client)
     later = int(time.time()) + 3600
-    ids = [
-        create_task(client, pid, "PublishMessage", "", publish("c", "x"), schedule=later) for _ in range(10)
-    ]
+    ids = [create_task(client, pid, "PublishMessage", "", publish("c", "x"), schedule=later) for _ in range(10)]
 
     req = models.CreateTaskRequest()
     req.from_json_string(
@@ -381,9 +355,7 @@ def test_errors_name_the_problem(client: Any) -> None:
         assert sdk_error_code(lambda: client.DescribeTasks(listing)) == "InvalidParameterValue"
 
 
-async def test_a_catastrophic_filter_runs_in_linear_time_while_the_api_answers(
-    server: LiveServer, client: Any
-) -> None:
+async def test_a_catastrophic_filter_runs_in_linear_time_while_the_api_answers(server: LiveServer, client: Any) -> None:
     pid = new_product(client)
     # (a+)+$ makes a backtracking engine take exponential time on these names (Python's re: hours)
     names = [f"{'a' * 43}{i:05d}" for i in range(5000)] + [f"{i:05d}{'a' * 43}" for i in range(5000)]

@@ -109,9 +109,26 @@ def _tccli(server: LiveServer, home: Path, *args: str) -> dict[str, Any]:
     for var in ("TENCENTCLOUD_SECRET_ID", "TENCENTCLOUD_SECRET_KEY", "TENCENTCLOUD_REGION"):
         env.pop(var, None)
     out = subprocess.run(
-        [str(tccli), "iotcloud", *args, "--version", "2018-06-14", "--endpoint", f"http://{server.endpoint}",
-         "--secretId", server.secret_id, "--secretKey", server.secret_key, "--region", "ap-guangzhou"],
-        capture_output=True, text=True, timeout=60, env=env, check=False,
+        [
+            str(tccli),
+            "iotcloud",
+            *args,
+            "--version",
+            "2018-06-14",
+            "--endpoint",
+            f"http://{server.endpoint}",
+            "--secretId",
+            server.secret_id,
+            "--secretKey",
+            server.secret_key,
+            "--region",
+            "ap-guangzhou",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+        check=False,
     )
     assert out.returncode == 0, out.stderr + out.stdout
     data = json.loads(out.stdout)
@@ -141,8 +158,13 @@ def test_raw_tc3_success_envelope(server: LiveServer) -> None:
 
 def test_body_changed_after_signing_is_a_signature_failure(server: LiveServer) -> None:
     body = json.dumps({"Offset": 0, "Limit": 10}).encode()
-    headers = tc3_headers(host=server.endpoint, secret_id=server.secret_id, secret_key=server.secret_key,
-                          action="DescribeProducts", body=body)
+    headers = tc3_headers(
+        host=server.endpoint,
+        secret_id=server.secret_id,
+        secret_key=server.secret_key,
+        action="DescribeProducts",
+        body=body,
+    )
     tampered = body.replace(b"10", b"11")
     resp = response_json(requests.post(server.url, data=tampered, headers=headers, timeout=10))
     assert error_code(resp) == "AuthFailure.SignatureFailure"
@@ -150,8 +172,14 @@ def test_body_changed_after_signing_is_a_signature_failure(server: LiveServer) -
 
 
 def test_bad_signature(server: LiveServer) -> None:
-    resp = tc3_post(server.url, server.endpoint, server.secret_id, "wrong-key", "DescribeProducts",
-                    {"Offset": 0, "Limit": 10})
+    resp = tc3_post(
+        server.url,
+        server.endpoint,
+        server.secret_id,
+        "wrong-key",
+        "DescribeProducts",
+        {"Offset": 0, "Limit": 10},
+    )
     assert error_code(resp) == "AuthFailure.SignatureFailure"
 
 
@@ -162,8 +190,14 @@ def test_expired_timestamp(server: LiveServer, skew: int) -> None:
 
 
 def test_unknown_secret_id(server: LiveServer) -> None:
-    resp = tc3_post(server.url, server.endpoint, "AKIDdoesnotexist0000000000000000000", "k", "DescribeProducts",
-                    {"Offset": 0, "Limit": 10})
+    resp = tc3_post(
+        server.url,
+        server.endpoint,
+        "AKIDdoesnotexist0000000000000000000",
+        "k",
+        "DescribeProducts",
+        {"Offset": 0, "Limit": 10},
+    )
     assert error_code(resp) == "AuthFailure.SecretIdNotFound"
 
 
@@ -178,8 +212,13 @@ def test_disabled_key(server: LiveServer) -> None:
 
 def test_malformed_authorization(server: LiveServer) -> None:
     body = b'{"Offset": 0, "Limit": 10}'
-    headers = tc3_headers(host=server.endpoint, secret_id=server.secret_id, secret_key=server.secret_key,
-                          action="DescribeProducts", body=body)
+    headers = tc3_headers(
+        host=server.endpoint,
+        secret_id=server.secret_id,
+        secret_key=server.secret_key,
+        action="DescribeProducts",
+        body=body,
+    )
     headers["Authorization"] = "TC3-HMAC-SHA256 garbage"
     resp = response_json(requests.post(server.url, data=body, headers=headers, timeout=10))
     assert error_code(resp) == "AuthFailure.InvalidAuthorization"
@@ -227,21 +266,44 @@ def test_put_is_unsupported(server: LiveServer) -> None:
 
 def test_seed_style_get_with_v1_signature(server: LiveServer) -> None:
     name = _name()
-    created = v1_get(server.url, server.endpoint, server.secret_id, server.secret_key, "CreateProduct",
-                     {"ProductName": name, "ProductProperties.ProductDescription": "seed style"})
+    created = v1_get(
+        server.url,
+        server.endpoint,
+        server.secret_id,
+        server.secret_key,
+        "CreateProduct",
+        {"ProductName": name, "ProductProperties.ProductDescription": "seed style"},
+    )
     assert created["ProductName"] == name
-    listed = v1_get(server.url, server.endpoint, server.secret_id, server.secret_key, "DescribeProducts",
-                    {"Offset": "0", "Limit": "250"})
+    listed = v1_get(
+        server.url,
+        server.endpoint,
+        server.secret_id,
+        server.secret_key,
+        "DescribeProducts",
+        {"Offset": "0", "Limit": "250"},
+    )
     assert name in [p["ProductName"] for p in listed["Products"]]
-    wrong = v1_get(server.url, server.endpoint, server.secret_id, "bad", "DescribeProducts",
-                   {"Offset": "0", "Limit": "10"})
+    wrong = v1_get(
+        server.url,
+        server.endpoint,
+        server.secret_id,
+        "bad",
+        "DescribeProducts",
+        {"Offset": "0", "Limit": "10"},
+    )
     assert error_code(wrong) == "AuthFailure.SignatureFailure"
 
 
 def test_messages_follow_the_requested_language(server: LiveServer) -> None:
     en = _post(server, "DescribeProducts", {"Offset": 0, "Limit": 10}, timestamp=int(time.time()) - 1000)
-    zh = _post(server, "DescribeProducts", {"Offset": 0, "Limit": 10}, timestamp=int(time.time()) - 1000,
-               language="zh-CN")
+    zh = _post(
+        server,
+        "DescribeProducts",
+        {"Offset": 0, "Limit": 10},
+        timestamp=int(time.time()) - 1000,
+        language="zh-CN",
+    )
     assert en["Error"]["Code"] == zh["Error"]["Code"] == "AuthFailure.SignatureExpire"
     assert en["Error"]["Message"] != zh["Error"]["Message"]
     assert any("\u4e00" <= ch <= "\u9fff" for ch in zh["Error"]["Message"])
@@ -250,8 +312,10 @@ def test_messages_follow_the_requested_language(server: LiveServer) -> None:
 def test_rate_limit_is_per_key_and_per_action(tmp_path: Path) -> None:
     live = start_server(tmp_path / "data", f"sqlite:///{tmp_path / 'rl.db'}", rate_limit_per_s=5)
     try:
-        codes = [error_code(r) if "Error" in r else "OK" for r in (
-            _post(live, "DescribeProducts", {"Offset": 0, "Limit": 10}) for _ in range(20))]
+        codes = [
+            error_code(r) if "Error" in r else "OK"
+            for r in (_post(live, "DescribeProducts", {"Offset": 0, "Limit": 10}) for _ in range(20))
+        ]
         assert codes.count("RequestLimitExceeded") >= 5
         assert set(codes) == {"OK", "RequestLimitExceeded"}
         # another action of the same key, and the same action with another key, are not limited by that

@@ -148,9 +148,7 @@ class PahoDevice:
         self.client.on_message = self._on_message
         self.client.on_disconnect = self._on_disconnect
 
-    def _on_connect(
-        self, client: paho.Client, userdata: Any, flags: Any, reason: ReasonCode, props: Any
-    ) -> None:
+    def _on_connect(self, client: paho.Client, userdata: Any, flags: Any, reason: ReasonCode, props: Any) -> None:
         self.disconnected.clear()
         code = _CONNACK_BY_NAME.get(str(reason), -1)
         if code == 0:
@@ -158,17 +156,13 @@ class PahoDevice:
                 client.subscribe(topic, qos)
         self.connacks.put(code)
 
-    def _on_subscribe(
-        self, client: paho.Client, userdata: Any, mid: int, codes: list[ReasonCode], props: Any
-    ) -> None:
+    def _on_subscribe(self, client: paho.Client, userdata: Any, mid: int, codes: list[ReasonCode], props: Any) -> None:
         self.subacks.put([code.value for code in codes])
 
     def _on_message(self, client: paho.Client, userdata: Any, message: paho.MQTTMessage) -> None:
         self.messages.put(Received(message.topic, bytes(message.payload), message.qos))
 
-    def _on_disconnect(
-        self, client: paho.Client, userdata: Any, flags: Any, reason: ReasonCode, props: Any
-    ) -> None:
+    def _on_disconnect(self, client: paho.Client, userdata: Any, flags: Any, reason: ReasonCode, props: Any) -> None:
         self.disconnected.set()
 
     async def connect(self, port: int, *, host: str = "127.0.0.1") -> int:

@@ -113,9 +113,7 @@ async def test_bulk_insert_is_all_or_nothing_per_batch(env: Env) -> None:
     batch = [NewDevice(f"dev-{i:05d}", f"psk{i}") for i in range(3000)]
     assert await env.devices.insert_many(env.owner, PID, batch, 7, BIG) == 3000
     with pytest.raises(DeviceNameTaken):
-        await env.devices.insert_many(
-            env.owner, PID, [NewDevice("fresh-1", "x"), NewDevice("dev-00042", "x")], 8, BIG
-        )
+        await env.devices.insert_many(env.owner, PID, [NewDevice("fresh-1", "x"), NewDevice("dev-00042", "x")], 8, BIG)
     assert await env.devices.count(env.owner, PID) == 3000
     with pytest.raises(DeviceMissing):
         await env.devices.get(env.owner, PID, "fresh-1")
@@ -147,9 +145,7 @@ async def test_page_in_name_order_with_filters(env: Env) -> None:
         "b_2",
         "lamp_b",
     ]
-    assert [d.name for d in (await env.devices.page(env.owner, PID, 0, 10, name_contains="%")).devices] == [
-        "a%1"
-    ]
+    assert [d.name for d in (await env.devices.page(env.owner, PID, 0, 10, name_contains="%")).devices] == ["a%1"]
     assert (await env.devices.page(env.owner, PID, 0, 10, name_contains="LAMP")).total == 0
     disabled = await env.devices.page(env.owner, PID, 0, 10, enabled=False)
     assert (disabled.total, [d.name for d in disabled.devices]) == (2, ["bx2", "c:4"])
@@ -162,12 +158,8 @@ async def test_page_in_name_order_with_filters(env: Env) -> None:
 async def test_page_walks_the_product_name_index(env: Env) -> None:
     await env.devices.insert_many(env.owner, PID, [NewDevice(f"n{i:05d}", "x") for i in range(5000)], 1, BIG)
     async with env.db.connect() as conn:
-        pk = (
-            await conn.execute(sa.text("SELECT id FROM products WHERE product_id = :p"), {"p": PID})
-        ).scalar()
-        query = (
-            f"SELECT name FROM devices WHERE product_pk = {pk} ORDER BY product_pk, name LIMIT 10 OFFSET 100"
-        )
+        pk = (await conn.execute(sa.text("SELECT id FROM products WHERE product_id = :p"), {"p": PID})).scalar()
+        query = f"SELECT name FROM devices WHERE product_pk = {pk} ORDER BY product_pk, name LIMIT 10 OFFSET 100"
         if env.db.is_sqlite:
             plan = " ".join(str(r[-1]) for r in await conn.execute(sa.text("EXPLAIN QUERY PLAN " + query)))
             assert "uq_devices_product_name" in plan or "sqlite_autoindex_devices" in plan, plan

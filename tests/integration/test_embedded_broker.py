@@ -322,9 +322,7 @@ async def test_a_second_connection_with_the_same_client_id_takes_over(
     second = await connect(broker, devices, credentials)
     assert await first.wait_disconnected()
     assert await second.subscribe(f"{pid}/lamp01/data", 0) == 0
-    await broker.publisher.publish_many(
-        [(f"{pid}/lamp01/control", b"old"), (f"{pid}/lamp01/data", b"new")], 0
-    )
+    await broker.publisher.publish_many([(f"{pid}/lamp01/control", b"old"), (f"{pid}/lamp01/data", b"new")], 0)
     assert (await second.receive()).payload == b"new"  # the clean session dropped the first subscription
     assert await first.nothing_received(0.2)
     await asyncio.sleep(0.1)
@@ -373,9 +371,7 @@ async def test_persistent_sessions_keep_subscriptions_and_qos1_messages(
         await asyncio.sleep(0.01)
     # offline, but the persistent session still subscribes: publish_many must not skip it
     assert broker.publisher.subscribed(f"{pid}/sleepy/control") is True
-    await broker.publisher.publish_many(
-        [(f"{pid}/sleepy/control", b"q1"), (f"{pid}/sleepy/control", b"q0")], 1
-    )
+    await broker.publisher.publish_many([(f"{pid}/sleepy/control", b"q1"), (f"{pid}/sleepy/control", b"q0")], 1)
     await broker.publisher.publish(f"{pid}/sleepy/control", b"not kept", 0)  # QoS 0 is never stored
     again = await connect(broker, devices, credentials, clean_session=False)
     assert [(await again.receive()).payload for _ in range(2)] == [b"q1", b"q0"]

@@ -183,9 +183,7 @@ async def test_the_connection_recovers_after_a_broker_restart(private_mosquitto:
 
 async def test_an_unreachable_broker_makes_publishes_wait_then_raise() -> None:
     port = free_port()  # nothing listens there
-    service = ExternalBroker(
-        f"mqtt://127.0.0.1:{port}", EchoShadowHandler(), options=fast_options(broker_wait_s=0.3)
-    )
+    service = ExternalBroker(f"mqtt://127.0.0.1:{port}", EchoShadowHandler(), options=fast_options(broker_wait_s=0.3))
     await service.start()  # retries in the background instead of failing the whole node
     try:
         assert not service.connected
@@ -203,9 +201,7 @@ async def test_an_unreachable_broker_makes_publishes_wait_then_raise() -> None:
 
 
 @pytest.mark.mosquitto
-async def test_refused_credentials_are_a_configuration_error(
-    tmp_path: Path, needs_mosquitto_binary: None
-) -> None:
+async def test_refused_credentials_are_a_configuration_error(tmp_path: Path, needs_mosquitto_binary: None) -> None:
     broker = MosquittoProcess(tmp_path, users={"fleetops": "right"})
     await broker.start()
     try:
@@ -226,9 +222,7 @@ async def test_refused_credentials_are_a_configuration_error(
 # --- EMQX 5 HTTP authentication and authorization ------------------------------------------------------
 
 
-async def post(
-    app: Any, path: str, body: bytes, *, content_type: str = "application/json", **headers: str
-) -> Any:
+async def post(app: Any, path: str, body: bytes, *, content_type: str = "application/json", **headers: str) -> Any:
     """One POST through the ASGI app; returns (status, JSON body)."""
     raw_headers = [(b"content-type", content_type.encode())]
     raw_headers += [(name.encode(), value.encode()) for name, value in headers.items()]
@@ -437,6 +431,4 @@ async def test_qos1_messages_unacknowledged_on_a_lost_connection_are_sent_again(
     await asyncio.wait_for(publisher.publish_many([("a/b", payload) for payload in payloads], 1), 5)
     assert first.acknowledged == payloads[:25]
     assert sorted(first.acknowledged + second.acknowledged) == sorted(payloads)  # none lost, none twice
-    assert (
-        second.acknowledged[:5] == payloads[25:30]
-    )  # the in-flight window of the lost connection goes first
+    assert second.acknowledged[:5] == payloads[25:30]  # the in-flight window of the lost connection goes first

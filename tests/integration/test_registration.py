@@ -81,9 +81,7 @@ async def test_refuses_before_writing_anything(store: tuple[DeviceStore, int]) -
     with pytest.raises(RegistrationError, match="do not match"):
         await register_devices(devices, account, PID, ["a", "b c"], now_s=1, max_devices=BIG)
     with pytest.raises(RegistrationError, match="already has 1 of these"):
-        await register_devices(
-            devices, account, PID, ["lamp-1", "lamp-2", "lamp-3"], now_s=1, max_devices=BIG
-        )
+        await register_devices(devices, account, PID, ["lamp-1", "lamp-2", "lamp-3"], now_s=1, max_devices=BIG)
     with pytest.raises(RegistrationError, match="limit of 3"):
         await register_devices(devices, account, PID, ["x1", "x2", "x3"], now_s=1, max_devices=3)
     assert await devices.count(account, PID) == 1
@@ -128,9 +126,7 @@ def test_cli_creates_devices_without_a_server(database_url: str, tmp_path: Path)
 
     names_file = tmp_path / "names.txt"
     names_file.write_text("ok-1\nnot ok\n")
-    bad = runner.invoke(
-        main, [*base, "--product", PID, "--account", "fleet", "--names-file", str(names_file)]
-    )
+    bad = runner.invoke(main, [*base, "--product", PID, "--account", "fleet", "--names-file", str(names_file)])
     assert bad.exit_code != 0 and "do not match" in bad.output
     wrong = runner.invoke(main, [*base, "--product", "NOPE000000", "--account", "fleet", "--count", "1"])
     assert wrong.exit_code != 0 and "has no product" in wrong.output

@@ -131,9 +131,7 @@ def versions(db_path: Path) -> dict[str, tuple[int, str | None]]:
     return {name: (version, desired) for name, version, desired in rows}
 
 
-def test_kill_9_mid_task_resumes_and_every_shadow_changes_exactly_once(
-    serve: ServeProcess, tmp_path: Path
-) -> None:
+def test_kill_9_mid_task_resumes_and_every_shadow_changes_exactly_once(serve: ServeProcess, tmp_path: Path) -> None:
     secret_id, secret_key, pid = prepare_database(serve.env["FLEETOPS_DATABASE_URL"])
     before = versions(tmp_path / "fleetops.db")
     serve.start()

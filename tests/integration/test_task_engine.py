@@ -149,9 +149,7 @@ async def test_an_expired_lease_passes_the_task_on_and_the_old_node_writes_nothi
     counts = {topic: len(p) for topic, p in env.publisher.by_topic().items()}
     assert set(counts) == {shadow_topic(env, n) for n in after}
     # at least once: only node A's interrupted batch may have been pushed twice
-    assert sorted(n for n, c in counts.items() if c > 1) == sorted(
-        shadow_topic(env, n) for n in sorted(after)[25:50]
-    )
+    assert sorted(n for n, c in counts.items() if c > 1) == sorted(shadow_topic(env, n) for n in sorted(after)[25:50])
     assert (await env.task(task_id)).done_device_cnt == 230
 
 
@@ -365,9 +363,7 @@ async def test_a_long_wait_in_a_batch_keeps_the_lease(env: TaskEnv) -> None:
     async def publish_blocks(call: int) -> None:
         if call == 1:
             env.clock.advance(2)
-            await asyncio.sleep(
-                1.3
-            )  # a broker taking its time; node A's heartbeat renews the lease meanwhile
+            await asyncio.sleep(1.3)  # a broker taking its time; node A's heartbeat renews the lease meanwhile
             env.clock.advance(2)  # past the lease node A took when it claimed the task
             b_claimed.update(await worker_b.run_until_idle())
 

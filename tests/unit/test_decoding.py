@@ -274,9 +274,9 @@ def test_array_of_objects_and_snake_keys() -> None:
 def test_null_and_absent_optional_parameters_are_left_out() -> None:
     spec = (integer("Offset"), object_of("Tasks", string("Topic"), string("Payload")))
     assert decode_params({}, spec, from_strings=False) == {}
-    assert decode_params(
-        {"Offset": None, "Tasks": {"Topic": "t", "Payload": None}}, spec, from_strings=False
-    ) == {"tasks": {"topic": "t"}}
+    assert decode_params({"Offset": None, "Tasks": {"Topic": "t", "Payload": None}}, spec, from_strings=False) == {
+        "tasks": {"topic": "t"}
+    }
 
 
 def message_of(raw: dict[str, Any], spec: tuple[Param, ...], *, from_strings: bool) -> ApiError:
@@ -316,9 +316,7 @@ def test_unknown_parameter_even_when_null() -> None:
 
 
 def test_missing_parameter() -> None:
-    error = message_of(
-        {"Offset": 0}, (integer("Offset"), integer("Limit", required=True)), from_strings=False
-    )
+    error = message_of({"Offset": 0}, (integer("Offset"), integer("Limit", required=True)), from_strings=False)
     assert type(error) is MissingParameter
     assert error.message == "The request is missing a required parameter `Limit`."
     assert error.localized("zh-CN") == "缺少必需参数 `Limit`。"

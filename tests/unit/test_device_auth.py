@@ -90,10 +90,7 @@ def test_a_signature_is_bound_to_its_username(username: str, password: str) -> N
 def test_bad_passwords(password: str | bytes | None) -> None:
     username = VECTORS[0][0]
     assert not verify_password(username, password, PSK)
-    assert (
-        check_connect(CLIENT_ID, username, password, 60, DEVICE, NOW).code
-        is ConnackCode.BAD_USERNAME_OR_PASSWORD
-    )
+    assert check_connect(CLIENT_ID, username, password, 60, DEVICE, NOW).code is ConnackCode.BAD_USERNAME_OR_PASSWORD
 
 
 def test_the_method_is_after_the_last_semicolon() -> None:
@@ -162,19 +159,13 @@ def test_connack_codes() -> None:
     assert _connect(password="0" * 64 + ";hmacsha256") is ConnackCode.BAD_USERNAME_OR_PASSWORD
     # a PSK that is not Base64 (a broken record) refuses instead of crashing
     broken = DeviceCredentials("ABCDE12345", "dev1", "not base64!", True)
-    assert (
-        _connect(credentials=broken, password="0" * 64 + ";hmacsha256")
-        is ConnackCode.BAD_USERNAME_OR_PASSWORD
-    )
+    assert _connect(credentials=broken, password="0" * 64 + ";hmacsha256") is ConnackCode.BAD_USERNAME_OR_PASSWORD
 
 
 def test_disabled_is_told_only_to_valid_credentials() -> None:
     disabled = DeviceCredentials("ABCDE12345", "dev1", PSK, enabled=False)
     assert _connect(credentials=disabled) is ConnackCode.NOT_AUTHORIZED
-    assert (
-        _connect(credentials=disabled, password="0" * 64 + ";hmacsha256")
-        is ConnackCode.BAD_USERNAME_OR_PASSWORD
-    )
+    assert _connect(credentials=disabled, password="0" * 64 + ";hmacsha256") is ConnackCode.BAD_USERNAME_OR_PASSWORD
     assert _connect(credentials=disabled, expiry=NOW - 1) is ConnackCode.BAD_USERNAME_OR_PASSWORD
 
 

@@ -77,9 +77,7 @@ async def until(check: Callable[[], object]) -> None:
     await wait_until(holds, timeout_s=2, interval_s=0.005)
 
 
-def make_worker(
-    poll_interval_s: float = 30.0, concurrency: int = 2
-) -> tuple[TaskWorker, FakeScheduler, FakeExecutor]:
+def make_worker(poll_interval_s: float = 30.0, concurrency: int = 2) -> tuple[TaskWorker, FakeScheduler, FakeExecutor]:
     scheduler, executor = FakeScheduler(), FakeExecutor()
     worker = TaskWorker(
         cast(Scheduler, scheduler),

@@ -151,9 +151,7 @@ def test_a_valid_pattern_too_big_for_a_dfa_set_still_matches_correctly() -> None
 def test_pattern_length_is_limited() -> None:
     assert compile_name_filter("a" * NAME_FILTER_MAX_LENGTH).matches("a" * NAME_FILTER_MAX_LENGTH)
     assert compile_name_filter("[a]" + "b" * (NAME_FILTER_MAX_LENGTH - 3)).pattern.startswith("[a]")
-    with pytest.raises(
-        InvalidParameterValue, match=f"1025 characters long; at most {NAME_FILTER_MAX_LENGTH}"
-    ):
+    with pytest.raises(InvalidParameterValue, match=f"1025 characters long; at most {NAME_FILTER_MAX_LENGTH}"):
         compile_name_filter("a" * (NAME_FILTER_MAX_LENGTH + 1))
 
 

@@ -83,9 +83,7 @@ def v1_get(**params: str) -> RawRequest:
 
 
 def v1_post(content_type: str = FORM, **params: str) -> RawRequest:
-    return RawRequest(
-        "POST", "", {"host": "127.0.0.1:8080", "content-type": content_type}, v1_query(**params).encode()
-    )
+    return RawRequest("POST", "", {"host": "127.0.0.1:8080", "content-type": content_type}, v1_query(**params).encode())
 
 
 def error_of(raw: RawRequest) -> ApiError:
@@ -113,9 +111,7 @@ def test_tc3_json_post() -> None:
     assert parsed.token == "tok"
     assert parsed.request_client == "SDK_X"
     assert parsed.nonce is None
-    assert parsed.tc3 == Tc3Authorization(
-        SECRET_ID, "2023-11-14", "iotcloud", ("content-type", "host"), SIGNATURE
-    )
+    assert parsed.tc3 == Tc3Authorization(SECRET_ID, "2023-11-14", "iotcloud", ("content-type", "host"), SIGNATURE)
 
 
 def test_tc3_without_region_or_language() -> None:
@@ -154,9 +150,7 @@ def test_tc3_form_post() -> None:
 
 def test_post_ignores_the_query_string() -> None:
     assert parse_request(tc3(query="Colour=red")).params == {"Offset": 0, "Limit": 10}
-    assert parse_request(dataclasses.replace(v1_post(Limit="10"), raw_query="Colour=red")).params == {
-        "Limit": "10"
-    }
+    assert parse_request(dataclasses.replace(v1_post(Limit="10"), raw_query="Colour=red")).params == {"Limit": "10"}
 
 
 def test_empty_json_body_means_no_parameters() -> None:

@@ -425,12 +425,7 @@ def test_each_cloud_write_raises_the_version_by_one(shadow: Shadow, patch: JSONO
 
 def shape(value: Any, *, metadata: bool) -> Any:
     """The tree of object keys, leaves as "leaf"; a metadata leaf is {"timestamp": int}."""
-    if (
-        metadata
-        and isinstance(value, dict)
-        and value.keys() == {"timestamp"}
-        and isinstance(value["timestamp"], int)
-    ):
+    if metadata and isinstance(value, dict) and value.keys() == {"timestamp"} and isinstance(value["timestamp"], int):
         return "leaf"
     if isinstance(value, dict):
         return {k: shape(v, metadata=metadata) for k, v in value.items()}
@@ -438,9 +433,7 @@ def shape(value: Any, *, metadata: bool) -> Any:
 
 
 @given(start=doc_objects, steps=st.lists(patch_objects, max_size=5))
-def test_metadata_mirrors_the_data_after_any_sequence_of_merges(
-    start: JSONObject, steps: list[JSONObject]
-) -> None:
+def test_metadata_mirrors_the_data_after_any_sequence_of_merges(start: JSONObject, steps: list[JSONObject]) -> None:
     data, metadata = start, stamp_metadata(None, None, start, 1)
     for now, patch in enumerate(steps, start=2):
         data, metadata = merge_patch(data, patch), stamp_metadata(data, metadata, patch, now)
@@ -472,9 +465,7 @@ def test_metadata_keeps_the_stamps_of_untouched_keys() -> None:
 def test_device_update_replies_only_with_what_changed() -> None:
     # Recorded traffic: updateCount12 was already stored with that value, so the reply leaves it out.
     shadow = shadow_with({"updateCount": 0, "updateCount12": "shadow", "other": 1}, version=4)
-    outcome = apply_device_update(
-        shadow, update({"reported": {"updateCount": 1, "updateCount12": "shadow"}}), 9
-    )
+    outcome = apply_device_update(shadow, update({"reported": {"updateCount": 1, "updateCount12": "shadow"}}), 9)
     assert outcome.accepted
     assert outcome.changed == {"reported": {"updateCount": 1}}
     assert outcome.shadow.reported == {"updateCount": 1, "updateCount12": "shadow", "other": 1}
@@ -531,9 +522,7 @@ def test_overwrite_update_replaces_the_given_sections_wholesale() -> None:
 
 @pytest.mark.parametrize("version", [None, 0, 7])
 def test_version_absent_zero_or_equal_is_applied(version: int | None) -> None:
-    outcome = apply_device_update(
-        shadow_with({"a": 1}, version=7), update({"reported": {"a": 2}}, version=version), 9
-    )
+    outcome = apply_device_update(shadow_with({"a": 1}, version=7), update({"reported": {"a": 2}}, version=version), 9)
     assert outcome.accepted
     assert outcome.shadow.version == 8
 
@@ -638,9 +627,7 @@ def test_parse_get_and_update_requests() -> None:
         ShadowOp.GET, "ABCDE12345-0"
     )
     payload = b'{"type":"update","state":{"reported":{"a":1}},"version":3,"overwriteUpdate":true}'
-    assert parse_device_request(payload) == DeviceRequest(
-        ShadowOp.UPDATE, None, {"reported": {"a": 1}}, 3, True
-    )
+    assert parse_device_request(payload) == DeviceRequest(ShadowOp.UPDATE, None, {"reported": {"a": 1}}, 3, True)
 
 
 @pytest.mark.parametrize(
@@ -723,8 +710,7 @@ def test_the_spec_example_sequence() -> None:
     )
     # 5. The device acknowledges: reports the value and clears desired.
     request = parse_device_request(
-        b'{"type":"update","state":{"reported":{"power":"on"},"desired":null},"version":2,'
-        b'"clientToken":"ABCDE12345-2"}'
+        b'{"type":"update","state":{"reported":{"power":"on"},"desired":null},"version":2,"clientToken":"ABCDE12345-2"}'
     )
     outcome = apply_device_update(shadow, request, 1700000011789)
     assert dumps(render_update_reply(outcome, request.client_token, 1700000011789)) == (

@@ -71,13 +71,9 @@ V1_COMMON = (
 FORM_V4 = (
     QUERY
     + V1_COMMON
-    + (
-        "&SignatureMethod=HmacSHA256&Language=zh-CN&Signature=vub2HAUtfzHk7KjiViRrK91n3gokQ0FginyBp%2BQ8zes%3D"
-    )
+    + ("&SignatureMethod=HmacSHA256&Language=zh-CN&Signature=vub2HAUtfzHk7KjiViRrK91n3gokQ0FginyBp%2BQ8zes%3D")
 )
-QUERY_V5 = (
-    QUERY + V1_COMMON + "&SignatureMethod=HmacSHA1&Language=zh-CN&Signature=g6RsSb30PL61FQvpv4DxUypYS5Q%3D"
-)
+QUERY_V5 = QUERY + V1_COMMON + "&SignatureMethod=HmacSHA1&Language=zh-CN&Signature=g6RsSb30PL61FQvpv4DxUypYS5Q%3D"
 V4_STRING_TO_SIGN = (
     "POST127.0.0.1:8080/?Action=CreateTask&DeviceNameFilter=^dev&Language=zh-CN&Nonce=1234567890"
     "&ProductId=ABCDE12345&Region=ap-guangzhou&RequestClient=SDK_PYTHON_3.0.1459&ScheduleTimeInSeconds=0"
@@ -106,15 +102,11 @@ def tc3_headers(host: str, content_type: str, signature: str, **extra: str) -> d
 
 V1_SIGNATURE = "cbb8ef2a30ef4d8d77ff80badf995ff7e202e56495a01afe8be099f0fed1bbfe"
 VECTORS: dict[str, RawRequest] = {
-    "V1 TC3 POST JSON local": RawRequest(
-        "POST", "", tc3_headers(LOCAL, "application/json", V1_SIGNATURE), JSON_BODY
-    ),
+    "V1 TC3 POST JSON local": RawRequest("POST", "", tc3_headers(LOCAL, "application/json", V1_SIGNATURE), JSON_BODY),
     "V2 TC3 POST JSON public host": RawRequest(
         "POST",
         "",
-        tc3_headers(
-            PUBLIC, "application/json", "5e6979af4c9acf574f3be01ae5ce01f39da2c76115faf7cf120dc5efa6a2958e"
-        ),
+        tc3_headers(PUBLIC, "application/json", "5e6979af4c9acf574f3be01ae5ce01f39da2c76115faf7cf120dc5efa6a2958e"),
         JSON_BODY,
     ),
     "V3 TC3 GET local": RawRequest(
@@ -177,8 +169,7 @@ def test_v1_vector_intermediate_values() -> None:
         "POST", "", [("content-type", "application/json"), ("host", LOCAL)], JSON_BODY_SHA256
     )
     assert canonical == (
-        "POST\n/\n\ncontent-type:application/json\nhost:127.0.0.1:8080\n\ncontent-type;host\n"
-        + JSON_BODY_SHA256
+        "POST\n/\n\ncontent-type:application/json\nhost:127.0.0.1:8080\n\ncontent-type;host\n" + JSON_BODY_SHA256
     )
     string_to_sign = tc3_string_to_sign(str(TS), "2023-11-14", "iotcloud", canonical)
     assert string_to_sign == (
@@ -202,9 +193,7 @@ def test_v1_vector_authorization_header_is_reproduced() -> None:
 
 
 def test_v2_and_v3_string_to_sign_hashes() -> None:
-    v2 = tc3_canonical_request(
-        "POST", "", [("content-type", "application/json"), ("host", PUBLIC)], JSON_BODY_SHA256
-    )
+    v2 = tc3_canonical_request("POST", "", [("content-type", "application/json"), ("host", PUBLIC)], JSON_BODY_SHA256)
     assert v2.endswith("\n" + JSON_BODY_SHA256)
     assert tc3_string_to_sign(str(TS), "2023-11-14", "iotcloud", v2).endswith(
         "5365317ea4135e979e82d48a5ecbc4b3e52c28050ee93d67ed51498b71eafd59"
@@ -225,10 +214,7 @@ def test_v4_and_v5_strings_to_sign() -> None:
     v4 = parse_request(VECTORS["V4 v1 HmacSHA256 POST form"])
     assert v4.scheme == "HmacSHA256"
     assert v1_string_to_sign("POST", LOCAL, v4.signed_pairs) == V4_STRING_TO_SIGN
-    assert (
-        v1_signature(SECRET_KEY, V4_STRING_TO_SIGN, "HmacSHA256")
-        == "vub2HAUtfzHk7KjiViRrK91n3gokQ0FginyBp+Q8zes="
-    )
+    assert v1_signature(SECRET_KEY, V4_STRING_TO_SIGN, "HmacSHA256") == "vub2HAUtfzHk7KjiViRrK91n3gokQ0FginyBp+Q8zes="
     v5 = parse_request(VECTORS["V5 v1 HmacSHA1 GET"])
     assert v5.scheme == "HmacSHA1"
     v5_string = "GET" + V4_STRING_TO_SIGN[len("POST") :].replace("HmacSHA256", "HmacSHA1")
@@ -261,10 +247,7 @@ def test_doc_v1_example() -> None:
     assert v1_signature(SECRET_KEY, DOC_V1_STRING, "HmacSHA1") == "EliP9YW3pW28FpsEdkXt/+WcGeI="
     # The same through verify_signature. parse_request would refuse version 2017-03-12, so the parsed form is
     # written out by hand.
-    query = (
-        "&".join(f"{k}={quote(v, safe='')}" for k, v in pairs)
-        + "&Signature=EliP9YW3pW28FpsEdkXt%2F%2BWcGeI%3D"
-    )
+    query = "&".join(f"{k}={quote(v, safe='')}" for k, v in pairs) + "&Signature=EliP9YW3pW28FpsEdkXt%2F%2BWcGeI%3D"
     raw = RawRequest("GET", query, {"host": "cvm.tencentcloudapi.com"}, b"")
     parsed = ParsedRequest(
         action="DescribeInstances",
@@ -281,9 +264,7 @@ def test_doc_v1_example() -> None:
     )
     verify_signature(parsed, raw, SECRET_KEY, now=1465185768)
     with pytest.raises(SignatureFailure):
-        verify_signature(
-            dataclasses.replace(parsed, signed_pairs=tuple(pairs[1:])), raw, SECRET_KEY, now=1465185768
-        )
+        verify_signature(dataclasses.replace(parsed, signed_pairs=tuple(pairs[1:])), raw, SECRET_KEY, now=1465185768)
 
 
 DOC_V3_PAYLOAD = b'{"Limit": 1, "Filters": [{"Values": ["\\u672a\\u547d\\u540d"], "Name": "instance-name"}]}'
@@ -300,9 +281,7 @@ def test_doc_v3_example() -> None:
         [("content-type", "application/json; charset=utf-8"), ("host", "cvm.tencentcloudapi.com")],
         payload_hash,
     )
-    assert (
-        sha256_hex(canonical.encode()) == "5ffe6a04c0664d6b969fab9a13bdab201d63ee709638e2749d62a09ca18d7031"
-    )
+    assert sha256_hex(canonical.encode()) == "5ffe6a04c0664d6b969fab9a13bdab201d63ee709638e2749d62a09ca18d7031"
     assert utc_date(1551113065) == "2019-02-25"
     string_to_sign = tc3_string_to_sign("1551113065", "2019-02-25", "cvm", canonical)
     assert tc3_signature(DOC_V3_KEY, "2019-02-25", "cvm", string_to_sign) == DOC_V3_SIGNATURE
@@ -481,11 +460,7 @@ def test_more_signed_headers_than_the_sdk_sends() -> None:
 
 def test_signature_hex_case_does_not_matter() -> None:
     raw = VECTORS["V1 TC3 POST JSON local"]
-    verify(
-        with_header(
-            raw, "authorization", raw.headers["authorization"].replace(V1_SIGNATURE, V1_SIGNATURE.upper())
-        )
-    )
+    verify(with_header(raw, "authorization", raw.headers["authorization"].replace(V1_SIGNATURE, V1_SIGNATURE.upper())))
 
 
 # --- clock skew --------------------------------------------------------------------------------------------
@@ -524,12 +499,8 @@ def test_skew_is_checked_before_the_signature() -> None:
 
 def sdk_request(sign_method: str, http_method: str, params: dict[str, Any], secret_key: str) -> RawRequest:
     """What the SDK would put on the wire for ``params`` (without sending it)."""
-    profile = ClientProfile(
-        signMethod=sign_method, httpProfile=HttpProfile(endpoint=LOCAL, reqMethod=http_method)
-    )
-    client = iotcloud_client.IotcloudClient(
-        credential.Credential(SECRET_ID, secret_key), "ap-guangzhou", profile
-    )
+    profile = ClientProfile(signMethod=sign_method, httpProfile=HttpProfile(endpoint=LOCAL, reqMethod=http_method))
+    client = iotcloud_client.IotcloudClient(credential.Credential(SECRET_ID, secret_key), "ap-guangzhou", profile)
     request = RequestInternal(LOCAL, http_method, "/", header={})
     # A private SDK method: the one its public calls use to build (and sign) the request.
     client._build_req_inter("CreateTask", params, request)
@@ -606,9 +577,9 @@ def test_sdk_signed_requests_verify(params: dict[str, Any], secret_key: str, mod
 )
 def test_v1_signature_matches_sdk_sign(pairs: dict[str, str], secret_key: str, method: str) -> None:
     string_to_sign = v1_string_to_sign("GET", LOCAL, list(pairs.items()))
-    assert v1_signature(
-        secret_key, string_to_sign, "HmacSHA256" if method == "HmacSHA256" else "HmacSHA1"
-    ) == (Sign.sign(secret_key, string_to_sign, method))
+    assert v1_signature(secret_key, string_to_sign, "HmacSHA256" if method == "HmacSHA256" else "HmacSHA1") == (
+        Sign.sign(secret_key, string_to_sign, method)
+    )
 
 
 @settings(max_examples=40, deadline=None)

@@ -120,9 +120,7 @@ def test_effective_schedule_time_is_within_a_day_from_now(requested: int, now: i
         assert now <= effective <= now + DAY
 
 
-@pytest.mark.parametrize(
-    ("requested", "effective"), [(None, DAY), (0, DAY), (1, 1), (3600, 3600), (DAY, DAY)]
-)
+@pytest.mark.parametrize(("requested", "effective"), [(None, DAY), (0, DAY), (1, 1), (3600, 3600), (DAY, DAY)])
 def test_effective_max_execution_time(requested: int | None, effective: int) -> None:
     assert effective_max_execution_time(requested) == effective
 
@@ -191,9 +189,7 @@ def test_parse_task_type() -> None:
 
 def test_valid_update_shadow_task() -> None:
     tasks = {"UpdateShadowTask": {"Desired": '{"color": "red", "level": {"a": [1, 2]}}'}}
-    assert validate_tasks(TaskType.UPDATE_SHADOW, tasks) == UpdateShadowSpec(
-        {"color": "red", "level": {"a": [1, 2]}}
-    )
+    assert validate_tasks(TaskType.UPDATE_SHADOW, tasks) == UpdateShadowSpec({"color": "red", "level": {"a": [1, 2]}})
 
 
 def test_valid_publish_message_task() -> None:
@@ -268,9 +264,7 @@ def test_valid_topics(topic: str) -> None:
 
 @pytest.mark.parametrize("topic", ["", "x" * 129, "a/b", "ABCDE12345/lamp01/control", "a b", "é", None, 5])
 def test_invalid_topics(topic: Any) -> None:
-    with pytest.raises(
-        InvalidParameterValue, match=r"Tasks\.PublishMessageTask\.Topic must be the topic after"
-    ):
+    with pytest.raises(InvalidParameterValue, match=r"Tasks\.PublishMessageTask\.Topic must be the topic after"):
         validate_tasks(TaskType.PUBLISH_MESSAGE, publish(topic=topic))
 
 
@@ -284,7 +278,5 @@ def test_payload_limit_counts_utf8_bytes() -> None:
 
 @pytest.mark.parametrize("payload", ["", None, 5, b"bytes"])
 def test_payload_must_be_a_non_empty_string(payload: Any) -> None:
-    with pytest.raises(
-        InvalidParameterValue, match=r"Tasks\.PublishMessageTask\.Payload must be a non-empty string"
-    ):
+    with pytest.raises(InvalidParameterValue, match=r"Tasks\.PublishMessageTask\.Payload must be a non-empty string"):
         validate_tasks(TaskType.PUBLISH_MESSAGE, publish(payload=payload))

@@ -60,9 +60,7 @@ def test_client_id_is_the_plain_concatenation() -> None:
 def test_shadow_topics() -> None:
     assert shadow_request_topic("ABCDE12345", "lamp01") == "$shadow/operation/ABCDE12345/lamp01"
     assert shadow_result_topic("ABCDE12345", "lamp01") == "$shadow/operation/result/ABCDE12345/lamp01"
-    assert shadow_result_topic("ABCDE12345", "lamp01", "$template") == (
-        "$template/operation/result/ABCDE12345/lamp01"
-    )
+    assert shadow_result_topic("ABCDE12345", "lamp01", "$template") == ("$template/operation/result/ABCDE12345/lamp01")
     assert parse_shadow_request_topic("$shadow/operation/ABCDE12345/lamp01") == LAMP
     assert parse_shadow_request_topic("$shadow/operation/result/ABCDE12345/lamp01") is None
     assert parse_shadow_request_topic("$shadow/operation/_probe_/0011") is None  # external broker's probe

@@ -80,7 +80,11 @@ class ApiEndpoint:
         elapsed_ms = (time.perf_counter() - started) * 1000
         log.info(
             "action=%s account=%s request_id=%s outcome=%s latency_ms=%.1f",
-            action_name, account, request_id, outcome, elapsed_ms,
+            action_name,
+            account,
+            request_id,
+            outcome,
+            elapsed_ms,
         )
         return Response(body, status_code=200, headers={"content-type": CONTENT_TYPE})
 

@@ -176,9 +176,7 @@ def decode_params(raw: Mapping[str, Any], spec: Sequence[Param], *, from_strings
     return _decode_members(raw, spec, "", from_strings)
 
 
-def _decode_members(
-    raw: Mapping[str, Any], spec: Sequence[Param], prefix: str, from_strings: bool
-) -> dict[str, Any]:
+def _decode_members(raw: Mapping[str, Any], spec: Sequence[Param], prefix: str, from_strings: bool) -> dict[str, Any]:
     by_name = {p.name: p for p in spec}
     for name in raw:
         if name not in by_name:
@@ -274,8 +272,7 @@ def _check_string(value: str, p: Param, path: str) -> None:
         return
     if p.max_length is not None and len(value) > p.max_length:
         raise InvalidParameterValue(
-            f"The parameter `{path}` must be at most {p.max_length} characters long, "
-            f"got {len(value)} characters.",
+            f"The parameter `{path}` must be at most {p.max_length} characters long, got {len(value)} characters.",
             message_zh=f"参数 `{path}` 最长 {p.max_length} 个字符，实际为 {len(value)} 个字符。",
         )
     if p.pattern is not None and not re.fullmatch(p.pattern, value):
@@ -347,9 +344,7 @@ _RANGE_ZH = {
 }
 
 
-def _wrong_type(
-    path: str, kind: Kind, value: Any, from_strings: bool, *, with_range: bool = False
-) -> InvalidParameter:
+def _wrong_type(path: str, kind: Kind, value: Any, from_strings: bool, *, with_range: bool = False) -> InvalidParameter:
     expected_en, expected_zh = _KIND_EN[kind], _KIND_ZH[kind]
     if with_range:
         expected_en += _RANGE_EN[kind]

@@ -45,9 +45,7 @@ def _rows(params: Iterable[Param], prefix: str = "") -> list[str]:
         kind = p.kind.value
         if p.item is not None:
             kind = f"Array of {p.item.kind.value}"
-        rows.append(
-            f"| `{name}` | {kind} | {'yes' if p.required else 'no'} | {_constraints(p)} | {p.doc} |"
-        )
+        rows.append(f"| `{name}` | {kind} | {'yes' if p.required else 'no'} | {_constraints(p)} | {p.doc} |")
         rows.extend(_rows(p.fields, name + "."))
         if p.item is not None and p.item.fields:
             rows.extend(_rows(p.item.fields, name + ".N."))
@@ -71,7 +69,9 @@ def render_action(action: Action) -> str:
 
 def render() -> str:
     actions = sorted(all_actions(), key=lambda a: a.name)
-    index = ["| action | summary |", "|---|---|"] + [f"| [{a.name}](#{a.name.lower()}) | {a.summary} |" for a in actions]
+    index = ["| action | summary |", "|---|---|"] + [
+        f"| [{a.name}](#{a.name.lower()}) | {a.summary} |" for a in actions
+    ]
     return "\n".join([HEADER, *index, "", *(render_action(a) for a in actions)]).rstrip() + "\n"
 
 

@@ -27,5 +27,10 @@ def success_body(fields: dict[str, Any], request_id: str) -> bytes:
 
 def error_body(error: ApiError, request_id: str, language: str) -> bytes:
     return orjson.dumps(
-        {"Response": {"Error": {"Code": error.code, "Message": error.localized(language)}, "RequestId": request_id}}
+        {
+            "Response": {
+                "Error": {"Code": error.code, "Message": error.localized(language)},
+                "RequestId": request_id,
+            }
+        }
     )

@@ -368,9 +368,7 @@ def _utf8(body: bytes) -> str:
     try:
         return body.decode("utf-8")
     except UnicodeDecodeError as exc:
-        raise InvalidParameter(
-            "The request body is not valid UTF-8.", message_zh="请求体不是合法的 UTF-8。"
-        ) from exc
+        raise InvalidParameter("The request body is not valid UTF-8.", message_zh="请求体不是合法的 UTF-8。") from exc
 
 
 def _media_type(raw: RawRequest) -> str:
@@ -404,8 +402,7 @@ def _required(value: str | None, name: str) -> str:
 def _version(value: str) -> str:
     if value != API_VERSION:
         raise NoSuchVersion(
-            f"The API version `{_cut(value)}` does not exist; this service implements iotcloud version "
-            f"{API_VERSION}.",
+            f"The API version `{_cut(value)}` does not exist; this service implements iotcloud version {API_VERSION}.",
             message_zh=f"API 版本 `{_cut(value)}` 不存在；本服务实现的是 iotcloud {API_VERSION} 版本。",
         )
     return value
@@ -435,10 +432,8 @@ def _language(value: str) -> str:
 def _unsupported_content_type(media_type: str) -> InvalidRequest:
     shown = _cut(media_type) or "(none)"
     return InvalidRequest(
-        f"The Content-Type `{shown}` is not supported; send application/json or "
-        "application/x-www-form-urlencoded.",
-        message_zh=f"不支持 Content-Type `{shown}`，"
-        "请使用 application/json 或 application/x-www-form-urlencoded。",
+        f"The Content-Type `{shown}` is not supported; send application/json or application/x-www-form-urlencoded.",
+        message_zh=f"不支持 Content-Type `{shown}`，请使用 application/json 或 application/x-www-form-urlencoded。",
     )
 
 

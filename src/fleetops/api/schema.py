@@ -176,8 +176,6 @@ def object_of(name: str, *fields: Param, required: bool = False, doc: str = "") 
     return Param(name, Kind.OBJECT, required, doc, fields=fields)
 
 
-def array_of(
-    name: str, item: Param, *, required: bool = False, doc: str = "", max_items: int | None = None
-) -> Param:
+def array_of(name: str, item: Param, *, required: bool = False, doc: str = "", max_items: int | None = None) -> Param:
     """An Array; ``item`` describes each element (its ``name`` and ``required`` are not used)."""
     return Param(name, Kind.ARRAY, required, doc, item=item, max_items=max_items)

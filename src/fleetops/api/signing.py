@@ -117,13 +117,9 @@ def parse_authorization(value: str) -> Tc3Authorization:
     # The docs make both mandatory; without host a signature could be replayed against another endpoint.
     for required in ("content-type", "host"):
         if required not in signed_headers:
-            raise _bad_authorization(
-                f"SignedHeaders must include `{required}`", f"SignedHeaders 必须包含 `{required}`"
-            )
+            raise _bad_authorization(f"SignedHeaders must include `{required}`", f"SignedHeaders 必须包含 `{required}`")
     if not _HEX_SIGNATURE.fullmatch(parts["Signature"]):
-        raise _bad_authorization(
-            "Signature must be 64 hexadecimal digits", "Signature 应为 64 位十六进制数字"
-        )
+        raise _bad_authorization("Signature must be 64 hexadecimal digits", "Signature 应为 64 位十六进制数字")
     secret_id, date, service, _ = credential
     return Tc3Authorization(secret_id, date, service, signed_headers, parts["Signature"].lower())
 
@@ -140,9 +136,7 @@ def utc_date(timestamp: int) -> str:
     return datetime.fromtimestamp(timestamp, UTC).strftime("%Y-%m-%d")
 
 
-def tc3_canonical_request(
-    method: str, query: str, headers: Sequence[tuple[str, str]], payload_hash: str
-) -> str:
+def tc3_canonical_request(method: str, query: str, headers: Sequence[tuple[str, str]], payload_hash: str) -> str:
     """``headers`` are the signed ``(name, value)`` pairs in SignedHeaders order, names lower-case."""
     canonical_headers = "".join(f"{name}:{value}\n" for name, value in headers)
     signed_headers = ";".join(name for name, _ in headers)
@@ -233,10 +227,8 @@ def verify_tc3(
     expected_date = utc_date(timestamp)
     if auth.date != expected_date:
         raise SignatureFailure(
-            f"The credential scope date `{_cut(auth.date)}` is not the UTC date of X-TC-Timestamp "
-            f"({expected_date}).",
-            message_zh=f"签名范围中的日期 `{_cut(auth.date)}` "
-            f"与 X-TC-Timestamp 的 UTC 日期（{expected_date}）不一致。",
+            f"The credential scope date `{_cut(auth.date)}` is not the UTC date of X-TC-Timestamp ({expected_date}).",
+            message_zh=f"签名范围中的日期 `{_cut(auth.date)}` 与 X-TC-Timestamp 的 UTC 日期（{expected_date}）不一致。",
         )
     unsigned = headers.get("x-tc-content-sha256", "").strip() == UNSIGNED_PAYLOAD
     body_hash = _payload_hash(method, body, unsigned)

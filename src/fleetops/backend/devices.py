@@ -69,8 +69,7 @@ def checked_psk(defined_psk: str | None) -> str:
         base64.b64decode(defined_psk, validate=True)
     except (binascii.Error, ValueError) as exc:
         raise errors.DefinedPskNotBase64(
-            "DefinedPsk must be standard Base64 (A-Z, a-z, 0-9, +, / and = padding), "
-            "e.g. `vX6PQqazsGsMyf5SMfs6OA6y`."
+            "DefinedPsk must be standard Base64 (A-Z, a-z, 0-9, +, / and = padding), e.g. `vX6PQqazsGsMyf5SMfs6OA6y`."
         ) from exc
     return defined_psk
 
@@ -123,8 +122,7 @@ class DeviceService:
             ) from exc
         except DeviceNameTaken as exc:
             raise errors.DeviceAlreadyExist(
-                f"The product `{product_id}` already has a device named `{device_name}`; choose another "
-                "DeviceName."
+                f"The product `{product_id}` already has a device named `{device_name}`; choose another DeviceName."
             ) from exc
 
     async def get(self, account_id: int, product_id: str, device_name: str) -> DeviceRecord:
@@ -135,9 +133,7 @@ class DeviceService:
         except DeviceMissing as exc:
             raise _device_not_exist(product_id, exc.names) from exc
 
-    async def page(
-        self, account_id: int, product_id: str, offset: int, limit: int, where: DeviceFilter
-    ) -> DevicePage:
+    async def page(self, account_id: int, product_id: str, offset: int, limit: int, where: DeviceFilter) -> DevicePage:
         try:
             if where.firmware_version and where.firmware_version != NO_FIRMWARE_VERSION:
                 # fleetops has no OTA: no device ever reports a firmware version, so only the "no version"
@@ -165,9 +161,7 @@ class DeviceService:
             raise _device_not_exist(product_id, exc.names) from exc
         await self._disconnect(product_id, [device_name])
 
-    async def set_enabled(
-        self, account_id: int, product_id: str, device_names: Sequence[str], enabled: bool
-    ) -> None:
+    async def set_enabled(self, account_id: int, product_id: str, device_names: Sequence[str], enabled: bool) -> None:
         """Enable or disable every named device, or (one name unknown) none. Disabling drops sessions."""
         try:
             await self._store.set_enabled(account_id, product_id, device_names, enabled)
@@ -191,8 +185,6 @@ class DeviceService:
 
 
 def _device_not_exist(product_id: str, names: Sequence[str]) -> errors.DeviceNotExist:
-    shown = ", ".join(f"`{n}`" for n in names[:10]) + (
-        f" and {len(names) - 10} more" if len(names) > 10 else ""
-    )
+    shown = ", ".join(f"`{n}`" for n in names[:10]) + (f" and {len(names) - 10} more" if len(names) > 10 else "")
     noun = "device" if len(names) == 1 else "devices"
     return errors.DeviceNotExist(f"The product `{product_id}` has no {noun} {shown}.")

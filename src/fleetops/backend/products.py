@@ -21,7 +21,7 @@ def normalized_properties(given: dict[str, Any]) -> dict[str, Any]:
     if encryption not in SUPPORTED_ENCRYPTION_TYPES:
         raise errors.InvalidParameterValue(
             f"ProductProperties.EncryptionType `{encryption}` is not supported: fleetops implements key "
-            "authentication only; use \"2\" (or omit it)."
+            'authentication only; use "2" (or omit it).'
         )
     product_type = int(given.get("product_type") or 0)
     if product_type not in SUPPORTED_PRODUCT_TYPES:
@@ -31,7 +31,7 @@ def normalized_properties(given: dict[str, Any]) -> dict[str, Any]:
         )
     region = given.get("region") or "gz"
     if region != "gz":
-        raise errors.InvalidParameterValue(f"ProductProperties.Region `{region}` is not supported; use \"gz\".")
+        raise errors.InvalidParameterValue(f'ProductProperties.Region `{region}` is not supported; use "gz".')
     return {
         "ProductDescription": given.get("product_description") or "",
         "EncryptionType": encryption,

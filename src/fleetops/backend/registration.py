@@ -53,10 +53,7 @@ def psk_batch(count: int) -> list[str]:
     One call to the system's random source for the whole batch: per-key calls cost more than the insert.
     """
     raw = secrets.token_bytes(PSK_BYTES * count)
-    return [
-        base64.b64encode(raw[i : i + PSK_BYTES]).decode("ascii")
-        for i in range(0, PSK_BYTES * count, PSK_BYTES)
-    ]
+    return [base64.b64encode(raw[i : i + PSK_BYTES]).decode("ascii") for i in range(0, PSK_BYTES * count, PSK_BYTES)]
 
 
 def names_from_prefix(prefix: str, count: int, *, start: int = 1, digits: int = 0) -> list[str]:

@@ -67,9 +67,7 @@ def checked_prefix(prefix: str | None) -> str:
     if not prefix:
         return SHADOW_PREFIX
     if prefix not in PREFIXES:
-        raise errors.PrefixInvalid(
-            f"Prefix `{prefix}` is not valid: use `$shadow` (the default) or `$template`."
-        )
+        raise errors.PrefixInvalid(f"Prefix `{prefix}` is not valid: use `$shadow` (the default) or `$template`.")
     return prefix
 
 
@@ -174,9 +172,7 @@ class ShadowService:
             async with asyncio.timeout(self._delta_publish_timeout_s):
                 await publisher.publish(topic, payload, 0)
         except Exception:  # the shadow is written; the device gets the delta on its next get
-            log.warning(
-                "delta push to %s failed; the device will see it on its next get", topic, exc_info=True
-            )
+            log.warning("delta push to %s failed; the device will see it on its next get", topic, exc_info=True)
 
     # --- the device (MQTT) ----------------------------------------------------------------------------------
 
@@ -192,9 +188,7 @@ class ShadowService:
         try:
             request = parse_device_request(payload)
         except ShadowRequestRejected as rejected:
-            return _dumps(
-                render_error_reply(rejected.request_type, rejected.client_token, rejected.result, now_ms)
-            )
+            return _dumps(render_error_reply(rejected.request_type, rejected.client_token, rejected.result, now_ms))
         token = request.client_token
         try:
             account_id = await self._owner(product_id)

@@ -36,9 +36,7 @@ def new_task_id(now_s: int) -> str:
 
 
 def _not_found(task_id: str) -> errors.TaskNotExist:
-    return errors.TaskNotExist(
-        f"The task `{task_id}` does not exist in this account (tasks are kept for one month)."
-    )
+    return errors.TaskNotExist(f"The task `{task_id}` does not exist in this account (tasks are kept for one month).")
 
 
 class TaskService:

@@ -109,9 +109,7 @@ class Shadow:
     @classmethod
     def new(cls) -> Shadow:
         """The shadow of a freshly created device (version 0)."""
-        return cls(
-            reported={}, desired=None, metadata_reported={}, metadata_desired={}, version=0, timestamp_ms=0
-        )
+        return cls(reported={}, desired=None, metadata_reported={}, metadata_desired={}, version=0, timestamp_ms=0)
 
     @property
     def delta(self) -> JSONObject | None:
@@ -243,8 +241,7 @@ def _check_limits(state: JSONObject) -> None:
     depth = max(level for _, level in _containers(state))
     if depth > SHADOW_MAX_DEPTH:
         raise JSONLevelExceedLimit(
-            f"The state is nested {depth} levels deep (the state object is level 1); "
-            f"at most {SHADOW_MAX_DEPTH}."
+            f"The state is nested {depth} levels deep (the state object is level 1); at most {SHADOW_MAX_DEPTH}."
         )
     _check_size(state, "The state")
 
@@ -252,9 +249,7 @@ def _check_limits(state: JSONObject) -> None:
 def _check_size(state: JSONObject, what: str) -> None:
     size = len(orjson.dumps(state))
     if size > SHADOW_STATE_MAX_BYTES:
-        raise JSONSizeExceedLimit(
-            f"{what} is {size} bytes of compact JSON; at most {SHADOW_STATE_MAX_BYTES}."
-        )
+        raise JSONSizeExceedLimit(f"{what} is {size} bytes of compact JSON; at most {SHADOW_STATE_MAX_BYTES}.")
 
 
 def validate_state_document(state: object, *, allow_desired_only: bool) -> JSONObject:
@@ -368,9 +363,7 @@ def apply_device_update(shadow: Shadow, request: DeviceRequest, now_ms: int) -> 
     return UpdateResult(new, ResultCode.SUCCESS, changed)
 
 
-def _apply_state(
-    shadow: Shadow, state: JSONObject, *, overwrite: bool, now_ms: int
-) -> tuple[Shadow, JSONObject]:
+def _apply_state(shadow: Shadow, state: JSONObject, *, overwrite: bool, now_ms: int) -> tuple[Shadow, JSONObject]:
     changed: JSONObject = {}
     reported, meta_reported = shadow.reported, shadow.metadata_reported
     desired, meta_desired = shadow.desired, shadow.metadata_desired
@@ -516,9 +509,7 @@ def render_version_mismatch_reply(shadow: Shadow, client_token: str | None, now_
     )
 
 
-def render_error_reply(
-    request_type: str | None, client_token: str | None, result: int, now_ms: int
-) -> JSONObject:
+def render_error_reply(request_type: str | None, client_token: str | None, result: int, now_ms: int) -> JSONObject:
     """A failure without a document: echoes whatever type and clientToken could be read (section 6.8)."""
     reply: JSONObject = {"result": int(result), "timestamp": now_ms}
     if request_type is not None:

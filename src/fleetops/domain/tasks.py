@@ -179,9 +179,7 @@ def validate_tasks(task_type: TaskType, tasks: object) -> TaskSpec:
 def _desired(value: Any) -> JSONObject:
     where = "Tasks.UpdateShadowTask.Desired"
     if not isinstance(value, str):
-        raise InvalidParameterValue(
-            f'{where} must be a JSON object serialized as a string, e.g. "{{\\"a\\":1}}".'
-        )
+        raise InvalidParameterValue(f'{where} must be a JSON object serialized as a string, e.g. "{{\\"a\\":1}}".')
     try:
         desired = orjson.loads(value)
     except orjson.JSONDecodeError as exc:

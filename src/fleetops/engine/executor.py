@@ -192,9 +192,7 @@ class _Run:
         name_filter = compile_name_filter(self.task.name_filter)
         if self.cursor is None:
             self.all_devices = await self.count(name_filter)
-            if not await self.x._tasks.set_device_count(
-                self.task.id, self.owner, self.all_devices, self.lease_until()
-            ):
+            if not await self.x._tasks.set_device_count(self.task.id, self.owner, self.all_devices, self.lease_until()):
                 raise FenceLost(self.task.id)
             self.done = 0
         spec = self.task.spec
@@ -202,9 +200,7 @@ class _Run:
             await self.push_again(name_filter, spec)
         while True:
             await self.check_running()
-            names = await self.x._devices.names_after(
-                self.task.product_pk, self.cursor, self.snapshot, self.batch_size
-            )
+            names = await self.x._devices.names_after(self.task.product_pk, self.cursor, self.snapshot, self.batch_size)
             if names:
                 if isinstance(spec, UpdateShadowSpec):
                     await self.update_shadows(names, name_filter.filter(names), spec)
@@ -222,9 +218,7 @@ class _Run:
             return await self.x._devices.count(self.task.product_pk, self.snapshot)
         matched, after = 0, None
         while True:
-            names = await self.x._devices.names_after(
-                self.task.product_pk, after, self.snapshot, COUNT_PAGE_SIZE
-            )
+            names = await self.x._devices.names_after(self.task.product_pk, after, self.snapshot, COUNT_PAGE_SIZE)
             matched += len(name_filter.filter(names))
             if len(names) < COUNT_PAGE_SIZE:
                 return matched
@@ -274,9 +268,7 @@ class _Run:
             raise FenceLost(self.task.id)
         self.cursor, self.pushed, self.done = applied, pushed, self.done + done_delta
 
-    async def push_deltas(
-        self, written: Sequence[tuple[str, int]], spec: UpdateShadowSpec, now_ms: int
-    ) -> None:
+    async def push_deltas(self, written: Sequence[tuple[str, int]], spec: UpdateShadowSpec, now_ms: int) -> None:
         pushed_state = {key: value for key, value in spec.desired.items() if value is not None}
         if not pushed_state or not written:
             return  # a patch that only deletes keys pushes nothing (device-protocol 6.6)
@@ -293,9 +285,7 @@ class _Run:
                 self.task.product_pk, self.snapshot, after, self.cursor, self.batch_size
             )
             matching = set(name_filter.filter([name for name, _ in rows]))
-            await self.push_deltas(
-                [row for row in rows if row[0] in matching], spec, int(self.x._clock() * 1000)
-            )
+            await self.push_deltas([row for row in rows if row[0] in matching], spec, int(self.x._clock() * 1000))
             if len(rows) < self.batch_size:
                 break
             after = rows[-1][0]
@@ -326,9 +316,7 @@ class _Run:
                     raise _Stop(Outcome.BLOCKED) from exc
                 now = self.x._clock()
                 if down_since is None or now - down_since >= BROKER_LOG_INTERVAL_S:
-                    log.warning(
-                        "task %s waits for the MQTT broker (%s); it retries the batch", self.task.id, exc
-                    )
+                    log.warning("task %s waits for the MQTT broker (%s); it retries the batch", self.task.id, exc)
                     down_since = now
             await self.check_running()
             await self.pause()

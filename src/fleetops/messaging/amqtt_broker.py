@@ -121,9 +121,7 @@ class DeviceAuthPlugin(BaseAuthPlugin):  # type: ignore[misc]  # amqtt is untype
 
     async def authenticate(self, *, session: Session) -> bool:
         gate: DeviceGate = self.config.gate
-        decision = await gate.decide(
-            session.client_id or "", session.username, session.password, session.keep_alive
-        )
+        decision = await gate.decide(session.client_id or "", session.username, session.password, session.keep_alive)
         session.attributes[_DECISION] = decision
         return decision.accepted
 
@@ -355,9 +353,7 @@ class FleetopsBroker(Broker):  # type: ignore[misc]  # amqtt is untyped
     ) -> tuple[BrokerProtocolHandler, Session]:
         """Read CONNECT, authenticate, then (only if accepted) take over or resume the client's session."""
         try:
-            connect = await asyncio.wait_for(
-                ConnectPacket.from_stream(reader), self.options.connect_timeout_s
-            )
+            connect = await asyncio.wait_for(ConnectPacket.from_stream(reader), self.options.connect_timeout_s)
         except (AMQTTError, MQTTError, NoDataError, CodecError, ValueError, TimeoutError) as exc:
             await writer.close()
             raise AMQTTError(f"{remote_address}:{remote_port}: no valid CONNECT ({exc!r})") from exc
@@ -366,9 +362,7 @@ class FleetopsBroker(Broker):  # type: ignore[misc]  # amqtt is untyped
             raise MQTTError(f"{remote_address}:{remote_port}: malformed CONNECT")
         if (connect.proto_name, connect.proto_level) not in _PROTOCOLS:
             await self._refuse(writer, ConnackCode.UNACCEPTABLE_PROTOCOL_VERSION)
-            raise MQTTError(
-                f"{remote_address}:{remote_port}: protocol {connect.proto_name} {connect.proto_level}"
-            )
+            raise MQTTError(f"{remote_address}:{remote_port}: protocol {connect.proto_name} {connect.proto_level}")
         if connect.password_flag and not connect.username_flag:  # MQTT-3.1.2-22
             await self._refuse(writer, ConnackCode.BAD_USERNAME_OR_PASSWORD)
             raise MQTTError(f"{remote_address}:{remote_port}: password without user name")
@@ -424,9 +418,7 @@ class FleetopsBroker(Broker):  # type: ignore[misc]  # amqtt is untyped
         existing = self._sessions.get(client_id)
         if existing is not None and _is_connected(existing[0]):
             self._superseded.add(existing[1])  # its end must not mark the device offline
-            log.info(
-                "%s connected again from %s: closing the older connection", client_id, session.remote_address
-            )
+            log.info("%s connected again from %s: closing the older connection", client_id, session.remote_address)
             await self._close(existing[1])
         if session.clean_session or existing is None:
             await self._delete_session(client_id)
@@ -477,9 +469,7 @@ class FleetopsBroker(Broker):  # type: ignore[misc]  # amqtt is untyped
                 await self._cleanup_session(client_id)
         await self._set_online(client_session, online=False)
 
-    async def _handle_message_delivery(
-        self, client_session: Session, handler: Any, wait_deliver: Any
-    ) -> bool:
+    async def _handle_message_delivery(self, client_session: Session, handler: Any, wait_deliver: Any) -> bool:
         """A PUBLISH from a device. (amqtt's loop stops on False without closing anything: never returned.)"""
         message = wait_deliver.result()
         if message is None:
@@ -600,9 +590,7 @@ class FleetopsBroker(Broker):  # type: ignore[misc]  # amqtt is untyped
         self._qos1_idle.clear()
         session.inflight_out[packet_id] = OutgoingApplicationMessage(packet_id, topic, 1, data, False)
         timer = self._loop.call_later(self.options.qos1_ack_timeout_s, _expire, waiter)
-        waiter.add_done_callback(
-            functools.partial(self._qos1_settled, session, handler, packet_id, topic, data, timer)
-        )
+        waiter.add_done_callback(functools.partial(self._qos1_settled, session, handler, packet_id, topic, data, timer))
         await self._write(handler, encode_publish(topic.encode("utf-8"), data, 1, packet_id))
 
     def _qos1_settled(
@@ -655,9 +643,7 @@ class FleetopsBroker(Broker):  # type: ignore[misc]  # amqtt is untyped
 
     async def _shadow_request(self, device: DeviceId, data: bytes) -> None:
         try:
-            reply = await self._shadow_handler.handle_shadow_request(
-                device.product_id, device.device_name, data
-            )
+            reply = await self._shadow_handler.handle_shadow_request(device.product_id, device.device_name, data)
         except Exception:
             log.exception("shadow request of %s failed", device.client_id)
             return

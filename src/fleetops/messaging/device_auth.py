@@ -93,9 +93,7 @@ class ConnectDecision:
         return self.code is ConnackCode.ACCEPTED
 
 
-def make_username(
-    client_id: str, expiry: int, *, sdk_app_id: str = "12010126", conn_id: str = "a1B2c"
-) -> str:
+def make_username(client_id: str, expiry: int, *, sdk_app_id: str = "12010126", conn_id: str = "a1B2c") -> str:
     """A UserName as the devices build it (used by tests, the bench and the docs)."""
     return f"{client_id};{sdk_app_id};{conn_id};{expiry}"
 
@@ -145,9 +143,7 @@ def precheck_connect(client_id: str, keepalive_s: int) -> ConnectDecision | None
     if split_client_id(client_id) is None:
         return ConnectDecision(ConnackCode.IDENTIFIER_REJECTED, "malformed client id")
     if keepalive_s > KEEPALIVE_MAX_S:
-        return ConnectDecision(
-            ConnackCode.IDENTIFIER_REJECTED, f"keep-alive {keepalive_s} s > {KEEPALIVE_MAX_S} s"
-        )
+        return ConnectDecision(ConnackCode.IDENTIFIER_REJECTED, f"keep-alive {keepalive_s} s > {KEEPALIVE_MAX_S} s")
     return None
 
 

@@ -132,9 +132,7 @@ class EmbeddedBroker:
         try:
             await broker.start()
         except BrokerError as exc:
-            raise ConfigurationError(
-                f"cannot start the MQTT broker on {self.host}:{self._port}: {exc}"
-            ) from exc
+            raise ConfigurationError(f"cannot start the MQTT broker on {self.host}:{self._port}: {exc}") from exc
         self.broker = broker
         log.info("MQTT broker listening on %s:%d", self.host, self.port)
 

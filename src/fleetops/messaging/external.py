@@ -75,9 +75,7 @@ class BrokerAddress:
         except ValueError as exc:
             raise ConfigurationError(f"invalid MQTT URL: {exc}") from exc
         if parts.scheme not in ("mqtt", "mqtts") or not parts.hostname:
-            raise ConfigurationError(
-                "the MQTT URL must look like mqtt://user:password@host:port (or mqtts://)"
-            )
+            raise ConfigurationError("the MQTT URL must look like mqtt://user:password@host:port (or mqtts://)")
         tls = parts.scheme == "mqtts"
         return cls(
             host=parts.hostname,
@@ -369,9 +367,7 @@ class ExternalPublisher:
         progress = asyncio.ensure_future(batch.progress.wait())
         lost = asyncio.ensure_future(link.lost.wait())
         try:
-            done, _ = await asyncio.wait(
-                {progress, lost}, timeout=timeout_s, return_when=asyncio.FIRST_COMPLETED
-            )
+            done, _ = await asyncio.wait({progress, lost}, timeout=timeout_s, return_when=asyncio.FIRST_COMPLETED)
         finally:
             progress.cancel()
             lost.cancel()
@@ -407,9 +403,7 @@ class ExternalBroker:
     @classmethod
     def from_settings(cls, settings: Settings, shadow_handler: ShadowRequestHandler) -> ExternalBroker:
         options = ExternalOptions(broker_wait_s=settings.broker_wait_s)
-        return cls(
-            settings.mqtt_url, shadow_handler, client_id=settings.mqtt_client_id or None, options=options
-        )
+        return cls(settings.mqtt_url, shadow_handler, client_id=settings.mqtt_client_id or None, options=options)
 
     @property
     def connected(self) -> bool:
@@ -419,9 +413,7 @@ class ExternalBroker:
         if self._supervisor is not None:
             return
         self._stopping = False
-        self._queues = [
-            asyncio.Queue(self.options.shadow_queue_size) for _ in range(self.options.shadow_workers)
-        ]
+        self._queues = [asyncio.Queue(self.options.shadow_queue_size) for _ in range(self.options.shadow_workers)]
         self._workers = [asyncio.create_task(self._shadow_worker(queue)) for queue in self._queues]
         try:
             await self._connect()
@@ -498,9 +490,7 @@ class ExternalBroker:
         if self._link is link:
             self._link_up.clear()
             if not self._stopping:
-                log.warning(
-                    "lost the connection to the MQTT broker at %s:%d", self.address.host, self.address.port
-                )
+                log.warning("lost the connection to the MQTT broker at %s:%d", self.address.host, self.address.port)
 
     async def _supervise(self) -> None:
         delay = self.options.reconnect_delay_s
@@ -576,9 +566,7 @@ class ExternalBroker:
         while True:
             device, payload = await queue.get()
             try:
-                reply = await self._shadow_handler.handle_shadow_request(
-                    device.product_id, device.device_name, payload
-                )
+                reply = await self._shadow_handler.handle_shadow_request(device.product_id, device.device_name, payload)
             except Exception:
                 log.exception("shadow request of %s failed", device.client_id)
                 continue

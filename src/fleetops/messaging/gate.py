@@ -24,9 +24,5 @@ class DeviceGate:
         if refused is not None:
             return refused  # no lookup for a malformed client id
         device = split_client_id(client_id)
-        credentials = (
-            await self.directory.device_credentials(device.product_id, device.device_name) if device else None
-        )
-        return device_auth.check_connect(
-            client_id, username, password, keepalive_s, credentials, self.clock()
-        )
+        credentials = await self.directory.device_credentials(device.product_id, device.device_name) if device else None
+        return device_auth.check_connect(client_id, username, password, keepalive_s, credentials, self.clock())

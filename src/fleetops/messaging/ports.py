@@ -81,7 +81,10 @@ class Publisher(Protocol):
 class MessagingService(Protocol):
     """What ``fleetops serve`` starts and stops: the embedded broker or the client of an external broker."""
 
-    publisher: Publisher
+    @property
+    def publisher(self) -> Publisher:
+        """How the backend and the task engine publish (read-only, so each broker may return its own type)."""
+        ...
 
     async def start(self) -> None:
         """Start serving; raises :class:`fleetops.errors.ConfigurationError` with a readable message on a bad

@@ -230,6 +230,4 @@ def may_subscribe(device: DeviceId, topic_filter: str) -> bool:
     if "+" not in topic_filter and "#" not in topic_filter:
         return Access.SUBSCRIBE in topic_access(device, topic_filter)
     # The only wildcard filter whose every match is subscribable: a "+" for the RRPC message id.
-    return topic_filter == f"$rrpc/rxd/{device.product_id}/{device.device_name}/+" and _within_limits(
-        topic_filter
-    )
+    return topic_filter == f"$rrpc/rxd/{device.product_id}/{device.device_name}/+" and _within_limits(topic_filter)

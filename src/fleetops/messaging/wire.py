@@ -24,9 +24,7 @@ def encode_remaining_length(length: int) -> bytes:
             return bytes(out)
 
 
-def encode_publish(
-    topic: bytes, payload: bytes, qos: int = 0, packet_id: int = 0, *, dup: bool = False
-) -> bytes:
+def encode_publish(topic: bytes, payload: bytes, qos: int = 0, packet_id: int = 0, *, dup: bool = False) -> bytes:
     """One PUBLISH packet (retain flag never set: the device protocol stores no retained messages)."""
     if qos not in (0, 1):
         raise ValueError(f"QoS must be 0 or 1, got {qos}")

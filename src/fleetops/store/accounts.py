@@ -51,7 +51,11 @@ class AccountStore:
         async with self._db.begin() as conn:
             await conn.execute(
                 sa.insert(api_keys).values(
-                    secret_id=secret_id, secret_key=secret_key, account_id=account_id, enabled=True, created_at=now_s
+                    secret_id=secret_id,
+                    secret_key=secret_key,
+                    account_id=account_id,
+                    enabled=True,
+                    created_at=now_s,
                 )
             )
         key = await self.get_key(secret_id)
@@ -60,9 +64,7 @@ class AccountStore:
 
     async def get_key(self, secret_id: str) -> ApiKey | None:
         async with self._db.connect() as conn:
-            row = (
-                await conn.execute(self._key_query().where(api_keys.c.secret_id == secret_id))
-            ).first()
+            row = (await conn.execute(self._key_query().where(api_keys.c.secret_id == secret_id))).first()
         return None if row is None else _key(row)
 
     async def list_keys(self) -> list[ApiKey]:

@@ -152,9 +152,7 @@ class DeviceStore:
         """The account that owns ``product_id`` (for the MQTT side, which knows only the ProductId)."""
         async with self._db.connect() as conn:
             row = (
-                await conn.execute(
-                    sa.select(products.c.account_id).where(products.c.product_id == product_id)
-                )
+                await conn.execute(sa.select(products.c.account_id).where(products.c.product_id == product_id))
             ).first()
         return None if row is None else int(row.account_id)
 
@@ -344,9 +342,7 @@ class DeviceStore:
             ).all()
         return [_record(r, product_id) for r in rows]
 
-    async def iter_names(
-        self, account_id: int, product_id: str, batch_size: int = 10_000
-    ) -> AsyncIterator[str]:
+    async def iter_names(self, account_id: int, product_id: str, batch_size: int = 10_000) -> AsyncIterator[str]:
         """Every device name of the product, in order, read in keyset pages (short transactions)."""
         async with self._db.connect() as conn:
             pk = await _product_pk(conn, account_id, product_id)
@@ -380,9 +376,7 @@ class DeviceStore:
         """Delete the device and with it its shadow (same row). Raises ProductMissing or DeviceMissing."""
         async with self._db.begin() as conn:
             pk = await _product_pk(conn, account_id, product_id)
-            result = await conn.execute(
-                sa.delete(devices).where(devices.c.product_pk == pk, devices.c.name == name)
-            )
+            result = await conn.execute(sa.delete(devices).where(devices.c.product_pk == pk, devices.c.name == name))
             if not result.rowcount:
                 raise DeviceMissing([name])
 
@@ -428,9 +422,7 @@ class DeviceStore:
             ).first()
         if row is None:
             return None
-        return DeviceCredentials(
-            product_id=product_id, device_name=device_name, psk=row.psk, enabled=bool(row.enabled)
-        )
+        return DeviceCredentials(product_id=product_id, device_name=device_name, psk=row.psk, enabled=bool(row.enabled))
 
     async def set_online(
         self, product_id: str, device_name: str, online: bool, client_ip: str | None, now_s: int
@@ -458,9 +450,7 @@ class DeviceStore:
         """Mark every online device offline (a broker that starts knows no connection yet)."""
         async with self._db.begin() as conn:
             result = await conn.execute(
-                sa.update(devices)
-                .where(devices.c.online == sa.true())
-                .values(online=False, last_offline_time=now_s)
+                sa.update(devices).where(devices.c.online == sa.true()).values(online=False, last_offline_time=now_s)
             )
             return int(result.rowcount or 0)
 
@@ -468,9 +458,7 @@ class DeviceStore:
 async def _product_pk(conn: AsyncConnection, account_id: int, product_id: str) -> int:
     row = (
         await conn.execute(
-            sa.select(products.c.id).where(
-                products.c.account_id == account_id, products.c.product_id == product_id
-            )
+            sa.select(products.c.id).where(products.c.account_id == account_id, products.c.product_id == product_id)
         )
     ).first()
     if row is None:

@@ -31,7 +31,13 @@ class ProductStore:
         self._db = db
 
     async def insert(
-        self, account_id: int, product_id: str, name: str, properties: dict[str, Any], now_s: int, max_products: int
+        self,
+        account_id: int,
+        product_id: str,
+        name: str,
+        properties: dict[str, Any],
+        now_s: int,
+        max_products: int,
     ) -> ProductRecord | None:
         """Insert a product; None when the account is at ``max_products``. Raises NameTaken."""
         async with self._db.begin() as conn:
@@ -65,9 +71,7 @@ class ProductStore:
         async with self._db.connect() as conn:
             row = (
                 await conn.execute(
-                    sa.select(products).where(
-                        products.c.account_id == account_id, products.c.product_id == product_id
-                    )
+                    sa.select(products).where(products.c.account_id == account_id, products.c.product_id == product_id)
                 )
             ).first()
         return None if row is None else _record(row)

@@ -144,9 +144,7 @@ class ShadowStore:
             if users[0] == 0:
                 del self._turns[key]
 
-    async def _compare_and_set(
-        self, conn: AsyncConnection, device_pk: int, read_version: int, new: Shadow
-    ) -> bool:
+    async def _compare_and_set(self, conn: AsyncConnection, device_pk: int, read_version: int, new: Shadow) -> bool:
         result = await conn.execute(
             _COMPARE_AND_SET,
             {
@@ -163,9 +161,7 @@ class ShadowStore:
         return bool(result.rowcount)
 
 
-async def _read(
-    conn: AsyncConnection, account_id: int, product_id: str, device_name: str
-) -> tuple[int, Shadow]:
+async def _read(conn: AsyncConnection, account_id: int, product_id: str, device_name: str) -> tuple[int, Shadow]:
     params = {"account_id": account_id, "product_id": product_id, "device_name": device_name}
     row = (await conn.execute(_READ, params)).first()
     if row is None:

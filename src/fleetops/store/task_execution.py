@@ -107,9 +107,7 @@ class DeviceBatches:
 
     async def newest_device_id(self) -> int:
         async with self._db.connect() as conn:
-            return int(
-                (await conn.execute(sa.select(sa.func.coalesce(sa.func.max(devices.c.id), 0)))).scalar_one()
-            )
+            return int((await conn.execute(sa.select(sa.func.coalesce(sa.func.max(devices.c.id), 0)))).scalar_one())
 
     async def count(self, product_pk: int, snapshot_id: int) -> int:
         """Every device of the product in the snapshot (the empty filter)."""
@@ -124,9 +122,7 @@ class DeviceBatches:
                 ).scalar_one()
             )
 
-    async def names_after(
-        self, product_pk: int, after: str | None, snapshot_id: int, limit: int
-    ) -> list[str]:
+    async def names_after(self, product_pk: int, after: str | None, snapshot_id: int, limit: int) -> list[str]:
         """The next ``limit`` device names after ``after`` (None: from the first), in index order."""
         async with self._db.connect() as conn:
             names = (

@@ -159,9 +159,7 @@ class TaskStore:
         """
         async with write_transaction(self._db) as conn:
             if not self._db.is_sqlite:
-                await conn.execute(
-                    sa.select(accounts.c.id).where(accounts.c.id == task.account_id).with_for_update()
-                )
+                await conn.execute(sa.select(accounts.c.id).where(accounts.c.id == task.account_id).with_for_update())
             open_count = int(
                 (
                     await conn.execute(
@@ -209,15 +207,11 @@ class TaskStore:
             ).first()
         return None if row is None else _record(row)
 
-    async def page(
-        self, account_id: int, offset: int, limit: int, created_after: int
-    ) -> tuple[int, list[TaskRecord]]:
+    async def page(self, account_id: int, offset: int, limit: int, created_after: int) -> tuple[int, list[TaskRecord]]:
         """The account's tasks, newest first (ties: the larger id first; ids start with the creation time)."""
         visible = sa.and_(tasks.c.account_id == account_id, tasks.c.created_at >= created_after)
         async with self._db.connect() as conn:
-            total = (
-                await conn.execute(sa.select(sa.func.count()).select_from(tasks).where(visible))
-            ).scalar_one()
+            total = (await conn.execute(sa.select(sa.func.count()).select_from(tasks).where(visible))).scalar_one()
             rows = (
                 await conn.execute(
                     sa.select(tasks)
@@ -229,15 +223,11 @@ class TaskStore:
             ).all()
         return int(total), [_record(r) for r in rows]
 
-    async def cancel(
-        self, account_id: int, task_id: str, now_s: int, created_after: int
-    ) -> TaskStatus | None:
+    async def cancel(self, account_id: int, task_id: str, now_s: int, created_after: int) -> TaskStatus | None:
         """Cancel a waiting task. Returns the status the task had: WAITING when this call cancelled it, any
         other the status that prevented it; None when there is no such task. Atomic against the engine
         starting the task (module doc)."""
-        mine = sa.and_(
-            tasks.c.id == task_id, tasks.c.account_id == account_id, tasks.c.created_at >= created_after
-        )
+        mine = sa.and_(tasks.c.id == task_id, tasks.c.account_id == account_id, tasks.c.created_at >= created_after)
         async with self._db.begin() as conn:
             result = await conn.execute(
                 sa.update(tasks)
@@ -251,9 +241,7 @@ class TaskStore:
 
     # --- the engine: claims and leases --------------------------------------------------------------------
 
-    async def claim_next(
-        self, owner: str, now_s: int, lease_s: int, exclude: Sequence[str] = ()
-    ) -> TaskRecord | None:
+    async def claim_next(self, owner: str, now_s: int, lease_s: int, exclude: Sequence[str] = ()) -> TaskRecord | None:
         """Lease the next task to run: a waiting task whose time has come (it becomes processing, and its
         device snapshot is fixed in the same statement), or a processing task whose lease has expired."""
         due = sa.or_(
@@ -306,9 +294,7 @@ class TaskStore:
         """Give the lease up (stopping): another node, or this one restarted, resumes the task at once."""
         async with self._db.begin() as conn:
             await conn.execute(
-                sa.update(tasks)
-                .where(tasks.c.id == task_id, tasks.c.lease_owner == owner)
-                .values(lease_until=0)
+                sa.update(tasks).where(tasks.c.id == task_id, tasks.c.lease_owner == owner).values(lease_until=0)
             )
 
     async def renew(self, task_id: str, owner: str, lease_until: int) -> bool:

@@ -20,9 +20,7 @@ from fleetops.store.devices import DeviceRecord
 # Our own bound (the vendor documents none): one transaction per call, and a request that stays small.
 MAX_ENABLE_STATE_NAMES = 1000
 
-DEVICE_NAME = Param(
-    "DeviceName", Kind.STRING, required=True, pattern=DEVICE_NAME_PATTERN, doc="[a-zA-Z0-9:_-]{1,48}"
-)
+DEVICE_NAME = Param("DeviceName", Kind.STRING, required=True, pattern=DEVICE_NAME_PATTERN, doc="[a-zA-Z0-9:_-]{1,48}")
 PRODUCT_ID_UPPER = Param(
     "ProductID", Kind.STRING, required=True, max_length=10, doc="product id (note the vendor's upper-case ID)"
 )
@@ -250,9 +248,7 @@ ACTIONS = (
                 doc="`None-FirmwareVersion` selects devices without a version (all: fleetops has no OTA); "
                 "any other value matches none",
             ),
-            Param(
-                "DeviceName", Kind.STRING, max_length=48, doc="case-sensitive substring of the device name"
-            ),
+            Param("DeviceName", Kind.STRING, max_length=48, doc="case-sensitive substring of the device name"),
             Param("EnableState", Kind.INTEGER, choices=(0, 1), doc="0 disabled, 1 enabled; absent: both"),
         ),
         handler=describe_devices,
@@ -283,7 +279,6 @@ ACTIONS = (
         ),
         handler=update_devices_enable_state,
         errors=(errors.InvalidParameterValue, errors.DeviceNotExist, errors.ProductNotExist),
-        notes="Disabled devices are refused at MQTT CONNECT; disabling one that is connected closes its "
-        "connection.",
+        notes="Disabled devices are refused at MQTT CONNECT; disabling one that is connected closes its connection.",
     ),
 )

@@ -47,7 +47,11 @@ async def create_product(ctx: ActionContext, params: dict[str, Any]) -> dict[str
     record = await ctx.backend.products.create(
         ctx.account_id, params["product_name"], params.get("product_properties") or {}
     )
-    return {"ProductName": record.name, "ProductId": record.product_id, "ProductProperties": record.properties}
+    return {
+        "ProductName": record.name,
+        "ProductId": record.product_id,
+        "ProductProperties": record.properties,
+    }
 
 
 async def describe_product(ctx: ActionContext, params: dict[str, Any]) -> dict[str, Any]:

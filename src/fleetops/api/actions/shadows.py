@@ -69,9 +69,7 @@ ACTIONS = (
                 required=True,
                 doc="must equal the shadow's current version; 0 skips the check",
             ),
-            Param(
-                "Prefix", Kind.STRING, doc="topic prefix of the delta push: $shadow (default) or $template"
-            ),
+            Param("Prefix", Kind.STRING, doc="topic prefix of the delta push: $shadow (default) or $template"),
         ),
         handler=update_device_shadow,
         response=("Data",),

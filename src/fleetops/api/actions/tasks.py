@@ -229,7 +229,6 @@ ACTIONS = (
         params=(TASK_ID,),
         handler=cancel_task,
         errors=(errors.AsyncTaskAlreadyStarted, errors.InvalidParameterValue, errors.TaskNotExist),
-        notes="A task that has started, ended or been cancelled already: "
-        "`FailedOperation.AsyncTaskAlreadyStarted`.",
+        notes="A task that has started, ended or been cancelled already: `FailedOperation.AsyncTaskAlreadyStarted`.",
     ),
 )
