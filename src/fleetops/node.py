@@ -114,7 +114,8 @@ class Node:
         )
         return [Mount("/mqtt", app=router)]
 
-    def app(self) -> Starlette:
+    def app(self, *, manage_services: bool = True) -> Starlette:
+        """The ASGI app; with ``manage_services`` its lifespan starts and stops messaging and the engine."""
         endpoint = ApiEndpoint(
             registry=Registry(all_actions()),
             accounts=self.accounts,
@@ -123,7 +124,8 @@ class Node:
             config=ApiConfig(max_body_bytes=self.settings.max_body_bytes, clock_skew_s=self.settings.clock_skew_s),
             clock=self.clock,
         )
-        return create_app(endpoint, extra_routes=self._mqtt_auth_routes(), lifespan=self._lifespan)
+        lifespan = self._lifespan if manage_services else None
+        return create_app(endpoint, extra_routes=self._mqtt_auth_routes(), lifespan=lifespan)
 
     @contextlib.asynccontextmanager
     async def _lifespan(self, _app: Starlette) -> AsyncIterator[None]:

@@ -27,8 +27,11 @@ async def run_server(settings: Settings) -> None:
                 f"  SecretKey: {key.secret_key}",
                 flush=True,
             )
+        # start the MQTT side and the engine before serving HTTP, so a bad configuration (MQTT port taken,
+        # broker refusing our credentials) stops the command with one clear message instead of a traceback
+        await node.start()
         config = uvicorn.Config(
-            node.app(),
+            node.app(manage_services=False),
             host=settings.host,
             port=settings.port,
             log_config=None,
@@ -38,6 +41,9 @@ async def run_server(settings: Settings) -> None:
         )
         server = uvicorn.Server(config)
         log.info("fleetops API on http://%s:%d", settings.host, settings.port)
-        await server.serve()
+        try:
+            await server.serve()
+        finally:
+            await node.stop()
     finally:
         await node.close()

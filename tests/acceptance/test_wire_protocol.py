@@ -326,3 +326,32 @@ def test_rate_limit_is_per_key_and_per_action(tmp_path: Path) -> None:
         assert "Error" not in fresh
     finally:
         live.stop()
+
+
+def test_metrics_count_requests_by_action_and_outcome(server: LiveServer) -> None:
+    _post(server, "DescribeProduct", {"ProductId": "NOPE000000"})
+    _post(server, "DescribeEverything", {})
+    text = requests.get(f"http://{server.endpoint}/metrics", timeout=10).text
+    line = next(
+        ln
+        for ln in text.splitlines()
+        if ln.startswith("fleetops_api_requests_total{")
+        and 'action="DescribeProduct"' in ln
+        and 'outcome="ResourceNotFound.ProductNotExist"' in ln
+    )
+    assert float(line.rsplit(" ", 1)[1]) >= 1
+    assert 'outcome="InvalidAction"' in text
+    assert 'action="DescribeEverything"' not in text
+
+
+def test_the_access_log_names_action_account_and_outcome_but_no_secret(
+    server: LiveServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level("INFO", logger="fleetops.access"):
+        _post(server, "DescribeProduct", {"ProductId": "NOPE000000"})
+    lines = [r.getMessage() for r in caplog.records if r.name == "fleetops.access"]
+    assert any(
+        "action=DescribeProduct" in ln and "account=default" in ln and "outcome=ResourceNotFound.ProductNotExist" in ln
+        for ln in lines
+    )
+    assert not any(server.secret_key in ln for ln in lines)

@@ -21,6 +21,7 @@ from starlette.routing import BaseRoute, Route
 from fleetops import errors
 from fleetops.api.decoding import decode_params
 from fleetops.api.envelope import CONTENT_TYPE, error_body, new_request_id, success_body
+from fleetops.api.metrics import ApiMetrics
 from fleetops.api.ratelimit import RateLimiter
 from fleetops.api.registry import ActionContext, Registry
 from fleetops.api.request import RawRequest, check_timestamp, detect_language, parse_request, verify_signature
@@ -59,29 +60,33 @@ class ApiEndpoint:
         self._limiter = limiter
         self._config = config
         self._clock = clock
+        self.metrics = ApiMetrics()
 
     async def __call__(self, request: Request) -> Response:
         started = time.perf_counter()
         request_id = new_request_id()
-        outcome, action_name, account = "OK", "-", "-"
+        outcome, call = "OK", _CallInfo()
         language = "en-US"
         try:
             raw = await self._read(request)
             language = detect_language(raw)
-            result, action_name, account = await self._dispatch(raw, request_id, language)
+            result = await self._dispatch(raw, request_id, language, call)
             body = success_body(result, request_id)
         except errors.ApiError as exc:
             outcome = exc.code
             body = error_body(exc, request_id, language)
         except Exception:
             outcome = "InternalError"
-            error_log.exception("unhandled error in %s (RequestId %s)", action_name, request_id)
+            error_log.exception("unhandled error in %s (RequestId %s)", call.action, request_id)
             body = error_body(errors.InternalError(), request_id, language)
-        elapsed_ms = (time.perf_counter() - started) * 1000
+        elapsed_s = time.perf_counter() - started
+        elapsed_ms = elapsed_s * 1000
+        # unknown action names are not used as labels: a client could otherwise grow the series without bound
+        self.metrics.observe(call.action, outcome, elapsed_s)
         log.info(
             "action=%s account=%s request_id=%s outcome=%s latency_ms=%.1f",
-            action_name,
-            account,
+            call.action,
+            call.account,
             request_id,
             outcome,
             elapsed_ms,
@@ -121,7 +126,7 @@ class ApiEndpoint:
             chunks.append(chunk)
         return b"".join(chunks)
 
-    async def _dispatch(self, raw: RawRequest, request_id: str, language: str) -> tuple[dict[str, Any], str, str]:
+    async def _dispatch(self, raw: RawRequest, request_id: str, language: str, call: _CallInfo) -> dict[str, Any]:
         parsed = parse_request(raw)
         action = self._registry.get(parsed.action)
         if action is None:
@@ -129,6 +134,7 @@ class ApiEndpoint:
                 f"The action `{parsed.action}` does not exist in iotcloud 2018-06-14. "
                 f"Supported actions: {', '.join(self._registry.names())}."
             )
+        call.action = action.name
         now = int(self._clock())
         check_timestamp(parsed, now=now, skew_s=self._config.clock_skew_s)
         key = await self._accounts.get_key(parsed.secret_id)
@@ -137,7 +143,8 @@ class ApiEndpoint:
                 f"The SecretId `{parsed.secret_id}` does not exist or is disabled. "
                 "Check the key (fleetops keys list) and use an enabled one."
             )
-        verify_signature(parsed, raw, key.secret_key, now=now)
+        call.account = key.account_name
+        verify_signature(parsed, raw, key.secret_key, now=now, skew_s=self._config.clock_skew_s)
         if not self._limiter.allow(key.secret_id, action.name):
             raise errors.RequestLimitExceeded(
                 f"More than {self._limiter.per_second} {action.name} requests per second for this SecretId. "
@@ -151,7 +158,15 @@ class ApiEndpoint:
             language=language,
             backend=self._backend,
         )
-        return await action.handler(ctx, params), action.name, key.account_name
+        return await action.handler(ctx, params)
+
+
+@dataclass
+class _CallInfo:
+    """What is known of a call so far, for its log line and metrics (an unknown action is never a label)."""
+
+    action: str = "-"
+    account: str = "-"
 
 
 def _too_large(size: int, limit: int) -> errors.RequestSizeLimitExceeded:
@@ -175,6 +190,7 @@ def create_app(
         # a bound method: Starlette treats any other callable object as a raw ASGI app (scope, receive, send)
         Route("/", endpoint.__call__, methods=methods),
         Route("/healthz", _healthz, methods=["GET"]),
+        Route("/metrics", endpoint.metrics.endpoint, methods=["GET"]),
         *extra_routes,
     ]
     return Starlette(routes=routes, lifespan=lifespan)
