@@ -15,13 +15,11 @@ import asyncio
 import random
 import secrets
 import statistics
-import tempfile
 import time
-from collections.abc import Awaitable, Callable, Iterator
-from contextlib import contextmanager
-from pathlib import Path
+from collections.abc import Awaitable, Callable
 
 import sqlalchemy as sa
+from benchdb import bench_database
 
 from fleetops.backend.devices import DeviceFilter, DeviceService
 from fleetops.backend.registration import register_devices
@@ -35,27 +33,6 @@ from fleetops.store.shadows import ShadowStore
 
 PID = "BENCH00001"
 PAGE_LIMIT = 250
-
-
-@contextmanager
-def database(choice: str) -> Iterator[str]:
-    if choice == "sqlite":
-        with tempfile.TemporaryDirectory() as tmp:
-            yield f"sqlite:///{Path(tmp) / 'bench.db'}"
-    elif choice == "postgresql":
-        import psycopg
-
-        name = "fleetops_bench_" + secrets.token_hex(4)
-        admin = "host=127.0.0.1 port=5432 user=postgres dbname=postgres"
-        with psycopg.connect(admin, autocommit=True) as conn:
-            conn.execute(f'CREATE DATABASE "{name}"')
-        try:
-            yield f"postgresql://postgres@127.0.0.1:5432/{name}"
-        finally:
-            with psycopg.connect(admin, autocommit=True) as conn:
-                conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    else:
-        yield choice
 
 
 def median_ms(samples: list[float]) -> float:
@@ -146,7 +123,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=10_000, help="devices per transaction")
     parser.add_argument("--shadow-ops", type=int, default=5_000, help="shadow reads and writes per measurement")
     args = parser.parse_args()
-    with database(args.database) as url:
+    with bench_database(args.database) as url:
         asyncio.run(run(url, args.count, args.batch_size, args.shadow_ops))
 
 

@@ -23,16 +23,15 @@ import cProfile
 import pstats
 import secrets
 import sys
-import tempfile
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+
+from benchdb import bench_database
 
 from fleetops.backend.registration import register_devices
 from fleetops.backend.shadows import ShadowService
@@ -52,27 +51,6 @@ from fleetops.store.shadows import ShadowStore
 from fleetops.store.tasks import TaskStore
 
 PID = "BENCHTASK1"
-
-
-@contextmanager
-def database(choice: str) -> Iterator[str]:
-    if choice == "sqlite":
-        with tempfile.TemporaryDirectory() as tmp:
-            yield f"sqlite:///{Path(tmp) / 'bench.db'}"
-    elif choice == "postgresql":
-        import psycopg
-
-        name = "fleetops_bench_" + secrets.token_hex(4)
-        admin = "host=127.0.0.1 port=5432 user=postgres dbname=postgres"
-        with psycopg.connect(admin, autocommit=True) as conn:
-            conn.execute(f'CREATE DATABASE "{name}"')
-        try:
-            yield f"postgresql://postgres@127.0.0.1:5432/{name}"
-        finally:
-            with psycopg.connect(admin, autocommit=True) as conn:
-                conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    else:
-        yield choice
 
 
 class PeakRss:
@@ -238,7 +216,7 @@ def main() -> None:
     )
     parser.add_argument("--profile", default="", help="write a cProfile of the two tasks to this file")
     args = parser.parse_args()
-    with database(args.database) as url:
+    with bench_database(args.database) as url:
         asyncio.run(run(args, url))
 
 
