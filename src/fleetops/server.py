@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import signal
+import threading
 import time
+from collections.abc import Iterator
 
 import uvicorn
 
@@ -12,6 +16,27 @@ from fleetops.node import Node
 from fleetops.settings import Settings
 
 log = logging.getLogger("fleetops")
+
+
+class _Server(uvicorn.Server):
+    """uvicorn, except that SIGINT/SIGTERM end the process with status 0 once fleetops has stopped.
+
+    uvicorn re-raises the captured signal when it has shut down, which would kill the process before the node
+    stops its MQTT side and releases its task leases; here the signal only asks for a graceful stop.
+    """
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        handled = (signal.SIGINT, signal.SIGTERM)
+        original = {sig: signal.signal(sig, self.handle_exit) for sig in handled}
+        try:
+            yield
+        finally:
+            for sig, handler in original.items():
+                signal.signal(sig, handler)
 
 
 async def run_server(settings: Settings) -> None:
@@ -39,7 +64,7 @@ async def run_server(settings: Settings) -> None:
             lifespan="on",
             timeout_graceful_shutdown=10,
         )
-        server = uvicorn.Server(config)
+        server = _Server(config)
         log.info("fleetops API on http://%s:%d", settings.host, settings.port)
         try:
             await server.serve()

@@ -14,8 +14,6 @@ import json
 import os
 import signal
 import sqlite3
-import subprocess
-import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -23,7 +21,6 @@ from pathlib import Path
 from typing import cast
 
 import pytest
-import requests
 from tencentcloud.iotcloud.v20180614 import models
 
 from fleetops.domain.tasks import TaskStatus
@@ -32,6 +29,7 @@ from fleetops.messaging.external import ExternalBroker, ExternalOptions
 from fleetops.messaging.ports import DeviceCredentials, Publisher
 from fleetops.store.tasks import TaskStore
 from tests.integration.conftest_mqtt import EchoShadowHandler, MosquittoProcess, PahoDevice, random_psk
+from tests.serve_process import ServeProcess
 from tests.support import LiveServer, TaskEnv, free_port, open_task_env, sdk_client, wait_until
 
 DEVICES = 100_000
@@ -45,37 +43,6 @@ class Endpoint:
     endpoint: str
     secret_id: str
     secret_key: str
-
-
-class ServeProcess:
-    """``fleetops serve`` as a child process, stopped by its PID."""
-
-    def __init__(self, data_dir: Path, env: dict[str, str]) -> None:
-        self.port = int(env["FLEETOPS_PORT"])
-        self.data_dir = data_dir
-        self.env = env
-        self.process: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        log = (self.data_dir / "serve.log").open("ab")
-        self.process = subprocess.Popen(
-            [str(Path(sys.executable).parent / "fleetops"), "serve"], env=self.env, stdout=log, stderr=log
-        )
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:
-            assert self.process.poll() is None, (self.data_dir / "serve.log").read_text()[-2000:]
-            try:
-                if requests.get(f"http://127.0.0.1:{self.port}/healthz", timeout=1).ok:
-                    return
-            except requests.ConnectionError:
-                time.sleep(0.05)
-        raise AssertionError("fleetops serve did not come up")
-
-    def kill(self, sig: signal.Signals = signal.SIGKILL) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.send_signal(sig)
-            self.process.wait(20)
-        self.process = None
 
 
 @pytest.fixture

@@ -1,0 +1,78 @@
+"""`fleetops serve` as a new user runs it: first start prints and saves a key pair, the official SDK works with
+it, SIGTERM and SIGINT shut the server down cleanly, and a restart keeps the data and creates no second key."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import stat
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from tencentcloud.iotcloud.v20180614 import models
+
+from tests.serve_process import ServeProcess
+from tests.support import free_port
+
+
+@pytest.fixture
+def serve(tmp_path: Path) -> Iterator[ServeProcess]:
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    env = {
+        **os.environ,
+        "FLEETOPS_DATA_DIR": str(data_dir),
+        "FLEETOPS_PORT": str(free_port()),
+        "FLEETOPS_MQTT_PORT": str(free_port()),
+    }
+    process = ServeProcess(data_dir, env)
+    try:
+        yield process
+    finally:
+        process.kill()
+
+
+def _client(port: int, secret_id: str, secret_key: str) -> object:
+    from tencentcloud.common import credential
+    from tencentcloud.common.profile.client_profile import ClientProfile
+    from tencentcloud.common.profile.http_profile import HttpProfile
+    from tencentcloud.iotcloud.v20180614 import iotcloud_client
+
+    hp = HttpProfile(endpoint=f"127.0.0.1:{port}", protocol="http")
+    return iotcloud_client.IotcloudClient(
+        credential.Credential(secret_id, secret_key), "ap-guangzhou", ClientProfile(httpProfile=hp)
+    )
+
+
+@pytest.mark.parametrize("stop_signal", [signal.SIGTERM, signal.SIGINT])
+def test_first_start_then_clean_shutdown_then_restart(serve: ServeProcess, stop_signal: signal.Signals) -> None:
+    serve.start()
+    creds_path = serve.data_dir / "credentials.json"
+    assert stat.S_IMODE(creds_path.stat().st_mode) == 0o600
+    saved = json.loads(creds_path.read_text())
+    log = (serve.data_dir / "serve.log").read_text()
+    printed = re.search(r"SecretId:\s+(\S+)\s+SecretKey:\s+(\S+)", log)
+    assert printed is not None and printed.groups() == (saved["SecretId"], saved["SecretKey"])
+    assert (serve.data_dir / "fleetops.db").exists()  # SQLite in the data dir by default
+
+    client = _client(serve.port, saved["SecretId"], saved["SecretKey"])
+    req = models.CreateProductRequest()
+    req.ProductName = "lamps"
+    product_id = client.CreateProduct(req).ProductId  # type: ignore[attr-defined]
+
+    assert serve.process is not None
+    process = serve.process
+    process.send_signal(stop_signal)
+    assert process.wait(20) == 0
+    serve.process = None
+
+    serve.start()
+    assert json.loads(creds_path.read_text()) == saved  # no second key on restart
+    assert (serve.data_dir / "serve.log").read_text().count("SecretKey:") == 1
+    listing = models.DescribeProductsRequest()
+    listing.Offset, listing.Limit = 0, 10
+    page = client.DescribeProducts(listing)  # type: ignore[attr-defined]
+    assert [p.ProductId for p in page.Products] == [product_id]

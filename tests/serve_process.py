@@ -1,0 +1,42 @@
+"""`fleetops serve` as a real child process, for tests of start, shutdown and crashes."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import requests
+
+
+class ServeProcess:
+    """``fleetops serve`` as a child process, stopped by its PID."""
+
+    def __init__(self, data_dir: Path, env: dict[str, str]) -> None:
+        self.port = int(env["FLEETOPS_PORT"])
+        self.data_dir = data_dir
+        self.env = env
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        log = (self.data_dir / "serve.log").open("ab")
+        self.process = subprocess.Popen(
+            [str(Path(sys.executable).parent / "fleetops"), "serve"], env=self.env, stdout=log, stderr=log
+        )
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            assert self.process.poll() is None, (self.data_dir / "serve.log").read_text()[-2000:]
+            try:
+                if requests.get(f"http://127.0.0.1:{self.port}/healthz", timeout=1).ok:
+                    return
+            except requests.ConnectionError:
+                time.sleep(0.05)
+        raise AssertionError("fleetops serve did not come up")
+
+    def kill(self, sig: signal.Signals = signal.SIGKILL) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(sig)
+            self.process.wait(20)
+        self.process = None
