@@ -404,3 +404,30 @@ async def wait_until(
             if await condition():
                 return
             await asyncio.sleep(interval_s)
+
+
+@contextmanager
+def server_on(kind: str, data: Path) -> Iterator[LiveServer]:
+    """A live server on ``kind`` ("sqlite" or "postgresql", a fresh database), stopped afterwards."""
+    if kind == "sqlite":
+        live = start_server(data / "data", f"sqlite:///{data / 'fleetops.db'}")
+        try:
+            yield live
+        finally:
+            live.stop()
+        return
+    with postgres_database() as url:
+        live = start_server(data / "data", url)
+        try:
+            yield live
+        finally:
+            live.stop()
+
+
+def new_product(client: Any) -> str:
+    """Create a product with a unique name through the SDK; its ProductId."""
+    from tencentcloud.iotcloud.v20180614 import models
+
+    req = models.CreateProductRequest()
+    req.ProductName = "p" + secrets.token_hex(6)
+    return str(client.CreateProduct(req).ProductId)

@@ -6,7 +6,6 @@ from __future__ import annotations
 import base64
 import json
 import re
-import secrets
 import time
 from collections.abc import Iterator, Sequence
 from typing import Any
@@ -15,37 +14,25 @@ import pytest
 from tencentcloud.iotcloud.v20180614 import models
 
 from fleetops.api.actions.devices import DEVICE_INFO_FIELDS
-from tests.support import LiveServer, postgres_database, sdk_client, sdk_error_code, start_server
+from tests.support import (
+    LiveServer,
+    new_product,
+    sdk_client,
+    sdk_error_code,
+    server_on,
+)
 
 
 @pytest.fixture(scope="module", params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
 def server(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
     """One live server per database for the whole module (tests use products of their own)."""
-    data = tmp_path_factory.mktemp("devices-api")
-    if request.param == "sqlite":
-        live = start_server(data / "data", f"sqlite:///{data / 'fleetops.db'}")
-        try:
-            yield live
-        finally:
-            live.stop()
-    else:
-        with postgres_database() as url:
-            live = start_server(data / "data", url)
-            try:
-                yield live
-            finally:
-                live.stop()
+    with server_on(request.param, tmp_path_factory.mktemp("devices-api")) as live:
+        yield live
 
 
 @pytest.fixture(scope="module")
 def client(server: LiveServer) -> Any:
     return sdk_client(server)
-
-
-def new_product(client: Any) -> str:
-    req = models.CreateProductRequest()
-    req.ProductName = "p" + secrets.token_hex(6)
-    return str(client.CreateProduct(req).ProductId)
 
 
 def create_device(

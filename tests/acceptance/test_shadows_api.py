@@ -17,7 +17,7 @@ import pytest
 from tencentcloud.iotcloud.v20180614 import models
 
 from fleetops.errors import BrokerUnavailable
-from tests.support import LiveServer, postgres_database, sdk_client, sdk_error_code, start_server
+from tests.support import LiveServer, sdk_client, sdk_error_code, server_on
 
 
 class RecordingPublisher:
@@ -51,20 +51,9 @@ class RecordingPublisher:
 
 @pytest.fixture(scope="module", params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
 def server(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
-    data = tmp_path_factory.mktemp("shadows-api")
-    if request.param == "sqlite":
-        live = start_server(data / "data", f"sqlite:///{data / 'fleetops.db'}")
-        try:
-            yield live
-        finally:
-            live.stop()
-    else:
-        with postgres_database() as url:
-            live = start_server(data / "data", url)
-            try:
-                yield live
-            finally:
-                live.stop()
+    """One live server per database for the whole module (tests use products of their own)."""
+    with server_on(request.param, tmp_path_factory.mktemp("shadows-api")) as live:
+        yield live
 
 
 @pytest.fixture(scope="module")

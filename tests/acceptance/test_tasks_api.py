@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import secrets
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -23,7 +22,7 @@ from fleetops.messaging.embedded import EmbeddedBroker
 from fleetops.messaging.ports import DeviceCredentials
 from fleetops.store.devices import DeviceStore
 from tests.integration.conftest_mqtt import PahoDevice, Received
-from tests.support import LiveServer, sdk_client, sdk_error_code, start_server
+from tests.support import LiveServer, new_product, sdk_client, sdk_error_code, start_server
 
 WAITING, PROCESSING, COMPLETED, FAILED, CANCELLED = 1, 2, 3, 4, 5
 
@@ -52,12 +51,6 @@ def mqtt(server: LiveServer) -> EmbeddedBroker:
 @pytest.fixture(scope="module")
 def client(server: LiveServer) -> Any:
     return sdk_client(server)
-
-
-def new_product(client: Any) -> str:
-    req = models.CreateProductRequest()
-    req.ProductName = "p" + secrets.token_hex(6)
-    return str(client.CreateProduct(req).ProductId)
 
 
 def create_devices(client: Any, pid: str, names: list[str]) -> dict[str, str]:
