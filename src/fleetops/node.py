@@ -18,6 +18,7 @@ from fleetops.api.ratelimit import RateLimiter
 from fleetops.api.registry import Registry
 from fleetops.backend.container import Backend
 from fleetops.backend.devices import DeviceService
+from fleetops.backend.messages import MessageService
 from fleetops.backend.products import ProductService
 from fleetops.backend.shadows import ShadowService
 from fleetops.backend.tasks import TaskService
@@ -60,9 +61,10 @@ class Node:
         await upgrade(db)
         device_store = DeviceStore(db)
         engine = TaskWorker.create(db, settings, clock)
+        device_service = DeviceService(device_store, clock, max_devices_per_product=settings.max_devices_per_product)
         backend = Backend(
             products=ProductService(ProductStore(db), clock),
-            devices=DeviceService(device_store, clock, max_devices_per_product=settings.max_devices_per_product),
+            devices=device_service,
             # the publisher (delta pushes) is attached once the MQTT side exists: ShadowService.attach_publisher
             shadows=ShadowService(
                 ShadowStore(db), device_store, clock, delta_publish_timeout_s=settings.delta_publish_timeout_s
@@ -75,6 +77,7 @@ class Node:
                 retention_s=settings.task_retention_s,
                 on_created=engine.wake,
             ),
+            messages=MessageService(device_service, publish_timeout_s=settings.delta_publish_timeout_s),
         )
         messaging: MessagingService
         if settings.mqtt_url:
@@ -82,6 +85,7 @@ class Node:
         else:
             messaging = EmbeddedBroker.from_settings(settings, device_store, backend.shadows)
         backend.shadows.attach_publisher(messaging.publisher)
+        backend.messages.attach_publisher(messaging.publisher)
         backend.devices.attach_sessions(messaging)
         engine.attach_publisher(messaging.publisher)
         accounts = AccountStore(db)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from fleetops.backend.devices import DeviceService
+from fleetops.backend.messages import MessageService
 from fleetops.backend.products import ProductService
 from fleetops.backend.shadows import ShadowService
 from fleetops.backend.tasks import TaskService
@@ -16,3 +17,4 @@ class Backend:
     devices: DeviceService
     shadows: ShadowService
     tasks: TaskService
+    messages: MessageService

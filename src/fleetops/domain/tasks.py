@@ -12,6 +12,7 @@ from typing import Any, Final
 import orjson
 
 from fleetops.domain import limits
+from fleetops.domain.messages import is_topic_suffix
 from fleetops.domain.shadow import JSONObject, validate_state_document
 from fleetops.errors import (
     ApiError,
@@ -160,7 +161,6 @@ class PublishMessageSpec:
 TaskSpec = UpdateShadowSpec | PublishMessageSpec
 
 _MEMBER: Final = {TaskType.UPDATE_SHADOW: "UpdateShadowTask", TaskType.PUBLISH_MESSAGE: "PublishMessageTask"}
-_TOPIC_CHARS: Final = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789:_-")
 
 
 def validate_tasks(task_type: TaskType, tasks: object) -> TaskSpec:
@@ -196,11 +196,7 @@ def _desired(value: Any) -> JSONObject:
 
 
 def _topic(value: Any) -> str:
-    if (
-        not isinstance(value, str)
-        or not 1 <= len(value) <= limits.TOPIC_SUFFIX_MAX_LENGTH
-        or not _TOPIC_CHARS.issuperset(value)
-    ):
+    if not isinstance(value, str) or not is_topic_suffix(value):
         raise InvalidParameterValue(
             "Tasks.PublishMessageTask.Topic must be the topic after {ProductId}/{DeviceName}/, "
             f"matching [a-zA-Z0-9:_-]{{1,{limits.TOPIC_SUFFIX_MAX_LENGTH}}} (e.g. control); got {value!r}."

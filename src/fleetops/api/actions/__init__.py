@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from fleetops.api.actions import devices, products, shadows, tasks
+from fleetops.api.actions import devices, messages, products, shadows, tasks
 from fleetops.api.registry import Action
 
 
 def all_actions() -> tuple[Action, ...]:
-    return (*products.ACTIONS, *devices.ACTIONS, *shadows.ACTIONS, *tasks.ACTIONS)
+    return (*products.ACTIONS, *devices.ACTIONS, *shadows.ACTIONS, *tasks.ACTIONS, *messages.ACTIONS)

@@ -1,0 +1,50 @@
+"""Cloud-to-device message rules (PublishMessage; iotcloud-actions.md section 5.1). Pure."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import string
+
+from fleetops.domain import limits
+from fleetops.errors import InvalidMsgLen, InvalidParameterValue, InvalidTopicName, PayloadOverLimit
+
+TOPIC_SUFFIX_CHARS = frozenset(string.ascii_letters + string.digits + ":_-")
+
+
+def is_topic_suffix(value: str) -> bool:
+    """``[a-zA-Z0-9:_-]{1,128}``: the custom part of a device topic, after ``{ProductId}/{DeviceName}/``."""
+    return 1 <= len(value) <= limits.TOPIC_SUFFIX_MAX_LENGTH and TOPIC_SUFFIX_CHARS.issuperset(value)
+
+
+def check_device_topic(topic: str, product_id: str, device_name: str) -> str:
+    """The topic must be one of this device's own: ``{ProductId}/{DeviceName}/{suffix}``."""
+    prefix = f"{product_id}/{device_name}/"
+    if not topic.startswith(prefix) or not is_topic_suffix(topic[len(prefix) :]):
+        raise InvalidTopicName(
+            f"Topic `{topic}` is not a topic of device {product_id}/{device_name}: it must be "
+            f"`{prefix}` followed by [a-zA-Z0-9:_-]{{1,{limits.TOPIC_SUFFIX_MAX_LENGTH}}}, e.g. `{prefix}control`."
+        )
+    return topic
+
+
+def decode_payload(payload: str, encoding: str | None) -> bytes:
+    """The bytes to deliver: ``Payload`` as UTF-8, or Base64-decoded when ``PayloadEncoding`` is ``base64``."""
+    if encoding in (None, ""):
+        data = payload.encode()
+    elif encoding == "base64":
+        try:
+            data = base64.b64decode(payload, validate=True)
+        except (binascii.Error, ValueError) as exc:
+            raise InvalidParameterValue(
+                "Payload is not valid Base64, but PayloadEncoding is `base64`: encode it, or omit PayloadEncoding."
+            ) from exc
+    else:
+        raise InvalidParameterValue(f"PayloadEncoding `{encoding}` is not supported: use `base64` or omit it.")
+    if not data:
+        raise InvalidMsgLen("Payload is empty: a message needs at least one byte.")
+    if len(data) > limits.PUBLISH_PAYLOAD_MAX_BYTES:
+        raise PayloadOverLimit(
+            f"Payload is {len(data)} bytes; at most {limits.PUBLISH_PAYLOAD_MAX_BYTES} bytes can be published."
+        )
+    return data

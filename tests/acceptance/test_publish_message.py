@@ -1,0 +1,141 @@
+"""PublishMessage through the official SDK, received by real paho-mqtt devices on the node's embedded broker."""
+
+from __future__ import annotations
+
+import base64
+import secrets
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from tencentcloud.iotcloud.v20180614 import models
+
+from fleetops.messaging.embedded import EmbeddedBroker
+from fleetops.messaging.ports import DeviceCredentials
+from tests.integration.conftest_mqtt import PahoDevice
+from tests.support import LiveServer, new_product, sdk_client, sdk_error_code, server_on
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
+    with server_on("sqlite", tmp_path_factory.mktemp("publish")) as live:
+        yield live
+
+
+@pytest.fixture(scope="module")
+def client(server: LiveServer) -> Any:
+    return sdk_client(server)
+
+
+def _device(client: Any, pid: str) -> DeviceCredentials:
+    req = models.CreateDeviceRequest()
+    req.ProductId, req.DeviceName = pid, "dev-" + secrets.token_hex(3)
+    return DeviceCredentials(pid, req.DeviceName, str(client.CreateDevice(req).DevicePsk), True)
+
+
+def _publish(client: Any, creds: DeviceCredentials, suffix: str, payload: str, **extra: Any) -> Any:
+    req = models.PublishMessageRequest()
+    req.ProductId, req.DeviceName = creds.product_id, creds.device_name
+    req.Topic = f"{creds.product_id}/{creds.device_name}/{suffix}"
+    req.Payload = payload
+    for key, value in extra.items():
+        setattr(req, key, value)
+    return client.PublishMessage(req)
+
+
+def _port(server: LiveServer) -> int:
+    broker = server.node.messaging
+    assert isinstance(broker, EmbeddedBroker)
+    return broker.port
+
+
+@pytest.mark.parametrize("qos", [0, 1])
+async def test_the_subscribed_device_gets_the_payload_byte_for_byte(server: LiveServer, client: Any, qos: int) -> None:
+    creds = _device(client, new_product(client))
+    device = PahoDevice(creds)
+    try:
+        assert await device.connect(_port(server)) == 0
+        assert await device.subscribe(f"{creds.product_id}/{creds.device_name}/control", 1) == 1  # granted QoS 1
+        _publish(client, creds, "control", "turn on ☀", Qos=qos)
+        got = await device.receive()
+        assert got.topic == f"{creds.product_id}/{creds.device_name}/control"
+        assert got.payload == "turn on ☀".encode()
+        assert got.qos == qos
+        raw = bytes(range(256))
+        _publish(client, creds, "control", base64.b64encode(raw).decode(), PayloadEncoding="base64")
+        assert (await device.receive()).payload == raw
+        assert await device.nothing_received(0.3)
+    finally:
+        device.close()
+
+
+async def test_delivery_errors(server: LiveServer, client: Any) -> None:
+    creds = _device(client, new_product(client))
+    assert sdk_error_code(lambda: _publish(client, creds, "control", "x")) == "FailedOperation.DeviceOffline"
+    device = PahoDevice(creds)
+    try:
+        assert await device.connect(_port(server)) == 0
+        code = sdk_error_code(lambda: _publish(client, creds, "control", "x"))
+        assert code == "FailedOperation.DeviceNoSubscription"
+    finally:
+        device.close()
+
+
+def test_input_errors(client: Any) -> None:
+    pid = new_product(client)
+    creds = _device(client, pid)
+    other = _device(client, pid)
+
+    def to_other_device() -> Any:
+        req = models.PublishMessageRequest()
+        req.ProductId, req.DeviceName = pid, creds.device_name
+        req.Topic, req.Payload = f"{pid}/{other.device_name}/control", "x"
+        return client.PublishMessage(req)
+
+    assert sdk_error_code(to_other_device) == "FailedOperation.InvalidTopicName"
+    assert sdk_error_code(lambda: _publish(client, creds, "bad/topic", "x")) == "FailedOperation.InvalidTopicName"
+    assert sdk_error_code(lambda: _publish(client, creds, "control", "")) == "FailedOperation.InvalidMsgLen"
+    big = "x" * 16385
+    assert sdk_error_code(lambda: _publish(client, creds, "control", big)) == "InvalidParameterValue.PayloadOverLimit"
+    bad64 = lambda: _publish(client, creds, "control", "***", PayloadEncoding="base64")  # noqa: E731
+    assert sdk_error_code(bad64) == "InvalidParameterValue"
+    assert sdk_error_code(lambda: _publish(client, creds, "control", "x", Qos=2)) == "InvalidParameterValue"
+
+    gone = DeviceCredentials(pid, "no-such-device", "", True)
+    assert sdk_error_code(lambda: _publish(client, gone, "control", "x")) == "ResourceNotFound.DeviceNotExist"
+    no_product = DeviceCredentials("NOPE000000", "d", "", True)
+    code = sdk_error_code(lambda: _publish(client, no_product, "control", "x"))
+    assert code == "ResourceNotFound.ProductOrDeviceNotExist"
+
+    disable = models.UpdateDevicesEnableStateRequest()
+    disable.ProductID, disable.DeviceNames, disable.Status = pid, [creds.device_name], 0
+    client.UpdateDevicesEnableState(disable)
+    code = sdk_error_code(lambda: _publish(client, creds, "control", "x"))
+    assert code == "FailedOperation.DeviceAlreadyDisabled"
+
+
+def test_another_account_cannot_publish_to_the_device(server: LiveServer, client: Any) -> None:
+    creds = _device(client, new_product(client))
+    sid, skey = server.new_account()
+    stranger = sdk_client(server, secret_id=sid, secret_key=skey)
+    code = sdk_error_code(lambda: _publish(stranger, creds, "control", "x"))
+    assert code == "ResourceNotFound.ProductOrDeviceNotExist"
+
+
+async def test_qos1_to_an_offline_persistent_session_is_queued_and_delivered(server: LiveServer, client: Any) -> None:
+    creds = _device(client, new_product(client))
+    topic = f"{creds.product_id}/{creds.device_name}/control"
+    device = PahoDevice(creds, clean_session=False)
+    assert await device.connect(_port(server)) == 0
+    assert await device.subscribe(topic, 1) == 1
+    device.close()
+    await device.wait_disconnected()
+    assert sdk_error_code(lambda: _publish(client, creds, "control", "x", Qos=0)) == "FailedOperation.DeviceOffline"
+    _publish(client, creds, "control", "kept for you", Qos=1)
+    back = PahoDevice(creds, clean_session=False)
+    try:
+        assert await back.connect(_port(server)) == 0
+        got = await back.receive()
+        assert (got.topic, got.payload) == (topic, b"kept for you")
+    finally:
+        back.close()
