@@ -158,8 +158,20 @@ def test_the_journey_on_the_embedded_broker(embedded_server: LiveServer) -> None
             assert device.subscribe(f"{device.pid}/{other_name}/control") == 0x80
             assert device.subscribe(f"$shadow/operation/result/{device.pid}/{other_name}") == 0x80
             device.client.publish(f"{device.pid}/{other_name}/control", b"spoofed", 0)
-            with pytest.raises(queue.Empty):
-                other.inbox.get(timeout=0.5)
+            spoofed_update = {"type": "update", "state": {"reported": {"power": "spoofed"}}, "clientToken": "s-1"}
+            device.client.publish(f"$shadow/operation/{device.pid}/{other_name}", json.dumps(spoofed_update), 0)
+            # the broker reads one connection in order: once the device's own request is answered, the spoofed
+            # publishes before it have been handled (dropped, or they would have been routed)
+            assert device.shadow({"type": "get", "clientToken": "t-3"})["result"] == 0
+            publish = models.PublishMessageRequest()
+            publish.ProductId, publish.DeviceName = device.pid, other_name
+            publish.Topic, publish.Payload = f"{device.pid}/{other_name}/control", "from the cloud"
+            client.PublishMessage(publish)
+            assert other.next_message(f"{device.pid}/{other_name}/control") == b"from the cloud"
+            shadow = models.DescribeDeviceShadowRequest()
+            shadow.ProductId, shadow.DeviceName = device.pid, other_name
+            data = json.loads(client.DescribeDeviceShadow(shadow).Data)
+            assert (data["payload"]["version"], data["payload"]["state"]) == (0, {"reported": {}}), data
         finally:
             other.close()
     finally:

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import secrets
-from collections.abc import Iterator
+import time
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import pytest
+from tencentcloud.common.exception.tencent_cloud_sdk_exception import TencentCloudSDKException
 from tencentcloud.iotcloud.v20180614 import models
 
+from fleetops.errors import BrokerUnavailable
 from fleetops.messaging.embedded import EmbeddedBroker
 from fleetops.messaging.ports import DeviceCredentials
 from tests.integration.conftest_mqtt import PahoDevice
@@ -99,6 +103,25 @@ def test_input_errors(client: Any) -> None:
     assert sdk_error_code(lambda: _publish(client, creds, "control", big)) == "InvalidParameterValue.PayloadOverLimit"
     bad64 = lambda: _publish(client, creds, "control", "***", PayloadEncoding="base64")  # noqa: E731
     assert sdk_error_code(bad64) == "InvalidParameterValue"
+    hex_encoding = lambda: _publish(client, creds, "control", "78", PayloadEncoding="hex")  # noqa: E731
+    assert sdk_error_code(hex_encoding) == "InvalidParameterValue"
+    long_topic = lambda: _publish(client, creds, "t" * 129, "x")  # noqa: E731
+    assert sdk_error_code(long_topic) == "FailedOperation.InvalidTopicName"
+    assert sdk_error_code(lambda: _publish(client, creds, "t" * 300, "x")) == "FailedOperation.InvalidTopicName"
+    # the limit is on bytes after decoding: at the limit the payload passes (and meets the offline device)
+    offline = "FailedOperation.DeviceOffline"
+    assert sdk_error_code(lambda: _publish(client, creds, "t" * 128, "x" * 16384)) == offline
+    assert (
+        sdk_error_code(lambda: _publish(client, creds, "control", "é" * 8193))
+        == "InvalidParameterValue.PayloadOverLimit"
+    )
+    at_limit = base64.b64encode(b"\0" * 16384).decode()
+    assert sdk_error_code(lambda: _publish(client, creds, "control", at_limit, PayloadEncoding="base64")) == offline
+    over = base64.b64encode(b"\0" * 16385).decode()
+    code = sdk_error_code(lambda: _publish(client, creds, "control", over, PayloadEncoding="base64"))
+    assert code == "InvalidParameterValue.PayloadOverLimit"
+    empty64 = lambda: _publish(client, creds, "control", "", PayloadEncoding="base64")  # noqa: E731
+    assert sdk_error_code(empty64) == "FailedOperation.InvalidMsgLen"
     assert sdk_error_code(lambda: _publish(client, creds, "control", "x", Qos=2)) == "InvalidParameterValue"
 
     gone = DeviceCredentials(pid, "no-such-device", "", True)
@@ -139,3 +162,48 @@ async def test_qos1_to_an_offline_persistent_session_is_queued_and_delivered(ser
         assert (got.topic, got.payload) == (topic, b"kept for you")
     finally:
         back.close()
+
+
+class _UnreachableBroker:
+    """A publisher whose broker is down: it raises BrokerUnavailable, or never answers (``hang``)."""
+
+    def __init__(self, *, hang: bool = False) -> None:
+        self.hang = hang
+        self.attempts = 0
+
+    async def publish(self, topic: str, payload: bytes, qos: int) -> None:
+        await self.publish_many([(topic, payload)], qos)
+
+    async def publish_many(self, messages: Sequence[tuple[str, bytes]], qos: int) -> None:
+        self.attempts += 1
+        if self.hang:
+            await asyncio.Event().wait()
+        raise BrokerUnavailable("the MQTT broker acknowledged nothing for 2 s")
+
+    def subscribed(self, topic: str) -> bool | None:
+        return None  # an external broker cannot tell
+
+    def online(self, product_id: str, device_name: str) -> bool | None:
+        return None
+
+
+@pytest.mark.parametrize("hang", [False, True])
+def test_an_unreachable_broker_is_a_clear_failure_not_an_internal_error(
+    server: LiveServer, client: Any, hang: bool
+) -> None:
+    creds = _device(client, new_product(client))
+    service = server.node.backend.messages
+    down = _UnreachableBroker(hang=hang)
+    service.attach_publisher(down)
+    started = time.monotonic()
+    try:
+        with pytest.raises(TencentCloudSDKException) as caught:
+            _publish(client, creds, "control", "x", Qos=1)
+    finally:
+        service.attach_publisher(server.node.messaging.publisher if server.node.messaging else None)
+    assert caught.value.get_code() == "FailedOperation"
+    assert "broker cannot be reached" in caught.value.get_message()
+    assert "Retry" in caught.value.get_message()
+    assert down.attempts == 1
+    # the wait is bounded (FLEETOPS_DELTA_PUBLISH_TIMEOUT_S) even when the broker never answers
+    assert time.monotonic() - started < server.settings.delta_publish_timeout_s + 3

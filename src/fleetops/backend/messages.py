@@ -51,9 +51,11 @@ class MessageService:
             async with asyncio.timeout(self._publish_timeout_s):
                 await publisher.publish(topic, data, qos)
         except (errors.BrokerUnavailable, TimeoutError) as exc:
-            log.warning("PublishMessage to %s: broker unavailable (%s)", topic, exc)
+            reason = str(exc) or f"no answer within {self._publish_timeout_s:g} s"
+            log.warning("PublishMessage to %s: broker unavailable (%s)", topic, reason)
             raise errors.FailedOperation(
-                "The MQTT broker cannot be reached right now; the message was not sent. Retry later."
+                f"The MQTT broker cannot be reached right now ({reason}); the message may not have been delivered. "
+                "Retry later."
             ) from exc
 
     @staticmethod

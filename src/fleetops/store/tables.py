@@ -1,7 +1,7 @@
 """The one schema, as SQLAlchemy Core tables. Alembic migrations (store/migrations) create exactly this.
 
 JSON columns are JSONB on PostgreSQL and JSON text on SQLite, so the task executor can merge desired state
-inside the database on both (``json_patch`` / ``fleetops_merge_patch``).
+inside the database on both (``json_patch`` / jsonb operators, store/task_execution.py).
 """
 
 from __future__ import annotations

@@ -10,9 +10,9 @@ the metadata timestamps of the written keys, ``shadow_ts_ms``) and the task's fe
 RFC 7396 merge of ``domain.shadow`` done by the database:
 
 * a *flat* patch (no object among its values, the common case) is merged in SQL: SQLite's built-in
-  ``json_patch``; on PostgreSQL ``(desired - null_keys) || non_null_values``, cheaper than the recursive
-  ``fleetops_merge_patch`` for this case. The metadata of each written key becomes ``{"timestamp": now}``
-  and deleted keys lose theirs, exactly what ``domain.shadow.stamp_metadata`` does for a flat patch;
+  ``json_patch``; on PostgreSQL ``(desired - null_keys) || non_null_values``. The metadata of each
+  written key becomes ``{"timestamp": now}`` and deleted keys lose theirs, exactly what
+  ``domain.shadow.stamp_metadata`` does for a flat patch;
 * a patch with nested objects is merged in Python with ``domain.shadow.merge_patch`` / ``stamp_metadata``
   on the batch's rows, read under the batch's lock (SQLite ``BEGIN IMMEDIATE``, PostgreSQL ``FOR UPDATE``)
   and written back with one ``executemany``. The metadata of a nested write depends on each device's old

@@ -33,7 +33,7 @@ ACTIONS = (
                 "Topic",
                 Kind.STRING,
                 required=True,
-                max_length=255,
+                # no length limit here: any topic that is not the device's is FailedOperation.InvalidTopicName
                 doc="{ProductId}/{DeviceName}/[a-zA-Z0-9:_-]{1,128}",
             ),
             Param("Payload", Kind.STRING, required=True, doc="message body, at most 16384 bytes (after decoding)"),
@@ -59,7 +59,8 @@ ACTIONS = (
             "The embedded broker knows who is connected: a message to an online device without a matching "
             "subscription is `FailedOperation.DeviceNoSubscription`; to an offline device "
             "`FailedOperation.DeviceOffline`, except QoS 1 to a persistent session subscribed to the topic, "
-            "which is queued and succeeds. On an external broker the message is published as MQTT routes it."
+            "which is queued and succeeds. On an external broker the message is published as MQTT routes it. "
+            "A broker that cannot be reached within 2 s is `FailedOperation` (retry)."
         ),
     ),
 )

@@ -15,30 +15,6 @@ depends_on = None
 
 Json = sa.JSON().with_variant(JSONB(), "postgresql")
 
-# RFC 7396 JSON merge patch for jsonb: the same merge SQLite's built-in json_patch() does, so the task executor can
-# merge desired state inside PostgreSQL exactly as domain.shadow.merge_patch does in Python.
-MERGE_PATCH_FUNCTION = """
-CREATE OR REPLACE FUNCTION fleetops_merge_patch(target jsonb, patch jsonb) RETURNS jsonb
-LANGUAGE plpgsql IMMUTABLE AS $$
-BEGIN
-  IF patch IS NULL OR jsonb_typeof(patch) <> 'object' THEN
-    RETURN patch;
-  END IF;
-  IF target IS NULL OR jsonb_typeof(target) <> 'object' THEN
-    target := '{}'::jsonb;
-  END IF;
-  RETURN (
-    SELECT COALESCE(jsonb_object_agg(s.key, s.value), '{}'::jsonb) FROM (
-      SELECT t.key, t.value FROM jsonb_each(target) t WHERE NOT (patch ? t.key)
-      UNION ALL
-      SELECT p.key, fleetops_merge_patch(target -> p.key, p.value)
-        FROM jsonb_each(patch) p WHERE jsonb_typeof(p.value) <> 'null'
-    ) s
-  );
-END
-$$;
-"""
-
 
 def upgrade() -> None:
     op.create_table(
@@ -115,12 +91,8 @@ def upgrade() -> None:
     )
     op.create_index("ix_tasks_account_created", "tasks", ["account_id", "created_at"])
     op.create_index("ix_tasks_status_schedule", "tasks", ["status", "schedule_time"])
-    if op.get_bind().dialect.name == "postgresql":
-        op.execute(MERGE_PATCH_FUNCTION)
 
 
 def downgrade() -> None:
-    if op.get_bind().dialect.name == "postgresql":
-        op.execute("DROP FUNCTION IF EXISTS fleetops_merge_patch(jsonb, jsonb)")
     for name in ("tasks", "devices", "products", "api_keys", "accounts"):
         op.drop_table(name)
