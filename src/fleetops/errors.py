@@ -309,6 +309,12 @@ class PayloadOverLimit(InvalidParameterValue):
     code = "InvalidParameterValue.PayloadOverLimit"
 
 
+class OfflineMessageExceedLimit(LimitExceeded):
+    """The device's offline message queue is full (150 QoS 1 messages)."""
+
+    code = "LimitExceeded.OfflineMessageExceedLimit"
+
+
 class PengingOrProcessingTasksExceedLimit(LimitExceeded):
     """Too many tasks are waiting or processing for this account."""
 

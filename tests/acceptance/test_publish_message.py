@@ -164,6 +164,36 @@ async def test_qos1_to_an_offline_persistent_session_is_queued_and_delivered(ser
         back.close()
 
 
+async def test_a_full_offline_queue_or_a_qos0_session_refuses_instead_of_dropping(
+    server: LiveServer, client: Any
+) -> None:
+    pid = new_product(client)
+    full, qos0 = _device(client, pid), _device(client, pid)
+    for creds, granted in ((full, 1), (qos0, 0)):
+        device = PahoDevice(creds, clean_session=False)
+        assert await device.connect(_port(server)) == 0
+        assert await device.subscribe(f"{pid}/{creds.device_name}/control", granted) == granted
+        device.close()
+        await device.wait_disconnected()
+
+    # a session subscribed with QoS 0 keeps nothing: a QoS 1 message would be lost, so it is refused
+    assert sdk_error_code(lambda: _publish(client, qos0, "control", "x", Qos=1)) == "FailedOperation.DeviceOffline"
+
+    # fill the other device's queue (150 messages) through the broker, then the API refuses the 151st
+    broker = server.node.messaging
+    assert isinstance(broker, EmbeddedBroker)
+    topic = f"{pid}/{full.device_name}/control"
+    server.run(broker.publisher.publish_many([(topic, b"queued %d" % i) for i in range(150)], 1))
+    code = sdk_error_code(lambda: _publish(client, full, "control", "one too many", Qos=1))
+    assert code == "LimitExceeded.OfflineMessageExceedLimit"
+    back = PahoDevice(full, clean_session=False)
+    try:
+        assert await back.connect(_port(server)) == 0
+        assert (await back.receive()).payload == b"queued 0"
+    finally:
+        back.close()
+
+
 class _UnreachableBroker:
     """A publisher whose broker is down: it raises BrokerUnavailable, or never answers (``hang``)."""
 

@@ -8,7 +8,7 @@ import logging
 from fleetops import errors
 from fleetops.backend.devices import DeviceService
 from fleetops.domain.messages import check_device_topic, decode_payload
-from fleetops.messaging.ports import Publisher
+from fleetops.messaging.ports import OfflineQueues, Publisher
 
 log = logging.getLogger(__name__)
 
@@ -69,14 +69,23 @@ class MessageService:
             raise errors.DeviceNoSubscription(
                 f"The device {product_id}/{device_name} is online but has not subscribed to `{topic}`."
             )
-        # offline: a QoS 1 message for a persistent session that subscribes to the topic is queued for it
-        # (docs/decisions.md: accepted as a success); anything else would be lost, so it is refused
-        if not online and not (qos == 1 and subscribed):
+        if online:
+            return
+        # offline: a QoS 1 message is kept only by a persistent session subscribed to the topic with QoS 1, and
+        # only while its queue has room (docs/decisions.md: then the call succeeds); anything else would be lost,
+        # so it is refused with the reason
+        room = publisher.offline_room(product_id, device_name, topic) if isinstance(publisher, OfflineQueues) else None
+        if qos == 0 or room is None:
             raise errors.DeviceOffline(
                 f"The device {product_id}/{device_name} is offline"
                 + (
-                    " and has no persistent session subscribed to the topic."
+                    " and has no persistent session subscribed to the topic with QoS 1."
                     if qos == 1
                     else "; QoS 0 messages are not kept for offline devices."
                 )
+            )
+        if room == 0:
+            raise errors.OfflineMessageExceedLimit(
+                f"The device {product_id}/{device_name} is offline and already has the most messages its "
+                "session keeps (150); it gets them when it reconnects. Retry after that."
             )

@@ -282,6 +282,18 @@ class FleetopsBroker(Broker):  # type: ignore[misc]  # amqtt is untyped
         """Whether a connected session or a persistent one subscribes to ``topic``."""
         return any(_is_connected(session) or not session.clean_session for session, _ in self.matching(topic))
 
+    def offline_room(self, client_id: str, topic: str) -> int | None:
+        """Room left in the offline queue of ``client_id``'s persistent session for a QoS 1 message on ``topic``.
+
+        None when no persistent session of that client subscribes to the topic with QoS 1 (a message would not
+        be kept for it); 0 when its queue is full.
+        """
+        for session, granted in self.matching(topic):
+            if session.client_id == client_id and not session.clean_session and granted >= 1:
+                queued = session.attributes.get(_OFFLINE) or ()
+                return max(0, self.options.max_offline_messages - len(queued))
+        return None
+
     def online(self, client_id: str) -> bool:
         entry = self._sessions.get(client_id)
         return entry is not None and _is_connected(entry[0])

@@ -75,6 +75,11 @@ class EmbeddedPublisher:
         broker = self._service.broker
         return broker.online(product_id + device_name) if broker is not None else False
 
+    def offline_room(self, product_id: str, device_name: str, topic: str) -> int | None:
+        """:class:`~fleetops.messaging.ports.OfflineQueues`: room for a QoS 1 message kept for the device."""
+        broker = self._service.broker
+        return broker.offline_room(product_id + device_name, topic) if broker is not None else None
+
 
 class EmbeddedBroker:
     """:class:`~fleetops.messaging.ports.MessagingService` running the broker in this process."""

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 
 @dataclass(frozen=True)
@@ -75,6 +75,15 @@ class Publisher(Protocol):
 
     def online(self, product_id: str, device_name: str) -> bool | None:
         """Whether the device is connected (embedded); None = unknown (external broker)."""
+        ...
+
+
+@runtime_checkable
+class OfflineQueues(Protocol):
+    """A publisher that keeps QoS 1 messages for offline persistent sessions and can say whether it will."""
+
+    def offline_room(self, product_id: str, device_name: str, topic: str) -> int | None:
+        """Room left in the device's offline queue for a QoS 1 message on ``topic``; None if none keeps it."""
         ...
 
 

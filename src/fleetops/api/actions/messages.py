@@ -48,6 +48,7 @@ ACTIONS = (
             errors.DeviceAlreadyDisabled,
             errors.DeviceNoSubscription,
             errors.DeviceOffline,
+            errors.OfflineMessageExceedLimit,
             errors.InvalidMsgLen,
             errors.InvalidTopicName,
             errors.InvalidParameterValue,
