@@ -77,6 +77,26 @@ def serve(
         raise click.ClickException(str(exc)) from exc
 
 
+@main.command()
+@click.option("--mqtt-url", default=None, help="external broker mqtt://user:pass@host:port [FLEETOPS_MQTT_URL]")
+@click.option("--node-id", default=None, help="stable name of this node in task leases [FLEETOPS_NODE_ID]")
+@click.option("--log-level", default=None, help="log level [FLEETOPS_LOG_LEVEL, default INFO]")
+@click.pass_context
+def worker(ctx: click.Context, mqtt_url: str | None, node_id: str | None, log_level: str | None) -> None:
+    """Run the task engine only (no HTTP API), beside `serve` nodes on the same database and broker."""
+    settings = _settings(ctx).with_overrides(mqtt_url=mqtt_url, node_id=node_id, log_level=log_level)
+    logging.basicConfig(
+        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s", stream=sys.stderr
+    )
+    logging.getLogger("alembic").setLevel(logging.WARNING)
+    from fleetops.server import run_worker
+
+    try:
+        _run(run_worker(settings))
+    except ConfigurationError as exc:
+        raise click.ClickException(str(exc)) from exc
+
+
 @main.group()
 def keys() -> None:
     """Manage accounts and their API keys (works without the server running)."""

@@ -56,7 +56,11 @@ class Node:
     _services: list[Any] = field(default_factory=list)
 
     @classmethod
-    async def open(cls, settings: Settings, clock: Callable[[], float] = time.time) -> Node:
+    async def open(
+        cls, settings: Settings, clock: Callable[[], float] = time.time, *, serve_shadow_requests: bool = True
+    ) -> Node:
+        """``serve_shadow_requests=False``: a worker node, which runs tasks but leaves device shadow requests on
+        the external broker to the ``serve`` nodes."""
         db = open_database(settings.effective_database_url)
         await upgrade(db)
         device_store = DeviceStore(db)
@@ -81,7 +85,9 @@ class Node:
         )
         messaging: MessagingService
         if settings.mqtt_url:
-            messaging = ExternalBroker.from_settings(settings, backend.shadows)
+            messaging = ExternalBroker.from_settings(
+                settings, backend.shadows, serve_shadow_requests=serve_shadow_requests
+            )
         else:
             messaging = EmbeddedBroker.from_settings(settings, device_store, backend.shadows)
         backend.shadows.attach_publisher(messaging.publisher)

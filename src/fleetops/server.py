@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import signal
@@ -12,6 +13,7 @@ from collections.abc import Iterator
 import uvicorn
 
 from fleetops.credentials import CREDENTIALS_FILE, bootstrap_default_account
+from fleetops.errors import ConfigurationError
 from fleetops.node import Node
 from fleetops.settings import Settings
 
@@ -68,6 +70,33 @@ async def run_server(settings: Settings) -> None:
         log.info("fleetops API on http://%s:%d", settings.host, settings.port)
         try:
             await server.serve()
+        finally:
+            await node.stop()
+    finally:
+        await node.close()
+
+
+async def run_worker(settings: Settings) -> None:
+    """A node without the HTTP API: the task engine (and the shadow-request handler on the external broker).
+
+    Several workers and ``serve`` nodes share one database; tasks are split through leases. A worker needs the
+    external broker: with the embedded one the devices are connected to the ``serve`` process, not to it.
+    """
+    if not settings.mqtt_url:
+        raise ConfigurationError(
+            "fleetops worker needs an external MQTT broker (--mqtt-url / FLEETOPS_MQTT_URL): with the embedded "
+            "broker the devices are connected to the `fleetops serve` process, which runs the tasks itself"
+        )
+    node = await Node.open(settings, serve_shadow_requests=False)
+    try:
+        await node.start()
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        log.info("fleetops worker %s running tasks", settings.node_id or "(host:pid)")
+        try:
+            await stop.wait()
         finally:
             await node.stop()
     finally:

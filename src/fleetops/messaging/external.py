@@ -98,6 +98,7 @@ class ExternalOptions:
     probe_timeout_s: float = 2.0
     shadow_workers: int = 4
     shadow_queue_size: int = 10_000  # per worker; requests beyond are dropped (the device times out)
+    serve_shadow_requests: bool = True  # False: publish only (a `fleetops worker` leaves shadow requests to serve)
 
 
 class _Refused(Exception):
@@ -401,8 +402,10 @@ class ExternalBroker:
         self._probe: tuple[str, asyncio.Future[None]] | None = None
 
     @classmethod
-    def from_settings(cls, settings: Settings, shadow_handler: ShadowRequestHandler) -> ExternalBroker:
-        options = ExternalOptions(broker_wait_s=settings.broker_wait_s)
+    def from_settings(
+        cls, settings: Settings, shadow_handler: ShadowRequestHandler, *, serve_shadow_requests: bool = True
+    ) -> ExternalBroker:
+        options = ExternalOptions(broker_wait_s=settings.broker_wait_s, serve_shadow_requests=serve_shadow_requests)
         return cls(settings.mqtt_url, shadow_handler, client_id=settings.mqtt_client_id or None, options=options)
 
     @property
@@ -470,10 +473,11 @@ class ExternalBroker:
         link = _Link(self.client_id, self.address, self.options, self._message, self._lost)
         await link.open()
         try:
-            if self.shadow_filter is None:
-                self.shadow_filter = await self._choose_shadow_filter(link)
-            if await link.subscribe(self.shadow_filter, 1) >= _SUBACK_FAILURE:
-                raise _Refused(f"the subscription to {self.shadow_filter} was refused")
+            if self.options.serve_shadow_requests:
+                if self.shadow_filter is None:
+                    self.shadow_filter = await self._choose_shadow_filter(link)
+                if await link.subscribe(self.shadow_filter, 1) >= _SUBACK_FAILURE:
+                    raise _Refused(f"the subscription to {self.shadow_filter} was refused")
         except BaseException:
             await link.close()
             raise
