@@ -35,7 +35,10 @@ class Settings:
     )
     mqtt_client_id: str = field(default="", metadata={"doc": "client id of this node on an external broker"})
     rate_limit_per_s: int = field(default=100, metadata={"doc": "requests per second per SecretId per action"})
-    max_body_bytes: int = field(default=10 * 1024 * 1024, metadata={"doc": "largest TC3 POST body accepted"})
+    max_body_bytes: int = field(
+        default=10 * 1024 * 1024,
+        metadata={"doc": "largest TC3 POST body read; the documented 10 MB limit applies above it"},
+    )
     clock_skew_s: int = field(default=300, metadata={"doc": "allowed request timestamp skew"})
     max_pending_tasks: int = field(
         default=10, metadata={"doc": "tasks waiting or processing per account (CreateTask limit)"}

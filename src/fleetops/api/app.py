@@ -24,16 +24,19 @@ from fleetops.api.envelope import CONTENT_TYPE, error_body, new_request_id, succ
 from fleetops.api.metrics import ApiMetrics
 from fleetops.api.ratelimit import RateLimiter
 from fleetops.api.registry import ActionContext, Registry
-from fleetops.api.request import RawRequest, check_timestamp, detect_language, parse_request, verify_signature
+from fleetops.api.request import (
+    MAX_V1_BODY_BYTES,
+    RawRequest,
+    check_timestamp,
+    detect_language,
+    parse_request,
+    verify_signature,
+)
 from fleetops.backend.container import Backend
 from fleetops.store.accounts import AccountStore
 
 log = logging.getLogger("fleetops.access")
 error_log = logging.getLogger("fleetops.api")
-
-# Documented request size limits (cloud-api.md section 1): GET 32 KB, v1-signed POST 1 MB, TC3 POST 10 MB.
-MAX_GET_QUERY_BYTES = 32 * 1024
-MAX_V1_POST_BYTES = 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -97,15 +100,8 @@ class ApiEndpoint:
         method = request.method.upper()
         headers = {k.lower(): v for k, v in request.headers.items()}
         raw_query = request.scope.get("query_string", b"").decode("latin-1")
-        if method not in ("GET", "POST"):
-            raise errors.UnsupportedProtocol(
-                f"HTTP method {method} is not supported: send the request with GET or POST."
-            )
-        if method == "GET" and len(raw_query) > MAX_GET_QUERY_BYTES:
-            raise errors.RequestSizeLimitExceeded(
-                f"The GET query string is {len(raw_query)} bytes; at most {MAX_GET_QUERY_BYTES} bytes are "
-                "accepted. Send large requests as POST."
-            )
+        # the method and the size limits are checked by parse_request; only a POST body is read, and its read
+        # stops at the limit so an oversize body is never held in memory whole
         body = b""
         if method == "POST":
             body = await self._read_body(request, headers)
@@ -113,7 +109,7 @@ class ApiEndpoint:
 
     async def _read_body(self, request: Request, headers: dict[str, str]) -> bytes:
         # v1-signed requests carry no Authorization header; they are limited to 1 MB, TC3 to max_body_bytes.
-        limit = self._config.max_body_bytes if "authorization" in headers else MAX_V1_POST_BYTES
+        limit = self._config.max_body_bytes if "authorization" in headers else MAX_V1_BODY_BYTES
         declared = headers.get("content-length", "")
         if declared.isdigit() and int(declared) > limit:
             raise _too_large(int(declared), limit)

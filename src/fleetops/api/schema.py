@@ -28,13 +28,7 @@ from functools import lru_cache
 __all__ = [
     "Kind",
     "Param",
-    "array_of",
-    "boolean",
     "check_unique_names",
-    "int64",
-    "integer",
-    "object_of",
-    "string",
     "to_snake",
 ]
 
@@ -125,57 +119,3 @@ def check_unique_names(params: tuple[Param, ...] | list[Param]) -> None:
             if key in seen:
                 raise ValueError(f"members {seen[key]!r} and {p.name!r} clash on the name {key!r}")
             seen[key] = p.name
-
-
-# --- constructors: keyword arguments only, so a declaration reads like the vendor's table ------------------
-
-
-def string(
-    name: str,
-    *,
-    required: bool = False,
-    doc: str = "",
-    max_length: int | None = None,
-    pattern: str | None = None,
-    choices: tuple[str, ...] | None = None,
-) -> Param:
-    return Param(name, Kind.STRING, required, doc, max_length=max_length, pattern=pattern, choices=choices)
-
-
-def integer(
-    name: str,
-    *,
-    required: bool = False,
-    doc: str = "",
-    min_value: int | None = None,
-    max_value: int | None = None,
-    choices: tuple[int, ...] | None = None,
-) -> Param:
-    """An unsigned 64-bit integer (the vendor's ``Integer``)."""
-    return Param(name, Kind.INTEGER, required, doc, min_value=min_value, max_value=max_value, choices=choices)
-
-
-def int64(
-    name: str,
-    *,
-    required: bool = False,
-    doc: str = "",
-    min_value: int | None = None,
-    max_value: int | None = None,
-    choices: tuple[int, ...] | None = None,
-) -> Param:
-    """A signed 64-bit integer (the vendor's ``Int64``)."""
-    return Param(name, Kind.INT64, required, doc, min_value=min_value, max_value=max_value, choices=choices)
-
-
-def boolean(name: str, *, required: bool = False, doc: str = "") -> Param:
-    return Param(name, Kind.BOOLEAN, required, doc)
-
-
-def object_of(name: str, *fields: Param, required: bool = False, doc: str = "") -> Param:
-    return Param(name, Kind.OBJECT, required, doc, fields=fields)
-
-
-def array_of(name: str, item: Param, *, required: bool = False, doc: str = "", max_items: int | None = None) -> Param:
-    """An Array; ``item`` describes each element (its ``name`` and ``required`` are not used)."""
-    return Param(name, Kind.ARRAY, required, doc, item=item, max_items=max_items)

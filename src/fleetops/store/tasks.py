@@ -127,14 +127,17 @@ async def write_transaction(db: Database) -> AsyncIterator[AsyncConnection]:
         await conn.commit()
 
 
+def _held_by(task_id: str, owner: str) -> sa.ColumnElement[bool]:
+    """The fence of every engine write: the task is processing under ``owner``'s lease."""
+    return sa.and_(tasks.c.id == task_id, tasks.c.status == TaskStatus.PROCESSING.value, tasks.c.lease_owner == owner)
+
+
 def progress_update(progress: Progress) -> sa.Update:
     """The fenced ``UPDATE tasks`` of one batch (its rowcount is 0 when the fence does not hold)."""
     return (
         sa.update(tasks)
         .where(
-            tasks.c.id == progress.task_id,
-            tasks.c.status == TaskStatus.PROCESSING.value,
-            tasks.c.lease_owner == progress.owner,
+            _held_by(progress.task_id, progress.owner),
             tasks.c.applied_cursor.is_not_distinct_from(progress.expected_cursor),
         )
         .values(
@@ -149,6 +152,11 @@ def progress_update(progress: Progress) -> sa.Update:
 class TaskStore:
     def __init__(self, db: Database) -> None:
         self._db = db
+
+    async def _write(self, statement: sa.Update) -> bool:
+        """One statement in its own transaction; True when it changed a row (its fence held)."""
+        async with self._db.begin() as conn:
+            return bool((await conn.execute(statement)).rowcount)
 
     # --- the API ------------------------------------------------------------------------------------------
 
@@ -299,84 +307,66 @@ class TaskStore:
 
     async def renew(self, task_id: str, owner: str, lease_until: int) -> bool:
         """Extend the lease while waiting; False when it is no longer ours."""
-        async with self._db.begin() as conn:
-            result = await conn.execute(
-                sa.update(tasks)
-                .where(
-                    tasks.c.id == task_id,
-                    tasks.c.lease_owner == owner,
-                    tasks.c.status == TaskStatus.PROCESSING.value,
-                )
-                .values(lease_until=lease_until)
+        return await self._write(
+            sa.update(tasks)
+            .where(
+                _held_by(task_id, owner),
             )
-            return bool(result.rowcount)
+            .values(lease_until=lease_until)
+        )
 
     # --- the engine: progress and outcome -----------------------------------------------------------------
 
     async def set_device_count(self, task_id: str, owner: str, all_device_cnt: int, lease_until: int) -> bool:
         """Record AllDeviceCnt (before the first batch: the cursor is still None)."""
-        async with self._db.begin() as conn:
-            result = await conn.execute(
-                sa.update(tasks)
-                .where(
-                    tasks.c.id == task_id,
-                    tasks.c.status == TaskStatus.PROCESSING.value,
-                    tasks.c.lease_owner == owner,
-                    tasks.c.applied_cursor.is_(None),
-                )
-                .values(all_device_cnt=all_device_cnt, done_device_cnt=0, lease_until=lease_until)
+        return await self._write(
+            sa.update(tasks)
+            .where(
+                _held_by(task_id, owner),
+                tasks.c.applied_cursor.is_(None),
             )
-            return bool(result.rowcount)
+            .values(all_device_cnt=all_device_cnt, done_device_cnt=0, lease_until=lease_until)
+        )
 
     async def advance(self, progress: Progress) -> bool:
         """A progress write on its own (PublishMessage batches, pages without a matching device)."""
-        async with self._db.begin() as conn:
-            result = await conn.execute(progress_update(progress))
-            return bool(result.rowcount)
+        return await self._write(progress_update(progress))
 
     async def complete(self, task_id: str, owner: str, expected_cursor: str | None, now_s: int) -> bool:
         """Status 3 with DoneTime; every push has gone out: pushed_cursor catches up with applied_cursor."""
-        async with self._db.begin() as conn:
-            result = await conn.execute(
-                sa.update(tasks)
-                .where(
-                    tasks.c.id == task_id,
-                    tasks.c.status == TaskStatus.PROCESSING.value,
-                    tasks.c.lease_owner == owner,
-                    tasks.c.applied_cursor.is_not_distinct_from(expected_cursor),
-                )
-                .values(
-                    status=TaskStatus.COMPLETED.value,
-                    done_time=now_s,
-                    updated_at=now_s,
-                    pushed_cursor=tasks.c.applied_cursor,
-                    lease_owner=None,
-                    lease_until=None,
-                )
+        return await self._write(
+            sa.update(tasks)
+            .where(
+                _held_by(task_id, owner),
+                tasks.c.applied_cursor.is_not_distinct_from(expected_cursor),
             )
-            return bool(result.rowcount)
+            .values(
+                status=TaskStatus.COMPLETED.value,
+                done_time=now_s,
+                updated_at=now_s,
+                pushed_cursor=tasks.c.applied_cursor,
+                lease_owner=None,
+                lease_until=None,
+            )
+        )
 
     async def fail(self, task_id: str, owner: str, ret_code: int, err_msg: str, now_s: int) -> bool:
         """Status 4 (the deadline passed) with RetCode/ErrMsg; DoneTime is the time it ended."""
-        async with self._db.begin() as conn:
-            result = await conn.execute(
-                sa.update(tasks)
-                .where(
-                    tasks.c.id == task_id,
-                    tasks.c.status == TaskStatus.PROCESSING.value,
-                    tasks.c.lease_owner == owner,
-                )
-                .values(
-                    status=TaskStatus.FAILED.value,
-                    ret_code=ret_code,
-                    err_msg=err_msg,
-                    done_time=now_s,
-                    updated_at=now_s,
-                    lease_owner=None,
-                    lease_until=None,
-                )
+        return await self._write(
+            sa.update(tasks)
+            .where(
+                _held_by(task_id, owner),
             )
-            return bool(result.rowcount)
+            .values(
+                status=TaskStatus.FAILED.value,
+                ret_code=ret_code,
+                err_msg=err_msg,
+                done_time=now_s,
+                updated_at=now_s,
+                lease_owner=None,
+                lease_until=None,
+            )
+        )
 
     async def read(self, task_id: str) -> TaskRecord | None:
         """A task by id alone (the engine, tests)."""
