@@ -28,7 +28,7 @@ from fleetops.messaging.amqtt_broker import BrokerOptions
 from fleetops.messaging.device_auth import make_username, sign_password
 from fleetops.messaging.embedded import EmbeddedBroker
 from fleetops.messaging.external import ExternalBroker, ExternalOptions
-from fleetops.messaging.ports import DeviceCredentials, Publisher
+from fleetops.ports.messaging import DeviceCredentials, Publisher
 
 PRODUCT_ID = "BENCH00001"
 PSK = "MDEyMzQ1Njc4OWFiY2RlZg=="

@@ -40,7 +40,7 @@ from fleetops.domain.tasks import TaskStatus
 from fleetops.engine.worker import TaskWorker
 from fleetops.messaging.embedded import EmbeddedBroker
 from fleetops.messaging.external import ExternalBroker, ExternalOptions
-from fleetops.messaging.ports import Publisher
+from fleetops.ports.messaging import Publisher
 from fleetops.settings import Settings
 from fleetops.store.accounts import AccountStore
 from fleetops.store.database import Database, open_database

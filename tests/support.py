@@ -212,7 +212,7 @@ class FakeClock:
 
 
 class TaskPublisher:
-    """A :class:`~fleetops.messaging.ports.Publisher` that records every message (thread-safe).
+    """A :class:`~fleetops.ports.messaging.Publisher` that records every message (thread-safe).
 
     ``down`` makes it raise BrokerUnavailable like a broker that is gone; ``before_publish`` runs (awaited)
     before each call, so a test can act at a batch boundary (advance a clock, add devices, crash).

@@ -26,7 +26,7 @@ from fleetops.engine.worker import TaskWorker
 from fleetops.messaging.embedded import EmbeddedBroker
 from fleetops.messaging.external import BrokerAddress, ExternalBroker
 from fleetops.messaging.http_auth import mqtt_auth_router
-from fleetops.messaging.ports import MessagingService
+from fleetops.ports.messaging import MessagingService
 from fleetops.settings import Settings
 from fleetops.store.accounts import AccountStore
 from fleetops.store.database import Database, open_database

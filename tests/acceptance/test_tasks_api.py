@@ -19,7 +19,7 @@ from tencentcloud.iotcloud.v20180614 import models
 
 from fleetops.backend.registration import register_devices
 from fleetops.messaging.embedded import EmbeddedBroker
-from fleetops.messaging.ports import DeviceCredentials
+from fleetops.ports.messaging import DeviceCredentials
 from fleetops.store.devices import DeviceStore
 from tests.integration.conftest_mqtt import PahoDevice, Received
 from tests.support import LiveServer, new_product, sdk_client, sdk_error_code, start_server

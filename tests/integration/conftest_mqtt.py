@@ -30,8 +30,8 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 from paho.mqtt.reasoncodes import ReasonCode
 
 from fleetops.messaging.device_auth import SignMethod, make_username, sign_password
-from fleetops.messaging.ports import DeviceCredentials
 from fleetops.messaging.wire import encode_remaining_length
+from fleetops.ports.messaging import DeviceCredentials
 
 WAIT_S = 5.0
 T = TypeVar("T")
@@ -64,7 +64,7 @@ def free_port() -> int:
 
 @dataclass
 class MemoryDirectory:
-    """:class:`~fleetops.messaging.ports.DeviceDirectory` over a dict; records every ``set_online``."""
+    """:class:`~fleetops.ports.messaging.DeviceDirectory` over a dict; records every ``set_online``."""
 
     devices: dict[tuple[str, str], DeviceCredentials] = field(default_factory=dict)
     online_calls: list[tuple[str, str, bool, str | None]] = field(default_factory=list)

@@ -16,7 +16,7 @@ from fleetops.errors import BrokerUnavailable, ConfigurationError
 from fleetops.messaging.amqtt_broker import BrokerOptions
 from fleetops.messaging.device_auth import SignMethod, make_username, sign_password
 from fleetops.messaging.embedded import EmbeddedBroker
-from fleetops.messaging.ports import DeviceCredentials
+from fleetops.ports.messaging import DeviceCredentials
 from tests.integration.conftest_mqtt import (
     EchoShadowHandler,
     MemoryDirectory,

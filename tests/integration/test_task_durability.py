@@ -26,7 +26,7 @@ from tencentcloud.iotcloud.v20180614 import models
 from fleetops.domain.tasks import TaskStatus
 from fleetops.errors import BrokerUnavailable
 from fleetops.messaging.external import ExternalBroker, ExternalOptions
-from fleetops.messaging.ports import DeviceCredentials, Publisher
+from fleetops.ports.messaging import DeviceCredentials, Publisher
 from fleetops.store.tasks import TaskStore
 from tests.integration.conftest_mqtt import EchoShadowHandler, MosquittoProcess, PahoDevice, random_psk
 from tests.serve_process import ServeProcess

@@ -17,7 +17,7 @@ from fleetops.messaging.device_auth import (
     sign_password,
     verify_password,
 )
-from fleetops.messaging.ports import DeviceCredentials
+from fleetops.ports.messaging import DeviceCredentials
 
 PSK = "MDEyMzQ1Njc4OWFiY2RlZg=="
 CLIENT_ID = "ABCDE12345dev1"

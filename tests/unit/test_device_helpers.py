@@ -16,7 +16,7 @@ from fleetops.api.actions.devices import DEVICE_INFO_FIELDS, device_info
 from fleetops.backend.devices import DEVICE_NAME_PATTERN, DeviceSessions, checked_psk, is_valid_device_name
 from fleetops.backend.registration import RegistrationError, check_names, names_from_file, names_from_prefix
 from fleetops.backend.shadows import ShadowService, checked_prefix, result_topic
-from fleetops.messaging.ports import DeviceDirectory, MessagingService, ShadowRequestHandler
+from fleetops.ports.messaging import DeviceDirectory, MessagingService, ShadowRequestHandler
 from fleetops.store.database import open_database
 from fleetops.store.devices import DeviceRecord, DeviceStore
 from fleetops.store.shadows import ShadowStore

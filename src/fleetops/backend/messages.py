@@ -8,7 +8,7 @@ import logging
 from fleetops import errors
 from fleetops.backend.devices import DeviceService
 from fleetops.domain.messages import check_device_topic, decode_payload
-from fleetops.messaging.ports import OfflineQueues, Publisher
+from fleetops.ports.messaging import OfflineQueues, Publisher
 
 log = logging.getLogger(__name__)
 

@@ -1,6 +1,6 @@
 """Device shadow use cases: the cloud API (DescribeDeviceShadow, UpdateDeviceShadow) and the device's own MQTT
 ``get`` / ``update`` requests (:class:`ShadowService` is the ``ShadowRequestHandler`` of
-``messaging/ports.py``).
+``ports/messaging.py``).
 
 The rules are the pure functions of ``fleetops.domain.shadow``; this module reads, applies them, and writes
 with the store's compare-and-set, so a cloud write and a device write to one shadow never lose each other.
@@ -41,7 +41,7 @@ from fleetops.domain.shadow import (
     render_update_shadow_data,
     validate_state_document,
 )
-from fleetops.messaging.ports import Publisher
+from fleetops.ports.messaging import Publisher
 from fleetops.store.devices import DeviceStore
 from fleetops.store.shadows import ShadowContention, ShadowMissing, ShadowStore
 

@@ -44,8 +44,8 @@ from fleetops.domain.tasks import (
     is_overdue,
 )
 from fleetops.errors import BrokerUnavailable
-from fleetops.messaging.ports import Publisher
 from fleetops.messaging.topics import device_topic, shadow_result_topic
+from fleetops.ports.messaging import Publisher
 from fleetops.store.task_execution import DeviceBatches, FenceLost
 from fleetops.store.tasks import Progress, TaskRecord, TaskStore
 

@@ -21,7 +21,7 @@ from collections.abc import Callable
 
 from fleetops.engine.executor import ExecutorConfig, Outcome, TaskExecutor
 from fleetops.engine.scheduler import Scheduler
-from fleetops.messaging.ports import Publisher
+from fleetops.ports.messaging import Publisher
 from fleetops.settings import Settings
 from fleetops.store.database import Database
 from fleetops.store.task_execution import DeviceBatches

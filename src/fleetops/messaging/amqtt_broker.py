@@ -54,7 +54,6 @@ from amqtt.session import OutgoingApplicationMessage, Session
 
 from fleetops.messaging.device_auth import ConnackCode, ConnectDecision
 from fleetops.messaging.gate import DeviceGate
-from fleetops.messaging.ports import DeviceDirectory, ShadowRequestHandler
 from fleetops.messaging.topics import (
     DeviceId,
     is_valid_topic_filter,
@@ -67,6 +66,7 @@ from fleetops.messaging.topics import (
     wildcard_prefix,
 )
 from fleetops.messaging.wire import encode_publish
+from fleetops.ports.messaging import DeviceDirectory, ShadowRequestHandler
 
 log = logging.getLogger("fleetops.messaging.broker")
 

@@ -39,8 +39,8 @@ import re
 from dataclasses import dataclass
 from enum import IntEnum, StrEnum
 
-from fleetops.messaging.ports import DeviceCredentials
 from fleetops.messaging.topics import split_client_id
+from fleetops.ports.messaging import DeviceCredentials
 
 KEEPALIVE_MAX_S = 900
 _EXPIRY = re.compile(r"[0-9]{1,20}")

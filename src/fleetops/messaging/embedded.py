@@ -23,8 +23,8 @@ from amqtt.errors import BrokerError
 
 from fleetops.errors import BrokerUnavailable, ConfigurationError
 from fleetops.messaging.amqtt_broker import BrokerOptions, FleetopsBroker
-from fleetops.messaging.ports import DeviceDirectory, ShadowRequestHandler
 from fleetops.messaging.topics import is_valid_topic_name
+from fleetops.ports.messaging import DeviceDirectory, ShadowRequestHandler
 from fleetops.settings import Settings
 
 log = logging.getLogger("fleetops.messaging.embedded")
@@ -43,7 +43,7 @@ def check_topic(topic: str) -> None:
 
 
 class EmbeddedPublisher:
-    """:class:`~fleetops.messaging.ports.Publisher` of the embedded broker: routes in-process."""
+    """:class:`~fleetops.ports.messaging.Publisher` of the embedded broker: routes in-process."""
 
     def __init__(self, service: EmbeddedBroker) -> None:
         self._service = service
@@ -76,13 +76,13 @@ class EmbeddedPublisher:
         return broker.online(product_id + device_name) if broker is not None else False
 
     def offline_room(self, product_id: str, device_name: str, topic: str) -> int | None:
-        """:class:`~fleetops.messaging.ports.OfflineQueues`: room for a QoS 1 message kept for the device."""
+        """:class:`~fleetops.ports.messaging.OfflineQueues`: room for a QoS 1 message kept for the device."""
         broker = self._service.broker
         return broker.offline_room(product_id + device_name, topic) if broker is not None else None
 
 
 class EmbeddedBroker:
-    """:class:`~fleetops.messaging.ports.MessagingService` running the broker in this process."""
+    """:class:`~fleetops.ports.messaging.MessagingService` running the broker in this process."""
 
     def __init__(
         self,

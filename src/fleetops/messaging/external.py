@@ -9,7 +9,7 @@ the URL's credentials, and
   subscriptions (Mosquitto 2.0.11 does not, on 3.1.1 or 5) is detected at the first connection by a probe
   message; fleetops then subscribes to ``$shadow/operation/+/+`` without a share group and logs a warning:
   with such a broker only one node may run, or every node would answer every request;
-* hands the requests to the :class:`~fleetops.messaging.ports.ShadowRequestHandler` - those of one device in
+* hands the requests to the :class:`~fleetops.ports.messaging.ShadowRequestHandler` - those of one device in
   arrival order (workers are sharded by device) - and publishes each reply (QoS 0);
 * publishes for the backend and the task engine (:class:`ExternalPublisher`), encoding PUBLISH packets
   itself and writing them in chunks through gmqtt's connection; QoS 1 keeps ``max_in_flight`` PUBLISHes
@@ -45,9 +45,9 @@ from gmqtt.mqtt.handler import MQTTConnectError
 
 from fleetops.errors import BrokerUnavailable, ConfigurationError
 from fleetops.messaging.embedded import check_qos, check_topic
-from fleetops.messaging.ports import ShadowRequestHandler
 from fleetops.messaging.topics import DeviceId, parse_shadow_request_topic, shadow_result_topic
 from fleetops.messaging.wire import encode_publish
+from fleetops.ports.messaging import ShadowRequestHandler
 from fleetops.settings import Settings
 
 log = logging.getLogger("fleetops.messaging.external")
@@ -290,7 +290,7 @@ class _Link:
 
 
 class ExternalPublisher:
-    """:class:`~fleetops.messaging.ports.Publisher` through the external broker."""
+    """:class:`~fleetops.ports.messaging.Publisher` through the external broker."""
 
     def __init__(self, service: ExternalBroker) -> None:
         self._service = service
@@ -377,7 +377,7 @@ class ExternalPublisher:
 
 
 class ExternalBroker:
-    """:class:`~fleetops.messaging.ports.MessagingService` for an external broker (module docstring)."""
+    """:class:`~fleetops.ports.messaging.MessagingService` for an external broker (module docstring)."""
 
     def __init__(
         self,

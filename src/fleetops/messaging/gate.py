@@ -6,8 +6,8 @@ from collections.abc import Callable
 
 from fleetops.messaging import device_auth
 from fleetops.messaging.device_auth import ConnectDecision
-from fleetops.messaging.ports import DeviceDirectory
 from fleetops.messaging.topics import split_client_id
+from fleetops.ports.messaging import DeviceDirectory
 
 
 class DeviceGate:

@@ -37,8 +37,8 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route, Router
 
 from fleetops.messaging.gate import DeviceGate
-from fleetops.messaging.ports import DeviceDirectory
 from fleetops.messaging.topics import may_publish, may_subscribe, split_client_id
+from fleetops.ports.messaging import DeviceDirectory
 
 log = logging.getLogger("fleetops.messaging.http_auth")
 

@@ -3,7 +3,7 @@
 Every API-facing query joins ``products`` and filters on ``products.account_id``: an account can neither see
 nor change another account's devices, and cannot tell them from devices that do not exist. The MQTT-facing
 methods (:meth:`DeviceStore.device_credentials` and :meth:`DeviceStore.set_online`, the ``DeviceDirectory``
-of ``messaging/ports.py``) take the globally unique ProductId instead: the device proves who it is with its
+of ``ports/messaging.py``) take the globally unique ProductId instead: the device proves who it is with its
 PSK, and has no account to speak of.
 
 A device and its shadow are one row (``devices.shadow_*``): deleting the device deletes the shadow, and a new
@@ -23,7 +23,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from fleetops.domain.shadow import Shadow
-from fleetops.messaging.ports import DeviceCredentials
+from fleetops.ports.messaging import DeviceCredentials
 from fleetops.store import dialect
 from fleetops.store.database import Database
 from fleetops.store.tables import devices, products
