@@ -24,6 +24,7 @@ from benchdb import bench_database
 from fleetops.backend.devices import DeviceFilter, DeviceService
 from fleetops.backend.registration import register_devices
 from fleetops.backend.shadows import ShadowService
+from fleetops.ports.messaging import DeliveryView
 from fleetops.store.accounts import AccountStore
 from fleetops.store.database import open_database
 from fleetops.store.devices import DeviceStore
@@ -37,6 +38,25 @@ PAGE_LIMIT = 250
 
 def median_ms(samples: list[float]) -> float:
     return statistics.median(samples) * 1000
+
+
+class NoDevices:
+    """``DeviceMessages`` with no device connected: the shadow figures measure the store alone."""
+
+    async def push_delta(self, *_args: object) -> None:
+        return None
+
+    async def push_deltas(self, *_args: object) -> None:
+        return None
+
+    async def publish_to_devices(self, *_args: object) -> None:
+        return None
+
+    async def publish(self, *_args: object) -> None:
+        return None
+
+    def delivery_view(self, product_id: str, device_name: str, topic: str) -> DeliveryView:
+        return DeliveryView(online=False, subscribed=False, offline_room=None)
 
 
 async def timed(fn: Callable[[], Awaitable[object]], repeat: int) -> list[float]:
@@ -79,7 +99,7 @@ async def run(url: str, count: int, batch_size: int, shadow_ops: int) -> None:
         async with db.begin() as conn:
             await conn.execute(sa.text("ANALYZE devices"))
 
-    devices = DeviceService(store, time.time, max_devices_per_product=count)
+    devices = DeviceService(store, time.time, sessions=None, max_devices_per_product=count)
     everything = DeviceFilter()
     first = await timed(lambda: devices.page(account, PID, 0, PAGE_LIMIT, everything), 7)
     deep_offset = max(0, count - PAGE_LIMIT)
@@ -91,7 +111,7 @@ async def run(url: str, count: int, batch_size: int, shadow_ops: int) -> None:
         f"name filter '99' {median_ms(filtered):.1f} ms"
     )
 
-    shadows = ShadowService(ShadowStore(db), store, time.time)
+    shadows = ShadowService(ShadowStore(db), NoDevices(), time.time)
     picks = [random.choice(names) for _ in range(shadow_ops)]
 
     async def read(i: int) -> None:

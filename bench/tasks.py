@@ -9,8 +9,9 @@
 with no device subscribed it routes nothing, so this measures fleetops alone) or ``mosquitto`` (fleetops as
 a client of the Mosquitto at 127.0.0.1:1883, or ``--mqtt-url``: every delta and message goes over the wire).
 
-Devices are registered straight through the store; the tasks are created with the CreateTask use case and
-run by the task worker's loop, as ``fleetops serve`` runs them. For each task it prints the end-to-end time
+The node is built by the composition root (``fleetops.node.Node``) exactly as ``fleetops serve`` builds it,
+without the HTTP side. Devices are registered straight through the store; the tasks are created with the
+CreateTask use case and run by the node's task engine. For each task it prints the end-to-end time
 (CreateTask to status 3), devices per second, and the process's peak RSS while the task ran (psutil,
 sampled every 20 ms).
 """
@@ -23,9 +24,9 @@ import cProfile
 import pstats
 import secrets
 import sys
+import tempfile
 import time
 from pathlib import Path
-from typing import Any
 
 import psutil
 
@@ -34,21 +35,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 from benchdb import bench_database
 
 from fleetops.backend.registration import register_devices
-from fleetops.backend.shadows import ShadowService
-from fleetops.backend.tasks import TaskService
-from fleetops.domain.tasks import TaskStatus
-from fleetops.engine.worker import TaskWorker
-from fleetops.messaging.embedded import EmbeddedBroker
-from fleetops.messaging.external import ExternalBroker, ExternalOptions
-from fleetops.ports.messaging import Publisher
+from fleetops.backend.tasks import TaskDraft
+from fleetops.domain.tasks import TaskStatus, TaskType
+from fleetops.node import Node
 from fleetops.settings import Settings
-from fleetops.store.accounts import AccountStore
-from fleetops.store.database import Database, open_database
-from fleetops.store.devices import DeviceStore
-from fleetops.store.migrate import upgrade
-from fleetops.store.products import ProductStore
-from fleetops.store.shadows import ShadowStore
-from fleetops.store.tasks import TaskStore
 
 PID = "BENCHTASK1"
 
@@ -82,29 +72,12 @@ class PeakRss:
         return self.peak / 2**20
 
 
-async def run_task(
-    store: TaskStore,
-    service: TaskService,
-    account_id: int,
-    rss: PeakRss,
-    label: str,
-    task_type: str,
-    tasks: dict[str, Any],
-    name_filter: str,
-) -> None:
+async def run_task(node: Node, account_id: int, rss: PeakRss, label: str, draft: TaskDraft) -> None:
     rss.reset()
     started = time.perf_counter()
-    task_id = await service.create(
-        account_id,
-        task_type=task_type,
-        product_id=PID,
-        device_name_filter=name_filter,
-        schedule_time_s=0,
-        tasks=tasks,
-        max_execution_time_s=None,
-    )
+    task_id = await node.backend.tasks.create(account_id, draft)
     while True:
-        task = await store.read(task_id)
+        task = await node.stores.tasks.read(task_id)
         assert task is not None
         if task.status not in (TaskStatus.WAITING, TaskStatus.PROCESSING):
             break
@@ -119,27 +92,26 @@ async def run_task(
     )
 
 
-async def open_broker(kind: str, db: Database, mqtt_url: str) -> tuple[Publisher, Any]:
-    shadows = ShadowService(ShadowStore(db), DeviceStore(db), time.time)
-    if kind == "embedded":
-        embedded = EmbeddedBroker(DeviceStore(db), shadows, port=0)
-        await embedded.start()
-        return embedded.publisher, embedded
-    external = ExternalBroker(mqtt_url, shadows, options=ExternalOptions(share_group=""))
-    await external.start()
-    return external.publisher, external
-
-
-async def run(args: argparse.Namespace, url: str) -> None:
-    db = open_database(url, pool_size=10)
-    await upgrade(db)
+async def run(args: argparse.Namespace, url: str, data_dir: Path) -> None:
+    settings = Settings(
+        data_dir=data_dir,
+        database_url=url,
+        mqtt_url=args.mqtt_url if args.broker == "mosquitto" else "",
+        mqtt_port=0,
+        task_batch_size=args.batch_size,
+        task_poll_interval_s=0.05,
+        node_id="bench",
+    )
+    # the node as `fleetops serve` builds it (the composition root), without the HTTP side
+    node = await Node.open(settings)
+    db = node.stores.db
     dialect = db.engine.dialect.name
-    account_id = await AccountStore(db).create_account("bench-" + secrets.token_hex(3), 0)
-    await ProductStore(db).insert(account_id, PID, "bench" + secrets.token_hex(3), {}, 0, 10)
+    account_id = await node.stores.accounts.create_account("bench-" + secrets.token_hex(3), 0)
+    await node.stores.products.insert(account_id, PID, "bench" + secrets.token_hex(3), {}, 0, 10)
     print(f"database: {dialect}, broker: {args.broker}, devices: {args.count:,}, batch: {args.batch_size:,}")
     names = [f"dev-{i:07d}" for i in range(args.count)]
     report = await register_devices(
-        DeviceStore(db), account_id, PID, names, now_s=int(time.time()), max_devices=args.count
+        node.stores.devices, account_id, PID, names, now_s=int(time.time()), max_devices=args.count
     )
     del names
     print(
@@ -150,51 +122,33 @@ async def run(args: argparse.Namespace, url: str) -> None:
         async with db.begin() as conn:
             await conn.exec_driver_sql("ANALYZE devices")
 
-    publisher, broker = await open_broker(args.broker, db, args.mqtt_url)
-    settings = Settings(task_batch_size=args.batch_size, task_poll_interval_s=0.05, node_id="bench")
-    worker = TaskWorker.create(db, settings, time.time, publisher)
-    service = TaskService(
-        TaskStore(db),
-        ProductStore(db),
-        time.time,
-        max_open_tasks=10,
-        retention_s=86400,
-        on_created=worker.wake,
-    )
     rss = PeakRss()
     rss.start()
-    await worker.start()
+    await node.start()
     profiler = cProfile.Profile() if args.profile else None
     try:
         if profiler is not None:
             profiler.enable()
         await run_task(
-            TaskStore(db),
-            service,
+            node,
             account_id,
             rss,
             "UpdateShadow",
-            "UpdateShadow",
-            {"UpdateShadowTask": {"Desired": args.desired}},
-            args.filter,
+            TaskDraft(TaskType.UPDATE_SHADOW, PID, args.filter, 0, desired=args.desired),
         )
         await run_task(
-            TaskStore(db),
-            service,
+            node,
             account_id,
             rss,
             "PublishMessage",
-            "PublishMessage",
-            {"PublishMessageTask": {"Topic": "control", "Payload": "reboot"}},
-            args.filter,
+            TaskDraft(TaskType.PUBLISH_MESSAGE, PID, args.filter, 0, topic="control", payload="reboot"),
         )
     finally:
         if profiler is not None:
             profiler.disable()
-        await worker.stop()
+        await node.stop()
         rss.stop()
-        await broker.stop()
-        await db.dispose()
+        await node.close()
     if profiler is not None:
         profiler.dump_stats(args.profile)
         stats = pstats.Stats(profiler)
@@ -216,8 +170,8 @@ def main() -> None:
     )
     parser.add_argument("--profile", default="", help="write a cProfile of the two tasks to this file")
     args = parser.parse_args()
-    with bench_database(args.database) as url:
-        asyncio.run(run(args, url))
+    with bench_database(args.database) as url, tempfile.TemporaryDirectory(prefix="fleetops-bench-") as data_dir:
+        asyncio.run(run(args, url, Path(data_dir)))
 
 
 if __name__ == "__main__":

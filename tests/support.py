@@ -17,6 +17,7 @@ from typing import Any, TypeVar
 import pytest
 import uvicorn
 
+from fleetops.backend.tasks import TaskService
 from fleetops.node import Node
 from fleetops.settings import Settings
 
@@ -95,10 +96,10 @@ class LiveServer:
 
     def new_account(self, name: str | None = None) -> tuple[str, str]:
         async def create() -> tuple[str, str]:
-            account_id = await self.node.accounts.create_account(
+            account_id = await self.node.stores.accounts.create_account(
                 name or "acct-" + secrets.token_hex(4), int(time.time())
             )
-            key = await self.node.accounts.create_key(account_id, int(time.time()))
+            key = await self.node.stores.accounts.create_key(account_id, int(time.time()))
             return key.secret_id, key.secret_key
 
         return self.run(create())
@@ -108,7 +109,8 @@ class LiveServer:
         self._thread.join(30)
 
 
-def start_server(data_dir: Path, database_url: str, **overrides: Any) -> LiveServer:
+def start_server(data_dir: Path, database_url: str, *, messaging_factory: Any = None, **overrides: Any) -> LiveServer:
+    """A live node; ``messaging_factory`` replaces its MQTT side (``fleetops.node.Node.open``)."""
     settings = Settings(data_dir=data_dir, database_url=database_url).with_overrides(
         port=free_port(), mqtt_port=free_port(), **overrides
     )
@@ -123,9 +125,10 @@ def start_server(data_dir: Path, database_url: str, **overrides: Any) -> LiveSer
         async def main() -> None:
             from fleetops.credentials import bootstrap_default_account
 
-            node = await Node.open(settings)
-            key = await bootstrap_default_account(node.accounts, data_dir, int(time.time()))
-            assert key is not None
+            node = await Node.open(settings, messaging_factory=messaging_factory)
+            created = await bootstrap_default_account(node.stores.accounts, data_dir, int(time.time()))
+            assert created is not None
+            key = created.key
             server = uvicorn.Server(
                 uvicorn.Config(node.app(), host="127.0.0.1", port=settings.port, log_config=None, lifespan="on")
             )
@@ -266,7 +269,7 @@ class TaskEnv:
     product_pk: int
     clock: FakeClock
     publisher: TaskPublisher
-    service: Any  # fleetops.backend.tasks.TaskService
+    service: TaskService
 
     def worker(
         self,
@@ -277,7 +280,10 @@ class TaskEnv:
         concurrency: int = 1,
         publisher: Any = None,
     ) -> Any:
-        from fleetops.engine.worker import TaskWorker
+        from fleetops.messaging.device_messages import DeviceMessenger
+        from fleetops.node import build_engine
+        from fleetops.store.batches import DeviceBatches
+        from fleetops.store.tasks import TaskStore
 
         settings = Settings(
             node_id=node_id,
@@ -286,7 +292,8 @@ class TaskEnv:
             task_concurrency=concurrency,
             task_poll_interval_s=0.05,
         )
-        return TaskWorker.create(self.db, settings, self.clock, publisher or self.publisher)
+        messages = DeviceMessenger(publisher or self.publisher)
+        return build_engine(settings, TaskStore(self.db), DeviceBatches(self.db), messages, self.clock)
 
     async def add_devices(self, names: Sequence[str]) -> None:
         from fleetops.backend.registration import register_devices
@@ -296,35 +303,27 @@ class TaskEnv:
             DeviceStore(self.db), self.account_id, self.product_id, list(names), now_s=0, max_devices=10**7
         )
 
-    async def create(
-        self,
-        task_type: str,
-        name_filter: str,
-        tasks: dict[str, Any],
-        *,
-        schedule_time_s: int = 0,
-        max_execution_time_s: int | None = None,
-    ) -> str:
-        task_id: str = await self.service.create(
-            self.account_id,
-            task_type=task_type,
-            product_id=self.product_id,
-            device_name_filter=name_filter,
-            schedule_time_s=schedule_time_s,
-            tasks=tasks,
-            max_execution_time_s=max_execution_time_s,
-        )
+    async def create(self, draft: Any) -> str:
+        """CreateTask's use case with a ``fleetops.backend.tasks.TaskDraft``."""
+        task_id: str = await self.service.create(self.account_id, draft)
         return task_id
+
+    def draft(self, task_type: str, name_filter: str, **fields: Any) -> Any:
+        from fleetops.backend.tasks import TaskDraft
+        from fleetops.domain.tasks import TaskType
+
+        fields.setdefault("schedule_time", fields.pop("schedule_time_s", 0))
+        return TaskDraft(TaskType(task_type), self.product_id, name_filter, **fields)
 
     async def update_shadow_task(self, name_filter: str, desired: dict[str, Any], **kwargs: Any) -> str:
         import orjson
 
-        body = {"UpdateShadowTask": {"Desired": orjson.dumps(desired).decode()}}
-        return await self.create("UpdateShadow", name_filter, body, **kwargs)
+        return await self.create(
+            self.draft("UpdateShadow", name_filter, desired=orjson.dumps(desired).decode(), **kwargs)
+        )
 
     async def publish_task(self, name_filter: str, topic: str, payload: str, **kwargs: Any) -> str:
-        body = {"PublishMessageTask": {"Topic": topic, "Payload": payload}}
-        return await self.create("PublishMessage", name_filter, body, **kwargs)
+        return await self.create(self.draft("PublishMessage", name_filter, topic=topic, payload=payload, **kwargs))
 
     async def task(self, task_id: str) -> Any:
         from fleetops.store.tasks import TaskStore
@@ -407,17 +406,17 @@ async def wait_until(
 
 
 @contextmanager
-def server_on(kind: str, data: Path) -> Iterator[LiveServer]:
+def server_on(kind: str, data: Path, **options: Any) -> Iterator[LiveServer]:
     """A live server on ``kind`` ("sqlite" or "postgresql", a fresh database), stopped afterwards."""
     if kind == "sqlite":
-        live = start_server(data / "data", f"sqlite:///{data / 'fleetops.db'}")
+        live = start_server(data / "data", f"sqlite:///{data / 'fleetops.db'}", **options)
         try:
             yield live
         finally:
             live.stop()
         return
     with postgres_database() as url:
-        live = start_server(data / "data", url)
+        live = start_server(data / "data", url, **options)
         try:
             yield live
         finally:

@@ -1,4 +1,11 @@
-"""fleetops command line: serve | keys | db (and the device / task tools). The only place that builds adapters."""
+"""fleetops command line: serve | worker | keys | devices | db.
+
+Options only parse and report here; every adapter is built by the composition root (``fleetops.node``). The
+options shared by all commands (``--data-dir``, ``--database``) may be given before the command or after it
+(``fleetops --data-dir D serve`` and ``fleetops serve --data-dir D``); both become Settings overrides on top of
+the ``FLEETOPS_*`` environment. A setup mistake (a database that cannot be reached, a port in use, a bad
+setting) ends the command with one line saying what is wrong and what to do, and exit status 2.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +14,7 @@ import json
 import logging
 import sys
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -17,84 +24,125 @@ from fleetops.errors import ConfigurationError
 from fleetops.settings import Settings
 
 T = TypeVar("T")
+F = TypeVar("F", bound=Callable[..., Any])
+
+_OVERRIDES = "fleetops.overrides"
 
 
-def _run(coro: Awaitable[T]) -> T:
-    async def wrapper() -> T:
-        return await coro
+class SetupError(click.ClickException):
+    """A configuration or environment problem: one line on stderr, exit status 2."""
 
-    return asyncio.run(wrapper())
-
-
-def _settings(ctx: click.Context) -> Settings:
-    settings = ctx.obj
-    assert isinstance(settings, Settings)
-    return settings
+    exit_code = 2
 
 
-@click.group()
-@click.option("--data-dir", type=click.Path(path_type=Path), default=None, help="data directory [FLEETOPS_DATA_DIR]")
-@click.option("--database", "database_url", default=None, help="database URL [FLEETOPS_DATABASE_URL]")
-@click.pass_context
-def main(ctx: click.Context, data_dir: Path | None, database_url: str | None) -> None:
-    """fleetops: self-hosted Tencent Cloud IoT Hub batch tasks, devices and shadows."""
+def _run(coro: Coroutine[Any, Any, T]) -> T:
+    """Run a command's coroutine; a ConfigurationError becomes a SetupError (no traceback)."""
     try:
-        ctx.obj = Settings.from_env().with_overrides(data_dir=data_dir, database_url=database_url)
+        return asyncio.run(coro)
     except ConfigurationError as exc:
-        raise click.UsageError(str(exc)) from exc
+        raise SetupError(str(exc)) from exc
 
 
-@main.command()
-@click.option("--host", default=None, help="HTTP listen address [FLEETOPS_HOST, default 127.0.0.1]")
-@click.option("--port", type=int, default=None, help="HTTP listen port [FLEETOPS_PORT, default 8080]")
-@click.option("--mqtt-port", type=int, default=None, help="embedded MQTT port [FLEETOPS_MQTT_PORT, default 1883]")
-@click.option("--mqtt-url", default=None, help="external broker mqtt://user:pass@host:port [FLEETOPS_MQTT_URL]")
-@click.option("--log-level", default=None, help="log level [FLEETOPS_LOG_LEVEL, default INFO]")
-@click.pass_context
-def serve(
-    ctx: click.Context,
-    host: str | None,
-    port: int | None,
-    mqtt_port: int | None,
-    mqtt_url: str | None,
-    log_level: str | None,
-) -> None:
-    """Run the HTTP API, the MQTT side and the task engine."""
-    settings = _settings(ctx).with_overrides(
-        host=host, port=port, mqtt_port=mqtt_port, mqtt_url=mqtt_url, log_level=log_level
-    )
-    logging.basicConfig(
-        level=settings.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s %(message)s",
-        stream=sys.stderr,
-    )
-    logging.getLogger("alembic").setLevel(logging.WARNING)
-    from fleetops.server import run_server
+def _remember(ctx: click.Context, _param: click.Parameter, value: Any) -> Any:
+    if value is not None:
+        ctx.find_root().meta.setdefault(_OVERRIDES, {})[_param.name or ""] = value
+    return value
 
+
+def store_options(command: F) -> F:
+    """``--data-dir`` and ``--database``, accepted on the group and on every command."""
+    command = click.option(
+        "--database",
+        "database_url",
+        default=None,
+        expose_value=False,
+        callback=_remember,
+        help="database URL, sqlite:///PATH or postgresql://... [FLEETOPS_DATABASE_URL]",
+    )(command)
+    command = click.option(
+        "--data-dir",
+        "data_dir",
+        type=click.Path(path_type=Path),
+        default=None,
+        expose_value=False,
+        callback=_remember,
+        help="data directory (SQLite file, credentials.json) [FLEETOPS_DATA_DIR, default ./fleetops-data]",
+    )(command)
+    return command
+
+
+def _settings(ctx: click.Context, **overrides: Any) -> Settings:
+    given = dict(ctx.find_root().meta.get(_OVERRIDES, {}))
     try:
-        _run(run_server(settings))
+        return Settings.from_env().with_overrides(**given, **overrides)
     except ConfigurationError as exc:
-        raise click.ClickException(str(exc)) from exc
+        raise SetupError(str(exc)) from exc
 
 
-@main.command()
-@click.option("--mqtt-url", default=None, help="external broker mqtt://user:pass@host:port [FLEETOPS_MQTT_URL]")
-@click.option("--node-id", default=None, help="stable name of this node in task leases [FLEETOPS_NODE_ID]")
-@click.option("--log-level", default=None, help="log level [FLEETOPS_LOG_LEVEL, default INFO]")
-@click.pass_context
-def worker(ctx: click.Context, mqtt_url: str | None, node_id: str | None, log_level: str | None) -> None:
-    """Run the task engine only (no HTTP API), beside `serve` nodes on the same database and broker."""
-    settings = _settings(ctx).with_overrides(mqtt_url=mqtt_url, node_id=node_id, log_level=log_level)
+def _configure_logging(settings: Settings) -> None:
     logging.basicConfig(
         level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s", stream=sys.stderr
     )
     logging.getLogger("alembic").setLevel(logging.WARNING)
+
+
+@click.group()
+@store_options
+def main() -> None:
+    """fleetops: self-hosted Tencent Cloud IoT Hub batch tasks, devices and shadows."""
+
+
+@main.command()
+@store_options
+@click.option("--host", default=None, help="HTTP listen address [FLEETOPS_HOST, default 127.0.0.1]")
+@click.option("--port", type=int, default=None, help="HTTP listen port [FLEETOPS_PORT, default 8080]")
+@click.option("--mqtt-port", type=int, default=None, help="embedded MQTT port [FLEETOPS_MQTT_PORT, default 1883]")
+@click.option("--mqtt-url", default=None, help="external broker mqtt://user:pass@host:port [FLEETOPS_MQTT_URL]")
+@click.option("--node-id", default=None, help="stable name of this node in task leases [FLEETOPS_NODE_ID]")
+@click.option("--log-level", default=None, help="log level [FLEETOPS_LOG_LEVEL, default INFO]")
+@click.pass_context
+def serve(ctx: click.Context, /, **options: Any) -> None:
+    """Run the HTTP API, the MQTT side and the task engine."""
+    settings = _settings(ctx, **options)
+    _configure_logging(settings)
+    from fleetops.server import run_server
+
+    _run(run_server(settings))
+
+
+@main.command()
+@store_options
+@click.option("--mqtt-url", default=None, help="external broker mqtt://user:pass@host:port [FLEETOPS_MQTT_URL]")
+@click.option("--node-id", default=None, help="stable name of this node in task leases [FLEETOPS_NODE_ID]")
+@click.option("--log-level", default=None, help="log level [FLEETOPS_LOG_LEVEL, default INFO]")
+@click.pass_context
+def worker(ctx: click.Context, /, **options: Any) -> None:
+    """Run the task engine only (no HTTP API), beside `serve` nodes on the same database and broker."""
+    settings = _settings(ctx, **options)
+    _configure_logging(settings)
     from fleetops.server import run_worker
 
+    _run(run_worker(settings))
+
+
+# --- commands on the database alone (no server needed) --------------------------------------------------
+
+
+async def _with_stores(settings: Settings, fn: Callable[[Any], Awaitable[T]]) -> T:
+    from fleetops.node import open_stores
+
+    stores = await open_stores(settings)
     try:
-        _run(run_worker(settings))
-    except ConfigurationError as exc:
-        raise click.ClickException(str(exc)) from exc
+        return await fn(stores)
+    finally:
+        await stores.close()
+
+
+def _where(settings: Settings) -> str:
+    """Names the data directory and database, so that a command run from the wrong folder says so."""
+    from fleetops.store.database import display_url
+
+    return f"data directory {settings.data_dir.resolve()}, database {display_url(settings.effective_database_url)}"
 
 
 @main.group()
@@ -102,35 +150,22 @@ def keys() -> None:
     """Manage accounts and their API keys (works without the server running)."""
 
 
-async def _with_accounts(settings: Settings, fn: Callable[[Any], Awaitable[T]]) -> T:
-    from fleetops.store.accounts import AccountStore
-    from fleetops.store.database import open_database
-    from fleetops.store.migrate import upgrade
-
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
-    db = open_database(settings.effective_database_url)
-    try:
-        await upgrade(db)
-        return await fn(AccountStore(db))
-    finally:
-        await db.dispose()
-
-
 @keys.command("create")
+@store_options
 @click.option("--account", default="default", show_default=True, help="account name (created if new)")
 @click.option("--json", "as_json", is_flag=True, help="print JSON")
 @click.pass_context
 def keys_create(ctx: click.Context, account: str, as_json: bool) -> None:
     """Create a key pair for ACCOUNT; the SecretKey is printed once."""
 
-    async def create(accounts: Any) -> Any:
+    async def create(stores: Any) -> Any:
         now = int(time.time())
-        account_id = await accounts.account_id(account)
+        account_id = await stores.accounts.account_id(account)
         if account_id is None:
-            account_id = await accounts.create_account(account, now)
-        return await accounts.create_key(account_id, now)
+            account_id = await stores.accounts.create_account(account, now)
+        return await stores.accounts.create_key(account_id, now)
 
-    key = _run(_with_accounts(_settings(ctx), create))
+    key = _run(_with_stores(_settings(ctx), create))
     if as_json:
         click.echo(json.dumps({"account": key.account_name, "SecretId": key.secret_id, "SecretKey": key.secret_key}))
     else:
@@ -138,15 +173,17 @@ def keys_create(ctx: click.Context, account: str, as_json: bool) -> None:
 
 
 @keys.command("list")
+@store_options
 @click.option("--json", "as_json", is_flag=True, help="print JSON")
 @click.pass_context
 def keys_list(ctx: click.Context, as_json: bool) -> None:
     """List key pairs (SecretKeys are never shown)."""
+    settings = _settings(ctx)
 
-    async def list_keys(accounts: Any) -> Any:
-        return await accounts.list_keys()
+    async def list_keys(stores: Any) -> Any:
+        return await stores.accounts.list_keys()
 
-    found = _run(_with_accounts(_settings(ctx), list_keys))
+    found = _run(_with_stores(settings, list_keys))
     rows = [
         {"account": k.account_name, "SecretId": k.secret_id, "enabled": k.enabled, "created_at": k.created_at}
         for k in found
@@ -154,23 +191,26 @@ def keys_list(ctx: click.Context, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps(rows))
         return
+    if not rows:
+        click.echo(f"no key pairs in {_where(settings)}", err=True)
     for r in rows:
         click.echo(f"{r['account']:<16} {r['SecretId']:<40} {'enabled' if r['enabled'] else 'disabled'}")
 
 
 @keys.command("disable")
+@store_options
 @click.argument("secret_id")
 @click.option("--json", "as_json", is_flag=True, help="print JSON")
 @click.pass_context
 def keys_disable(ctx: click.Context, secret_id: str, as_json: bool) -> None:
     """Disable a key: requests signed with it get AuthFailure.SecretIdNotFound."""
+    settings = _settings(ctx)
 
-    async def disable(accounts: Any) -> bool:
-        return bool(await accounts.set_key_enabled(secret_id, False))
+    async def disable(stores: Any) -> bool:
+        return bool(await stores.accounts.set_key_enabled(secret_id, False))
 
-    done = _run(_with_accounts(_settings(ctx), disable))
-    if not done:
-        raise click.ClickException(f"no key with SecretId {secret_id}")
+    if not _run(_with_stores(settings, disable)):
+        raise click.ClickException(f"no key with SecretId {secret_id} in {_where(settings)}")
     click.echo(json.dumps({"SecretId": secret_id, "enabled": False}) if as_json else f"disabled {secret_id}")
 
 
@@ -180,67 +220,39 @@ def devices() -> None:
 
 
 @devices.command("create")
+@store_options
 @click.option("--product", "product_id", required=True, help="ProductId of the product")
 @click.option("--prefix", default=None, help="name prefix; names are PREFIX<n> for n = START .. START+COUNT-1")
 @click.option("--count", type=int, default=None, help="how many devices to create (with --prefix)")
 @click.option("--start", type=int, default=1, show_default=True, help="first number after the prefix")
 @click.option("--digits", type=int, default=0, show_default=True, help="zero-pad numbers to this width")
 @click.option(
-    "--names-file",
-    type=click.Path(path_type=Path, dir_okay=False),
-    default=None,
-    help="one device name per line",
+    "--names-file", type=click.Path(path_type=Path, dir_okay=False), default=None, help="one device name per line"
 )
 @click.option(
-    "--psk-out",
-    type=click.Path(path_type=Path, dir_okay=False),
-    default=None,
-    help="write name,psk CSV (mode 0600)",
+    "--psk-out", type=click.Path(path_type=Path, dir_okay=False), default=None, help="write name,psk CSV (mode 0600)"
 )
 @click.option("--account", default="default", show_default=True, help="account that owns the product")
 @click.option("--skip-existing", is_flag=True, help="skip names the product already has instead of failing")
 @click.option("--batch-size", type=int, default=10_000, show_default=True, help="devices per transaction")
 @click.pass_context
-def devices_create(
-    ctx: click.Context,
-    product_id: str,
-    prefix: str | None,
-    count: int | None,
-    start: int,
-    digits: int,
-    names_file: Path | None,
-    psk_out: Path | None,
-    account: str,
-    skip_existing: bool,
-    batch_size: int,
-) -> None:
+def devices_create(ctx: click.Context, /, **options: Any) -> None:
     """Create many devices at once: names [a-zA-Z0-9:_-]{1,48}, each with a new PSK and an empty shadow."""
     from rich.console import Console
 
     from fleetops.backend.registration import RegistrationError
     from fleetops.devices_cli import RegistrationRequest, create_devices
 
-    request = RegistrationRequest(
-        product_id=product_id,
-        account=account,
-        prefix=prefix,
-        count=count,
-        start=start,
-        digits=digits,
-        names_file=names_file,
-        psk_out=psk_out,
-        skip_existing=skip_existing,
-        batch_size=batch_size,
-    )
-    console = Console(stderr=True)
+    request = RegistrationRequest(**options)
+    settings = _settings(ctx)
     try:
-        report = _run(create_devices(_settings(ctx), request, console))
+        report = _run(create_devices(settings, request, Console(stderr=True)))
     except RegistrationError as exc:
-        raise click.ClickException(str(exc)) from exc
+        raise click.ClickException(f"{exc} ({_where(settings)})") from exc
     skipped = f", skipped {report.skipped_existing:,} existing" if report.skipped_existing else ""
     click.echo(
         f"created {report.created:,} devices in {report.elapsed_s:.1f} s ({report.rate_per_s:,.0f}/s){skipped}"
-        + (f"; PSKs in {psk_out}" if psk_out is not None else "")
+        + (f"; PSKs in {request.psk_out}" if request.psk_out is not None else "")
     )
 
 
@@ -250,12 +262,14 @@ def db() -> None:
 
 
 @db.command("upgrade")
+@store_options
 @click.pass_context
 def db_upgrade(ctx: click.Context) -> None:
     """Create or migrate the schema to the newest revision."""
+    settings = _settings(ctx)
 
-    async def noop(_accounts: Any) -> None:
+    async def noop(_stores: Any) -> None:
         return None
 
-    _run(_with_accounts(_settings(ctx), noop))
-    click.echo("schema is up to date")
+    _run(_with_stores(settings, noop))
+    click.echo(f"schema is up to date ({_where(settings)})")

@@ -1,8 +1,8 @@
 """``fleetops devices create``: bulk registration straight into the database, with a progress bar.
 
-Works without the server running (like ``fleetops keys``): it opens the configured database, migrates it if
-needed, and writes through the same store as the API. cli.py only parses options and calls
-:func:`create_devices`.
+Works without the server running (like ``fleetops keys``): it opens the configured database through the
+composition root (``fleetops.node.open_stores``), migrates it if needed, and writes through the same store as the
+API. cli.py only parses options and calls :func:`create_devices`.
 """
 
 from __future__ import annotations
@@ -31,11 +31,8 @@ from fleetops.backend.registration import (
     names_from_prefix,
     register_devices,
 )
+from fleetops.ports.store import DeviceNameTaken, ProductMissing
 from fleetops.settings import Settings
-from fleetops.store.accounts import AccountStore
-from fleetops.store.database import open_database
-from fleetops.store.devices import DeviceNameTaken, DeviceStore, ProductMissing
-from fleetops.store.migrate import upgrade
 
 
 @dataclass(frozen=True)
@@ -59,6 +56,11 @@ def _names(request: RegistrationRequest) -> list[str]:
         return names_from_file(request.names_file)
     if request.count is None:
         raise RegistrationError("give --count (with --prefix) or --names-file.")
+    if not request.prefix:
+        # bare numbers are legal device names, but "1", "2", ... in a product is never what was meant
+        raise RegistrationError(
+            "give --prefix with --count (names are PREFIX<n>, e.g. --prefix lamp- gives lamp-1, lamp-2, ...)."
+        )
     return names_from_prefix(request.prefix or "", request.count, start=request.start, digits=request.digits)
 
 
@@ -74,14 +76,14 @@ async def create_devices(settings: Settings, request: RegistrationRequest, conso
     names = _names(request)
     if request.batch_size < 1:
         raise RegistrationError("--batch-size must be at least 1.")
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
-    db = open_database(settings.effective_database_url)
+    from fleetops.node import open_stores
+
+    stores = await open_stores(settings)
     try:
-        await upgrade(db)
-        account_id = await AccountStore(db).account_id(request.account)
+        account_id = await stores.accounts.account_id(request.account)
         if account_id is None:
             raise RegistrationError(f"there is no account named {request.account!r} (see `fleetops keys list`).")
-        store = DeviceStore(db)
+        store = stores.devices
         psk_out = _open_secret_file(request.psk_out) if request.psk_out is not None else None
         try:
             with Progress(
@@ -128,4 +130,4 @@ async def create_devices(settings: Settings, request: RegistrationRequest, conso
             if psk_out is not None:
                 psk_out.close()
     finally:
-        await db.dispose()
+        await stores.close()

@@ -1,8 +1,9 @@
-"""Identifier formats (iotcloud-actions.md section 0; the formats themselves are our choice, see docs/decisions.md)."""
+"""Identifier formats (the vendor documents none; ours are described in docs/decisions.md#identifiers)."""
 
 from __future__ import annotations
 
 import base64
+import itertools
 import secrets
 import string
 
@@ -15,9 +16,15 @@ def new_product_id() -> str:
     return "".join(secrets.choice(_PRODUCT_ALPHABET) for _ in range(10))
 
 
-def new_task_id() -> str:
-    """24 lower-case hex characters, like the vendor's examples (5ad5b9a53332ea3de678ea52)."""
-    return secrets.token_hex(12)
+# The vendor's task ids look like MongoDB ObjectIds: the example 5ad5b9a53332ea3de678ea52 starts with
+# 0x5ad5b9a5, a Unix time in April 2018. Ours are 24 lower-case hex characters too: the creation time first,
+# then a per-process counter, then 5 random bytes, so ids sort by creation time, which orders DescribeTasks
+# among tasks created in the same second (on one node).
+_task_counter = itertools.count(secrets.randbelow(1 << 23))
+
+
+def new_task_id(now_s: int) -> str:
+    return f"{now_s & 0xFFFFFFFF:08x}{next(_task_counter) & 0xFFFFFF:06x}{secrets.token_hex(5)}"
 
 
 def new_device_psk() -> str:

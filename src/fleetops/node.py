@@ -1,4 +1,20 @@
-"""The app factory: the one place (with cli.py) that builds concrete adapters and wires them together."""
+"""The composition root: the one place that builds fleetops' adapters from Settings and wires them together.
+
+Reading this module top to bottom shows what a node is made of. For a CreateTask call::
+
+    HTTP POST /  ->  api.app.ApiEndpoint  (signature, decoding into api.actions.tasks.CreateTaskRequest)
+                 ->  api.actions.tasks.create_task  ->  backend.tasks.TaskService.create  (domain.tasks rules)
+                 ->  store.tasks.TaskStore.insert_within_limit                            (the waiting task)
+    engine.worker.TaskWorker (woken)  ->  engine.scheduler.Scheduler.claim  ->  engine.executor.TaskExecutor
+                 ->  store.batches.DeviceBatches.merge_desired                (one transaction per batch)
+                 ->  messaging.device_messages.DeviceMessenger.push_deltas    (the device protocol's delta)
+                 ->  the broker's Publisher (embedded gateway, or the client of an external broker)
+
+Every adapter is built once, here, with values taken from Settings; nothing below this module reads Settings,
+and nothing is attached after construction. The only cycle (the broker hands device shadow requests to the
+backend, the backend publishes through the broker) does not exist: a device's own shadow requests need no
+publisher (``backend.device_shadows``), so the broker is built first and the cloud-side use cases after it.
+"""
 
 from __future__ import annotations
 
@@ -6,8 +22,8 @@ import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
+from enum import StrEnum
 
 from starlette.applications import Starlette
 from starlette.routing import BaseRoute, Mount
@@ -17,21 +33,27 @@ from fleetops.api.app import ApiConfig, ApiEndpoint, create_app
 from fleetops.api.ratelimit import RateLimiter
 from fleetops.api.registry import Registry
 from fleetops.backend.container import Backend
+from fleetops.backend.device_shadows import DeviceShadowService
 from fleetops.backend.devices import DeviceService
+from fleetops.backend.keys import KeyService
 from fleetops.backend.messages import MessageService
 from fleetops.backend.products import ProductService
 from fleetops.backend.shadows import ShadowService
 from fleetops.backend.tasks import TaskService
-from fleetops.engine.worker import TaskWorker
+from fleetops.engine.executor import ExecutorConfig, TaskExecutor
+from fleetops.engine.scheduler import Scheduler
+from fleetops.engine.worker import TaskWorker, default_node_id
+from fleetops.messaging.device_messages import DeviceMessenger
 from fleetops.messaging.embedded import EmbeddedBroker
-from fleetops.messaging.external import BrokerAddress, ExternalBroker
+from fleetops.messaging.external import BrokerAddress, ExternalBroker, ExternalOptions
 from fleetops.messaging.http_auth import mqtt_auth_router
-from fleetops.ports.messaging import MessagingService
+from fleetops.messaging.shadow_protocol import DeviceShadowProtocol
+from fleetops.ports.messaging import DeviceMessages, MessagingService, ShadowRequestHandler
 from fleetops.settings import Settings
 from fleetops.store.accounts import AccountStore
-from fleetops.store.database import Database, open_database
+from fleetops.store.batches import DeviceBatches
+from fleetops.store.database import Database, open_migrated_database
 from fleetops.store.devices import DeviceStore
-from fleetops.store.migrate import upgrade
 from fleetops.store.products import ProductStore
 from fleetops.store.shadows import ShadowStore
 from fleetops.store.tasks import TaskStore
@@ -39,85 +61,149 @@ from fleetops.store.tasks import TaskStore
 log = logging.getLogger("fleetops")
 
 
-@dataclass
-class Node:
-    """One fleetops process: database, backend, API and (when started) messaging and the task engine."""
+MessagingFactory = Callable[[ShadowRequestHandler], MessagingService]
 
-    settings: Settings
+
+class Role(StrEnum):
+    SERVE = "serve"  # HTTP API, MQTT side (serving device shadow requests) and the task engine
+    WORKER = "worker"  # the task engine only; publishes on the external broker, leaves shadow requests to serve
+
+
+@dataclass(frozen=True)
+class Stores:
+    """The database and every store on it (what the CLI commands that work without a server need)."""
+
     db: Database
     accounts: AccountStore
+    products: ProductStore
+    devices: DeviceStore
+    shadows: ShadowStore
+    tasks: TaskStore
+    batches: DeviceBatches
+
+    async def close(self) -> None:
+        await self.db.dispose()
+
+
+async def open_stores(settings: Settings) -> Stores:
+    """Open the configured database, migrate it to the newest schema, and build the stores on it."""
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    db = await open_migrated_database(settings.effective_database_url)
+    return Stores(
+        db=db,
+        accounts=AccountStore(db),
+        products=ProductStore(db),
+        devices=DeviceStore(db),
+        shadows=ShadowStore(db),
+        tasks=TaskStore(db),
+        batches=DeviceBatches(db),
+    )
+
+
+def _messaging(
+    settings: Settings, stores: Stores, shadow_handler: ShadowRequestHandler, role: Role
+) -> MessagingService:
+    if settings.mqtt_url:
+        options = ExternalOptions(broker_wait_s=settings.broker_wait_s, serve_shadow_requests=role is Role.SERVE)
+        return ExternalBroker(
+            settings.mqtt_url, shadow_handler, client_id=settings.mqtt_client_id or None, options=options
+        )
+    return EmbeddedBroker(stores.devices, shadow_handler, host=settings.mqtt_host, port=settings.mqtt_port)
+
+
+def node_id(settings: Settings) -> str:
+    return settings.node_id or default_node_id()
+
+
+def build_engine(
+    settings: Settings, tasks: TaskStore, batches: DeviceBatches, messages: DeviceMessages, clock: Callable[[], float]
+) -> TaskWorker:
+    """The task engine of a node: a scheduler and an executor on the shared task table (docs/tasks.md)."""
+    owner = node_id(settings)
+    return TaskWorker(
+        Scheduler(tasks, clock, node_id=owner, lease_s=settings.task_lease_s, retention_s=settings.task_retention_s),
+        TaskExecutor(
+            tasks,
+            batches,
+            messages,
+            ExecutorConfig(
+                node_id=owner,
+                batch_size=settings.task_batch_size,
+                lease_s=settings.task_lease_s,
+                broker_retry_s=settings.task_poll_interval_s,
+            ),
+            clock,
+        ),
+        concurrency=settings.task_concurrency,
+        poll_interval_s=settings.task_poll_interval_s,
+    )
+
+
+@dataclass
+class Node:
+    """One fleetops process: the stores, the MQTT side, the task engine, the use cases and the API."""
+
+    settings: Settings
+    stores: Stores
+    messaging: MessagingService
+    engine: TaskWorker
     backend: Backend
-    clock: Callable[[], float] = time.time
-    # the task engine and the MQTT side; both are services started and stopped with the node (messaging first,
-    # so a task resumed at start finds the publisher)
-    engine: TaskWorker | None = None
-    messaging: MessagingService | None = None
-    devices: DeviceStore | None = None
-    _services: list[Any] = field(default_factory=list)
+    clock: Callable[[], float]
+    shadow_handler: ShadowRequestHandler
 
     @classmethod
     async def open(
-        cls, settings: Settings, clock: Callable[[], float] = time.time, *, serve_shadow_requests: bool = True
+        cls,
+        settings: Settings,
+        clock: Callable[[], float] = time.time,
+        *,
+        role: Role = Role.SERVE,
+        messaging_factory: MessagingFactory | None = None,
     ) -> Node:
-        """``serve_shadow_requests=False``: a worker node, which runs tasks but leaves device shadow requests on
-        the external broker to the ``serve`` nodes."""
-        db = open_database(settings.effective_database_url)
-        await upgrade(db)
-        device_store = DeviceStore(db)
-        engine = TaskWorker.create(db, settings, clock)
-        device_service = DeviceService(device_store, clock, max_devices_per_product=settings.max_devices_per_product)
+        """``messaging_factory`` builds the MQTT side instead of the broker Settings name (a test double, or an
+        application embedding fleetops); it receives the handler of device shadow requests."""
+        stores = await open_stores(settings)
+        shadow_handler = DeviceShadowProtocol(DeviceShadowService(stores.shadows, stores.devices), clock)
+        if messaging_factory is not None:
+            messaging = messaging_factory(shadow_handler)
+        else:
+            messaging = _messaging(settings, stores, shadow_handler, role)
+        messages = DeviceMessenger(messaging.publisher)
+        engine = build_engine(settings, stores.tasks, stores.batches, messages, clock)
+        devices = DeviceService(
+            stores.devices, clock, sessions=messaging, max_devices_per_product=settings.max_devices_per_product
+        )
         backend = Backend(
-            products=ProductService(ProductStore(db), clock),
-            devices=device_service,
-            # the publisher (delta pushes) is attached once the MQTT side exists: ShadowService.attach_publisher
+            keys=KeyService(stores.accounts),
+            products=ProductService(stores.products, clock),
+            devices=devices,
             shadows=ShadowService(
-                ShadowStore(db), device_store, clock, delta_publish_timeout_s=settings.delta_publish_timeout_s
+                stores.shadows, messages, clock, delta_publish_timeout_s=settings.delta_publish_timeout_s
             ),
             tasks=TaskService(
-                TaskStore(db),
-                ProductStore(db),
+                stores.tasks,
+                stores.products,
                 clock,
                 max_open_tasks=settings.max_pending_tasks,
                 retention_s=settings.task_retention_s,
                 on_created=engine.wake,
             ),
-            messages=MessageService(device_service, publish_timeout_s=settings.delta_publish_timeout_s),
+            messages=MessageService(devices, messages, publish_timeout_s=settings.delta_publish_timeout_s),
         )
-        messaging: MessagingService
-        if settings.mqtt_url:
-            messaging = ExternalBroker.from_settings(
-                settings, backend.shadows, serve_shadow_requests=serve_shadow_requests
-            )
-        else:
-            messaging = EmbeddedBroker.from_settings(settings, device_store, backend.shadows)
-        backend.shadows.attach_publisher(messaging.publisher)
-        backend.messages.attach_publisher(messaging.publisher)
-        backend.devices.attach_sessions(messaging)
-        engine.attach_publisher(messaging.publisher)
-        accounts = AccountStore(db)
-        node = cls(
-            settings=settings,
-            db=db,
-            accounts=accounts,
-            backend=backend,
-            clock=clock,
-            engine=engine,
-            messaging=messaging,
-            devices=device_store,
-        )
-        node._services.extend([messaging, engine])
-        return node
+        return cls(settings, stores, messaging, engine, backend, clock, shadow_handler)
+
+    # --- the HTTP side ------------------------------------------------------------------------------------
 
     def _mqtt_auth_routes(self) -> list[BaseRoute]:
         """EMQX 5 HTTP authentication / authorization endpoints, served when an external broker is used."""
-        if not self.settings.mqtt_url or self.devices is None:
+        if not self.settings.mqtt_url:
             return []
         address = BrokerAddress.parse(self.settings.mqtt_url)
         if not address.password:
             log.warning("the external broker URL has no password: the /mqtt/auth endpoints are off (see docs/mqtt.md)")
             return []
         router = mqtt_auth_router(
-            self.devices,
+            self.stores.devices,
             internal_username=address.username or "",
             internal_password=address.password,
             clock=self.clock,
@@ -128,7 +214,6 @@ class Node:
         """The ASGI app; with ``manage_services`` its lifespan starts and stops messaging and the engine."""
         endpoint = ApiEndpoint(
             registry=Registry(all_actions()),
-            accounts=self.accounts,
             backend=self.backend,
             limiter=RateLimiter(self.settings.rate_limit_per_s, self.clock),
             config=ApiConfig(max_body_bytes=self.settings.max_body_bytes, clock_skew_s=self.settings.clock_skew_s),
@@ -145,13 +230,15 @@ class Node:
         finally:
             await self.stop()
 
+    # --- lifecycle: messaging first, so a task resumed at start finds the broker ----------------------------
+
     async def start(self) -> None:
-        for service in self._services:
-            await service.start()
+        await self.messaging.start()
+        await self.engine.start()
 
     async def stop(self) -> None:
-        for service in reversed(self._services):
-            await service.stop()
+        await self.engine.stop()
+        await self.messaging.stop()
 
     async def close(self) -> None:
-        await self.db.dispose()
+        await self.stores.close()

@@ -7,6 +7,7 @@ import base64
 import secrets
 import time
 from collections.abc import Iterator, Sequence
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -217,23 +218,35 @@ class _UnreachableBroker:
         return None
 
 
+class _UnreachableSide:
+    """An MQTT side whose broker is down."""
+
+    def __init__(self, *, hang: bool) -> None:
+        self.publisher = _UnreachableBroker(hang=hang)
+
+    async def start(self) -> None:
+        return None
+
+    async def stop(self) -> None:
+        return None
+
+    async def disconnect_device(self, product_id: str, device_name: str) -> bool:
+        return False
+
+
 @pytest.mark.parametrize("hang", [False, True])
-def test_an_unreachable_broker_is_a_clear_failure_not_an_internal_error(
-    server: LiveServer, client: Any, hang: bool
-) -> None:
-    creds = _device(client, new_product(client))
-    service = server.node.backend.messages
-    down = _UnreachableBroker(hang=hang)
-    service.attach_publisher(down)
-    started = time.monotonic()
-    try:
+def test_an_unreachable_broker_is_a_clear_failure_not_an_internal_error(tmp_path: Path, hang: bool) -> None:
+    side = _UnreachableSide(hang=hang)
+    with server_on("sqlite", tmp_path, messaging_factory=lambda _handler: side) as down_server:
+        client = sdk_client(down_server)
+        creds = _device(client, new_product(client))
+        started = time.monotonic()
         with pytest.raises(TencentCloudSDKException) as caught:
             _publish(client, creds, "control", "x", Qos=1)
-    finally:
-        service.attach_publisher(server.node.messaging.publisher if server.node.messaging else None)
-    assert caught.value.get_code() == "FailedOperation"
-    assert "broker cannot be reached" in caught.value.get_message()
-    assert "Retry" in caught.value.get_message()
-    assert down.attempts == 1
-    # the wait is bounded (FLEETOPS_DELTA_PUBLISH_TIMEOUT_S) even when the broker never answers
-    assert time.monotonic() - started < server.settings.delta_publish_timeout_s + 3
+        elapsed_s = time.monotonic() - started
+        assert caught.value.get_code() == "FailedOperation"
+        assert "broker cannot be reached" in caught.value.get_message()
+        assert "Retry" in caught.value.get_message()
+        assert side.publisher.attempts == 1
+        # the wait is bounded (FLEETOPS_DELTA_PUBLISH_TIMEOUT_S) even when the broker never answers
+        assert elapsed_s < down_server.settings.delta_publish_timeout_s + 3

@@ -49,10 +49,28 @@ class RecordingPublisher:
         return taken
 
 
+class RecordingBroker:
+    """The node's MQTT side for this module: nothing listens, the delta pushes are recorded."""
+
+    def __init__(self) -> None:
+        self.publisher = RecordingPublisher()
+
+    async def start(self) -> None:
+        return None
+
+    async def stop(self) -> None:
+        return None
+
+    async def disconnect_device(self, product_id: str, device_name: str) -> bool:
+        return False
+
+
 @pytest.fixture(scope="module", params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
 def server(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
     """One live server per database for the whole module (tests use products of their own)."""
-    with server_on(request.param, tmp_path_factory.mktemp("shadows-api")) as live:
+    broker = RecordingBroker()
+    with server_on(request.param, tmp_path_factory.mktemp("shadows-api"), messaging_factory=lambda _: broker) as live:
+        live.extra["broker"] = broker
         yield live
 
 
@@ -63,12 +81,12 @@ def client(server: LiveServer) -> Any:
 
 @pytest.fixture
 def publisher(server: LiveServer) -> Iterator[RecordingPublisher]:
-    recording = RecordingPublisher()
-    server.node.backend.shadows.attach_publisher(recording)
+    recording: RecordingPublisher = server.extra["broker"].publisher
+    recording.take()
     try:
         yield recording
     finally:
-        server.node.backend.shadows.attach_publisher(None)
+        recording.down = False
 
 
 def new_device(client: Any, name: str = "lamp") -> str:
@@ -104,9 +122,7 @@ def update(
 
 def device_request(server: LiveServer, pid: str, message: dict[str, Any], name: str = "lamp") -> dict[str, Any]:
     """What the device gets back on $shadow/operation/result/{pid}/{dn} for one request."""
-    reply = server.run(
-        server.node.backend.shadows.handle_shadow_request(pid, name, orjson.dumps(message)), timeout_s=30
-    )
+    reply = server.run(server.node.shadow_handler.handle_shadow_request(pid, name, orjson.dumps(message)), timeout_s=30)
     assert reply is not None
     parsed: dict[str, Any] = orjson.loads(reply)
     return parsed
@@ -254,7 +270,7 @@ def test_device_and_cloud_share_one_shadow(server: LiveServer, client: Any) -> N
     assert describe(client, pid)["payload"]["state"] == {"reported": {"power": "on"}}
 
     assert device_request(server, pid, {"type": "delete"})["result"] == 5101
-    bad = server.run(server.node.backend.shadows.handle_shadow_request(pid, "lamp", b"not json"))
+    bad = server.run(server.node.shadow_handler.handle_shadow_request(pid, "lamp", b"not json"))
     assert bad is not None and orjson.loads(bad)["result"] == 5004
     gone = device_request(server, pid, {"type": "get", "clientToken": "x"}, name="ghost")
     assert gone["result"] == 5001 and gone["clientToken"] == "x"
@@ -269,7 +285,7 @@ def test_concurrent_api_and_device_writes_lose_nothing(server: LiveServer, clien
 
     async def device() -> None:
         async def one(i: int) -> None:
-            reply = await server.node.backend.shadows.handle_shadow_request(
+            reply = await server.node.shadow_handler.handle_shadow_request(
                 pid, "lamp", orjson.dumps({"type": "update", "state": {"reported": {f"dev{i}": i}}})
             )
             assert reply is not None and orjson.loads(reply)["result"] == 0

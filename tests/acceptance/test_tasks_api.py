@@ -20,7 +20,6 @@ from tencentcloud.iotcloud.v20180614 import models
 from fleetops.backend.registration import register_devices
 from fleetops.messaging.embedded import EmbeddedBroker
 from fleetops.ports.messaging import DeviceCredentials
-from fleetops.store.devices import DeviceStore
 from tests.integration.conftest_mqtt import PahoDevice, Received
 from tests.support import LiveServer, new_product, sdk_client, sdk_error_code, start_server
 
@@ -66,9 +65,9 @@ def register_many(server: LiveServer, pid: str, names: list[str]) -> None:
     """Thousands of devices straight through the store (the API would take minutes)."""
 
     async def register() -> None:
-        key = await server.node.accounts.get_key(server.secret_id)
+        key = await server.node.stores.accounts.get_key(server.secret_id)
         assert key is not None
-        store = DeviceStore(server.node.db)
+        store = server.node.stores.devices
         await register_devices(store, key.account_id, pid, names, now_s=int(time.time()), max_devices=10**6)
 
     server.run(register())
@@ -334,6 +333,10 @@ def test_errors_name_the_problem(client: Any) -> None:
     assert failure(create(TaskType="Reboot"))[0] == "InvalidParameterValue"
     assert failure(create(ScheduleTimeInSeconds=int(time.time()) - 100))[0] == "InvalidParameterValue"
     assert failure(create(MaxExecutionTimeInSeconds=86401))[0] == "InvalidParameterValue"
+    code, message = failure(create(Tasks=None))
+    assert code == "MissingParameter" and "Tasks" in message
+    code, message = failure(create(Tasks=update_shadow({"desired": {"a": 1}})))
+    assert code == "InvalidParameterValue" and "the desired state itself" in message
     assert failure(create(Tasks=publish("control", "x")))[0] == "InvalidParameterValue"
     code, message = failure(create(Tasks=update_shadow({"a": {"b": {"c": {"d": {"e": {"f": 1}}}}}})))
     assert code == "InvalidParameterValue" and "levels" in message

@@ -205,7 +205,7 @@ def test_disabled_key(server: LiveServer) -> None:
     sid, skey = server.new_account()
     ok = tc3_post(server.url, server.endpoint, sid, skey, "DescribeProducts", {"Offset": 0, "Limit": 10})
     assert "Error" not in ok
-    server.run(server.node.accounts.set_key_enabled(sid, False))
+    server.run(server.node.stores.accounts.set_key_enabled(sid, False))
     resp = tc3_post(server.url, server.endpoint, sid, skey, "DescribeProducts", {"Offset": 0, "Limit": 10})
     assert error_code(resp) == "AuthFailure.SecretIdNotFound"
 

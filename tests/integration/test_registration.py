@@ -14,9 +14,10 @@ from click.testing import CliRunner
 
 from fleetops.backend.registration import RegistrationError, register_devices
 from fleetops.cli import main
+from fleetops.ports.store import NewDevice
 from fleetops.store.accounts import AccountStore
 from fleetops.store.database import open_database
-from fleetops.store.devices import DeviceStore, NewDevice
+from fleetops.store.devices import DeviceStore
 from fleetops.store.migrate import upgrade
 from fleetops.store.products import ProductStore
 
@@ -128,7 +129,12 @@ def test_cli_creates_devices_without_a_server(database_url: str, tmp_path: Path)
     names_file.write_text("ok-1\nnot ok\n")
     bad = runner.invoke(main, [*base, "--product", PID, "--account", "fleet", "--names-file", str(names_file)])
     assert bad.exit_code != 0 and "do not match" in bad.output
-    wrong = runner.invoke(main, [*base, "--product", "NOPE000000", "--account", "fleet", "--count", "1"])
+    wrong = runner.invoke(
+        main, [*base, "--product", "NOPE000000", "--account", "fleet", "--prefix", "x-", "--count", "1"]
+    )
     assert wrong.exit_code != 0 and "has no product" in wrong.output
-    nobody = runner.invoke(main, [*base, "--product", PID, "--account", "nobody", "--count", "1"])
+    # bare numbers are legal names, but a run without --prefix is a mistake, said so before anything is written
+    bare = runner.invoke(main, [*base, "--product", PID, "--account", "fleet", "--count", "3"])
+    assert bare.exit_code != 0 and "give --prefix with --count" in bare.output
+    nobody = runner.invoke(main, [*base, "--product", PID, "--account", "nobody", "--prefix", "x-", "--count", "1"])
     assert nobody.exit_code != 0 and "no account named" in nobody.output

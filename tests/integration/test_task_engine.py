@@ -13,9 +13,10 @@ from typing import Any
 import orjson
 import pytest
 
-from fleetops.domain.shadow import Shadow, apply_desired, render_delta_push
+from fleetops.domain.shadow import Shadow, apply_desired
 from fleetops.domain.tasks import TaskStatus
 from fleetops.engine.executor import Outcome
+from fleetops.messaging.shadow_protocol import render_delta_push
 from tests.support import TaskEnv, TaskPublisher, open_task_env, wait_until
 
 LAMPS = [f"lamp-{i:03d}" for i in range(150)]

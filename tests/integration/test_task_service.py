@@ -10,8 +10,9 @@ from collections.abc import AsyncIterator
 import pytest
 
 from fleetops import errors
-from fleetops.backend.tasks import TaskService, new_task_id
+from fleetops.backend.tasks import TaskDraft, TaskService
 from fleetops.domain.tasks import TaskStatus, TaskType, UpdateShadowSpec
+from fleetops.ids import new_task_id
 from fleetops.store.database import open_database
 from fleetops.store.products import ProductStore
 from fleetops.store.tasks import TaskStore
@@ -51,38 +52,30 @@ async def test_create_stores_the_effective_values(env: TaskEnv) -> None:
 @pytest.mark.parametrize(
     ("change", "error", "message"),
     [
-        (
-            {"task_type": "Reboot"},
-            errors.InvalidParameterValue,
-            "TaskType must be UpdateShadow or PublishMessage",
-        ),
         ({"device_name_filter": "(unclosed"}, errors.InvalidParameterValue, "missing \\)"),
         ({"device_name_filter": "(a)\\1"}, errors.InvalidParameterValue, "not a valid RE2"),
-        ({"schedule_time_s": 1}, errors.InvalidParameterValue, "ScheduleTimeInSeconds"),
-        ({"max_execution_time_s": DAY + 1}, errors.InvalidParameterValue, "MaxExecutionTimeInSeconds"),
-        ({"tasks": None}, errors.MissingParameter, "Tasks"),
-        (
-            {"tasks": {"PublishMessageTask": {"Topic": "a", "Payload": "b"}}},
-            errors.InvalidParameterValue,
-            "Update",
-        ),
-        ({"tasks": {"UpdateShadowTask": {"Desired": "[1]"}}}, errors.InvalidParameterValue, "JSON object"),
+        ({"schedule_time": 1}, errors.InvalidParameterValue, "ScheduleTimeInSeconds"),
+        ({"desired": None}, errors.InvalidParameterValue, "Tasks.UpdateShadowTask is required"),
+        ({"desired": None, "topic": "a", "payload": "b"}, errors.InvalidParameterValue, "Update"),
+        ({"desired": "[1]"}, errors.InvalidParameterValue, "JSON object"),
+        ({"desired": '{"desired":{"a":1}}'}, errors.InvalidParameterValue, "the desired state itself"),
         ({"product_id": "NOTMINE123"}, errors.ProductNotExist, "NOTMINE123"),
     ],
 )
 async def test_create_refuses_bad_requests_naming_the_problem(
     env: TaskEnv, change: dict[str, object], error: type[errors.ApiError], message: str
 ) -> None:
-    request: dict[str, object] = {
-        "task_type": "UpdateShadow",
+    # TaskType, the range of MaxExecutionTimeInSeconds and a missing Tasks are the request's declaration,
+    # checked when it is decoded (tests/acceptance/test_tasks_api.py)
+    fields: dict[str, object] = {
+        "task_type": TaskType.UPDATE_SHADOW,
         "product_id": env.product_id,
         "device_name_filter": "",
-        "schedule_time_s": 0,
-        "tasks": {"UpdateShadowTask": {"Desired": '{"a":1}'}},
-        "max_execution_time_s": None,
+        "schedule_time": 0,
+        "desired": '{"a":1}',
     } | change
     with pytest.raises(error) as caught:
-        await env.service.create(env.account_id, **request)  # type: ignore[arg-type]
+        await env.service.create(env.account_id, TaskDraft(**fields))  # type: ignore[arg-type]
     assert re.search(message, caught.value.message)
     assert (await env.service.page(env.account_id, 0, 10))[0] == 0
 
@@ -97,12 +90,7 @@ async def test_the_pending_cap_holds_for_concurrent_creates_on_two_nodes(env: Ta
         try:
             return await service.create(
                 env.account_id,
-                task_type="PublishMessage",
-                product_id=env.product_id,
-                device_name_filter="",
-                schedule_time_s=int(env.clock()) + 60,
-                tasks={"PublishMessageTask": {"Topic": "control", "Payload": "x"}},
-                max_execution_time_s=None,
+                env.draft("PublishMessage", "", schedule_time=int(env.clock()) + 60, topic="control", payload="x"),
             )
         except errors.ApiError as exc:
             return exc

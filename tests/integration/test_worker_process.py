@@ -31,15 +31,7 @@ def _prepare(url: str) -> str:
             await register_devices(
                 DeviceStore(env.db), env.account_id, env.product_id, names, now_s=int(time.time()), max_devices=10**6
             )
-            task_id: str = await env.service.create(
-                env.account_id,
-                task_type="UpdateShadow",
-                product_id=env.product_id,
-                device_name_filter="^lamp-00",
-                schedule_time_s=0,
-                tasks={"UpdateShadowTask": {"Desired": '{"color":"red"}'}},
-                max_execution_time_s=None,
-            )
+            task_id = await env.update_shadow_task("^lamp-00", {"color": "red"})
             return task_id
         finally:
             await env.db.dispose()

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import base64
 import re
-import time
 from pathlib import Path
 
 import pytest
@@ -13,13 +12,31 @@ from hypothesis import strategies as st
 
 from fleetops import errors
 from fleetops.api.actions.devices import DEVICE_INFO_FIELDS, device_info
-from fleetops.backend.devices import DEVICE_NAME_PATTERN, DeviceSessions, checked_psk, is_valid_device_name
+from fleetops.backend.device_shadows import DeviceShadowService
+from fleetops.backend.devices import DEVICE_NAME_PATTERN, checked_psk, is_valid_device_name
 from fleetops.backend.registration import RegistrationError, check_names, names_from_file, names_from_prefix
-from fleetops.backend.shadows import ShadowService, checked_prefix, result_topic
-from fleetops.ports.messaging import DeviceDirectory, MessagingService, ShadowRequestHandler
+from fleetops.backend.shadows import checked_prefix
+from fleetops.messaging.device_messages import DeviceMessenger
+from fleetops.messaging.embedded import EmbeddedBroker
+from fleetops.messaging.shadow_protocol import DeviceShadowProtocol
+from fleetops.messaging.topics import shadow_result_topic
+from fleetops.ports import store as ports_store
+from fleetops.ports.messaging import (
+    DeviceDirectory,
+    DeviceMessages,
+    DeviceSessions,
+    DeviceShadows,
+    MessagingService,
+    ShadowRequestHandler,
+)
+from fleetops.ports.store import DeviceRecord
+from fleetops.store.accounts import AccountStore
+from fleetops.store.batches import DeviceBatches
 from fleetops.store.database import open_database
-from fleetops.store.devices import DeviceRecord, DeviceStore
+from fleetops.store.devices import DeviceStore
+from fleetops.store.products import ProductStore
 from fleetops.store.shadows import ShadowStore
+from fleetops.store.tasks import TaskStore
 
 
 def _record(**overrides: object) -> DeviceRecord:
@@ -73,7 +90,7 @@ def test_prefix() -> None:
     for bad in ("shadow", "$sys", "$SHADOW", "$shadow/"):
         with pytest.raises(errors.PrefixInvalid):
             checked_prefix(bad)
-    assert result_topic("$shadow", "ABCDE12345", "lamp") == "$shadow/operation/result/ABCDE12345/lamp"
+    assert shadow_result_topic("ABCDE12345", "lamp", "$template") == "$template/operation/result/ABCDE12345/lamp"
 
 
 @given(st.text(max_size=60))
@@ -147,15 +164,32 @@ def test_device_info_online_state_and_addresses() -> None:
     assert device_info(_record(client_ip="::1"))["ConnIP"] == 0
 
 
-def test_store_and_backend_implement_the_messaging_ports(tmp_path: Path) -> None:
+def test_the_adapters_implement_the_ports(tmp_path: Path) -> None:
     # The annotations are the test: mypy --strict checks each object against the port's protocol.
     db = open_database(f"sqlite:///{tmp_path / 'ports.db'}")  # no connection is made
+    accounts: ports_store.AccountStore = AccountStore(db)
+    products: ports_store.ProductStore = ProductStore(db)
+    devices: ports_store.DeviceStore = DeviceStore(db)
+    shadows: ports_store.ShadowStore = ShadowStore(db)
+    tasks: ports_store.TaskStore = TaskStore(db)
+    batches: ports_store.DeviceBatches = DeviceBatches(db)
     directory: DeviceDirectory = DeviceStore(db)
-    handler: ShadowRequestHandler = ShadowService(ShadowStore(db), DeviceStore(db), time.time)
-    assert callable(directory.device_credentials) and callable(directory.set_online)
-    assert callable(handler.handle_shadow_request)
-
-
-def _sessions_of(service: MessagingService) -> DeviceSessions:
-    # checked by mypy only: the broker side can close sessions for DeleteDevice and disabling
-    return service
+    device_shadows: DeviceShadows = DeviceShadowService(shadows, devices)
+    handler: ShadowRequestHandler = DeviceShadowProtocol(device_shadows)
+    broker = EmbeddedBroker(directory, handler)
+    service: MessagingService = broker
+    sessions: DeviceSessions = broker
+    messages: DeviceMessages = DeviceMessenger(broker.publisher)
+    assert all(
+        callable(getattr(port, name))
+        for port, name in [
+            (accounts, "get_key"),
+            (products, "get"),
+            (tasks, "claim_next"),
+            (batches, "merge_desired"),
+            (handler, "handle_shadow_request"),
+            (service, "start"),
+            (sessions, "disconnect_device"),
+            (messages, "push_deltas"),
+        ]
+    )

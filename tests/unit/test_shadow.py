@@ -1,7 +1,6 @@
-"""Shadow documents: merge (RFC 7396), delta, versions, validation, device requests and the exact wire shapes.
+"""Shadow documents, the pure rules: merge (RFC 7396), delta, versions, validation, device updates.
 
-The example messages are the ones of the device protocol spec (sections 6.3-6.6) and of the iotcloud actions
-spec (section 4), copied here because tests must not read the spec files.
+The wire shapes of both the MQTT replies and the API's Data are tested in test_shadow_wire.py.
 """
 
 from __future__ import annotations
@@ -18,41 +17,29 @@ from hypothesis import strategies as st
 
 from fleetops.domain.limits import SHADOW_MAX_DEPTH, SHADOW_STATE_MAX_BYTES
 from fleetops.domain.shadow import (
-    DeviceRequest,
+    DeviceUpdate,
     JSONObject,
-    ResultCode,
     Shadow,
-    ShadowOp,
-    ShadowRequestRejected,
     apply_desired,
     apply_device_update,
     check_version,
     compute_delta,
+    is_flat,
     json_equal,
     merge_diff,
     merge_patch,
-    parse_device_request,
+    merge_section,
     parse_state_json,
-    render_delta_push,
-    render_describe_shadow_data,
-    render_error_reply,
-    render_get_reply,
-    render_update_reply,
-    render_update_shadow_data,
-    render_version_mismatch_reply,
-    result_code,
     stamp_metadata,
+    state_view,
     validate_state_document,
 )
 from fleetops.errors import (
     ApiError,
-    InternalError,
     InvalidJSON,
-    InvalidParameterValue,
     JSONHasInvalidNode,
     JSONLevelExceedLimit,
     JSONSizeExceedLimit,
-    ParamIncomplete,
     UpdateVersionNotMatch,
 )
 
@@ -61,8 +48,8 @@ def dumps(value: Any) -> str:
     return orjson.dumps(value).decode()
 
 
-def update(state: object, *, version: int | None = None, overwrite: bool = False) -> DeviceRequest:
-    return DeviceRequest(ShadowOp.UPDATE, "tok", state, version, overwrite)
+def update(state: object, *, version: int | None = None, overwrite: bool = False) -> DeviceUpdate:
+    return DeviceUpdate(state, version, overwrite)
 
 
 def shadow_with(
@@ -350,27 +337,6 @@ def test_check_version() -> None:
         check_version(shadow, 4)
 
 
-# --- result codes ------------------------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize(
-    ("error", "code"),
-    [
-        (ParamIncomplete(), 5000),
-        (JSONLevelExceedLimit(), 5002),
-        (JSONHasInvalidNode(), 5003),
-        (InvalidJSON(), 5004),
-        (UpdateVersionNotMatch(), 5005),
-        (JSONSizeExceedLimit(), 5006),
-        (InvalidParameterValue(), 5101),
-        (InternalError(), 5100),
-        (ApiError(), 5100),
-    ],
-)
-def test_result_code_follows_the_class_hierarchy(error: ApiError, code: int) -> None:
-    assert result_code(error) == code
-
-
 # --- cloud-side writes -------------------------------------------------------------------------------------
 
 
@@ -531,46 +497,41 @@ def test_version_absent_zero_or_equal_is_applied(version: int | None) -> None:
 def test_other_versions_are_refused_with_5005(version: int) -> None:
     shadow = shadow_with({"a": 1}, version=7)
     outcome = apply_device_update(shadow, update({"reported": {"a": 2}}, version=version), 9)
-    assert outcome.result is ResultCode.VERSION_MISMATCH
+    assert outcome.version_mismatch
     assert outcome.shadow is shadow
     assert outcome.changed == {}
     assert isinstance(outcome.error, UpdateVersionNotMatch)
 
 
 @pytest.mark.parametrize(
-    ("state", "result"),
+    ("state", "error"),
     [
-        ({"delta": {}}, 5003),
-        ({"reported": {"a": [None]}}, 5003),
-        ("text", 5003),
-        (nested(SHADOW_MAX_DEPTH + 1), 5002),
-        (sized(SHADOW_STATE_MAX_BYTES + 1), 5006),
+        ({"delta": {}}, JSONHasInvalidNode),
+        ({"reported": {"a": [None]}}, JSONHasInvalidNode),
+        ("text", JSONHasInvalidNode),
+        (nested(SHADOW_MAX_DEPTH + 1), JSONLevelExceedLimit),
+        (sized(SHADOW_STATE_MAX_BYTES + 1), JSONSizeExceedLimit),
     ],
 )
-def test_invalid_device_updates_are_refused_and_change_nothing(state: object, result: int) -> None:
+def test_invalid_device_updates_are_refused_and_change_nothing(state: object, error: type[ApiError]) -> None:
     shadow = shadow_with({"a": 1}, version=7)
     outcome = apply_device_update(shadow, update(state), 9)
-    assert outcome.result == result
+    assert type(outcome.error) is error
     assert outcome.shadow is shadow
 
 
 def test_node_errors_come_before_the_version_check_and_the_version_before_the_limits() -> None:
     shadow = shadow_with({"a": 1}, version=7)
-    assert apply_device_update(shadow, update({"delta": {}}, version=1), 9).result == 5003
+    assert type(apply_device_update(shadow, update({"delta": {}}, version=1), 9).error) is JSONHasInvalidNode
     too_deep = nested(SHADOW_MAX_DEPTH + 1)
-    assert apply_device_update(shadow, update(too_deep, version=1), 9).result == 5005
+    assert apply_device_update(shadow, update(too_deep, version=1), 9).version_mismatch
 
 
 def test_a_device_update_growing_the_stored_state_over_the_limit_is_refused() -> None:
     shadow = shadow_with({"big": "x" * (SHADOW_STATE_MAX_BYTES - 100)})
     outcome = apply_device_update(shadow, update({"reported": {"more": "y" * 100}}), 9)
-    assert outcome.result is ResultCode.JSON_TOO_LARGE
+    assert type(outcome.error) is JSONSizeExceedLimit
     assert outcome.shadow is shadow
-
-
-def test_apply_device_update_needs_an_update_request() -> None:
-    with pytest.raises(ValueError, match="update request"):
-        apply_device_update(Shadow.new(), DeviceRequest(ShadowOp.GET), 9)
 
 
 device_states = st.fixed_dictionaries(
@@ -602,8 +563,7 @@ def test_accepted_updates_raise_the_version_by_one_and_rejected_ones_change_noth
         assert outcome.shadow is shadow
         assert outcome.changed == {}
         assert outcome.error is not None
-        assert outcome.result == result_code(outcome.error)
-        if outcome.result is ResultCode.VERSION_MISMATCH:
+        if outcome.version_mismatch:
             assert not version_ok
 
 
@@ -612,191 +572,33 @@ def test_the_changed_state_turns_the_old_sections_into_the_new_ones(
     shadow: Shadow, reported: JSONObject, desired: JSONObject
 ) -> None:
     outcome = apply_device_update(shadow, update({"reported": reported, "desired": desired}), 5)
-    assume(outcome.result not in (ResultCode.JSON_TOO_DEEP, ResultCode.JSON_TOO_LARGE))
+    assume(not isinstance(outcome.error, JSONLevelExceedLimit | JSONSizeExceedLimit))
     assert outcome.accepted
     new = outcome.shadow
     assert json_equal(merge_patch(shadow.reported, outcome.changed.get("reported", {})), new.reported)
     assert json_equal(merge_patch(shadow.desired or {}, outcome.changed.get("desired", {})), new.desired)
 
 
-# --- device requests ---------------------------------------------------------------------------------------
+# --- the merge the task engine runs in SQL for flat patches -------------------------------------------------
 
 
-def test_parse_get_and_update_requests() -> None:
-    assert parse_device_request(b'{"type":"get","clientToken":"ABCDE12345-0"}') == DeviceRequest(
-        ShadowOp.GET, "ABCDE12345-0"
-    )
-    payload = b'{"type":"update","state":{"reported":{"a":1}},"version":3,"overwriteUpdate":true}'
-    assert parse_device_request(payload) == DeviceRequest(ShadowOp.UPDATE, None, {"reported": {"a": 1}}, 3, True)
+@given(old=st.none() | doc_objects, patch=patch_objects, now=st.integers(1, 10**13))
+def test_merge_section_is_merge_patch_and_stamp_metadata(old: JSONObject | None, patch: JSONObject, now: int) -> None:
+    metadata = stamp_metadata(None, None, old or {}, 1)
+    merged, stamps = merge_section(old, metadata, patch, now)
+    assert merged == merge_patch(old, patch)
+    assert stamps == stamp_metadata(old, metadata, patch, now)
 
 
-@pytest.mark.parametrize(
-    ("token", "expected"),
-    [('"abc"', "abc"), ("8480", "8480"), ("-3", "-3"), ("1.5", "1.5"), ("true", None), ("null", None)],
-)
-def test_client_token_numbers_become_their_decimal_text(token: str, expected: str | None) -> None:
-    request = parse_device_request(f'{{"type":"get","clientToken":{token}}}'.encode())
-    assert request.client_token == expected
+def test_is_flat() -> None:
+    assert is_flat({"a": 1, "b": None, "c": [1, {"x": 1}]})  # an object inside an array is a value
+    assert not is_flat({"a": {"b": 1}})
 
 
-@pytest.mark.parametrize(
-    ("payload", "result", "request_type", "client_token"),
-    [
-        (b"not json", 5004, None, None),
-        (b"\xff\xfe", 5004, None, None),
-        (b'["get"]', 5004, None, None),
-        (b'{"clientToken":"t"}', 5000, None, "t"),
-        (b'{"type":"update","clientToken":"t"}', 5000, "update", "t"),
-        (b'{"type":"update","state":null,"clientToken":"t"}', 5000, "update", "t"),
-        (b'{"type":"delete","clientToken":"t"}', 5101, "delete", "t"),
-        (b'{"type":"delta","clientToken":7}', 5101, "delta", "7"),
-        (b'{"type":5}', 5101, None, None),
-        (b'{"type":"update","state":{},"version":"3"}', 5101, "update", None),
-        (b'{"type":"update","state":{},"version":3.0}', 5101, "update", None),
-        (b'{"type":"update","state":{},"version":true}', 5101, "update", None),
-        (b'{"type":"update","state":{},"overwriteUpdate":1}', 5101, "update", None),
-    ],
-)
-def test_bad_requests_carry_the_result_and_what_could_be_read(
-    payload: bytes, result: int, request_type: str | None, client_token: str | None
-) -> None:
-    with pytest.raises(ShadowRequestRejected) as caught:
-        parse_device_request(payload)
-    assert caught.value.result == result
-    assert (caught.value.request_type, caught.value.client_token) == (request_type, client_token)
-
-
-# --- wire shapes: the spec's example sequence, byte for byte -----------------------------------------------
-
-
-def test_never_modified_shadow_get_reply() -> None:
-    reply = render_get_reply(Shadow.new(), "ABCDE12345-0", 1700000000456)
-    assert dumps(reply) == (
-        '{"clientToken":"ABCDE12345-0","payload":{"state":{"reported":{}},"timestamp":1700000000,"version":0},'
-        '"result":0,"timestamp":1700000000,"type":"get"}'
-    )
-
-
-def test_the_spec_example_sequence() -> None:
-    # 1. The device reports at version 0 ("if unsure, pass 0").
-    request = parse_device_request(
-        b'{"type":"update","state":{"reported":{"power":"off","brightness":40}},"version":0,'
-        b'"clientToken":"ABCDE12345-1"}'
-    )
-    outcome = apply_device_update(Shadow.new(), request, 1700000005123)
-    assert dumps(render_update_reply(outcome, request.client_token, 1700000005123)) == (
-        '{"clientToken":"ABCDE12345-1","payload":{"state":{"reported":{"power":"off","brightness":40}},'
-        '"timestamp":1700000005123,"version":1},"result":0,"timestamp":1700000005123,"type":"update"}'
-    )
-    # 2. UpdateDeviceShadow(State={"desired":{"power":"on"}}, ShadowVersion=1).
-    state = validate_state_document(parse_state_json('{"desired":{"power":"on"}}'), allow_desired_only=True)
-    check_version(outcome.shadow, 1)
-    shadow, pushed = apply_desired(outcome.shadow, state["desired"], 1700000010456)
-    assert dumps(render_update_shadow_data(shadow, state["desired"])) == (
-        '{"payload":{"state":{"desired":{"power":"on"}},"metadata":{"desired":{"power":{"timestamp":'
-        '1700000010456}}},"timestamp":1700000010456,"version":2},"result":0,"timestamp":1700000010456,'
-        '"type":"update"}'
-    )
-    # 3. The device receives the delta.
-    assert dumps(render_delta_push(shadow.version, pushed, 1700000010456)) == (
-        '{"type":"delta","timestamp":1700000010456,"payload":{"state":{"power":"on"},"metadata":{"power":'
-        '{"timestamp":1700000010456}},"version":2,"timestamp":1700000010456}}'
-    )
-    # 4. A get shows desired and the delta, the top-level timestamp in seconds.
-    assert dumps(render_get_reply(shadow, "ABCDE12345-0", 1700000020001)) == (
-        '{"clientToken":"ABCDE12345-0","payload":{"state":{"reported":{"power":"off","brightness":40},'
-        '"desired":{"power":"on"},"delta":{"power":"on"}},"timestamp":1700000010456,"version":2},"result":0,'
-        '"timestamp":1700000020,"type":"get"}'
-    )
-    # 5. The device acknowledges: reports the value and clears desired.
-    request = parse_device_request(
-        b'{"type":"update","state":{"reported":{"power":"on"},"desired":null},"version":2,"clientToken":"ABCDE12345-2"}'
-    )
-    outcome = apply_device_update(shadow, request, 1700000011789)
-    assert dumps(render_update_reply(outcome, request.client_token, 1700000011789)) == (
-        '{"clientToken":"ABCDE12345-2","payload":{"state":{"reported":{"power":"on"},"desired":null},'
-        '"timestamp":1700000011789,"version":3},"result":0,"timestamp":1700000011789,"type":"update"}'
-    )
-    # 6. A stale update gets 5005 and the complete current document.
-    request = parse_device_request(
-        b'{"type":"update","state":{"reported":{"power":"off"}},"version":2,"clientToken":"ABCDE12345-4"}'
-    )
-    stale = apply_device_update(outcome.shadow, request, 1700000012000)
-    assert dumps(render_update_reply(stale, request.client_token, 1700000012000)) == (
-        '{"clientToken":"ABCDE12345-4","payload":{"state":{"reported":{"power":"on","brightness":40}},'
-        '"timestamp":1700000011789,"version":3},"result":5005,"timestamp":1700000012000,"type":"update"}'
-    )
-
-
-def test_version_mismatch_reply_includes_desired_and_delta() -> None:
-    reply = render_version_mismatch_reply(shadow_with({"a": 1}, {"a": 2}, version=3, ts=77), None, 99)
-    assert reply == {
-        "payload": {
-            "state": {"reported": {"a": 1}, "desired": {"a": 2}, "delta": {"a": 2}},
-            "timestamp": 77,
-            "version": 3,
-        },
-        "result": 5005,
-        "timestamp": 99,
-        "type": "update",
+def test_state_view_shows_the_delta_only_with_a_desired_section() -> None:
+    assert state_view(shadow_with({"a": 1})) == {"reported": {"a": 1}}
+    assert state_view(shadow_with({"a": 1}, {"a": 2, "b": 3})) == {
+        "reported": {"a": 1},
+        "desired": {"a": 2, "b": 3},
+        "delta": {"a": 2, "b": 3},
     }
-
-
-def test_error_replies_echo_what_could_be_read() -> None:
-    assert dumps(render_error_reply("delete", "t", 5101, 42)) == (
-        '{"clientToken":"t","result":5101,"timestamp":42,"type":"delete"}'
-    )
-    assert render_error_reply(None, None, ResultCode.INVALID_JSON, 42) == {"result": 5004, "timestamp": 42}
-
-
-def test_update_reply_for_a_refused_update_is_an_error_reply() -> None:
-    outcome = apply_device_update(shadow_with({"a": 1}), update({"delta": {}}), 9)
-    assert render_update_reply(outcome, None, 42) == {"result": 5003, "timestamp": 42, "type": "update"}
-
-
-def test_describe_shadow_data_matches_the_official_example() -> None:
-    shadow = Shadow(
-        reported={"color": "red"},
-        desired=None,
-        metadata_reported={"color": {"timestamp": 1509092895971}},
-        metadata_desired={},
-        version=5,
-        timestamp_ms=1509443636326,
-    )
-    assert dumps(render_describe_shadow_data(shadow, 1509440846582)) == (
-        '{"payload":{"state":{"reported":{"color":"red"}},"metadata":{"reported":{"color":{"timestamp":'
-        '1509092895971}}},"timestamp":1509443636326,"version":5},"result":0,"timestamp":1509440846582,'
-        '"type":"get"}'
-    )
-
-
-def test_describe_shadow_data_with_desired_and_of_a_new_shadow() -> None:
-    data = render_describe_shadow_data(shadow_with({"a": 1}, {"a": 2}, version=2, ts=50), 99)
-    assert data["payload"]["state"] == {"reported": {"a": 1}, "desired": {"a": 2}, "delta": {"a": 2}}
-    assert data["payload"]["metadata"] == {
-        "reported": {"a": {"timestamp": 50}},
-        "desired": {"a": {"timestamp": 50}},
-    }
-    new = render_describe_shadow_data(Shadow.new(), 99)
-    assert new["payload"] == {
-        "state": {"reported": {}},
-        "metadata": {"reported": {}},
-        "timestamp": 99,
-        "version": 0,
-    }
-
-
-def test_update_shadow_data_echoes_deletions_and_a_cleared_section() -> None:
-    shadow, _ = apply_desired(shadow_with({}, {"a": 1}, version=1), {"a": None, "b": 2}, 60)
-    data = render_update_shadow_data(shadow, {"a": None, "b": 2})
-    assert data["payload"]["state"] == {"desired": {"a": None, "b": 2}}
-    assert data["payload"]["metadata"] == {"desired": {"b": {"timestamp": 60}}}
-    cleared, _ = apply_desired(shadow, None, 70)
-    data = render_update_shadow_data(cleared, None)
-    assert data["payload"] == {"state": {"desired": None}, "metadata": {}, "timestamp": 70, "version": 3}
-
-
-def test_delta_push_metadata_mirrors_nested_values() -> None:
-    push = render_delta_push(4, {"color": {"r": 1}, "on": True}, 10)
-    assert push["payload"]["metadata"] == {"color": {"r": {"timestamp": 10}}, "on": {"timestamp": 10}}
-    assert "clientToken" not in push and "result" not in push

@@ -12,18 +12,14 @@ import dataclasses
 import hashlib
 import json
 import string
+from collections.abc import Iterator
 from typing import Any
 from urllib.parse import quote
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from tencentcloud.common import credential
-from tencentcloud.common.http.request import RequestInternal
-from tencentcloud.common.profile.client_profile import ClientProfile
-from tencentcloud.common.profile.http_profile import HttpProfile
 from tencentcloud.common.sign import Sign
-from tencentcloud.iotcloud.v20180614 import iotcloud_client
 
 from fleetops.api.request import (
     COMMON_PARAMS,
@@ -44,6 +40,7 @@ from fleetops.api.signing import (
     v1_string_to_sign,
 )
 from fleetops.errors import SignatureExpire, SignatureFailure
+from tests.sdk_capture import Capture, sdk_capture
 
 SECRET_ID = "AKIDz8krbsJ5yKBZQpn74WFkmLPx3EXAMPLE"
 SECRET_KEY = "Gu5t9xGARNpq86cd98joQYCN3EXAMPLE"
@@ -497,20 +494,24 @@ def test_skew_is_checked_before_the_signature() -> None:
 # --- round trips through the official SDK signer -----------------------------------------------------------
 
 
-def sdk_request(sign_method: str, http_method: str, params: dict[str, Any], secret_key: str) -> RawRequest:
-    """What the SDK would put on the wire for ``params`` (without sending it)."""
-    profile = ClientProfile(signMethod=sign_method, httpProfile=HttpProfile(endpoint=LOCAL, reqMethod=http_method))
-    client = iotcloud_client.IotcloudClient(credential.Credential(SECRET_ID, secret_key), "ap-guangzhou", profile)
-    request = RequestInternal(LOCAL, http_method, "/", header={})
-    # A private SDK method: the one its public calls use to build (and sign) the request.
-    client._build_req_inter("CreateTask", params, request)
-    headers = {str(k).lower(): str(v) for k, v in request.header.items()}
-    # In v1 mode the SDK leaves Host to the HTTP library, which sends the endpoint.
-    headers.setdefault("host", LOCAL)
-    data = str(request.data)
-    if http_method == "GET":
-        return RawRequest("GET", data, headers, b"")
-    return RawRequest("POST", "", headers, data.encode("utf-8"))
+@pytest.fixture(scope="module")
+def capture() -> Iterator[Capture]:
+    with sdk_capture() as started:
+        yield started
+
+
+def sdk_request(
+    capture: Capture, sign_method: str, http_method: str, params: dict[str, Any], secret_key: str
+) -> RawRequest:
+    """What the SDK puts on the wire for ``params``: sent to a local capture server (tests/sdk_capture.py)."""
+    return capture.send(
+        "CreateTask",
+        params,
+        secret_id=SECRET_ID,
+        secret_key=secret_key,
+        sign_method=sign_method,
+        http_method=http_method,
+    )
 
 
 def as_strings(value: Any) -> Any:
@@ -552,9 +553,11 @@ keys = st.text(alphabet=string.ascii_letters + string.digits + "+/=*-", min_size
         ]
     ),
 )
-def test_sdk_signed_requests_verify(params: dict[str, Any], secret_key: str, mode: tuple[str, str]) -> None:
+def test_sdk_signed_requests_verify(
+    capture: Capture, params: dict[str, Any], secret_key: str, mode: tuple[str, str]
+) -> None:
     sign_method, http_method = mode
-    raw = sdk_request(sign_method, http_method, params, secret_key)
+    raw = sdk_request(capture, sign_method, http_method, params, secret_key)
     parsed = parse_request(raw)
     assert parsed.scheme == sign_method
     assert parsed.action == "CreateTask" and parsed.secret_id == SECRET_ID

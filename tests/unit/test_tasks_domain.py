@@ -3,36 +3,41 @@
 from __future__ import annotations
 
 import itertools
-from typing import Any
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from fleetops.api.actions.tasks import CreateTaskRequest
+from fleetops.api.decoding import decode_request
 from fleetops.domain.limits import PUBLISH_PAYLOAD_MAX_BYTES
 from fleetops.domain.tasks import (
     DEADLINE_RET_CODE,
+    FINISHED_STATUSES,
+    OPEN_STATUSES,
+    RUNNING,
     PublishMessageSpec,
     TaskEvent,
     TaskStatus,
     TaskType,
     UpdateShadowSpec,
-    can_cancel,
     deadline,
     effective_max_execution_time,
     effective_schedule_time,
     failure_message,
     is_overdue,
-    parse_task_type,
     percent,
+    sources,
+    target,
+    task_spec,
     transition,
-    validate_tasks,
 )
 from fleetops.errors import (
+    ApiError,
     AsyncTaskAlreadyStarted,
+    InvalidParameter,
     InvalidParameterValue,
     InvalidTaskTransition,
-    MissingParameter,
 )
 
 NOW = 1_700_000_000
@@ -74,7 +79,24 @@ def test_transition_table(status: TaskStatus, event: TaskEvent) -> None:
 
 
 def test_only_waiting_tasks_can_be_cancelled() -> None:
-    assert [s for s in TaskStatus if can_cancel(s)] == [TaskStatus.WAITING]
+    assert sources(TaskEvent.CANCEL) == {TaskStatus.WAITING}
+
+
+@pytest.mark.parametrize("event", list(TaskEvent))
+def test_sources_and_target_are_the_transition_table(event: TaskEvent) -> None:
+    # the store builds its conditional UPDATEs from sources/target: they must say what transition() does
+    for status in TaskStatus:
+        if status in sources(event):
+            assert transition(status, event) is target(event)
+        else:
+            with pytest.raises((AsyncTaskAlreadyStarted, InvalidTaskTransition)):
+                transition(status, event)
+
+
+def test_open_and_finished_statuses_partition_the_statuses() -> None:
+    assert OPEN_STATUSES == {TaskStatus.WAITING, TaskStatus.PROCESSING}
+    assert OPEN_STATUSES | FINISHED_STATUSES == set(TaskStatus) and not OPEN_STATUSES & FINISHED_STATUSES
+    assert RUNNING is TaskStatus.PROCESSING
 
 
 def test_cancelling_a_cancelled_task_is_already_started() -> None:
@@ -125,10 +147,30 @@ def test_effective_max_execution_time(requested: int | None, effective: int) -> 
     assert effective_max_execution_time(requested) == effective
 
 
-@pytest.mark.parametrize("requested", [-1, DAY + 1, 10**12])
-def test_max_execution_time_outside_the_range_is_refused(requested: int) -> None:
-    with pytest.raises(InvalidParameterValue, match=f"MaxExecutionTimeInSeconds must be between 0 and {DAY}"):
-        effective_max_execution_time(requested)
+@pytest.mark.parametrize(
+    ("requested", "error", "message"),
+    [
+        (-1, InvalidParameter, f"must be an Integer from 0 to {DAY}, got `-1`"),
+        (DAY + 1, InvalidParameterValue, f"must be between 0 and {DAY}, got `{DAY + 1}`"),
+        (10**12, InvalidParameterValue, f"must be between 0 and {DAY}, got `{10**12}`"),
+    ],
+)
+def test_max_execution_time_outside_the_range_is_refused_by_the_declaration(
+    requested: int, error: type[ApiError], message: str
+) -> None:
+    # the range is part of CreateTask's request declaration, checked once when the request is decoded
+    raw = {
+        "TaskType": "UpdateShadow",
+        "ProductId": "ABCDE12345",
+        "DeviceNameFilter": "",
+        "ScheduleTimeInSeconds": 0,
+        "Tasks": {"UpdateShadowTask": {"Desired": "{}"}},
+        "MaxExecutionTimeInSeconds": requested,
+    }
+    with pytest.raises(error) as caught:
+        decode_request(CreateTaskRequest, raw, from_strings=False)
+    assert type(caught.value) is error
+    assert caught.value.message == f"The parameter `MaxExecutionTimeInSeconds` {message}."
 
 
 def test_deadline_and_overdue_boundary() -> None:
@@ -179,104 +221,92 @@ def test_percent_is_monotonic_and_bounded(all_devices: int, data: st.DataObject)
 # --- the Tasks member --------------------------------------------------------------------------------------
 
 
-def test_parse_task_type() -> None:
-    assert parse_task_type("UpdateShadow") is TaskType.UPDATE_SHADOW
-    assert parse_task_type("PublishMessage") is TaskType.PUBLISH_MESSAGE
-    for bad in ("updateshadow", "", 1, None):
-        with pytest.raises(InvalidParameterValue, match="TaskType must be UpdateShadow or PublishMessage"):
-            parse_task_type(bad)
+def test_task_types_are_the_vendor_values() -> None:
+    # TaskType is decoded from the wire by the request declaration (its values are the allowed choices)
+    assert [t.value for t in TaskType] == ["UpdateShadow", "PublishMessage"]
 
 
 def test_valid_update_shadow_task() -> None:
-    tasks = {"UpdateShadowTask": {"Desired": '{"color": "red", "level": {"a": [1, 2]}}'}}
-    assert validate_tasks(TaskType.UPDATE_SHADOW, tasks) == UpdateShadowSpec({"color": "red", "level": {"a": [1, 2]}})
+    spec = task_spec(TaskType.UPDATE_SHADOW, desired='{"color": "red", "level": {"a": [1, 2]}}')
+    assert spec == UpdateShadowSpec({"color": "red", "level": {"a": [1, 2]}})
 
 
 def test_valid_publish_message_task() -> None:
     # The official example: {"Tasks":{"PublishMessageTask":{"Topic":"event","Payload":"close"}}}.
-    tasks = {"PublishMessageTask": {"Topic": "event", "Payload": "close"}}
-    assert validate_tasks(TaskType.PUBLISH_MESSAGE, tasks) == PublishMessageSpec("event", b"close")
-
-
-def test_missing_tasks_is_a_missing_parameter() -> None:
-    with pytest.raises(MissingParameter, match="Tasks"):
-        validate_tasks(TaskType.UPDATE_SHADOW, None)
+    assert task_spec(TaskType.PUBLISH_MESSAGE, topic="event", payload="close") == PublishMessageSpec("event", b"close")
 
 
 @pytest.mark.parametrize(
-    ("task_type", "tasks", "member"),
+    ("task_type", "members", "member"),
     [
         (TaskType.UPDATE_SHADOW, {}, "UpdateShadowTask"),
-        (TaskType.UPDATE_SHADOW, {"UpdateShadowTask": {}}, "UpdateShadowTask"),
-        (TaskType.UPDATE_SHADOW, {"PublishMessageTask": {"Topic": "t", "Payload": "p"}}, "UpdateShadowTask"),
-        (TaskType.PUBLISH_MESSAGE, {"PublishMessageTask": None}, "PublishMessageTask"),
-        (TaskType.PUBLISH_MESSAGE, {"UpdateShadowTask": {"Desired": "{}"}}, "PublishMessageTask"),
-        (TaskType.PUBLISH_MESSAGE, ["PublishMessageTask"], "PublishMessageTask"),
+        (TaskType.UPDATE_SHADOW, {"topic": "t", "payload": "p"}, "UpdateShadowTask"),
+        (TaskType.PUBLISH_MESSAGE, {}, "PublishMessageTask"),
+        (TaskType.PUBLISH_MESSAGE, {"desired": "{}"}, "PublishMessageTask"),
     ],
 )
-def test_missing_member_names_the_member_and_the_type(task_type: TaskType, tasks: Any, member: str) -> None:
+def test_missing_member_names_the_member_and_the_type(
+    task_type: TaskType, members: dict[str, str], member: str
+) -> None:
     with pytest.raises(InvalidParameterValue) as caught:
-        validate_tasks(task_type, tasks)
+        task_spec(task_type, **members)
     assert caught.value.message == f"Tasks.{member} is required when TaskType is {task_type.value}."
-
-
-def update_shadow(desired: Any) -> dict[str, Any]:
-    return {"UpdateShadowTask": {"Desired": desired}}
 
 
 @pytest.mark.parametrize(
     ("desired", "message"),
     [
-        (None, "must be a JSON object serialized as a string"),
-        ({"color": "red"}, "must be a JSON object serialized as a string"),
         ('{"color": ', "is not valid JSON"),
         ("[1]", "must be a JSON object"),
         ('"red"', "must be a JSON object"),
         ('{"a": [1, null]}', "must not contain null"),
         ('{"a": {"b": {"c": {"d": {"e": {"f": 1}}}}}}', "nested 7 levels deep"),
         ('{"a": "' + "x" * 8200 + '"}', "bytes of compact JSON; at most 8192"),
+        ('{"desired": {"color": "red"}}', 'the desired state itself, e.g. {"color":"red"}, not wrapped in "desired"'),
+        ('{"reported": {"color": "red"}}', 'not wrapped in "reported"'),
     ],
 )
-def test_invalid_desired_is_refused_with_the_shadow_limits(desired: Any, message: str) -> None:
+def test_invalid_desired_is_refused_with_the_shadow_limits(desired: str, message: str) -> None:
     with pytest.raises(InvalidParameterValue) as caught:
-        validate_tasks(TaskType.UPDATE_SHADOW, update_shadow(desired))
+        task_spec(TaskType.UPDATE_SHADOW, desired=desired)
     # CreateTask's documented errors hold only the plain InvalidParameterValue code.
     assert type(caught.value) is InvalidParameterValue
     assert caught.value.message.startswith("Tasks.UpdateShadowTask.Desired")
     assert message in caught.value.message
 
 
+def test_an_attribute_called_desired_beside_others_is_a_desired_value() -> None:
+    spec = task_spec(TaskType.UPDATE_SHADOW, desired='{"desired": {"a": 1}, "b": 2}')
+    assert spec == UpdateShadowSpec({"desired": {"a": 1}, "b": 2})
+
+
 def test_desired_at_the_depth_limit_is_accepted() -> None:
     # {"desired": {"a": {"b": {"c": {"d": {"e": 1}}}}}}: six objects, the wrapper counting as level 1.
-    spec = validate_tasks(TaskType.UPDATE_SHADOW, update_shadow('{"a": {"b": {"c": {"d": {"e": 1}}}}}'))
+    spec = task_spec(TaskType.UPDATE_SHADOW, desired='{"a": {"b": {"c": {"d": {"e": 1}}}}}')
     assert spec == UpdateShadowSpec({"a": {"b": {"c": {"d": {"e": 1}}}}})
-
-
-def publish(topic: Any = "control", payload: Any = "on") -> dict[str, Any]:
-    return {"PublishMessageTask": {"Topic": topic, "Payload": payload}}
 
 
 @pytest.mark.parametrize("topic", ["a", "a:b_c-1", "x" * 128])
 def test_valid_topics(topic: str) -> None:
-    spec = validate_tasks(TaskType.PUBLISH_MESSAGE, publish(topic=topic))
+    spec = task_spec(TaskType.PUBLISH_MESSAGE, topic=topic, payload="on")
     assert isinstance(spec, PublishMessageSpec) and spec.topic == topic
 
 
-@pytest.mark.parametrize("topic", ["", "x" * 129, "a/b", "ABCDE12345/lamp01/control", "a b", "é", None, 5])
-def test_invalid_topics(topic: Any) -> None:
+@pytest.mark.parametrize("topic", ["", "x" * 129, "a/b", "ABCDE12345/lamp01/control", "a b", "é", None])
+def test_invalid_topics(topic: str | None) -> None:
     with pytest.raises(InvalidParameterValue, match=r"Tasks\.PublishMessageTask\.Topic must be the topic after"):
-        validate_tasks(TaskType.PUBLISH_MESSAGE, publish(topic=topic))
+        task_spec(TaskType.PUBLISH_MESSAGE, topic=topic, payload="on")
 
 
 def test_payload_limit_counts_utf8_bytes() -> None:
     at_limit = "é" * (PUBLISH_PAYLOAD_MAX_BYTES // 2)
-    spec = validate_tasks(TaskType.PUBLISH_MESSAGE, publish(payload=at_limit))
+    spec = task_spec(TaskType.PUBLISH_MESSAGE, topic="control", payload=at_limit)
     assert isinstance(spec, PublishMessageSpec) and len(spec.payload) == PUBLISH_PAYLOAD_MAX_BYTES
     with pytest.raises(InvalidParameterValue, match="16386 bytes of UTF-8; at most 16384"):
-        validate_tasks(TaskType.PUBLISH_MESSAGE, publish(payload=at_limit + "é"))
+        task_spec(TaskType.PUBLISH_MESSAGE, topic="control", payload=at_limit + "é")
 
 
-@pytest.mark.parametrize("payload", ["", None, 5, b"bytes"])
-def test_payload_must_be_a_non_empty_string(payload: Any) -> None:
+@pytest.mark.parametrize("payload", ["", None])
+def test_payload_must_be_a_non_empty_string(payload: str | None) -> None:
     with pytest.raises(InvalidParameterValue, match=r"Tasks\.PublishMessageTask\.Payload must be a non-empty string"):
-        validate_tasks(TaskType.PUBLISH_MESSAGE, publish(payload=payload))
+        task_spec(TaskType.PUBLISH_MESSAGE, topic="control", payload=payload)

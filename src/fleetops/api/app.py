@@ -1,6 +1,6 @@
-"""The HTTP front door: one endpoint (``/``) that speaks Tencent Cloud API 3.0.
+"""The HTTP front door: one endpoint (``/``) that speaks Tencent Cloud API 3.0 (docs/protocol.md).
 
-Order of checks (cloud-api.md section 5, server-side verification): method and size, request shape and
+Order of checks (docs/protocol.md#verification): method and size, request shape and
 Authorization format, action and version, clock skew, SecretId, signature, rate limit, then the action's
 parameters. Every response is HTTP 200 with the JSON envelope; a client's mistake is never an InternalError.
 """
@@ -19,7 +19,7 @@ from starlette.responses import PlainTextResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from fleetops import errors
-from fleetops.api.decoding import decode_params
+from fleetops.api.decoding import decode_request
 from fleetops.api.envelope import CONTENT_TYPE, error_body, new_request_id, success_body
 from fleetops.api.metrics import ApiMetrics
 from fleetops.api.ratelimit import RateLimiter
@@ -33,7 +33,6 @@ from fleetops.api.request import (
     verify_signature,
 )
 from fleetops.backend.container import Backend
-from fleetops.store.accounts import AccountStore
 
 log = logging.getLogger("fleetops.access")
 error_log = logging.getLogger("fleetops.api")
@@ -51,14 +50,12 @@ class ApiEndpoint:
     def __init__(
         self,
         registry: Registry,
-        accounts: AccountStore,
         backend: Backend,
         limiter: RateLimiter,
         config: ApiConfig,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._registry = registry
-        self._accounts = accounts
         self._backend = backend
         self._limiter = limiter
         self._config = config
@@ -133,8 +130,8 @@ class ApiEndpoint:
         call.action = action.name
         now = int(self._clock())
         check_timestamp(parsed, now=now, skew_s=self._config.clock_skew_s)
-        key = await self._accounts.get_key(parsed.secret_id)
-        if key is None or not key.enabled:
+        key = await self._backend.keys.resolve(parsed.secret_id)
+        if key is None:
             raise errors.SecretIdNotFound(
                 f"The SecretId `{parsed.secret_id}` does not exist or is disabled. "
                 "Check the key (fleetops keys list) and use an enabled one."
@@ -146,7 +143,7 @@ class ApiEndpoint:
                 f"More than {self._limiter.per_second} {action.name} requests per second for this SecretId. "
                 "Slow down and retry."
             )
-        params = decode_params(parsed.params, action.params, from_strings=parsed.from_strings)
+        params = decode_request(action.request, parsed.params, from_strings=parsed.from_strings)
         ctx = ActionContext(
             account_id=key.account_id,
             secret_id=key.secret_id,

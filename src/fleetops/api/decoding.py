@@ -31,20 +31,21 @@ result, so a handler's own defaults apply.
 
 from __future__ import annotations
 
-import json
+import difflib
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
-from fleetops.api.schema import Kind, Param
+from fleetops.api.schema import INT64_MAX, INT64_MIN, Kind, Param, parameters
+from fleetops.api.text import shown_value
 from fleetops.errors import InvalidParameter, InvalidParameterValue, MissingParameter, UnknownParameter
 
-__all__ = ["decode_params", "unflatten"]
+__all__ = ["decode_request", "unflatten"]
+
+R = TypeVar("R")
 
 UINT64_MAX = 2**64 - 1
-INT64_MIN = -(2**63)
-INT64_MAX = 2**63 - 1
 
 # Booleans in flat requests: the SDK sends str(True) == "True"; people with curl send "true" or "1".
 _TRUE = frozenset({"true", "True", "1"})
@@ -54,7 +55,6 @@ _DECIMAL = re.compile(r"-?[0-9]+")
 # that a hostile "A.99999999999" is refused before any list is sized from it.
 _INDEX = re.compile(r"0|[1-9][0-9]{0,8}")
 _DIGITS = re.compile(r"[0-9]+")
-_SHOWN_CHARS = 64
 
 
 # --- unflatten ---------------------------------------------------------------------------------------------
@@ -163,29 +163,36 @@ def _mixed(path: str) -> InvalidParameter:
     )
 
 
-# --- decode_params -----------------------------------------------------------------------------------------
+# --- decode_request ---------------------------------------------------------------------------------------
 
 
-def decode_params(raw: Mapping[str, Any], spec: Sequence[Param], *, from_strings: bool) -> dict[str, Any]:
-    """Check ``raw`` against ``spec`` and return the values keyed by snake_case name, nested objects too.
+def decode_request(model: type[R], raw: Mapping[str, Any], *, from_strings: bool) -> R:
+    """Check ``raw`` against the request class ``model`` (``api.schema``) and build the request object.
 
     ``from_strings=True`` (GET/form): Integers are parsed from decimal strings, Booleans from
     ``true/false/True/False/1/0``. ``from_strings=False`` (JSON): types must be native JSON; ``true`` is not
     an Integer and ``1.0`` is not an Integer either.
     """
-    return _decode_members(raw, spec, "", from_strings)
+    return _build(model, raw, "", from_strings)
 
 
-def _decode_members(raw: Mapping[str, Any], spec: Sequence[Param], prefix: str, from_strings: bool) -> dict[str, Any]:
-    by_name = {p.name: p for p in spec}
+_MEMBER_NAMES: dict[type, frozenset[str]] = {}
+
+
+def _member_names(model: type[Any]) -> frozenset[str]:
+    names = _MEMBER_NAMES.get(model)
+    if names is None:
+        names = _MEMBER_NAMES[model] = frozenset(p.name for p in parameters(model))
+    return names
+
+
+def _build(model: type[R], raw: Mapping[str, Any], prefix: str, from_strings: bool) -> R:
+    spec = parameters(model)
+    names = _member_names(model)
     for name in raw:
-        if name not in by_name:
-            # The vendor's wording, verbatim.
-            raise UnknownParameter(
-                f"The parameter `{prefix}{name}` is not recognized.",
-                message_zh=f"参数 `{prefix}{name}` 无法识别。",
-            )
-    out: dict[str, Any] = {}
+        if name not in names:
+            raise _unknown(prefix + str(name), str(name), spec)
+    values: dict[str, Any] = {}
     for p in spec:
         path = prefix + p.name
         value = raw.get(p.name)
@@ -196,49 +203,66 @@ def _decode_members(raw: Mapping[str, Any], spec: Sequence[Param], prefix: str, 
                     message_zh=f"缺少必需参数 `{path}`。",
                 )
             continue
-        out[p.snake_name] = _decode_value(value, p, path, from_strings)
-    return out
+        values[p.attr] = _decode_value(value, p, path, from_strings)
+    return model(**values)
+
+
+def _unknown(path: str, name: str, spec: Sequence[Param]) -> UnknownParameter:
+    """The vendor's wording, plus the declared name the client most likely meant."""
+    hint_en = hint_zh = ""
+    declared = [p.name for p in spec]
+    same_letters = [d for d in declared if d.lower() == name.lower()]
+    close = same_letters or difflib.get_close_matches(name, declared, n=1, cutoff=0.75)
+    if close:
+        where = path[: len(path) - len(name)]
+        hint_en = f" Did you mean `{where}{close[0]}`? (parameter names are case-sensitive)"
+        hint_zh = f" 是否应为 `{where}{close[0]}`？（参数名区分大小写）"
+    return UnknownParameter(
+        f"The parameter `{path}` is not recognized.{hint_en}",
+        message_zh=f"参数 `{path}` 无法识别。{hint_zh}",
+    )
 
 
 def _decode_value(value: Any, p: Param, path: str, from_strings: bool) -> Any:
     if p.kind is Kind.STRING:
         if not isinstance(value, str):
-            raise _wrong_type(path, p.kind, value, from_strings)
+            raise _wrong_type(path, p, value, from_strings)
         _check_string(value, p, path)
-        return value
+        return p.enum(value) if p.enum is not None else value
     if p.kind in (Kind.INTEGER, Kind.INT64):
-        number = _to_int(value, p.kind, path, from_strings)
+        number = _to_int(value, p, path, from_strings)
         _check_number(number, p, path)
-        return number
+        return p.enum(number) if p.enum is not None else number
     if p.kind is Kind.BOOLEAN:
-        return _to_bool(value, path, from_strings)
+        return _to_bool(value, p, path, from_strings)
     if p.kind is Kind.OBJECT:
         if not isinstance(value, dict):
-            raise _wrong_type(path, p.kind, value, from_strings)
-        return _decode_members(value, p.fields, path + ".", from_strings)
+            raise _wrong_type(path, p, value, from_strings)
+        assert p.model is not None  # parameters() gives every Object its model
+        return _build(p.model, value, path + ".", from_strings)
     # Kind.ARRAY
     if not isinstance(value, list):
-        raise _wrong_type(path, p.kind, value, from_strings)
+        raise _wrong_type(path, p, value, from_strings)
     if p.max_items is not None and len(value) > p.max_items:
         raise InvalidParameterValue(
             f"The parameter `{path}` may hold at most {p.max_items} items, got {len(value)}.",
             message_zh=f"参数 `{path}` 最多包含 {p.max_items} 个元素，实际为 {len(value)} 个。",
         )
-    assert p.item is not None  # Param.__post_init__ refuses an Array without an item
+    assert p.item is not None  # parameters() gives every Array its element
     item = p.item
     decoded: list[Any] = []
     for index, element in enumerate(value):
         element_path = f"{path}.{index}"
         if element is None:  # an element cannot be "absent"
-            raise _wrong_type(element_path, item.kind, element, from_strings)
+            raise _wrong_type(element_path, item, element, from_strings)
         decoded.append(_decode_value(element, item, element_path, from_strings))
     return decoded
 
 
-def _to_int(value: Any, kind: Kind, path: str, from_strings: bool) -> int:
+def _to_int(value: Any, p: Param, path: str, from_strings: bool) -> int:
     if from_strings and isinstance(value, str):
         if not _DECIMAL.fullmatch(value):
-            raise _wrong_type(path, kind, value, from_strings)
+            raise _wrong_type(path, p, value, from_strings)
         # 21 characters hold every 64-bit value; longer digit strings are out of range (and int() of a
         # 5000-digit string would raise ValueError on its own).
         number = int(value) if len(value) <= 21 else None
@@ -246,16 +270,18 @@ def _to_int(value: Any, kind: Kind, path: str, from_strings: bool) -> int:
         number = value
     elif not from_strings and type(value) is float:
         # Also catches integers beyond 64 bits: orjson parses those as floats.
-        raise _wrong_type(path, kind, value, from_strings, with_range=True)
+        raise _wrong_type(path, p, value, from_strings, with_range=True)
     else:
-        raise _wrong_type(path, kind, value, from_strings)
-    low, high = (0, UINT64_MAX) if kind is Kind.INTEGER else (INT64_MIN, INT64_MAX)
+        raise _wrong_type(path, p, value, from_strings)
+    # A number the vendor's type cannot hold at all (a negative Integer, an Int64 past 64 bits) is not an
+    # Integer on the wire: InvalidParameter. One it can hold but the field cannot is a value error, below.
+    low, high = (0, UINT64_MAX) if p.kind is Kind.INTEGER else (INT64_MIN, INT64_MAX)
     if number is None or not low <= number <= high:
-        raise _wrong_type(path, kind, value, from_strings, with_range=True)
+        raise _wrong_type(path, p, value, from_strings, with_range=True)
     return number
 
 
-def _to_bool(value: Any, path: str, from_strings: bool) -> bool:
+def _to_bool(value: Any, p: Param, path: str, from_strings: bool) -> bool:
     if not from_strings and type(value) is bool:
         return value
     if from_strings and isinstance(value, str):
@@ -263,7 +289,7 @@ def _to_bool(value: Any, path: str, from_strings: bool) -> bool:
             return True
         if value in _FALSE:
             return False
-    raise _wrong_type(path, Kind.BOOLEAN, value, from_strings)
+    raise _wrong_type(path, p, value, from_strings)
 
 
 def _check_string(value: str, p: Param, path: str) -> None:
@@ -275,28 +301,30 @@ def _check_string(value: str, p: Param, path: str) -> None:
             f"The parameter `{path}` must be at most {p.max_length} characters long, got {len(value)} characters.",
             message_zh=f"参数 `{path}` 最长 {p.max_length} 个字符，实际为 {len(value)} 个字符。",
         )
-    if p.pattern is not None and not re.fullmatch(p.pattern, value):
-        shown, _ = _show(value, from_strings=True)
+    if p.pattern is not None and not p.pattern.fullmatch(value):
+        shown, _ = shown_value(value, from_strings=True)
         raise InvalidParameterValue(
-            f"The parameter `{path}` has an invalid format: {shown} does not match `{p.pattern}`.",
-            message_zh=f"参数 `{path}` 格式不正确：{shown} 不符合 `{p.pattern}`。",
+            f"The parameter `{path}` has an invalid format: {shown} does not match `{p.pattern.pattern}`.",
+            message_zh=f"参数 `{path}` 格式不正确：{shown} 不符合 `{p.pattern.pattern}`。",
         )
+
+
+def _range_text(p: Param) -> tuple[str, str]:
+    """How the field's range reads in a message, in English and Chinese (as declared, else the whole range)."""
+    if (p.min_value is None) == (p.max_value is None):  # both declared, or neither
+        return f"between {p.low} and {p.high}", f"取值范围为 {p.low} 到 {p.high}"
+    if p.min_value is not None:
+        return f"at least {p.min_value}", f"不能小于 {p.min_value}"
+    return f"at most {p.max_value}", f"不能大于 {p.max_value}"
 
 
 def _check_number(number: int, p: Param, path: str) -> None:
     if p.choices is not None:
         _check_choices(number, p, path)
         return
-    too_low = p.min_value is not None and number < p.min_value
-    too_high = p.max_value is not None and number > p.max_value
-    if not (too_low or too_high):
+    if p.low <= number <= p.high:
         return
-    if p.min_value is not None and p.max_value is not None:
-        en, zh = f"between {p.min_value} and {p.max_value}", f"取值范围为 {p.min_value} 到 {p.max_value}"
-    elif p.min_value is not None:
-        en, zh = f"at least {p.min_value}", f"不能小于 {p.min_value}"
-    else:
-        en, zh = f"at most {p.max_value}", f"不能大于 {p.max_value}"
+    en, zh = _range_text(p)
     raise InvalidParameterValue(
         f"The parameter `{path}` must be {en}, got `{number}`.",
         message_zh=f"参数 `{path}` {zh}，实际为 `{number}`。",
@@ -309,7 +337,7 @@ def _check_choices(value: str | int, p: Param, path: str) -> None:
         return
     allowed = ", ".join(f"`{c}`" for c in p.choices)
     # The type is already right here, so the bare value is unambiguous.
-    shown, _ = _show(str(value), from_strings=True)
+    shown, _ = shown_value(str(value), from_strings=True)
     raise InvalidParameterValue(
         f"The parameter `{path}` must be one of {allowed}, got {shown}.",
         message_zh=f"参数 `{path}` 的取值必须是 {allowed} 之一，实际为 {shown}。",
@@ -334,22 +362,16 @@ _KIND_ZH = {
     Kind.OBJECT: "Object（对象）",
     Kind.ARRAY: "Array（数组）",
 }
-_RANGE_EN = {
-    Kind.INTEGER: f" from 0 to {UINT64_MAX}",
-    Kind.INT64: f" from {INT64_MIN} to {INT64_MAX}",
-}
-_RANGE_ZH = {
-    Kind.INTEGER: f"，范围 0 到 {UINT64_MAX}",
-    Kind.INT64: f"，范围 {INT64_MIN} 到 {INT64_MAX}",
-}
 
 
-def _wrong_type(path: str, kind: Kind, value: Any, from_strings: bool, *, with_range: bool = False) -> InvalidParameter:
+def _wrong_type(path: str, p: Param, value: Any, from_strings: bool, *, with_range: bool = False) -> InvalidParameter:
+    kind = p.kind
     expected_en, expected_zh = _KIND_EN[kind], _KIND_ZH[kind]
-    if with_range:
-        expected_en += _RANGE_EN[kind]
-        expected_zh += _RANGE_ZH[kind]
-    got_en, got_zh = _show(value, from_strings)
+    if with_range and kind in (Kind.INTEGER, Kind.INT64):
+        # the field's own range, not the wire type's: "Offset" says 0 to 2**63-1, "Limit" 10 to 250
+        expected_en += f" from {p.low} to {p.high}"
+        expected_zh += f"，范围 {p.low} 到 {p.high}"
+    got_en, got_zh = shown_value(value, from_strings)
     hint_en = hint_zh = ""
     if from_strings and isinstance(value, str) and kind in (Kind.OBJECT, Kind.ARRAY):
         # Someone put JSON into a query string; say how flat requests spell structures.
@@ -360,18 +382,3 @@ def _wrong_type(path: str, kind: Kind, value: Any, from_strings: bool, *, with_r
         f"The parameter `{path}` must be {expected_en}, got {got_en}.{hint_en}",
         message_zh=f"参数 `{path}` 应为 {expected_zh}，实际为 {got_zh}。{hint_zh}",
     )
-
-
-def _show(value: Any, from_strings: bool) -> tuple[str, str]:
-    """How a received value is quoted in a message, in English and Chinese; long values are cut short."""
-    if isinstance(value, dict):
-        return "an Object", "对象"
-    if isinstance(value, list):
-        return "an Array", "数组"
-    if value is None:
-        return "null", "null"
-    # A JSON string is shown with its quotes, so `"10"` (a String) is not mistaken for 10 (an Integer).
-    text = value if from_strings and isinstance(value, str) else json.dumps(value, ensure_ascii=False)
-    if len(text) > _SHOWN_CHARS:
-        text = text[: _SHOWN_CHARS - 3] + "..."
-    return f"`{text}`", f"`{text}`"

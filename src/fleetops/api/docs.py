@@ -7,10 +7,11 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Iterable
+from typing import Any
 
 from fleetops.api.actions import all_actions
 from fleetops.api.registry import Action
-from fleetops.api.schema import Param
+from fleetops.api.schema import INT64_MAX, Kind, Param
 
 HEADER = """# API reference (generated)
 
@@ -23,18 +24,15 @@ parameters, rate limit) are listed in [errors.md](errors.md).
 
 def _constraints(p: Param) -> str:
     parts: list[str] = []
-    if p.min_value is not None or p.max_value is not None:
-        lo = "" if p.min_value is None else str(p.min_value)
-        hi = "" if p.max_value is None else str(p.max_value)
-        parts.append(f"{lo}..{hi}")
+    if p.kind in (Kind.INTEGER, Kind.INT64) and p.choices is None:
+        hi = "2^63-1" if p.high == INT64_MAX else str(p.high)
+        parts.append(f"{p.low}..{hi}")
     if p.max_length is not None:
         parts.append(f"length <= {p.max_length}")
-    if p.pattern:
-        parts.append(f"`{p.pattern}`")
+    if p.pattern is not None:
+        parts.append(f"`{p.pattern.pattern}`")
     if p.choices:
         parts.append("one of " + ", ".join(f"`{c}`" for c in p.choices))
-    if p.max_items is not None:
-        parts.append(f"<= {p.max_items} items")
     return "; ".join(parts)
 
 
@@ -45,14 +43,17 @@ def _rows(params: Iterable[Param], prefix: str = "") -> list[str]:
         kind = p.kind.value
         if p.item is not None:
             kind = f"Array of {p.item.kind.value}"
-        rows.append(f"| `{name}` | {kind} | {'yes' if p.required else 'no'} | {_constraints(p)} | {p.doc} |")
+        constraints = _constraints(p.item if p.item is not None else p)
+        if p.max_items is not None:
+            constraints = "; ".join(c for c in (constraints, f"<= {p.max_items} items") if c)
+        rows.append(f"| `{name}` | {kind} | {'yes' if p.required else 'no'} | {constraints} | {p.doc} |")
         rows.extend(_rows(p.fields, name + "."))
         if p.item is not None and p.item.fields:
             rows.extend(_rows(p.item.fields, name + ".N."))
     return rows
 
 
-def render_action(action: Action) -> str:
+def render_action(action: Action[Any]) -> str:
     lines = [f"## {action.name}", "", action.summary, ""]
     if action.params:
         lines += ["| parameter | type | required | constraints | meaning |", "|---|---|---|---|---|"]

@@ -39,6 +39,7 @@ from fleetops.api.signing import (
     verify_tc3,
     verify_v1,
 )
+from fleetops.api.text import cut
 from fleetops.errors import (
     InvalidAuthorization,
     InvalidParameter,
@@ -100,7 +101,6 @@ _SECRET_ID = re.compile(r"[A-Za-z0-9]{1,128}")
 _TIMESTAMP = re.compile(r"[0-9]{1,19}")
 _LANGUAGE_PARAM = re.compile(r"(?:^|&)Language=([^&]*)")
 _LANGUAGES = {"zh-cn": "zh-CN", "en-us": "en-US"}
-_SHOWN_CHARS = 64
 
 
 @dataclass(frozen=True)
@@ -159,8 +159,8 @@ def parse_request(raw: RawRequest) -> ParsedRequest:
     """Read the common parameters, the credentials and the business parameters; raise ``ApiError``."""
     if raw.method not in ("GET", "POST"):
         raise UnsupportedProtocol(
-            f"The HTTP method `{_cut(raw.method)}` is not supported; use GET or POST.",
-            message_zh=f"不支持 HTTP 方法 `{_cut(raw.method)}`，请使用 GET 或 POST。",
+            f"The HTTP method `{cut(raw.method)}` is not supported; use GET or POST.",
+            message_zh=f"不支持 HTTP 方法 `{cut(raw.method)}`，请使用 GET 或 POST。",
         )
     authorization = raw.headers.get("authorization")
     _check_size(raw, tc3=authorization is not None)
@@ -402,8 +402,8 @@ def _required(value: str | None, name: str) -> str:
 def _version(value: str) -> str:
     if value != API_VERSION:
         raise NoSuchVersion(
-            f"The API version `{_cut(value)}` does not exist; this service implements iotcloud version {API_VERSION}.",
-            message_zh=f"API 版本 `{_cut(value)}` 不存在；本服务实现的是 iotcloud {API_VERSION} 版本。",
+            f"The API version `{cut(value)}` does not exist; this service implements iotcloud version {API_VERSION}.",
+            message_zh=f"API 版本 `{cut(value)}` 不存在；本服务实现的是 iotcloud {API_VERSION} 版本。",
         )
     return value
 
@@ -411,8 +411,8 @@ def _version(value: str) -> str:
 def _whole_number(value: str, name: str, *, what: str = "a Unix time in whole seconds") -> int:
     if not _TIMESTAMP.fullmatch(value):
         raise InvalidParameter(
-            f"The parameter `{name}` must be {what}, got `{_cut(value)}`.",
-            message_zh=f"参数 `{name}` 应为非负整数，实际为 `{_cut(value)}`。",
+            f"The parameter `{name}` must be {what}, got `{cut(value)}`.",
+            message_zh=f"参数 `{name}` 应为非负整数，实际为 `{cut(value)}`。",
         )
     return int(value)
 
@@ -430,12 +430,8 @@ def _language(value: str) -> str:
 
 
 def _unsupported_content_type(media_type: str) -> InvalidRequest:
-    shown = _cut(media_type) or "(none)"
+    shown = cut(media_type) or "(none)"
     return InvalidRequest(
         f"The Content-Type `{shown}` is not supported; send application/json or application/x-www-form-urlencoded.",
         message_zh=f"不支持 Content-Type `{shown}`，请使用 application/json 或 application/x-www-form-urlencoded。",
     )
-
-
-def _cut(text: str) -> str:
-    return text if len(text) <= _SHOWN_CHARS else text[: _SHOWN_CHARS - 3] + "..."

@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Final, Literal
 
+from fleetops.api.text import cut
 from fleetops.errors import InvalidAuthorization, SignatureFailure
 
 __all__ = [
@@ -61,7 +62,6 @@ UNSIGNED_PAYLOAD = "UNSIGNED-PAYLOAD"
 
 _HEADER_NAME = re.compile(r"[a-z0-9-]+")
 _HEX_SIGNATURE = re.compile(r"[0-9a-fA-F]{64}")
-_SHOWN_CHARS = 64
 
 
 @dataclass(frozen=True)
@@ -86,17 +86,17 @@ def parse_authorization(value: str) -> Tc3Authorization:
     algorithm, _, rest = value.strip().partition(" ")
     if algorithm != TC3_ALGORITHM:
         raise _bad_authorization(
-            f"it must start with `{TC3_ALGORITHM}`, got `{_cut(algorithm)}`",
-            f"必须以 `{TC3_ALGORITHM}` 开头，实际为 `{_cut(algorithm)}`",
+            f"it must start with `{TC3_ALGORITHM}`, got `{cut(algorithm)}`",
+            f"必须以 `{TC3_ALGORITHM}` 开头，实际为 `{cut(algorithm)}`",
         )
     parts: dict[str, str] = {}
     for part in rest.split(","):
         key, eq, val = (s.strip() for s in part.partition("="))
         if not eq or key not in ("Credential", "SignedHeaders", "Signature") or key in parts:
             raise _bad_authorization(
-                f"unexpected part `{_cut(part.strip())}`; expected Credential=..., SignedHeaders=..., "
+                f"unexpected part `{cut(part.strip())}`; expected Credential=..., SignedHeaders=..., "
                 "Signature=..., each once",
-                f"无法识别的部分 `{_cut(part.strip())}`",
+                f"无法识别的部分 `{cut(part.strip())}`",
             )
         parts[key] = val
     missing = [k for k in ("Credential", "SignedHeaders", "Signature") if k not in parts]
@@ -221,14 +221,14 @@ def verify_tc3(
     """
     if auth.service != service:
         raise SignatureFailure(
-            f"The credential scope names the service `{_cut(auth.service)}`; this endpoint is `{service}`.",
-            message_zh=f"签名范围中的服务为 `{_cut(auth.service)}`，本服务为 `{service}`。",
+            f"The credential scope names the service `{cut(auth.service)}`; this endpoint is `{service}`.",
+            message_zh=f"签名范围中的服务为 `{cut(auth.service)}`，本服务为 `{service}`。",
         )
     expected_date = utc_date(timestamp)
     if auth.date != expected_date:
         raise SignatureFailure(
-            f"The credential scope date `{_cut(auth.date)}` is not the UTC date of X-TC-Timestamp ({expected_date}).",
-            message_zh=f"签名范围中的日期 `{_cut(auth.date)}` 与 X-TC-Timestamp 的 UTC 日期（{expected_date}）不一致。",
+            f"The credential scope date `{cut(auth.date)}` is not the UTC date of X-TC-Timestamp ({expected_date}).",
+            message_zh=f"签名范围中的日期 `{cut(auth.date)}` 与 X-TC-Timestamp 的 UTC 日期（{expected_date}）不一致。",
         )
     unsigned = headers.get("x-tc-content-sha256", "").strip() == UNSIGNED_PAYLOAD
     body_hash = _payload_hash(method, body, unsigned)
@@ -284,7 +284,3 @@ def _bad_authorization(en: str, zh: str) -> InvalidAuthorization:
         f"The Authorization header is malformed: {en}.",
         message_zh=f"Authorization 头部格式错误：{zh}。",
     )
-
-
-def _cut(text: str) -> str:
-    return text if len(text) <= _SHOWN_CHARS else text[: _SHOWN_CHARS - 3] + "..."

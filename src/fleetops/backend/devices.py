@@ -11,10 +11,11 @@ import logging
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Final, Protocol
+from typing import Any, Final
 
 from fleetops import errors, ids
-from fleetops.store.devices import (
+from fleetops.ports.messaging import DeviceSessions
+from fleetops.ports.store import (
     DeviceLimitReached,
     DeviceMissing,
     DeviceNameTaken,
@@ -33,12 +34,6 @@ _DEVICE_NAME = re.compile(DEVICE_NAME_PATTERN)
 # DescribeDevices: this literal FirmwareVersion selects the devices that have not reported a version.
 NO_FIRMWARE_VERSION: Final = "None-FirmwareVersion"
 MAX_PSK_LENGTH: Final = 128  # characters of Base64, the column width
-
-
-class DeviceSessions(Protocol):
-    """What the device use cases need from the MQTT side (``messaging.ports.MessagingService`` has it)."""
-
-    async def disconnect_device(self, product_id: str, device_name: str) -> bool: ...
 
 
 @dataclass(frozen=True)
@@ -84,16 +79,13 @@ class DeviceService:
         store: DeviceStore,
         clock: Callable[[], float],
         *,
+        sessions: DeviceSessions | None,
         max_devices_per_product: int = MAX_DEVICES_PER_PRODUCT,
-        sessions: DeviceSessions | None = None,
     ) -> None:
+        """``sessions`` None: a node without an MQTT side (the CLI), where nothing is connected to close."""
         self._store = store
         self._clock = clock
         self.max_devices_per_product = max_devices_per_product
-        self._sessions = sessions
-
-    def attach_sessions(self, sessions: DeviceSessions | None) -> None:
-        """Connect the MQTT side once it exists (it needs the backend first, so it comes after)."""
         self._sessions = sessions
 
     async def create(

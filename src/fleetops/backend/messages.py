@@ -8,19 +8,16 @@ import logging
 from fleetops import errors
 from fleetops.backend.devices import DeviceService
 from fleetops.domain.messages import check_device_topic, decode_payload
-from fleetops.ports.messaging import OfflineQueues, Publisher
+from fleetops.ports.messaging import DeviceMessages
 
 log = logging.getLogger(__name__)
 
 
 class MessageService:
-    def __init__(self, devices: DeviceService, *, publish_timeout_s: float = 5.0) -> None:
+    def __init__(self, devices: DeviceService, messages: DeviceMessages, *, publish_timeout_s: float = 5.0) -> None:
         self._devices = devices
-        self._publisher: Publisher | None = None
+        self._messages = messages
         self._publish_timeout_s = publish_timeout_s
-
-    def attach_publisher(self, publisher: Publisher | None) -> None:
-        self._publisher = publisher
 
     async def publish(
         self,
@@ -43,13 +40,10 @@ class MessageService:
             raise errors.DeviceAlreadyDisabled(
                 f"The device {product_id}/{device_name} is disabled; enable it (UpdateDevicesEnableState) first."
             )
-        publisher = self._publisher
-        if publisher is None:
-            raise errors.FailedOperation("The MQTT side of this node is not running; the message was not sent.")
-        self._check_deliverable(publisher, product_id, device_name, topic, qos)
+        self._check_deliverable(product_id, device_name, topic, qos)
         try:
             async with asyncio.timeout(self._publish_timeout_s):
-                await publisher.publish(topic, data, qos)
+                await self._messages.publish(topic, data, qos)
         except (errors.BrokerUnavailable, TimeoutError) as exc:
             reason = str(exc) or f"no answer within {self._publish_timeout_s:g} s"
             log.warning("PublishMessage to %s: broker unavailable (%s)", topic, reason)
@@ -58,11 +52,10 @@ class MessageService:
                 "Retry later."
             ) from exc
 
-    @staticmethod
-    def _check_deliverable(publisher: Publisher, product_id: str, device_name: str, topic: str, qos: int) -> None:
+    def _check_deliverable(self, product_id: str, device_name: str, topic: str, qos: int) -> None:
         """What the broker knows of the device (the embedded broker knows; an external one says None)."""
-        online = publisher.online(product_id, device_name)
-        subscribed = publisher.subscribed(topic)
+        view = self._messages.delivery_view(product_id, device_name, topic)
+        online, subscribed, room = view.online, view.subscribed, view.offline_room
         if online is None or subscribed is None:
             return
         if online and not subscribed:
@@ -74,7 +67,6 @@ class MessageService:
         # offline: a QoS 1 message is kept only by a persistent session subscribed to the topic with QoS 1, and
         # only while its queue has room (docs/decisions.md: then the call succeeds); anything else would be lost,
         # so it is refused with the reason
-        room = publisher.offline_room(product_id, device_name, topic) if isinstance(publisher, OfflineQueues) else None
         if qos == 0 or room is None:
             raise errors.DeviceOffline(
                 f"The device {product_id}/{device_name} is offline"

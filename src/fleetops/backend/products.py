@@ -1,12 +1,12 @@
-"""Product use cases: create, describe, list, delete (iotcloud-actions.md section 2)."""
+"""Product use cases: create, describe, list, delete (docs/api.md)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from fleetops import errors, ids
-from fleetops.store.products import NameTaken, ProductRecord, ProductStore
+from fleetops.ports.store import ProductNameTaken, ProductRecord, ProductStore
 
 MAX_PRODUCTS_PER_ACCOUNT = 2000  # vendor usage limit
 
@@ -15,7 +15,7 @@ SUPPORTED_ENCRYPTION_TYPES = ("2",)
 SUPPORTED_PRODUCT_TYPES = (0,)
 
 
-def normalized_properties(given: dict[str, Any]) -> dict[str, Any]:
+def normalized_properties(given: Mapping[str, Any]) -> dict[str, Any]:
     """ProductProperties with the defaults filled, in wire (PascalCase) form, as CreateProduct echoes them."""
     encryption = str(given.get("encryption_type") or "2")
     if encryption not in SUPPORTED_ENCRYPTION_TYPES:
@@ -54,7 +54,7 @@ class ProductService:
         self._store = store
         self._clock = clock
 
-    async def create(self, account_id: int, name: str, properties: dict[str, Any]) -> ProductRecord:
+    async def create(self, account_id: int, name: str, properties: Mapping[str, Any]) -> ProductRecord:
         props = normalized_properties(properties)
         for _attempt in range(5):  # a product id collision is astronomically rare; retry a few times anyway
             product_id = ids.new_product_id()
@@ -62,7 +62,7 @@ class ProductService:
                 record = await self._store.insert(
                     account_id, product_id, name, props, int(self._clock()), MAX_PRODUCTS_PER_ACCOUNT
                 )
-            except NameTaken as exc:
+            except ProductNameTaken as exc:
                 if await self._store.name_exists(account_id, name):
                     raise errors.ProductAlreadyExist(
                         f"The account already has a product named `{name}`; choose another ProductName."

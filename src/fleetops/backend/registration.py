@@ -20,7 +20,7 @@ from typing import Final, TextIO
 
 from fleetops.backend.devices import DEVICE_NAME_PATTERN, is_valid_device_name
 from fleetops.errors import FleetopsError
-from fleetops.store.devices import DeviceStore, NewDevice
+from fleetops.ports.store import DeviceStore, NewDevice
 
 DEFAULT_BATCH_SIZE: Final = 10_000
 PSK_BYTES: Final = 18  # as fleetops.ids.new_device_psk

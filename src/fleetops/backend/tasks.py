@@ -7,32 +7,35 @@ The rules are ``fleetops.domain.tasks`` (type, Tasks member, schedule, deadline,
 
 from __future__ import annotations
 
-import itertools
-import secrets
 from collections.abc import Callable
+from dataclasses import dataclass
 
 from fleetops import errors
 from fleetops.domain.name_filter import compile_name_filter
 from fleetops.domain.tasks import (
     TaskEvent,
+    TaskType,
     effective_max_execution_time,
     effective_schedule_time,
-    parse_task_type,
+    task_spec,
     transition,
-    validate_tasks,
 )
-from fleetops.store.products import ProductStore
-from fleetops.store.tasks import NewTask, TaskRecord, TaskStore
-
-# The vendor's task ids look like MongoDB ObjectIds: the example 5ad5b9a53332ea3de678ea52 starts with
-# 0x5ad5b9a5, a Unix time in April 2018. Ours keep the 24 lower-case hex characters of ids.new_task_id, with
-# the creation time first, then a per-process counter, then 5 random bytes: ids sort by creation time, which
-# orders DescribeTasks among tasks created in the same second (on one node).
-_counter = itertools.count(secrets.randbelow(1 << 23))
+from fleetops.ids import new_task_id
+from fleetops.ports.store import NewTask, ProductStore, TaskRecord, TaskStore
 
 
-def new_task_id(now_s: int) -> str:
-    return f"{now_s & 0xFFFFFFFF:08x}{next(_counter) & 0xFFFFFF:06x}{secrets.token_hex(5)}"
+@dataclass(frozen=True, slots=True)
+class TaskDraft:
+    """What CreateTask asks for, as decoded from the request (nothing checked beyond the declaration yet)."""
+
+    task_type: TaskType
+    product_id: str
+    device_name_filter: str
+    schedule_time: int  # Unix seconds; 0 = now
+    max_execution_time_s: int | None = None  # None or 0 = the default
+    desired: str | None = None  # Tasks.UpdateShadowTask.Desired (JSON text)
+    topic: str | None = None  # Tasks.PublishMessageTask.Topic (the suffix after {pid}/{dn}/)
+    payload: str | None = None  # Tasks.PublishMessageTask.Payload
 
 
 def _not_found(task_id: str) -> errors.TaskNotExist:
@@ -61,34 +64,23 @@ class TaskService:
     def _visible_since(self) -> int:
         return int(self._clock()) - self._retention_s
 
-    async def create(
-        self,
-        account_id: int,
-        *,
-        task_type: str,
-        product_id: str,
-        device_name_filter: str,
-        schedule_time_s: int,
-        tasks: object,
-        max_execution_time_s: int | None,
-    ) -> str:
+    async def create(self, account_id: int, draft: TaskDraft) -> str:
         """Validate and store a task (status 1); returns its TaskId."""
-        kind = parse_task_type(task_type)
-        spec = validate_tasks(kind, tasks)
-        compile_name_filter(device_name_filter)  # an invalid RE2 filter fails here, naming the problem
+        spec = task_spec(draft.task_type, desired=draft.desired, topic=draft.topic, payload=draft.payload)
+        compile_name_filter(draft.device_name_filter)  # an invalid RE2 filter fails here, naming the problem
         now = int(self._clock())
-        schedule_time = effective_schedule_time(schedule_time_s, now)
-        max_execution_s = effective_max_execution_time(max_execution_time_s)
-        product = await self._products.get(account_id, product_id)
+        schedule_time = effective_schedule_time(draft.schedule_time, now)
+        max_execution_s = effective_max_execution_time(draft.max_execution_time_s)
+        product = await self._products.get(account_id, draft.product_id)
         if product is None:
-            raise errors.ProductNotExist(f"The product `{product_id}` does not exist in this account.")
+            raise errors.ProductNotExist(f"The product `{draft.product_id}` does not exist in this account.")
         task = NewTask(
             id=new_task_id(now),
             account_id=account_id,
             product_pk=product.pk,
-            product_id=product_id,
-            type=kind,
-            name_filter=device_name_filter,
+            product_id=draft.product_id,
+            type=draft.task_type,
+            name_filter=draft.device_name_filter,
             spec=spec,
             created_at=now,
             schedule_time=schedule_time,

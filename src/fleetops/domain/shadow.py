@@ -1,4 +1,4 @@
-"""Device shadow documents: the pure rules of device-protocol sections 6-7 and iotcloud-actions section 4.
+"""Device shadow documents: the pure rules of a shadow (docs/mqtt.md#device-shadow, docs/api.md).
 
 A shadow holds ``reported`` (written by the device), ``desired`` (written by applications; the device may
 clear it or write to it), a metadata mirror of both sections, a version and the time of the last change.
@@ -6,22 +6,22 @@ clear it or write to it), a metadata mirror of both sections, a version and the 
 ``reported``.
 
 Every write is an RFC 7396 JSON merge patch of a section: ``null`` deletes a key, an object is merged into an
-object recursively, anything else (arrays, or an object over a non-object) replaces. The engine performs the
-same merge in SQL (SQLite ``json_patch``, a PostgreSQL merge-patch function), which is why
-:func:`merge_patch` follows RFC 7396 exactly. A section set to ``null`` is removed (``reported`` becomes
+object recursively, anything else (arrays, or an object over a non-object) replaces. The task engine performs
+the same merge in SQL for flat patches (SQLite ``json_patch``, PostgreSQL ``jsonb`` operators), tested against
+:func:`merge_patch`, which follows RFC 7396 exactly. A section set to ``null`` is removed (``reported`` becomes
 ``{}``). Each accepted change raises the version by exactly one; a rejected change alters nothing.
 
-Validation raises API errors (``fleetops.errors``); the MQTT side turns them into the ``result`` codes of
-section 6.8 with :func:`result_code`, the one mapping table. Renderers return dicts; callers serialize them
-with orjson. Timestamps are integers: ``now_ms`` is milliseconds since the epoch.
+Validation raises API errors (``fleetops.errors``); the MQTT side turns them into the ``result`` codes of its
+replies (``messaging/shadow_protocol.py``), the API into error envelopes. How a document is rendered on each
+wire lives with that wire; this module is only the rules. Timestamps are integers: ``now_ms`` is milliseconds
+since the epoch.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from dataclasses import dataclass
-from enum import IntEnum, StrEnum
 from typing import Any, Final
 
 import orjson
@@ -29,15 +29,10 @@ import orjson
 from fleetops.domain.limits import SHADOW_MAX_DEPTH, SHADOW_STATE_MAX_BYTES
 from fleetops.errors import (
     ApiError,
-    DeviceNotExist,
-    FleetopsError,
     InvalidJSON,
-    InvalidParameterValue,
     JSONHasInvalidNode,
     JSONLevelExceedLimit,
     JSONSizeExceedLimit,
-    ParamIncomplete,
-    ProductOrDeviceNotExist,
     UpdateVersionNotMatch,
 )
 
@@ -45,54 +40,6 @@ JSONObject = dict[str, Any]
 
 REPORTED: Final = "reported"
 DESIRED: Final = "desired"
-
-
-class ShadowOp(StrEnum):
-    """The ``type`` of shadow messages; ``delta`` is sent by the server only."""
-
-    GET = "get"
-    UPDATE = "update"
-    DELTA = "delta"
-
-
-class ResultCode(IntEnum):
-    """The ``result`` of shadow replies (device protocol section 6.8; legacy shadow-API numbers)."""
-
-    SUCCESS = 0
-    MISSING_INFORMATION = 5000
-    DEVICE_NOT_EXIST = 5001
-    JSON_TOO_DEEP = 5002
-    INVALID_NODE = 5003
-    INVALID_JSON = 5004
-    VERSION_MISMATCH = 5005
-    JSON_TOO_LARGE = 5006
-    INTERNAL_ERROR = 5100
-    INVALID_PARAMETER = 5101
-    PRODUCT_OR_DEVICE_NOT_EXIST = 5102
-
-
-# The one table between API errors and MQTT result codes; looked up along the class hierarchy, so the most
-# specific class wins (InvalidJSON is an InvalidParameterValue but maps to 5004, not 5101).
-_RESULT_CODES: Final[Mapping[type, ResultCode]] = {
-    ParamIncomplete: ResultCode.MISSING_INFORMATION,
-    DeviceNotExist: ResultCode.DEVICE_NOT_EXIST,
-    JSONLevelExceedLimit: ResultCode.JSON_TOO_DEEP,
-    JSONHasInvalidNode: ResultCode.INVALID_NODE,
-    InvalidJSON: ResultCode.INVALID_JSON,
-    UpdateVersionNotMatch: ResultCode.VERSION_MISMATCH,
-    JSONSizeExceedLimit: ResultCode.JSON_TOO_LARGE,
-    InvalidParameterValue: ResultCode.INVALID_PARAMETER,
-    ProductOrDeviceNotExist: ResultCode.PRODUCT_OR_DEVICE_NOT_EXIST,
-}
-
-
-def result_code(error: ApiError) -> ResultCode:
-    """The MQTT ``result`` for an API error; anything unmapped is an internal error (5100)."""
-    for cls in type(error).__mro__:
-        code = _RESULT_CODES.get(cls)
-        if code is not None:
-            return code
-    return ResultCode.INTERNAL_ERROR
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,6 +85,15 @@ def merge_patch(target: Any, patch: Any) -> Any:
         else:
             result[key] = merge_patch(result.get(key), value)
     return result
+
+
+def is_flat(patch: JSONObject) -> bool:
+    """No object among the values: a merge whose result and metadata need no knowledge of the old values.
+
+    The task engine merges such patches in SQL; :func:`merge_patch` and :func:`stamp_metadata` define the
+    result both SQL dialects must give (tests/integration/test_shadow_merge_sql.py checks them against it).
+    """
+    return not any(isinstance(value, dict) for value in patch.values())
 
 
 def merge_diff(old: JSONObject, new: JSONObject) -> JSONObject:
@@ -286,13 +242,20 @@ def check_version(shadow: Shadow, expected: int) -> None:
 # --- writes ------------------------------------------------------------------------------------------------
 
 
+def merge_section(
+    data: JSONObject | None, metadata: Any, patch: JSONObject, now_ms: int
+) -> tuple[JSONObject, JSONObject]:
+    """A section (``reported`` or ``desired``) and its metadata after the merge patch ``patch``."""
+    merged: JSONObject = merge_patch(data, patch)
+    return merged, stamp_metadata(data, metadata, patch, now_ms)
+
+
 def _write_section(
     data: JSONObject | None, metadata: JSONObject, patch: JSONObject, *, overwrite: bool, now_ms: int
 ) -> tuple[JSONObject, JSONObject]:
     if overwrite:  # overwriteUpdate: the section is replaced wholesale, every key counts as written
         data, metadata = None, {}
-    new_data: JSONObject = merge_patch(data, patch)
-    return new_data, stamp_metadata(data, metadata, patch, now_ms)
+    return merge_section(data, metadata, patch, now_ms)
 
 
 def apply_desired(shadow: Shadow, desired_patch: JSONObject | None, now_ms: int) -> tuple[Shadow, JSONObject]:
@@ -317,50 +280,50 @@ def apply_desired(shadow: Shadow, desired_patch: JSONObject | None, now_ms: int)
 
 
 @dataclass(frozen=True, slots=True)
-class DeviceRequest:
-    """A parsed shadow request from a device; ``state`` is validated by :func:`apply_device_update`."""
+class DeviceUpdate:
+    """An ``update`` from the device: its ``state`` (validated by :func:`apply_device_update`)."""
 
-    type: ShadowOp
-    client_token: str | None = None
-    state: object = None
+    state: object
     version: int | None = None  # None or 0: no version check
-    overwrite: bool = False
+    overwrite: bool = False  # overwriteUpdate: each written section is replaced wholesale
 
 
 @dataclass(frozen=True, slots=True)
 class UpdateResult:
-    """The outcome of a device update. When rejected, ``shadow`` is the unchanged input."""
+    """The outcome of a device update. When rejected, ``shadow`` is the unchanged input and ``error`` says why."""
 
     shadow: Shadow
-    result: ResultCode
-    changed: JSONObject  # payload.state of the reply: changed keys only, deletions as null
-    error: ApiError | None = None  # why it was rejected, for logs
+    changed: JSONObject  # what the update changed: changed keys only, deletions as null
+    error: ApiError | None = None
 
     @property
     def accepted(self) -> bool:
-        return self.result is ResultCode.SUCCESS
+        return self.error is None
+
+    @property
+    def version_mismatch(self) -> bool:
+        return isinstance(self.error, UpdateVersionNotMatch)
 
 
-def apply_device_update(shadow: Shadow, request: DeviceRequest, now_ms: int) -> UpdateResult:
-    """An MQTT ``update`` from the device, checked in the order of section 6.4.
+def apply_device_update(shadow: Shadow, update: DeviceUpdate, now_ms: int) -> UpdateResult:
+    """An ``update`` from the device, checked in the order of docs/mqtt.md#update.
 
-    Nodes (5003), then the version (5005: ``version`` absent or 0 skips the check), then depth and size
-    (5002, 5006, also for the stored state after the merge). ``desired`` from the device is accepted like
-    ``reported``: null clears the section, null values delete keys, other values are stored (no delta push).
+    Nodes (JSONHasInvalidNode), then the version (UpdateVersionNotMatch: ``version`` absent or 0 skips the
+    check), then depth and size (also for the stored state after the merge). ``desired`` from the device is
+    accepted like ``reported``: null clears the section, null values delete keys, other values are stored (no
+    delta push).
     """
-    if request.type is not ShadowOp.UPDATE:
-        raise ValueError(f"apply_device_update needs an update request, got {request.type}")
     try:
-        state = _check_nodes(request.state, allow_desired_only=False)
-        if request.version not in (None, 0) and request.version != shadow.version:
-            error = UpdateVersionNotMatch(f"version {request.version} != current version {shadow.version}")
-            return UpdateResult(shadow, ResultCode.VERSION_MISMATCH, {}, error)
+        state = _check_nodes(update.state, allow_desired_only=False)
+        if update.version not in (None, 0) and update.version != shadow.version:
+            error = UpdateVersionNotMatch(f"version {update.version} != current version {shadow.version}")
+            return UpdateResult(shadow, {}, error)
         _check_limits(state)
-        new, changed = _apply_state(shadow, state, overwrite=request.overwrite, now_ms=now_ms)
+        new, changed = _apply_state(shadow, state, overwrite=update.overwrite, now_ms=now_ms)
         _check_size(new.state, "The shadow state after this update")
     except ApiError as exc:
-        return UpdateResult(shadow, result_code(exc), {}, exc)
-    return UpdateResult(new, ResultCode.SUCCESS, changed)
+        return UpdateResult(shadow, {}, exc)
+    return UpdateResult(new, changed)
 
 
 def _apply_state(shadow: Shadow, state: JSONObject, *, overwrite: bool, now_ms: int) -> tuple[Shadow, JSONObject]:
@@ -393,210 +356,14 @@ def _apply_state(shadow: Shadow, state: JSONObject, *, overwrite: bool, now_ms: 
     return new, changed
 
 
-# --- device requests ---------------------------------------------------------------------------------------
+# --- views ------------------------------------------------------------------------------------------------
 
 
-class ShadowRequestRejected(FleetopsError):
-    """A device shadow request that cannot be processed; answer it with :func:`render_error_reply`."""
-
-    def __init__(self, error: ApiError, *, request_type: str | None, client_token: str | None) -> None:
-        super().__init__(error.message)
-        self.error = error
-        self.request_type = request_type  # echoed when it could be read
-        self.client_token = client_token
-
-    @property
-    def result(self) -> ResultCode:
-        return result_code(self.error)
-
-
-def _client_token(value: object) -> str | None:
-    # Section 6.2: a numeric token (seen in the 2024 docs) is echoed as its decimal text. true/false are not
-    # numbers here although Python's bool is an int.
-    if isinstance(value, str):
-        return value
-    if isinstance(value, int | float) and not isinstance(value, bool):
-        return str(value)
-    return None
-
-
-def parse_device_request(payload: bytes) -> DeviceRequest:
-    """Decode a message from ``$shadow/operation/{pid}/{dn}``; raises :class:`ShadowRequestRejected`.
-
-    5004 not a JSON object; 5000 no ``type``, or an update without ``state``; 5101 a ``type`` other than
-    get/update (there is no ``delete`` in the current protocol), a non-integer ``version`` or a non-boolean
-    ``overwriteUpdate``.
-    """
-    try:
-        message = orjson.loads(payload)
-    except orjson.JSONDecodeError as exc:
-        error = InvalidJSON(f"The shadow request is not valid JSON: {exc}.")
-        raise ShadowRequestRejected(error, request_type=None, client_token=None) from exc
-    if not isinstance(message, dict):
-        error = InvalidJSON("The shadow request must be a JSON object.")
-        raise ShadowRequestRejected(error, request_type=None, client_token=None)
-    token = _client_token(message.get("clientToken"))
-    raw_type = message.get("type")
-
-    def reject(error: ApiError) -> ShadowRequestRejected:
-        readable_type = raw_type if isinstance(raw_type, str) else None
-        return ShadowRequestRejected(error, request_type=readable_type, client_token=token)
-
-    if raw_type is None:
-        raise reject(ParamIncomplete("The shadow request has no type."))
-    if raw_type not in (ShadowOp.GET, ShadowOp.UPDATE):
-        raise reject(InvalidParameterValue(f"Unknown shadow request type {raw_type!r}; use get or update."))
-    if raw_type == ShadowOp.GET:
-        return DeviceRequest(ShadowOp.GET, token)
-    if message.get("state") is None:
-        raise reject(ParamIncomplete("An update request needs a state."))
-    version = message.get("version")
-    if version is not None and (not isinstance(version, int) or isinstance(version, bool)):
-        raise reject(InvalidParameterValue("version must be an integer."))
-    overwrite = message.get("overwriteUpdate")
-    if overwrite is not None and not isinstance(overwrite, bool):
-        raise reject(InvalidParameterValue("overwriteUpdate must be true or false."))
-    return DeviceRequest(ShadowOp.UPDATE, token, message["state"], version, bool(overwrite))
-
-
-# --- rendering ---------------------------------------------------------------------------------------------
-
-
-def _with_token(client_token: str | None, reply: JSONObject) -> JSONObject:
-    # clientToken first, as in the recorded traffic; omitted when the request had none (section 6.2).
-    return reply if client_token is None else {"clientToken": client_token, **reply}
-
-
-def _state_view(shadow: Shadow) -> JSONObject:
-    # A never-modified shadow shows {"reported":{}} (observed); desired and delta only when desired exists.
+def state_view(shadow: Shadow) -> JSONObject:
+    """The ``state`` a reader sees: ``reported``, and ``desired`` with its ``delta`` when there is a desired
+    section (a never-modified shadow shows ``{"reported":{}}``, as the vendor's replies do)."""
     view: JSONObject = {REPORTED: shadow.reported}
     if shadow.desired is not None:
         view[DESIRED] = shadow.desired
         view["delta"] = compute_delta(shadow.reported, shadow.desired)
     return view
-
-
-def _document_payload(shadow: Shadow, now_ms: int) -> JSONObject:
-    # payload.timestamp is the last change in ms; for a never-modified shadow the service showed the reply
-    # time in seconds (section 6.9).
-    timestamp = shadow.timestamp_ms if shadow.version else now_ms // 1000
-    return {"state": _state_view(shadow), "timestamp": timestamp, "version": shadow.version}
-
-
-def render_get_reply(shadow: Shadow, client_token: str | None, now_ms: int) -> JSONObject:
-    """Reply to ``get``: full document without metadata; top-level timestamp in seconds (section 6.3)."""
-    return _with_token(
-        client_token,
-        {
-            "payload": _document_payload(shadow, now_ms),
-            "result": ResultCode.SUCCESS.value,
-            "timestamp": now_ms // 1000,
-            "type": ShadowOp.GET.value,
-        },
-    )
-
-
-def render_version_mismatch_reply(shadow: Shadow, client_token: str | None, now_ms: int) -> JSONObject:
-    """Result 5005 with the complete current document so the device can resynchronise (section 6.5)."""
-    return _with_token(
-        client_token,
-        {
-            "payload": _document_payload(shadow, now_ms),
-            "result": ResultCode.VERSION_MISMATCH.value,
-            "timestamp": now_ms,
-            "type": ShadowOp.UPDATE.value,
-        },
-    )
-
-
-def render_error_reply(request_type: str | None, client_token: str | None, result: int, now_ms: int) -> JSONObject:
-    """A failure without a document: echoes whatever type and clientToken could be read (section 6.8)."""
-    reply: JSONObject = {"result": int(result), "timestamp": now_ms}
-    if request_type is not None:
-        reply["type"] = request_type
-    return _with_token(client_token, reply)
-
-
-def render_update_reply(outcome: UpdateResult, client_token: str | None, now_ms: int) -> JSONObject:
-    """Reply to ``update``: only what changed, no metadata, both timestamps in ms (section 6.4)."""
-    if outcome.result is ResultCode.VERSION_MISMATCH:
-        return render_version_mismatch_reply(outcome.shadow, client_token, now_ms)
-    if not outcome.accepted:
-        return render_error_reply(ShadowOp.UPDATE.value, client_token, outcome.result, now_ms)
-    shadow = outcome.shadow
-    return _with_token(
-        client_token,
-        {
-            "payload": {
-                "state": outcome.changed,
-                "timestamp": shadow.timestamp_ms,
-                "version": shadow.version,
-            },
-            "result": ResultCode.SUCCESS.value,
-            "timestamp": shadow.timestamp_ms,
-            "type": ShadowOp.UPDATE.value,
-        },
-    )
-
-
-def render_delta_push(version: int, pushed_state: JSONObject, now_ms: int) -> JSONObject:
-    """The ``delta`` message after a cloud-side write: flat state, metadata, no clientToken (section 6.6)."""
-    return {
-        "type": ShadowOp.DELTA.value,
-        "timestamp": now_ms,
-        "payload": {
-            "state": pushed_state,
-            "metadata": stamp_metadata(None, None, pushed_state, now_ms),
-            "version": version,
-            "timestamp": now_ms,
-        },
-    }
-
-
-def render_describe_shadow_data(shadow: Shadow, now_ms: int) -> JSONObject:
-    """DescribeDeviceShadow ``Data``: the document with metadata, timestamps in ms.
-
-    Example: {"payload":{"state":{"reported":{"color":"red"}},"metadata":{"reported":{"color":{"timestamp":
-    1509092895971}}},"timestamp":1509443636326,"version":5},"result":0,"timestamp":1509440846582,"type":"get"}.
-    A never-modified shadow shows the reply time as payload.timestamp, as the MQTT get does.
-    """
-    metadata: JSONObject = {REPORTED: shadow.metadata_reported}
-    if shadow.desired is not None:
-        metadata[DESIRED] = shadow.metadata_desired
-    state = _state_view(shadow)
-    return {
-        "payload": {
-            "state": state,
-            "metadata": metadata,
-            "timestamp": shadow.timestamp_ms if shadow.version else now_ms,
-            "version": shadow.version,
-        },
-        "result": ResultCode.SUCCESS.value,
-        "timestamp": now_ms,
-        "type": ShadowOp.GET.value,
-    }
-
-
-def render_update_shadow_data(shadow: Shadow, desired_patch: JSONObject | None) -> JSONObject:
-    """UpdateDeviceShadow ``Data`` for the shadow returned by :func:`apply_desired`.
-
-    ``payload.state`` echoes what this call touched (the patch as written, deletions as null); metadata stamps
-    the written keys. Example: {"payload":{"state":{"desired":{"color":"red"}},"metadata":{"desired":{"color":
-    {"timestamp":1509092895971}}},"timestamp":1509443636326,"version":5},"result":0,"timestamp":...,
-    "type":"update"}.
-    """
-    written = shadow.timestamp_ms
-    metadata: JSONObject = (
-        {} if desired_patch is None else {DESIRED: stamp_metadata(None, None, desired_patch, written)}
-    )
-    return {
-        "payload": {
-            "state": {DESIRED: desired_patch},
-            "metadata": metadata,
-            "timestamp": written,
-            "version": shadow.version,
-        },
-        "result": ResultCode.SUCCESS.value,
-        "timestamp": written,
-        "type": ShadowOp.UPDATE.value,
-    }

@@ -5,6 +5,7 @@ Times are Unix seconds (``_s``). Rules the vendor leaves open follow the spec's 
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import IntEnum, StrEnum
 from typing import Any, Final
@@ -19,7 +20,6 @@ from fleetops.errors import (
     AsyncTaskAlreadyStarted,
     InvalidParameterValue,
     InvalidTaskTransition,
-    MissingParameter,
 )
 
 
@@ -43,29 +43,44 @@ class TaskEvent(StrEnum):
     CANCEL = "cancel"  # CancelTask
 
 
-_TRANSITIONS: Final[dict[tuple[TaskStatus, TaskEvent], TaskStatus]] = {
-    (TaskStatus.WAITING, TaskEvent.START): TaskStatus.PROCESSING,
-    (TaskStatus.WAITING, TaskEvent.CANCEL): TaskStatus.CANCELLED,
-    (TaskStatus.PROCESSING, TaskEvent.FINISH): TaskStatus.COMPLETED,
-    (TaskStatus.PROCESSING, TaskEvent.DEADLINE): TaskStatus.FAILED,
+# The one state machine: each event applies to the statuses listed and leads to one status. The store's
+# conditional UPDATEs are built from this table (``sources`` / ``target``), so a status change that the domain
+# refuses cannot happen in the database either, on any node.
+TRANSITIONS: Final[Mapping[TaskEvent, tuple[frozenset[TaskStatus], TaskStatus]]] = {
+    TaskEvent.START: (frozenset({TaskStatus.WAITING}), TaskStatus.PROCESSING),
+    TaskEvent.CANCEL: (frozenset({TaskStatus.WAITING}), TaskStatus.CANCELLED),
+    TaskEvent.FINISH: (frozenset({TaskStatus.PROCESSING}), TaskStatus.COMPLETED),
+    TaskEvent.DEADLINE: (frozenset({TaskStatus.PROCESSING}), TaskStatus.FAILED),
 }
 
+# A task the engine holds a lease on: the status every engine write is fenced on.
+RUNNING: Final = TaskStatus.PROCESSING
+# Waiting or processing: what the per-account pending cap counts.
+OPEN_STATUSES: Final = frozenset({TaskStatus.WAITING, TaskStatus.PROCESSING})
+# Nothing will change them any more: the retention purge may delete them.
+FINISHED_STATUSES: Final = frozenset(TaskStatus) - OPEN_STATUSES
 
-def can_cancel(status: TaskStatus) -> bool:
-    """Only a task that has not been scheduled yet can be cancelled."""
-    return status is TaskStatus.WAITING
+
+def sources(event: TaskEvent) -> frozenset[TaskStatus]:
+    """The statuses ``event`` applies to."""
+    return TRANSITIONS[event][0]
+
+
+def target(event: TaskEvent) -> TaskStatus:
+    """The status ``event`` leads to."""
+    return TRANSITIONS[event][1]
 
 
 def transition(status: TaskStatus, event: TaskEvent) -> TaskStatus:
     """The status after ``event``.
 
     Cancelling a task that is not waiting raises AsyncTaskAlreadyStarted, also for a task cancelled already
-    (spec proposal: the vendor's list has no better code). Any other illegal change raises
+    (the vendor's list has no better code; docs/decisions.md). Any other illegal change raises
     InvalidTaskTransition: it means two actors raced (say the engine finishing a task a client cancelled).
     """
-    new = _TRANSITIONS.get((status, event))
-    if new is not None:
-        return new
+    from_statuses, to_status = TRANSITIONS[event]
+    if status in from_statuses:
+        return to_status
     if event is TaskEvent.CANCEL:
         raise AsyncTaskAlreadyStarted(
             f"The task cannot be cancelled: its status is {status.value} ({status.name.lower()}); "
@@ -91,20 +106,15 @@ def effective_schedule_time(requested_s: int, now_s: int) -> int:
     return min(requested_s, now_s + limits.TASK_MAX_SCHEDULE_AHEAD_S)
 
 
-def effective_max_execution_time(requested: int | None) -> int:
-    """MaxExecutionTimeInSeconds: 0..86400, absent or 0 meaning the default 86400.
+def effective_max_execution_time(requested_s: int | None) -> int:
+    """MaxExecutionTimeInSeconds: absent or 0 means the default, 86400 (docs/decisions.md).
 
-    The range permits 0 but a task that fails the moment it starts is useless; the spec proposes reading 0
-    as "use the default".
+    The range 0..86400 is the parameter's declaration (checked once, when the request is decoded); 0 is in the
+    vendor's range but a task that fails the moment it starts is useless, so it reads as "the default".
     """
-    if requested is None or requested == 0:
+    if not requested_s:
         return limits.TASK_MAX_EXECUTION_TIME_S
-    if not 0 < requested <= limits.TASK_MAX_EXECUTION_TIME_S:
-        raise InvalidParameterValue(
-            f"MaxExecutionTimeInSeconds must be between 0 and {limits.TASK_MAX_EXECUTION_TIME_S} "
-            f"(0 means {limits.TASK_MAX_EXECUTION_TIME_S}); got {requested}."
-        )
-    return requested
+    return requested_s
 
 
 def deadline(schedule_time_s: int, max_execution_time_s: int) -> int:
@@ -140,13 +150,6 @@ def percent(done: int, all_devices: int, status: TaskStatus) -> int:
 # --- the Tasks member of CreateTask ------------------------------------------------------------------------
 
 
-def parse_task_type(value: object) -> TaskType:
-    if isinstance(value, str) and value in TaskType.__members__.values():
-        return TaskType(value)
-    allowed = " or ".join(t.value for t in TaskType)
-    raise InvalidParameterValue(f"TaskType must be {allowed}; got {value!r}.")
-
-
 @dataclass(frozen=True, slots=True)
 class UpdateShadowSpec:
     desired: JSONObject  # merged into each matched device's desired section
@@ -163,17 +166,23 @@ TaskSpec = UpdateShadowSpec | PublishMessageSpec
 _MEMBER: Final = {TaskType.UPDATE_SHADOW: "UpdateShadowTask", TaskType.PUBLISH_MESSAGE: "PublishMessageTask"}
 
 
-def validate_tasks(task_type: TaskType, tasks: object) -> TaskSpec:
-    """Check the ``Tasks`` object (wire names, already decoded) against the task type."""
-    if tasks is None:
-        raise MissingParameter("Tasks is required.")
+def task_spec(
+    task_type: TaskType, *, desired: str | None = None, topic: str | None = None, payload: str | None = None
+) -> TaskSpec:
+    """The ``Tasks`` of CreateTask, checked against the task type.
+
+    ``desired`` is ``Tasks.UpdateShadowTask.Desired``; ``topic`` and ``payload`` are
+    ``Tasks.PublishMessageTask.Topic`` and ``.Payload`` (None when absent). The member named after the task
+    type is required; a member for the other type is ignored, as the vendor documents one member per type.
+    """
     member = _MEMBER[task_type]
-    body = tasks.get(member) if isinstance(tasks, dict) else None
-    if not isinstance(body, dict) or not body:
-        raise InvalidParameterValue(f"Tasks.{member} is required when TaskType is {task_type.value}.")
     if task_type is TaskType.UPDATE_SHADOW:
-        return UpdateShadowSpec(_desired(body.get("Desired")))
-    return PublishMessageSpec(_topic(body.get("Topic")), _payload(body.get("Payload")))
+        if desired is None:
+            raise InvalidParameterValue(f"Tasks.{member} is required when TaskType is {task_type.value}.")
+        return UpdateShadowSpec(_desired(desired))
+    if topic is None and payload is None:
+        raise InvalidParameterValue(f"Tasks.{member} is required when TaskType is {task_type.value}.")
+    return PublishMessageSpec(_topic(topic), _payload(payload))
 
 
 def _desired(value: Any) -> JSONObject:
@@ -186,6 +195,18 @@ def _desired(value: Any) -> JSONObject:
         raise InvalidParameterValue(f"{where} is not valid JSON: {exc}.") from exc
     if not isinstance(desired, dict):
         raise InvalidParameterValue(f"{where} must be a JSON object (not wrapped in desired).")
+    if (
+        len(desired) == 1
+        and next(iter(desired)) in ("desired", "reported")
+        and isinstance(next(iter(desired.values())), dict)
+    ):
+        # UpdateDeviceShadow's State is {"desired": {...}}, CreateTask's Desired is the desired state itself:
+        # a client mixing them up would otherwise write desired.desired.* on every device (docs/decisions.md)
+        section = next(iter(desired))
+        raise InvalidParameterValue(
+            f'{where} is the desired state itself, e.g. {{"color":"red"}}, not wrapped in "{section}" as '
+            "UpdateDeviceShadow's State is; send the inner object."
+        )
     # The shadow limits apply as to UpdateDeviceShadow's State {"desired": ...}. CreateTask's error list has
     # only InvalidParameterValue, so the shadow's specific codes are reported under it.
     try:

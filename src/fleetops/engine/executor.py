@@ -7,12 +7,11 @@ names through the RE2 filter (an empty filter is one SQL count).
 Each batch: the next page of ``batch_size`` names after ``applied_cursor``, filtered in Python with RE2, then
 
 * **UpdateShadow** - ONE transaction merges the desired patch into the matching devices (RETURNING name and
-  new version) and advances ``applied_cursor`` and ``done_device_cnt`` (``store/task_execution.py``). Then
-  the delta pushes go out (QoS 0 on ``$shadow/operation/result/{pid}/{dn}``; the payload differs per device
-  only by its version, so it is two pre-encoded halves around the version digits). ``pushed_cursor`` rides
-  in the next batch's transaction. After a crash, the devices between ``pushed_cursor`` and
+  new version) and advances ``applied_cursor`` and ``done_device_cnt`` (``store/batches.py``). Then the
+  delta pushes go out (``DeviceMessages.push_deltas``: QoS 0 on ``$shadow/operation/result/{pid}/{dn}``).
+  ``pushed_cursor`` rides in the next batch's transaction. After a crash, the devices between ``pushed_cursor`` and
   ``applied_cursor`` get their delta again: shadows change exactly once, pushes at least once;
-* **PublishMessage** - publish the batch (``publish_many``, QoS 0, pre-built topics), then commit the
+* **PublishMessage** - publish the batch (``DeviceMessages.publish_to_devices``, QoS 0), then commit the
   progress. A crash between the two repeats at most that one batch of messages.
 
 A broker that is down (:class:`~fleetops.errors.BrokerUnavailable`) makes the task wait and retry the same
@@ -28,15 +27,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
+from functools import partial
 from typing import Final
 
-import orjson
-
 from fleetops.domain.name_filter import NameFilter, compile_name_filter
-from fleetops.domain.shadow import JSONObject, render_delta_push
+from fleetops.domain.shadow import is_flat, merge_section
 from fleetops.domain.tasks import (
     PublishMessageSpec,
     UpdateShadowSpec,
@@ -44,10 +42,8 @@ from fleetops.domain.tasks import (
     is_overdue,
 )
 from fleetops.errors import BrokerUnavailable
-from fleetops.messaging.topics import device_topic, shadow_result_topic
-from fleetops.ports.messaging import Publisher
-from fleetops.store.task_execution import DeviceBatches, FenceLost
-from fleetops.store.tasks import Progress, TaskRecord, TaskStore
+from fleetops.ports.messaging import DeviceMessages
+from fleetops.ports.store import DeviceBatches, FenceLost, Progress, TaskRecord, TaskStore
 
 log = logging.getLogger("fleetops.engine")
 
@@ -73,17 +69,6 @@ class ExecutorConfig:
     broker_retry_s: float = 0.5  # pause before publishing a batch again after BrokerUnavailable
 
 
-def delta_push_halves(pushed_state: JSONObject, now_ms: int) -> tuple[bytes, bytes]:
-    """``domain.shadow.render_delta_push`` as (head, tail): ``head + b"%d" % version + tail`` is the payload
-    for any version, built without a dict or a JSON encoder per device."""
-    tail = b',"timestamp":%d}}' % now_ms
-    encoded = orjson.dumps(render_delta_push(0, pushed_state, now_ms))
-    marker = b'"version":0' + tail
-    if not encoded.endswith(marker):  # the renderer changed its layout: fail loudly, not send garbage
-        raise RuntimeError("render_delta_push no longer ends with version and timestamp")
-    return encoded[: -len(b"0" + tail)], tail
-
-
 class _Stop(Exception):
     def __init__(self, outcome: Outcome) -> None:
         self.outcome = outcome
@@ -96,19 +81,15 @@ class TaskExecutor:
         self,
         tasks: TaskStore,
         devices: DeviceBatches,
+        messages: DeviceMessages,
         config: ExecutorConfig,
         clock: Callable[[], float],
-        publisher: Publisher | None = None,
     ) -> None:
         self._tasks = tasks
         self._devices = devices
+        self._messages = messages
         self._config = config
         self._clock = clock
-        self._publisher = publisher
-
-    def attach_publisher(self, publisher: Publisher | None) -> None:
-        """The MQTT side's publisher, once it exists (None: no delta pushes; PublishMessage tasks wait)."""
-        self._publisher = publisher
 
     async def run(self, task: TaskRecord, stop: asyncio.Event, *, wait_for_broker: bool = True) -> Outcome:
         """Run ``task`` (leased to this node by its claim) until it ends, the worker stops or loses it."""
@@ -241,14 +222,16 @@ class _Run:
             lease_until=self.lease_until(),
         )
         now_ms = int(self.x._clock() * 1000)
+        patch = spec.desired
         written = await self.x._devices.merge_desired(
             progress,
             self.task.product_pk,
             self.snapshot,
             through,
             None if len(matched) == len(names) else matched,
-            spec.desired,
+            patch,
             now_ms,
+            None if is_flat(patch) else partial(merge_section, patch=patch, now_ms=now_ms),
         )
         self.cursor, self.done = through, self.done + len(written)
         await self.push_deltas(written, spec, now_ms)
@@ -271,10 +254,8 @@ class _Run:
     async def push_deltas(self, written: Sequence[tuple[str, int]], spec: UpdateShadowSpec, now_ms: int) -> None:
         pushed_state = {key: value for key, value in spec.desired.items() if value is not None}
         if not pushed_state or not written:
-            return  # a patch that only deletes keys pushes nothing (device-protocol 6.6)
-        head, tail = delta_push_halves(pushed_state, now_ms)
-        prefix = shadow_result_topic(self.task.product_id, "")
-        await self.deliver([(prefix + name, head + b"%d" % version + tail) for name, version in written])
+            return  # a patch that only deletes keys pushes nothing (docs/mqtt.md#delta)
+        await self.deliver(partial(self.x._messages.push_deltas, self.task.product_id, written, pushed_state, now_ms))
 
     async def push_again(self, name_filter: NameFilter, spec: UpdateShadowSpec) -> None:
         """After a crash: the deltas of the last committed batch may not have gone out; send them (again)."""
@@ -293,21 +274,16 @@ class _Run:
 
     async def publish_messages(self, names: list[str], matched: list[str], spec: PublishMessageSpec) -> None:
         if matched:
-            pid, topic, payload = self.task.product_id, spec.topic, spec.payload
-            await self.deliver([(device_topic(pid, name, topic), payload) for name in matched])
+            send = self.x._messages.publish_to_devices
+            await self.deliver(partial(send, self.task.product_id, matched, spec.topic, spec.payload, QOS))
         await self.advance(names[-1], names[-1], len(matched))
 
-    async def deliver(self, messages: list[tuple[str, bytes]]) -> None:
-        """Publish, retrying the same messages while the broker is down (until stop or the deadline)."""
+    async def deliver(self, send: Callable[[], Awaitable[None]]) -> None:
+        """Send one batch, retrying it while the broker is down (until stop or the deadline)."""
         down_since: float | None = None
         while True:
-            publisher = self.x._publisher
-            if publisher is None and isinstance(self.task.spec, UpdateShadowSpec):
-                return  # no MQTT side at all: the shadows are the truth, devices read them on their next get
             try:
-                if publisher is None:
-                    raise BrokerUnavailable("no MQTT publisher is attached to the task engine")
-                await publisher.publish_many(messages, QOS)
+                await send()
                 if down_since is not None:
                     log.info("task %s: the broker took the batch again; going on", self.task.id)
                 return

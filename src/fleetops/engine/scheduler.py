@@ -20,7 +20,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Iterable
 
-from fleetops.store.tasks import TaskRecord, TaskStore
+from fleetops.ports.store import TaskRecord, TaskStore
 
 log = logging.getLogger("fleetops.engine")
 

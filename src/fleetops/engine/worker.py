@@ -1,6 +1,6 @@
 """The task worker: a short loop that claims due tasks and runs them, and can stop and drain.
 
-    worker = TaskWorker.create(db, settings, clock)
+    worker = TaskWorker(Scheduler(...), TaskExecutor(...), concurrency=4)   # built by fleetops.node
     await worker.start()            # the loop, as a service of the node
     worker.wake()                   # a task was just created: look now instead of at the next poll
     await worker.stop()             # running tasks stop at their next batch and release their lease
@@ -17,15 +17,10 @@ import asyncio
 import logging
 import os
 import socket
-from collections.abc import Callable
 
-from fleetops.engine.executor import ExecutorConfig, Outcome, TaskExecutor
+from fleetops.engine.executor import Outcome, TaskExecutor
 from fleetops.engine.scheduler import Scheduler
-from fleetops.ports.messaging import Publisher
-from fleetops.settings import Settings
-from fleetops.store.database import Database
-from fleetops.store.task_execution import DeviceBatches
-from fleetops.store.tasks import TaskRecord, TaskStore
+from fleetops.ports.store import TaskRecord
 
 log = logging.getLogger("fleetops.engine")
 
@@ -53,34 +48,6 @@ class TaskWorker:
         self._wake = asyncio.Event()
         self._running: dict[str, asyncio.Task[Outcome]] = {}
         self._loop_task: asyncio.Task[None] | None = None
-
-    @classmethod
-    def create(
-        cls, db: Database, settings: Settings, clock: Callable[[], float], publisher: Publisher | None = None
-    ) -> TaskWorker:
-        node_id = settings.node_id or default_node_id()
-        tasks = TaskStore(db)
-        config = ExecutorConfig(
-            node_id=node_id,
-            batch_size=settings.task_batch_size,
-            lease_s=settings.task_lease_s,
-            broker_retry_s=settings.task_poll_interval_s,
-        )
-        return cls(
-            Scheduler(
-                tasks,
-                clock,
-                node_id=node_id,
-                lease_s=settings.task_lease_s,
-                retention_s=settings.task_retention_s,
-            ),
-            TaskExecutor(tasks, DeviceBatches(db), config, clock, publisher),
-            concurrency=settings.task_concurrency,
-            poll_interval_s=settings.task_poll_interval_s,
-        )
-
-    def attach_publisher(self, publisher: Publisher | None) -> None:
-        self.executor.attach_publisher(publisher)
 
     def wake(self) -> None:
         self._wake.set()

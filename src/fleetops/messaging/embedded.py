@@ -25,7 +25,6 @@ from fleetops.errors import BrokerUnavailable, ConfigurationError
 from fleetops.messaging.amqtt_broker import BrokerOptions, FleetopsBroker
 from fleetops.messaging.topics import is_valid_topic_name
 from fleetops.ports.messaging import DeviceDirectory, ShadowRequestHandler
-from fleetops.settings import Settings
 
 log = logging.getLogger("fleetops.messaging.embedded")
 
@@ -103,12 +102,6 @@ class EmbeddedBroker:
         self._options = options or BrokerOptions()
         self.broker: FleetopsBroker | None = None
         self.publisher = EmbeddedPublisher(self)
-
-    @classmethod
-    def from_settings(
-        cls, settings: Settings, directory: DeviceDirectory, shadow_handler: ShadowRequestHandler
-    ) -> EmbeddedBroker:
-        return cls(directory, shadow_handler, host=settings.mqtt_host, port=settings.mqtt_port)
 
     @property
     def port(self) -> int:

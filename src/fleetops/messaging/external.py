@@ -48,7 +48,6 @@ from fleetops.messaging.embedded import check_qos, check_topic
 from fleetops.messaging.topics import DeviceId, parse_shadow_request_topic, shadow_result_topic
 from fleetops.messaging.wire import encode_publish
 from fleetops.ports.messaging import ShadowRequestHandler
-from fleetops.settings import Settings
 
 log = logging.getLogger("fleetops.messaging.external")
 
@@ -400,13 +399,6 @@ class ExternalBroker:
         self._queues: list[asyncio.Queue[tuple[DeviceId, bytes]]] = []
         self._workers: list[asyncio.Task[None]] = []
         self._probe: tuple[str, asyncio.Future[None]] | None = None
-
-    @classmethod
-    def from_settings(
-        cls, settings: Settings, shadow_handler: ShadowRequestHandler, *, serve_shadow_requests: bool = True
-    ) -> ExternalBroker:
-        options = ExternalOptions(broker_wait_s=settings.broker_wait_s, serve_shadow_requests=serve_shadow_requests)
-        return cls(settings.mqtt_url, shadow_handler, client_id=settings.mqtt_client_id or None, options=options)
 
     @property
     def connected(self) -> bool:

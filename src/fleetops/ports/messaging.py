@@ -1,8 +1,11 @@
 """The messaging side's interfaces: what it needs from the rest of fleetops, and what it offers.
 
-The store implements :class:`DeviceDirectory`, the backend implements :class:`ShadowRequestHandler`; both are
-passed in by the CLI. The backend and the task engine publish through :class:`Publisher`; ``fleetops serve``
-starts and stops a :class:`MessagingService` (the embedded broker or the client of an external one).
+Inbound (implemented elsewhere, called by messaging): the store implements :class:`DeviceDirectory`, the backend
+implements :class:`DeviceShadows`. Outbound (implemented by messaging): the backend and the task engine reach
+devices through :class:`DeviceMessages` (which knows the device protocol's topics and payloads) and close
+sessions through :class:`DeviceSessions`; :class:`Publisher` is the broker's raw publishing under it; the node
+starts and stops a :class:`MessagingService` (the embedded broker or the client of an external one). The
+composition root (``fleetops.node``) wires them.
 """
 
 from __future__ import annotations
@@ -10,6 +13,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
+
+from fleetops.domain.shadow import DeviceUpdate, JSONObject, Shadow, UpdateResult
 
 
 @dataclass(frozen=True)
@@ -35,6 +40,62 @@ class DeviceDirectory(Protocol):
     ) -> None:
         """Record a connect (``online``, with the peer address) or a disconnect."""
         ...
+
+
+class DeviceShadows(Protocol):
+    """A device's own shadow requests, implemented by the backend (``backend/device_shadows.py``)."""
+
+    async def device_get(self, product_id: str, device_name: str) -> Shadow:
+        """The device's shadow; raises ``errors.DeviceNotExist`` for a product or device that is gone."""
+        ...
+
+    async def device_update(self, product_id: str, device_name: str, update: DeviceUpdate, now_ms: int) -> UpdateResult:
+        """Apply the device's update with the store's compare-and-set; a refused update is a result, not an
+        exception. Raises ``errors.DeviceNotExist``."""
+        ...
+
+
+@dataclass(frozen=True)
+class DeliveryView:
+    """What the broker knows of a device before a PublishMessage (None: it cannot tell)."""
+
+    online: bool | None
+    subscribed: bool | None
+    offline_room: int | None  # room for a QoS 1 message in its persistent session; None: none keeps it
+
+
+class DeviceMessages(Protocol):
+    """Cloud-to-device messages in the device protocol's terms (topics and payloads are messaging's business)."""
+
+    async def push_delta(
+        self, prefix: str, product_id: str, device_name: str, version: int, state: JSONObject, now_ms: int
+    ) -> None:
+        """The ``delta`` push after UpdateDeviceShadow (QoS 0) on ``{prefix}/operation/result/{pid}/{dn}``."""
+        ...
+
+    async def push_deltas(
+        self, product_id: str, written: Sequence[tuple[str, int]], state: JSONObject, now_ms: int
+    ) -> None:
+        """The delta pushes of one batch of an UpdateShadow task: ``written`` is (device name, new version)."""
+        ...
+
+    async def publish_to_devices(
+        self, product_id: str, device_names: Sequence[str], suffix: str, payload: bytes, qos: int
+    ) -> None:
+        """``payload`` on ``{pid}/{dn}/{suffix}`` for every device named (a batch of a PublishMessage task)."""
+        ...
+
+    async def publish(self, topic: str, payload: bytes, qos: int) -> None:
+        """One message on a full topic (PublishMessage)."""
+        ...
+
+    def delivery_view(self, product_id: str, device_name: str, topic: str) -> DeliveryView: ...
+
+
+class DeviceSessions(Protocol):
+    """Closing a device's connection (disabled or deleted device)."""
+
+    async def disconnect_device(self, product_id: str, device_name: str) -> bool: ...
 
 
 class ShadowRequestHandler(Protocol):

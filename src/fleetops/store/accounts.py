@@ -2,28 +2,18 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
 
 from fleetops import ids
-from fleetops.errors import ConfigurationError
+from fleetops.ports.store import AccountNameTaken, ApiKey
 from fleetops.store.database import Database
 from fleetops.store.tables import accounts, api_keys
 
 
-@dataclass(frozen=True)
-class ApiKey:
-    secret_id: str
-    secret_key: str
-    account_id: int
-    account_name: str
-    enabled: bool
-    created_at: int
-
-
 class AccountStore:
+    """:class:`fleetops.ports.store.AccountStore` on SQLite / PostgreSQL."""
+
     def __init__(self, db: Database) -> None:
         self._db = db
 
@@ -39,7 +29,7 @@ class AccountStore:
                 )
                 return int(result.scalar_one())
         except IntegrityError as exc:
-            raise ConfigurationError(f"account {name!r} already exists") from exc
+            raise AccountNameTaken(name) from exc
 
     async def account_id(self, name: str) -> int | None:
         async with self._db.connect() as conn:

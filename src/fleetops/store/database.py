@@ -11,9 +11,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import orjson
-import sqlalchemy as sa
 from sqlalchemy import event
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from fleetops.errors import ConfigurationError
@@ -31,7 +31,10 @@ def async_url(url: str) -> str:
         return str(parsed.set(drivername="sqlite+aiosqlite"))
     if backend == "postgresql":
         return parsed.set(drivername="postgresql+asyncpg").render_as_string(hide_password=False)
-    raise ConfigurationError(f"unsupported database URL {parsed!r}: use sqlite:///PATH or postgresql://...")
+    raise ConfigurationError(
+        f"unsupported database URL {parsed.render_as_string(hide_password=True)}: fleetops runs on SQLite "
+        "(sqlite:///PATH) or PostgreSQL (postgresql://user@host:5432/name)"
+    )
 
 
 @dataclass
@@ -41,10 +44,6 @@ class Database:
     @property
     def is_sqlite(self) -> bool:
         return self.engine.dialect.name == "sqlite"
-
-    @property
-    def is_postgresql(self) -> bool:
-        return self.engine.dialect.name == "postgresql"
 
     @asynccontextmanager
     async def begin(self) -> AsyncIterator[AsyncConnection]:
@@ -83,6 +82,42 @@ def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     cur.close()
 
 
-async def ping(db: Database) -> None:
-    async with db.connect() as conn:
-        await conn.execute(sa.text("SELECT 1"))
+def display_url(url: str) -> str:
+    """The database URL as it may be shown and logged: the password hidden."""
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:  # a URL SQLAlchemy cannot parse is shown as given (it holds no parsed password)
+        return url
+
+
+def _explain(exc: BaseException, url: str) -> str:
+    """One line saying what is wrong with the database and what to do."""
+    shown = display_url(url)
+    text = str(getattr(exc, "orig", None) or exc).splitlines()[0] if str(exc) else type(exc).__name__
+    if "does not exist" in text and "database" in text:
+        name = make_url(url).database
+        return f"the database {shown} does not exist: create it (createdb {name}) or use another --database URL"
+    if isinstance(exc, OSError) or "Connect call failed" in text or "could not connect" in text.lower():
+        return f"cannot connect to the database {shown} ({text}): is the server running and reachable?"
+    if "unable to open database file" in text:
+        return f"cannot open the SQLite database {shown}: check that its directory exists and is writable"
+    if "password authentication failed" in text or "authentication" in text.lower():
+        return f"the database {shown} refused the credentials ({text}): check the user and password in the URL"
+    return f"cannot use the database {shown}: {text}"
+
+
+async def open_migrated_database(url: str) -> Database:
+    """Open the database and migrate it to the newest schema; ConfigurationError with one readable line when it
+    cannot be reached or used (a setup mistake is never a traceback)."""
+    from fleetops.store.migrate import upgrade  # migrate imports this module
+
+    db = open_database(url)
+    try:
+        await upgrade(db)
+    except (DBAPIError, OSError) as exc:
+        await db.dispose()
+        raise ConfigurationError(_explain(exc, url)) from exc
+    except BaseException:
+        await db.dispose()
+        raise
+    return db

@@ -7,89 +7,39 @@ of ``ports/messaging.py``) take the globally unique ProductId instead: the devic
 PSK, and has no account to speak of.
 
 A device and its shadow are one row (``devices.shadow_*``): deleting the device deletes the shadow, and a new
-device starts with the empty shadow at version 0 (device-protocol.md section 6.1). Shadow reads and writes
-live in ``store/shadows.py``.
+device starts with the empty shadow at version 0 (docs/mqtt.md#device-shadow). The shadow columns are written
+only by ``store/shadows.py``.
 """
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterable, Sequence
-from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import Any
 
 import orjson
 import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from fleetops.domain.shadow import Shadow
 from fleetops.ports.messaging import DeviceCredentials
+from fleetops.ports.store import (
+    DeviceLimitReached,
+    DeviceMissing,
+    DeviceNameTaken,
+    DevicePage,
+    DeviceRecord,
+    NewDevice,
+    ProductMissing,
+)
 from fleetops.store import dialect
 from fleetops.store.database import Database
+from fleetops.store.shadows import NEW_SHADOW_COLUMN_NAMES, NEW_SHADOW_COLUMNS, NEW_SHADOW_TEXT
 from fleetops.store.tables import devices, products
 
 # Large IN lists are split: SQLite allows 32,766 bound parameters, PostgreSQL 32,767 per statement.
 _IN_CHUNK = 1000
 
-# The empty shadow of a new device (Shadow.new()) as stored, JSON text so the bulk path needs no per-row
-# encoding; tests/integration/test_device_store.py checks the two agree.
-_EMPTY_OBJECT = "{}"
 _EMPTY_ARRAY = "[]"
-
-
-class ProductMissing(Exception):
-    """The account has no product with this ProductId."""
-
-
-class DeviceMissing(Exception):
-    """The product has no device with (one of) these names; ``names`` lists the missing ones."""
-
-    def __init__(self, names: Sequence[str]) -> None:
-        self.names = tuple(names)
-        super().__init__(", ".join(self.names))
-
-
-class DeviceNameTaken(Exception):
-    """The product already has a device with this name."""
-
-
-class DeviceLimitReached(Exception):
-    """The product would hold more devices than allowed."""
-
-    def __init__(self, limit: int) -> None:
-        self.limit = limit
-        super().__init__(f"at most {limit} devices per product")
-
-
-@dataclass(frozen=True)
-class DeviceRecord:
-    pk: int
-    product_pk: int
-    product_id: str
-    name: str
-    psk: str
-    enabled: bool
-    tags: list[dict[str, Any]]
-    created_at: int
-    online: bool
-    login_time: int
-    first_online_time: int | None
-    last_offline_time: int | None
-    client_ip: str | None
-
-
-class NewDevice(NamedTuple):
-    """A device to insert (a tuple: bulk registration builds millions of them)."""
-
-    name: str
-    psk: str
-    tags: list[dict[str, Any]] | None = None
-
-
-@dataclass(frozen=True)
-class DevicePage:
-    total: int
-    devices: list[DeviceRecord]
 
 
 _DEVICE_COLUMNS = (
@@ -107,37 +57,16 @@ _DEVICE_COLUMNS = (
     devices.c.client_ip,
 )
 
-# Columns written by the bulk insert, in this order.
 # Columns written by the bulk insert, in this order. The others take their server defaults, which are the
 # values of a new device: enabled, offline, LoginTime 0, no desired section, shadow version 0 and time 0
 # (tests/integration/test_device_store.py checks both insert paths give the same device and shadow). Fewer
 # columns make the COPY measurably faster.
-_BULK_COLUMNS = (
-    "product_pk",
-    "name",
-    "psk",
-    "tags",
-    "created_at",
-    "shadow_reported",
-    "shadow_meta_reported",
-    "shadow_meta_desired",
-)
-
-
-def empty_shadow_values() -> dict[str, Any]:
-    """Column values of a new device's shadow (for single-row inserts through SQLAlchemy)."""
-    shadow = Shadow.new()
-    return {
-        "shadow_reported": shadow.reported,
-        "shadow_desired": sa.null() if shadow.desired is None else shadow.desired,
-        "shadow_meta_reported": shadow.metadata_reported,
-        "shadow_meta_desired": shadow.metadata_desired,
-        "shadow_version": shadow.version,
-        "shadow_ts_ms": shadow.timestamp_ms,
-    }
+_BULK_COLUMNS = ("product_pk", "name", "psk", "tags", "created_at", *NEW_SHADOW_COLUMN_NAMES)
 
 
 class DeviceStore:
+    """:class:`fleetops.ports.store.DeviceStore` and :class:`fleetops.ports.messaging.DeviceDirectory`."""
+
     def __init__(self, db: Database) -> None:
         self._db = db
 
@@ -188,7 +117,7 @@ class DeviceStore:
                                 created_at=now_s,
                                 online=False,
                                 login_time=0,
-                                **empty_shadow_values(),
+                                **NEW_SHADOW_COLUMNS,
                             )
                             .returning(devices.c.id)
                         )
@@ -239,9 +168,7 @@ class DeviceStore:
                     d.psk,
                     _json_text(d.tags) if d.tags else _EMPTY_ARRAY,
                     now_s,
-                    _EMPTY_OBJECT,
-                    _EMPTY_OBJECT,
-                    _EMPTY_OBJECT,
+                    *NEW_SHADOW_TEXT,
                 )
                 for d in batch
             ]
@@ -322,25 +249,6 @@ class DeviceStore:
                 )
             ).all()
         return DevicePage(int(total), [_record(r, product_id) for r in rows])
-
-    async def page_after(
-        self, account_id: int, product_id: str, after_name: str | None, limit: int
-    ) -> list[DeviceRecord]:
-        """Keyset page: up to ``limit`` devices named after ``after_name`` (None: from the start)."""
-        async with self._db.connect() as conn:
-            pk = await _product_pk(conn, account_id, product_id)
-            conditions: list[Any] = [devices.c.product_pk == pk]
-            if after_name is not None:
-                conditions.append(devices.c.name > after_name)
-            rows = (
-                await conn.execute(
-                    sa.select(*_DEVICE_COLUMNS)
-                    .where(*conditions)
-                    .order_by(devices.c.product_pk, devices.c.name)
-                    .limit(limit)
-                )
-            ).all()
-        return [_record(r, product_id) for r in rows]
 
     async def iter_names(self, account_id: int, product_id: str, batch_size: int = 10_000) -> AsyncIterator[str]:
         """Every device name of the product, in order, read in keyset pages (short transactions)."""
@@ -445,14 +353,6 @@ class DeviceStore:
                 .where(devices.c.product_pk == _product_pk_by_id(product_id), devices.c.name == device_name)
                 .values(**values)
             )
-
-    async def set_all_offline(self, now_s: int) -> int:
-        """Mark every online device offline (a broker that starts knows no connection yet)."""
-        async with self._db.begin() as conn:
-            result = await conn.execute(
-                sa.update(devices).where(devices.c.online == sa.true()).values(online=False, last_offline_time=now_s)
-            )
-            return int(result.rowcount or 0)
 
 
 async def _product_pk(conn: AsyncConnection, account_id: int, product_id: str) -> int:

@@ -2,28 +2,14 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
 
+from fleetops.ports.store import ProductNameTaken, ProductRecord
 from fleetops.store.database import Database
 from fleetops.store.tables import devices, products
-
-
-@dataclass(frozen=True)
-class ProductRecord:
-    pk: int
-    account_id: int
-    product_id: str
-    name: str
-    properties: dict[str, Any]
-    created_at: int
-
-
-class NameTaken(Exception):
-    """The account already has a product with this name."""
 
 
 class ProductStore:
@@ -39,7 +25,7 @@ class ProductStore:
         now_s: int,
         max_products: int,
     ) -> ProductRecord | None:
-        """Insert a product; None when the account is at ``max_products``. Raises NameTaken."""
+        """Insert a product; None when the account is at ``max_products``. Raises ProductNameTaken."""
         async with self._db.begin() as conn:
             count = (
                 await conn.execute(
@@ -64,7 +50,7 @@ class ProductStore:
                         )
                     ).scalar_one()
             except IntegrityError as exc:
-                raise NameTaken(name) from exc
+                raise ProductNameTaken(name) from exc
         return ProductRecord(int(pk), account_id, product_id, name, properties, now_s)
 
     async def get(self, account_id: int, product_id: str) -> ProductRecord | None:

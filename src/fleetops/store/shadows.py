@@ -1,12 +1,20 @@
-"""Device shadows: read, and write without lost updates.
+"""Device shadows: read, and write without lost updates. The only module that writes the ``shadow_*`` columns.
 
 The cloud API, the device (MQTT ``update``) and batch tasks may all write one shadow at the same moment. A
 write here is optimistic: read the row, let a pure function compute the new document
 (``fleetops.domain.shadow``), then ``UPDATE ... WHERE id = :id AND shadow_version = :read_version``. If
 another writer got there first the update touches no row; the whole read-compute-write is then repeated on the
 fresh document, a bounded number of times. The same statements run on SQLite and PostgreSQL, so both behave
-alike; no database lock is held while Python computes. Every other writer (the task executor's SQL-side
-merge included) must increment ``shadow_version``: that is what makes the compare-and-set sound.
+alike; no database lock is held while Python computes.
+
+The task engine's batched merge of a desired patch into many shadows is here too (:func:`merge_desired_flat`,
+:func:`merge_desired_each`), run inside the engine's batch transaction (``store/batches.py``): a flat patch
+(``domain.shadow.is_flat``) is merged by the database itself - SQLite's built-in ``json_patch``, on PostgreSQL
+``(desired - null_keys) || non_null_values`` - with the metadata of each written key set to
+``{"timestamp": now}`` and deleted keys losing theirs, which is exactly ``domain.shadow.merge_patch`` and
+``stamp_metadata`` for a flat patch (tests/integration/test_shadow_merge_sql.py checks both dialects against
+them). Any other patch is merged row by row with a function of the domain, under the batch's lock. Every
+writer increments ``shadow_version``: that is what makes the compare-and-set sound.
 """
 
 from __future__ import annotations
@@ -14,30 +22,46 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
-from collections.abc import AsyncIterator, Callable
-from typing import TypeVar
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from typing import Any, Final, TypeVar
 
+import orjson
 import sqlalchemy as sa
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from fleetops.domain.shadow import Shadow
+from fleetops.domain.shadow import JSONObject, Shadow
+from fleetops.ports.store import DesiredMerge, ShadowContention, ShadowMissing
 from fleetops.store.database import Database
 from fleetops.store.tables import devices, products
 
 T = TypeVar("T")
 
+# --- a new device's shadow (Shadow.new()) ----------------------------------------------------------------
+
+
+def _columns(shadow: Shadow) -> dict[str, Any]:
+    return {
+        "shadow_reported": shadow.reported,
+        "shadow_desired": sa.null() if shadow.desired is None else shadow.desired,
+        "shadow_meta_reported": shadow.metadata_reported,
+        "shadow_meta_desired": shadow.metadata_desired,
+        "shadow_version": shadow.version,
+        "shadow_ts_ms": shadow.timestamp_ms,
+    }
+
+
+# Column values of a new device's shadow, for single-row inserts through SQLAlchemy.
+NEW_SHADOW_COLUMNS: Final[Mapping[str, Any]] = _columns(Shadow.new())
+# The bulk insert writes only these, as JSON text (no per-row encoding); the others take their server defaults,
+# which are the new shadow's (no desired section, version 0, time 0). tests/integration/test_device_store.py
+# checks that both insert paths give the same shadow.
+NEW_SHADOW_COLUMN_NAMES: Final = ("shadow_reported", "shadow_meta_reported", "shadow_meta_desired")
+NEW_SHADOW_TEXT: Final = tuple(orjson.dumps(NEW_SHADOW_COLUMNS[name]).decode() for name in NEW_SHADOW_COLUMN_NAMES)
+
 # Enough for dozens of writers on other nodes hammering one shadow; a lost round costs a read and a pause.
 DEFAULT_MAX_ATTEMPTS = 100
 _BACKOFF_CAP_S = 0.01
-
-
-class ShadowMissing(Exception):
-    """The account has no such product, or the product no such device."""
-
-
-class ShadowContention(Exception):
-    """The shadow kept changing under this writer; it gave up after the bounded number of attempts."""
 
 
 # The two hot statements are built once: constructing a Core statement costs about as much as running it on
@@ -174,3 +198,127 @@ async def _read(conn: AsyncConnection, account_id: int, product_id: str, device_
         version=int(row.shadow_version),
         timestamp_ms=int(row.shadow_ts_ms),
     )
+
+
+# --- the task engine's batched desired merge (run inside the batch transaction of store/batches.py) --------
+
+# the devices of one batch: a key range of the (product_pk, name) index, restricted to the task's snapshot
+_RANGE: Final = "product_pk = :pk AND name > :after AND name <= :through AND id <= :snapshot"
+
+_SQLITE_FLAT_MERGE: Final = (
+    "UPDATE devices SET "
+    "shadow_desired = json_patch(coalesce(shadow_desired, '{{}}'), :patch), "
+    "shadow_meta_desired = CASE WHEN json_type(shadow_desired) = 'object' "
+    "THEN json_patch(json_patch(shadow_meta_desired, :clear), :stamps) ELSE :stamps END, "
+    "shadow_version = shadow_version + 1, shadow_ts_ms = :now_ms "
+    "WHERE " + _RANGE + "{names} RETURNING name, shadow_version"
+)
+_SQLITE_NAMES: Final = " AND name IN (SELECT value FROM json_each(:names))"
+
+_POSTGRESQL_FLAT_MERGE: Final = (
+    "UPDATE devices SET "
+    "shadow_desired = (CASE WHEN jsonb_typeof(shadow_desired) = 'object' THEN shadow_desired "
+    "ELSE '{{}}'::jsonb END - CAST(:null_keys AS text[])) || CAST(:values AS jsonb), "
+    "shadow_meta_desired = CASE WHEN jsonb_typeof(shadow_desired) = 'object' "
+    "THEN shadow_meta_desired - CAST(:keys AS text[]) ELSE '{{}}'::jsonb END || CAST(:stamps AS jsonb), "
+    "shadow_version = shadow_version + 1, shadow_ts_ms = :now_ms "
+    "WHERE " + _RANGE + "{names} RETURNING name, shadow_version"
+)
+_POSTGRESQL_NAMES: Final = " AND name = ANY(CAST(:names AS text[]))"
+
+
+def _statements(template: str, names_clause: str) -> tuple[sa.TextClause, sa.TextClause]:
+    """(every device of the range, only the listed names) variants, built once."""
+    return sa.text(template.format(names="")), sa.text(template.format(names=names_clause))
+
+
+_SQLITE_MERGES: Final = _statements(_SQLITE_FLAT_MERGE, _SQLITE_NAMES)
+_POSTGRESQL_MERGES: Final = _statements(_POSTGRESQL_FLAT_MERGE, _POSTGRESQL_NAMES)
+
+_WRITE_BACK: Final = (
+    sa.update(devices)
+    .where(devices.c.id == sa.bindparam("b_id"))
+    .values(
+        shadow_desired=sa.bindparam("b_desired", type_=_JSON_OR_NULL),
+        shadow_meta_desired=sa.bindparam("b_meta", type_=_JSON_OR_NULL),
+        shadow_version=sa.bindparam("b_version", type_=sa.BigInteger),
+        shadow_ts_ms=sa.bindparam("b_ts_ms", type_=sa.BigInteger),
+    )
+)
+
+
+def _dumps(value: Any) -> str:
+    return orjson.dumps(value).decode()
+
+
+def batch_bounds(product_pk: int, after: str, through: str, snapshot_id: int) -> dict[str, Any]:
+    """The key range of one batch: devices named in ``(after, through]`` of the task's snapshot."""
+    return {"pk": product_pk, "after": after, "through": through, "snapshot": snapshot_id}
+
+
+async def merge_desired_flat(
+    conn: AsyncConnection, bounds: Mapping[str, Any], names: Sequence[str] | None, patch: JSONObject, now_ms: int
+) -> list[tuple[str, int]]:
+    """Merge a flat ``patch`` (``domain.shadow.is_flat``) in SQL: (name, new version) per device written."""
+    values = {key: value for key, value in patch.items() if value is not None}
+    stamps = _dumps({key: {"timestamp": now_ms} for key in values})
+    params: dict[str, Any] = {**bounds, "stamps": stamps, "now_ms": now_ms}
+    if conn.dialect.name == "sqlite":
+        every, listed = _SQLITE_MERGES
+        params.update(patch=_dumps(patch), clear=_dumps(dict.fromkeys(patch)))
+        if names is not None:
+            params["names"] = _dumps(list(names))
+    else:
+        every, listed = _POSTGRESQL_MERGES
+        params.update(
+            null_keys=[key for key, value in patch.items() if value is None], values=_dumps(values), keys=list(patch)
+        )
+        if names is not None:
+            params["names"] = list(names)
+    result = await conn.execute(every if names is None else listed, params)
+    return [(name, int(version)) for name, version in result]
+
+
+async def merge_desired_each(
+    conn: AsyncConnection, bounds: Mapping[str, Any], names: Sequence[str] | None, merge: DesiredMerge, now_ms: int
+) -> list[tuple[str, int]]:
+    """Merge row by row with ``merge``: the batch's rows are read under its lock (SQLite ``BEGIN IMMEDIATE``,
+    PostgreSQL ``FOR UPDATE``) and written back with one ``executemany``.
+
+    For a patch with nested objects, whose metadata depends on each device's old value (an object written over
+    a scalar drops the scalar's timestamp leaf), which no constant SQL patch can express.
+    """
+    query = (
+        sa.select(
+            devices.c.id,
+            devices.c.name,
+            devices.c.shadow_desired,
+            devices.c.shadow_meta_desired,
+            devices.c.shadow_version,
+        )
+        .where(
+            devices.c.product_pk == bounds["pk"],
+            devices.c.name > bounds["after"],
+            devices.c.name <= bounds["through"],
+            devices.c.id <= bounds["snapshot"],
+        )
+        .order_by(devices.c.product_pk, devices.c.name)
+    )
+    if conn.dialect.name != "sqlite":
+        query = query.with_for_update()  # SQLite: BEGIN IMMEDIATE already excludes every other writer
+    wanted = None if names is None else set(names)
+    updates: list[dict[str, Any]] = []
+    written: list[tuple[str, int]] = []
+    for row in await conn.execute(query):
+        if wanted is not None and row.name not in wanted:
+            continue
+        old = row.shadow_desired if isinstance(row.shadow_desired, dict) else None
+        desired, metadata = merge(old, row.shadow_meta_desired)
+        version = int(row.shadow_version) + 1
+        updates.append(
+            {"b_id": row.id, "b_desired": desired, "b_meta": metadata, "b_version": version, "b_ts_ms": now_ms}
+        )
+        written.append((row.name, version))
+    if updates:
+        await conn.execute(_WRITE_BACK, updates)
+    return written

@@ -22,73 +22,38 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
 from typing import Any
 
 import orjson
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from fleetops.domain.tasks import PublishMessageSpec, TaskSpec, TaskStatus, TaskType, UpdateShadowSpec
+from fleetops.domain.tasks import (
+    FINISHED_STATUSES,
+    OPEN_STATUSES,
+    RUNNING,
+    PublishMessageSpec,
+    TaskEvent,
+    TaskSpec,
+    TaskStatus,
+    TaskType,
+    UpdateShadowSpec,
+    sources,
+    target,
+)
+from fleetops.ports.store import NewTask, Progress, TaskRecord
+from fleetops.ports.store import TaskStore as TaskStorePort
 from fleetops.store.database import Database
 from fleetops.store.tables import accounts, devices, tasks
 
-_OPEN = (TaskStatus.WAITING.value, TaskStatus.PROCESSING.value)
-_FINISHED = (TaskStatus.COMPLETED.value, TaskStatus.FAILED.value, TaskStatus.CANCELLED.value)
+
+def _statuses(statuses: frozenset[TaskStatus]) -> list[int]:
+    return sorted(status.value for status in statuses)
 
 
-@dataclass(frozen=True, slots=True)
-class TaskRecord:
-    id: str
-    account_id: int
-    product_pk: int
-    product_id: str
-    type: TaskType
-    name_filter: str
-    spec: TaskSpec
-    status: TaskStatus
-    created_at: int
-    updated_at: int
-    schedule_time: int
-    started_at: int | None
-    done_time: int
-    max_execution_s: int
-    ret_code: int
-    err_msg: str
-    all_device_cnt: int
-    done_device_cnt: int
-    snapshot_device_id: int | None  # the largest device id when the task started: later devices are not in it
-    applied_cursor: str | None  # the last device name whose batch is committed (None: none yet)
-    pushed_cursor: str | None  # the last device name whose delta pushes went out
-    lease_owner: str | None
-    lease_until: int | None
-
-
-@dataclass(frozen=True, slots=True)
-class NewTask:
-    id: str
-    account_id: int
-    product_pk: int
-    product_id: str
-    type: TaskType
-    name_filter: str
-    spec: TaskSpec
-    created_at: int
-    schedule_time: int
-    max_execution_s: int
-
-
-@dataclass(frozen=True, slots=True)
-class Progress:
-    """One fenced progress write: applies only if the row still holds ``expected_cursor`` under ``owner``."""
-
-    task_id: str
-    owner: str
-    expected_cursor: str | None
-    applied_cursor: str | None
-    pushed_cursor: str | None
-    done_delta: int
-    lease_until: int
+def _may(event: TaskEvent) -> sa.ColumnElement[bool]:
+    """The row's status is one ``event`` applies to (the domain's state machine, ``domain.tasks.TRANSITIONS``)."""
+    return tasks.c.status.in_(_statuses(sources(event)))
 
 
 def spec_to_json(spec: TaskSpec) -> dict[str, Any]:
@@ -128,8 +93,8 @@ async def write_transaction(db: Database) -> AsyncIterator[AsyncConnection]:
 
 
 def _held_by(task_id: str, owner: str) -> sa.ColumnElement[bool]:
-    """The fence of every engine write: the task is processing under ``owner``'s lease."""
-    return sa.and_(tasks.c.id == task_id, tasks.c.status == TaskStatus.PROCESSING.value, tasks.c.lease_owner == owner)
+    """The fence of every engine write: the task is running under ``owner``'s lease."""
+    return sa.and_(tasks.c.id == task_id, tasks.c.status == RUNNING.value, tasks.c.lease_owner == owner)
 
 
 def progress_update(progress: Progress) -> sa.Update:
@@ -149,7 +114,9 @@ def progress_update(progress: Progress) -> sa.Update:
     )
 
 
-class TaskStore:
+class TaskStore(TaskStorePort):
+    """:class:`fleetops.ports.store.TaskStore` on SQLite / PostgreSQL."""
+
     def __init__(self, db: Database) -> None:
         self._db = db
 
@@ -173,7 +140,7 @@ class TaskStore:
                     await conn.execute(
                         sa.select(sa.func.count())
                         .select_from(tasks)
-                        .where(tasks.c.account_id == task.account_id, tasks.c.status.in_(_OPEN))
+                        .where(tasks.c.account_id == task.account_id, tasks.c.status.in_(_statuses(OPEN_STATUSES)))
                     )
                 ).scalar_one()
             )
@@ -188,7 +155,7 @@ class TaskStore:
                     type=task.type.value,
                     name_filter=task.name_filter,
                     spec=spec_to_json(task.spec),
-                    status=TaskStatus.WAITING.value,
+                    status=TaskStatus.WAITING.value,  # a new task waits for its schedule time
                     created_at=task.created_at,
                     updated_at=task.created_at,
                     schedule_time=task.schedule_time,
@@ -239,10 +206,11 @@ class TaskStore:
         async with self._db.begin() as conn:
             result = await conn.execute(
                 sa.update(tasks)
-                .where(mine, tasks.c.status == TaskStatus.WAITING.value)
-                .values(status=TaskStatus.CANCELLED.value, updated_at=now_s)
+                .where(mine, _may(TaskEvent.CANCEL))
+                .values(status=target(TaskEvent.CANCEL).value, updated_at=now_s)
+                .returning(tasks.c.id)
             )
-            if result.rowcount:
+            if result.first() is not None:
                 return TaskStatus.WAITING
             status = (await conn.execute(sa.select(tasks.c.status).where(mine))).scalar_one_or_none()
         return None if status is None else TaskStatus(status)
@@ -253,10 +221,9 @@ class TaskStore:
         """Lease the next task to run: a waiting task whose time has come (it becomes processing, and its
         device snapshot is fixed in the same statement), or a processing task whose lease has expired."""
         due = sa.or_(
-            sa.and_(tasks.c.status == TaskStatus.WAITING.value, tasks.c.schedule_time <= now_s),
+            sa.and_(_may(TaskEvent.START), tasks.c.schedule_time <= now_s),
             sa.and_(
-                tasks.c.status == TaskStatus.PROCESSING.value,
-                sa.or_(tasks.c.lease_until.is_(None), tasks.c.lease_until < now_s),
+                tasks.c.status == RUNNING.value, sa.or_(tasks.c.lease_until.is_(None), tasks.c.lease_until < now_s)
             ),
         )
         if exclude:
@@ -270,12 +237,12 @@ class TaskStore:
             .scalar_subquery()
         )
         newest_device = sa.select(sa.func.coalesce(sa.func.max(devices.c.id), 0)).scalar_subquery()
-        starting = tasks.c.status == TaskStatus.WAITING.value
+        starting = _may(TaskEvent.START)
         statement = (
             sa.update(tasks)
             .where(tasks.c.id == pick, due)
             .values(
-                status=TaskStatus.PROCESSING.value,
+                status=target(TaskEvent.START).value,
                 started_at=sa.func.coalesce(tasks.c.started_at, now_s),
                 updated_at=sa.case((starting, now_s), else_=tasks.c.updated_at),
                 snapshot_device_id=sa.func.coalesce(tasks.c.snapshot_device_id, newest_device),
@@ -293,7 +260,7 @@ class TaskStore:
         async with self._db.begin() as conn:
             result = await conn.execute(
                 sa.update(tasks)
-                .where(tasks.c.lease_owner == owner, tasks.c.status == TaskStatus.PROCESSING.value)
+                .where(tasks.c.lease_owner == owner, tasks.c.status == RUNNING.value)
                 .values(lease_until=0)
             )
             return int(result.rowcount or 0)
@@ -341,7 +308,7 @@ class TaskStore:
                 tasks.c.applied_cursor.is_not_distinct_from(expected_cursor),
             )
             .values(
-                status=TaskStatus.COMPLETED.value,
+                status=target(TaskEvent.FINISH).value,
                 done_time=now_s,
                 updated_at=now_s,
                 pushed_cursor=tasks.c.applied_cursor,
@@ -358,7 +325,7 @@ class TaskStore:
                 _held_by(task_id, owner),
             )
             .values(
-                status=TaskStatus.FAILED.value,
+                status=target(TaskEvent.DEADLINE).value,
                 ret_code=ret_code,
                 err_msg=err_msg,
                 done_time=now_s,
@@ -378,7 +345,9 @@ class TaskStore:
         """Delete finished tasks created before ``created_before`` (the retention window)."""
         async with self._db.begin() as conn:
             result = await conn.execute(
-                sa.delete(tasks).where(tasks.c.created_at < created_before, tasks.c.status.in_(_FINISHED))
+                sa.delete(tasks).where(
+                    tasks.c.created_at < created_before, tasks.c.status.in_(_statuses(FINISHED_STATUSES))
+                )
             )
             return int(result.rowcount or 0)
 

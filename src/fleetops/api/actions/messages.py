@@ -1,47 +1,42 @@
-"""PublishMessage (iotcloud-actions.md section 5.1)."""
+"""PublishMessage (docs/api.md)."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 from fleetops import errors
-from fleetops.api.actions.devices import DEVICE_NAME
-from fleetops.api.actions.products import PRODUCT_ID
+from fleetops.api.actions.devices import device_name
+from fleetops.api.actions.products import product_id
 from fleetops.api.registry import Action, ActionContext
-from fleetops.api.schema import Kind, Param
+from fleetops.api.schema import wire
 
 
-async def publish_message(ctx: ActionContext, params: dict[str, Any]) -> dict[str, Any]:
+@dataclass(frozen=True, slots=True)
+class PublishMessageRequest:
+    # no length limit on Topic here: any topic that is not the device's is FailedOperation.InvalidTopicName
+    topic: str = wire("Topic", required=True, doc="{ProductId}/{DeviceName}/[a-zA-Z0-9:_-]{1,128}")
+    payload: str = wire("Payload", required=True, doc="message body, at most 16384 bytes (after decoding)")
+    product_id: str = product_id()
+    device_name: str = device_name()
+    qos: int = wire("Qos", default=0, choices=(0, 1), doc="0 (default) or 1")
+    payload_encoding: str | None = wire(
+        "PayloadEncoding", doc="`base64`: Payload is Base64 and is decoded before delivery"
+    )
+
+
+async def publish_message(ctx: ActionContext, req: PublishMessageRequest) -> dict[str, Any]:
     await ctx.backend.messages.publish(
-        ctx.account_id,
-        params["product_id"],
-        params["device_name"],
-        params["topic"],
-        params["payload"],
-        params.get("qos", 0),
-        params.get("payload_encoding"),
+        ctx.account_id, req.product_id, req.device_name, req.topic, req.payload, req.qos, req.payload_encoding
     )
     return {}
 
 
-ACTIONS = (
+ACTIONS: tuple[Action[Any], ...] = (
     Action(
         name="PublishMessage",
         summary="Publish one message to one device's topic.",
-        params=(
-            Param(
-                "Topic",
-                Kind.STRING,
-                required=True,
-                # no length limit here: any topic that is not the device's is FailedOperation.InvalidTopicName
-                doc="{ProductId}/{DeviceName}/[a-zA-Z0-9:_-]{1,128}",
-            ),
-            Param("Payload", Kind.STRING, required=True, doc="message body, at most 16384 bytes (after decoding)"),
-            PRODUCT_ID,
-            DEVICE_NAME,
-            Param("Qos", Kind.INTEGER, choices=(0, 1), doc="0 (default) or 1"),
-            Param("PayloadEncoding", Kind.STRING, doc="`base64`: Payload is Base64 and is decoded before delivery"),
-        ),
+        request=PublishMessageRequest,
         handler=publish_message,
         errors=(
             errors.FailedOperation,

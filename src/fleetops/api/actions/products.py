@@ -1,37 +1,67 @@
-"""Product actions: CreateProduct, DescribeProduct, DescribeProducts, DeleteProduct (iotcloud-actions.md §2)."""
+"""Product actions: CreateProduct, DescribeProduct, DescribeProducts, DeleteProduct (docs/api.md)."""
 
 from __future__ import annotations
 
-from typing import Any
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, Final
 
 from fleetops import errors
 from fleetops.api.registry import Action, ActionContext
-from fleetops.api.schema import Kind, Param
-from fleetops.store.products import ProductRecord
+from fleetops.api.schema import wire
+from fleetops.ports.store import ProductRecord
 
-PRODUCT_NAME_PATTERN = r"[a-zA-Z0-9:_-]{1,32}"
-PRODUCT_ID = Param("ProductId", Kind.STRING, required=True, max_length=10, doc="product id (10 characters)")
+PRODUCT_NAME_PATTERN: Final = r"[a-zA-Z0-9:_-]{1,32}"
 
-PRODUCT_PROPERTIES = Param(
-    "ProductProperties",
-    Kind.OBJECT,
-    doc="product properties; only key-authenticated normal products are supported",
-    fields=(
-        Param("ProductDescription", Kind.STRING, max_length=256, doc="description"),
-        Param("EncryptionType", Kind.STRING, doc='"2" key authentication (default); "1" is not supported'),
-        Param("Region", Kind.STRING, doc='"gz" (the only value)'),
-        Param("ProductType", Kind.INTEGER, doc="0 normal (the only supported type)"),
-        Param("Format", Kind.STRING, choices=("json", "custom"), doc="json (default) or custom"),
-        Param("Platform", Kind.STRING, max_length=32, doc="free text, default DEFAULT"),
-        Param("Appeui", Kind.STRING, doc="LoRa only; ignored"),
-        Param("ModelId", Kind.STRING, doc="ignored"),
-        Param("ModelName", Kind.STRING, doc="ignored"),
-        Param("ProductKey", Kind.STRING, doc="ignored"),
-        Param("RegisterType", Kind.INTEGER, doc="ignored (dynamic registration is not implemented)"),
-        Param("ProductSecret", Kind.STRING, doc="ignored"),
-        Param("RegisterLimit", Kind.INTEGER, doc="ignored"),
-    ),
-)
+
+def product_id(*, doc: str = "product id (10 characters)") -> Any:
+    """The ``ProductId`` parameter, as most actions declare it (DescribeDevice says ``ProductID``)."""
+    return wire("ProductId", required=True, max_length=10, doc=doc)
+
+
+@dataclass(frozen=True, slots=True)
+class ProductProperties:
+    product_description: str | None = wire("ProductDescription", max_length=256, doc="description")
+    encryption_type: str | None = wire("EncryptionType", doc='"2" key authentication (default); "1" is not supported')
+    region: str | None = wire("Region", doc='"gz" (the only value)')
+    product_type: int | None = wire("ProductType", doc="0 normal (the only supported type)")
+    format: str | None = wire("Format", choices=("json", "custom"), doc="json (default) or custom")
+    platform: str | None = wire("Platform", max_length=32, doc="free text, default DEFAULT")
+    appeui: str | None = wire("Appeui", doc="LoRa only; ignored")
+    model_id: str | None = wire("ModelId", doc="ignored")
+    model_name: str | None = wire("ModelName", doc="ignored")
+    product_key: str | None = wire("ProductKey", doc="ignored")
+    register_type: int | None = wire("RegisterType", doc="ignored (dynamic registration is not implemented)")
+    product_secret: str | None = wire("ProductSecret", doc="ignored")
+    register_limit: int | None = wire("RegisterLimit", doc="ignored")
+
+
+@dataclass(frozen=True, slots=True)
+class CreateProductRequest:
+    product_name: str = wire(
+        "ProductName", required=True, pattern=PRODUCT_NAME_PATTERN, doc="[a-zA-Z0-9:_-]{1,32}, unique in the account"
+    )
+    product_properties: ProductProperties | None = wire(
+        "ProductProperties", doc="product properties; only key-authenticated normal products are supported"
+    )
+    skey: str | None = wire("Skey", doc="LoRa only; ignored")
+
+
+@dataclass(frozen=True, slots=True)
+class DescribeProductRequest:
+    product_id: str = product_id()
+
+
+@dataclass(frozen=True, slots=True)
+class DescribeProductsRequest:
+    offset: int = wire("Offset", required=True, doc="from 0")
+    limit: int = wire("Limit", required=True, min_value=10, max_value=250, doc="10..250")
+
+
+@dataclass(frozen=True, slots=True)
+class DeleteProductRequest:
+    product_id: str = product_id()
+    skey: str | None = wire("Skey", doc="LoRa only; ignored")
 
 
 def product_info(record: ProductRecord) -> dict[str, Any]:
@@ -43,46 +73,33 @@ def product_info(record: ProductRecord) -> dict[str, Any]:
     }
 
 
-async def create_product(ctx: ActionContext, params: dict[str, Any]) -> dict[str, Any]:
+async def create_product(ctx: ActionContext, req: CreateProductRequest) -> dict[str, Any]:
+    given = dataclasses.asdict(req.product_properties) if req.product_properties is not None else {}
     record = await ctx.backend.products.create(
-        ctx.account_id, params["product_name"], params.get("product_properties") or {}
+        ctx.account_id, req.product_name, {name: value for name, value in given.items() if value is not None}
     )
-    return {
-        "ProductName": record.name,
-        "ProductId": record.product_id,
-        "ProductProperties": record.properties,
-    }
+    return {"ProductName": record.name, "ProductId": record.product_id, "ProductProperties": record.properties}
 
 
-async def describe_product(ctx: ActionContext, params: dict[str, Any]) -> dict[str, Any]:
-    return product_info(await ctx.backend.products.get(ctx.account_id, params["product_id"]))
+async def describe_product(ctx: ActionContext, req: DescribeProductRequest) -> dict[str, Any]:
+    return product_info(await ctx.backend.products.get(ctx.account_id, req.product_id))
 
 
-async def describe_products(ctx: ActionContext, params: dict[str, Any]) -> dict[str, Any]:
-    total, records = await ctx.backend.products.page(ctx.account_id, params["offset"], params["limit"])
+async def describe_products(ctx: ActionContext, req: DescribeProductsRequest) -> dict[str, Any]:
+    total, records = await ctx.backend.products.page(ctx.account_id, req.offset, req.limit)
     return {"TotalCount": total, "Products": [product_info(r) for r in records]}
 
 
-async def delete_product(ctx: ActionContext, params: dict[str, Any]) -> dict[str, Any]:
-    await ctx.backend.products.delete(ctx.account_id, params["product_id"])
+async def delete_product(ctx: ActionContext, req: DeleteProductRequest) -> dict[str, Any]:
+    await ctx.backend.products.delete(ctx.account_id, req.product_id)
     return {}
 
 
-ACTIONS = (
+ACTIONS: tuple[Action[Any], ...] = (
     Action(
         name="CreateProduct",
         summary="Create a product.",
-        params=(
-            Param(
-                "ProductName",
-                Kind.STRING,
-                required=True,
-                pattern=PRODUCT_NAME_PATTERN,
-                doc="[a-zA-Z0-9:_-]{1,32}, unique in the account",
-            ),
-            PRODUCT_PROPERTIES,
-            Param("Skey", Kind.STRING, doc="LoRa only; ignored"),
-        ),
+        request=CreateProductRequest,
         handler=create_product,
         response=("ProductName", "ProductId", "ProductProperties"),
         errors=(
@@ -95,7 +112,7 @@ ACTIONS = (
     Action(
         name="DescribeProduct",
         summary="Describe one product.",
-        params=(PRODUCT_ID,),
+        request=DescribeProductRequest,
         handler=describe_product,
         response=("ProductId", "ProductName", "ProductMetadata", "ProductProperties"),
         errors=(errors.ProductNotExist,),
@@ -103,10 +120,7 @@ ACTIONS = (
     Action(
         name="DescribeProducts",
         summary="List the account's products, oldest first.",
-        params=(
-            Param("Offset", Kind.INTEGER, required=True, doc="from 0"),
-            Param("Limit", Kind.INTEGER, required=True, min_value=10, max_value=250, doc="10..250"),
-        ),
+        request=DescribeProductsRequest,
         handler=describe_products,
         response=("TotalCount", "Products"),
         errors=(errors.InvalidParameterValue,),
@@ -114,7 +128,7 @@ ACTIONS = (
     Action(
         name="DeleteProduct",
         summary="Delete a product that has no devices.",
-        params=(PRODUCT_ID, Param("Skey", Kind.STRING, doc="LoRa only; ignored")),
+        request=DeleteProductRequest,
         handler=delete_product,
         errors=(errors.ProductNotExist, errors.DevicesExistUnderProduct),
     ),

@@ -1,13 +1,15 @@
-"""Batch task actions: CreateTask, DescribeTask, DescribeTasks, CancelTask (iotcloud-actions.md section 1)."""
+"""Batch task actions: CreateTask, DescribeTask, DescribeTasks, CancelTask (docs/api.md, docs/tasks.md)."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 from fleetops import errors
-from fleetops.api.actions.products import PRODUCT_ID
+from fleetops.api.actions.products import product_id
 from fleetops.api.registry import Action, ActionContext
-from fleetops.api.schema import Kind, Param
+from fleetops.api.schema import wire
+from fleetops.backend.tasks import TaskDraft
 from fleetops.domain.limits import (
     NAME_FILTER_MAX_LENGTH,
     PUBLISH_PAYLOAD_MAX_BYTES,
@@ -18,66 +20,96 @@ from fleetops.domain.limits import (
     TOPIC_SUFFIX_MAX_LENGTH,
 )
 from fleetops.domain.tasks import TaskType, percent
-from fleetops.store.tasks import TaskRecord
+from fleetops.ports.store import TaskRecord
 
-TASK_ID = Param("Id", Kind.STRING, required=True, max_length=64, doc="task id (24 hex characters)")
+
+def task_id() -> Any:
+    return wire("Id", required=True, max_length=64, doc="task id (24 hex characters)")
+
 
 # The members of Tasks are optional for the decoder: which one is required depends on TaskType, and a missing
-# one is InvalidParameterValue (domain.tasks.validate_tasks), not MissingParameter.
-TASKS = Param(
-    "Tasks",
-    Kind.OBJECT,
-    required=True,
-    doc="what to do for each matched device; the member named after TaskType is required",
-    fields=(
-        Param(
-            "UpdateShadowTask",
-            Kind.OBJECT,
-            doc="for UpdateShadow",
-            fields=(
-                Param(
-                    "Desired",
-                    Kind.STRING,
-                    doc='a JSON object as a string, e.g. {"color":"red"} (not wrapped in desired); merged '
-                    f"into each device's desired section; at most {SHADOW_STATE_MAX_BYTES} bytes and "
-                    f"{SHADOW_MAX_DEPTH} levels as a shadow state",
-                ),
-            ),
-        ),
-        Param(
-            "PublishMessageTask",
-            Kind.OBJECT,
-            doc="for PublishMessage",
-            fields=(
-                Param(
-                    "Topic",
-                    Kind.STRING,
-                    doc="the topic after {ProductId}/{DeviceName}/, e.g. control; "
-                    f"[a-zA-Z0-9:_-]{{1,{TOPIC_SUFFIX_MAX_LENGTH}}}",
-                ),
-                Param(
-                    "Payload",
-                    Kind.STRING,
-                    doc=f"the message, at most {PUBLISH_PAYLOAD_MAX_BYTES} bytes of UTF-8",
-                ),
-            ),
-        ),
-    ),
-)
-
-_WIRE_MEMBERS = {
-    "update_shadow_task": ("UpdateShadowTask", {"desired": "Desired"}),
-    "publish_message_task": ("PublishMessageTask", {"topic": "Topic", "payload": "Payload"}),
-}
+# one is InvalidParameterValue (domain.tasks.task_spec), not MissingParameter.
+@dataclass(frozen=True, slots=True)
+class UpdateShadowTask:
+    desired: str | None = wire(
+        "Desired",
+        doc='a JSON object as a string, e.g. {"color":"red"} (not wrapped in desired); merged '
+        f"into each device's desired section; at most {SHADOW_STATE_MAX_BYTES} bytes and "
+        f"{SHADOW_MAX_DEPTH} levels as a shadow state",
+    )
 
 
-def _wire_tasks(decoded: dict[str, Any]) -> dict[str, Any]:
-    """The decoded Tasks back in wire names, the form ``domain.tasks.validate_tasks`` checks and cites."""
-    wire: dict[str, Any] = {}
-    for member, (wire_member, fields) in _WIRE_MEMBERS.items():
-        if member in decoded:
-            wire[wire_member] = {fields[key]: value for key, value in decoded[member].items()}
-    return wire
+@dataclass(frozen=True, slots=True)
+class PublishMessageTask:
+    topic: str | None = wire(
+        "Topic",
+        doc="the topic after {ProductId}/{DeviceName}/, e.g. control; "
+        f"[a-zA-Z0-9:_-]{{1,{TOPIC_SUFFIX_MAX_LENGTH}}}",
+    )
+    payload: str | None = wire("Payload", doc=f"the message, at most {PUBLISH_PAYLOAD_MAX_BYTES} bytes of UTF-8")
+
+
+@dataclass(frozen=True, slots=True)
+class TaskMembers:
+    update_shadow_task: UpdateShadowTask | None = wire("UpdateShadowTask", doc="for UpdateShadow")
+    publish_message_task: PublishMessageTask | None = wire("PublishMessageTask", doc="for PublishMessage")
+
+
+@dataclass(frozen=True, slots=True)
+class CreateTaskRequest:
+    task_type: TaskType = wire("TaskType", required=True, doc="UpdateShadow or PublishMessage")
+    product_id: str = product_id()
+    device_name_filter: str = wire(
+        "DeviceNameFilter",
+        required=True,
+        doc="RE2 regular expression searched in each device name (unanchored: use ^ and $ to "
+        f'anchor); "" matches every device; at most {NAME_FILTER_MAX_LENGTH} characters',
+    )
+    schedule_time: int = wire(
+        "ScheduleTimeInSeconds",
+        required=True,
+        doc=f"Unix time to start; 0 = now; in the past is refused; later than now+"
+        f"{TASK_MAX_SCHEDULE_AHEAD_S} is clamped to it",
+    )
+    tasks: TaskMembers = wire(
+        "Tasks", required=True, doc="what to do for each matched device; the member named after TaskType is required"
+    )
+    max_execution_time_s: int | None = wire(
+        "MaxExecutionTimeInSeconds",
+        min_value=0,
+        max_value=TASK_MAX_EXECUTION_TIME_S,
+        doc=f"the task fails (status 4) if not done this long after it started; 0 or absent = "
+        f"{TASK_MAX_EXECUTION_TIME_S}",
+    )
+
+    def draft(self) -> TaskDraft:
+        shadow, message = self.tasks.update_shadow_task, self.tasks.publish_message_task
+        return TaskDraft(
+            task_type=self.task_type,
+            product_id=self.product_id,
+            device_name_filter=self.device_name_filter,
+            schedule_time=self.schedule_time,
+            max_execution_time_s=self.max_execution_time_s,
+            desired=shadow.desired if shadow is not None else None,
+            topic=message.topic if message is not None else None,
+            payload=message.payload if message is not None else None,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class DescribeTaskRequest:
+    id: str = task_id()
+
+
+@dataclass(frozen=True, slots=True)
+class DescribeTasksRequest:
+    offset: int = wire("Offset", required=True, doc="from 0")
+    limit: int = wire("Limit", required=True, min_value=1, max_value=250, doc="1..250")
+
+
+@dataclass(frozen=True, slots=True)
+class CancelTaskRequest:
+    id: str = task_id()
 
 
 def task_info(record: TaskRecord) -> dict[str, Any]:
@@ -105,71 +137,30 @@ def describe_task_response(record: TaskRecord) -> dict[str, Any]:
     }
 
 
-async def create_task(ctx: ActionContext, params: dict[str, Any]) -> dict[str, Any]:
-    task_id = await ctx.backend.tasks.create(
-        ctx.account_id,
-        task_type=params["task_type"],
-        product_id=params["product_id"],
-        device_name_filter=params["device_name_filter"],
-        schedule_time_s=params["schedule_time_in_seconds"],
-        tasks=_wire_tasks(params["tasks"]),
-        max_execution_time_s=params.get("max_execution_time_in_seconds"),
-    )
-    return {"TaskId": task_id}
+async def create_task(ctx: ActionContext, req: CreateTaskRequest) -> dict[str, Any]:
+    return {"TaskId": await ctx.backend.tasks.create(ctx.account_id, req.draft())}
 
 
-async def describe_task(ctx: ActionContext, params: dict[str, Any]) -> dict[str, Any]:
-    return describe_task_response(await ctx.backend.tasks.describe(ctx.account_id, params["id"]))
+async def describe_task(ctx: ActionContext, req: DescribeTaskRequest) -> dict[str, Any]:
+    return describe_task_response(await ctx.backend.tasks.describe(ctx.account_id, req.id))
 
 
-async def describe_tasks(ctx: ActionContext, params: dict[str, Any]) -> dict[str, Any]:
-    total, records = await ctx.backend.tasks.page(ctx.account_id, params["offset"], params["limit"])
+async def describe_tasks(ctx: ActionContext, req: DescribeTasksRequest) -> dict[str, Any]:
+    total, records = await ctx.backend.tasks.page(ctx.account_id, req.offset, req.limit)
     return {"TotalCount": total, "Tasks": [task_info(r) for r in records]}
 
 
-async def cancel_task(ctx: ActionContext, params: dict[str, Any]) -> dict[str, Any]:
-    await ctx.backend.tasks.cancel(ctx.account_id, params["id"])
+async def cancel_task(ctx: ActionContext, req: CancelTaskRequest) -> dict[str, Any]:
+    await ctx.backend.tasks.cancel(ctx.account_id, req.id)
     return {}
 
 
-ACTIONS = (
+ACTIONS: tuple[Action[Any], ...] = (
     Action(
         name="CreateTask",
         summary="Create a batch task: update the desired shadow of, or publish a message to, every device "
         "of a product whose name matches a regular expression, at a chosen time.",
-        params=(
-            Param(
-                "TaskType",
-                Kind.STRING,
-                required=True,
-                choices=tuple(t.value for t in TaskType),
-                doc="UpdateShadow or PublishMessage",
-            ),
-            PRODUCT_ID,
-            Param(
-                "DeviceNameFilter",
-                Kind.STRING,
-                required=True,
-                doc="RE2 regular expression searched in each device name (unanchored: use ^ and $ to "
-                f'anchor); "" matches every device; at most {NAME_FILTER_MAX_LENGTH} characters',
-            ),
-            Param(
-                "ScheduleTimeInSeconds",
-                Kind.INTEGER,
-                required=True,
-                doc=f"Unix time to start; 0 = now; in the past is refused; later than now+"
-                f"{TASK_MAX_SCHEDULE_AHEAD_S} is clamped to it",
-            ),
-            TASKS,
-            Param(
-                "MaxExecutionTimeInSeconds",
-                Kind.INTEGER,
-                min_value=0,
-                max_value=TASK_MAX_EXECUTION_TIME_S,
-                doc=f"the task fails (status 4) if not done this long after it started; 0 or absent = "
-                f"{TASK_MAX_EXECUTION_TIME_S}",
-            ),
-        ),
+        request=CreateTaskRequest,
         handler=create_task,
         response=("TaskId",),
         errors=(
@@ -189,7 +180,7 @@ ACTIONS = (
     Action(
         name="DescribeTask",
         summary="Describe one task, with its live progress.",
-        params=(TASK_ID,),
+        request=DescribeTaskRequest,
         handler=describe_task,
         response=(
             "Type",
@@ -215,10 +206,7 @@ ACTIONS = (
     Action(
         name="DescribeTasks",
         summary="List the account's tasks of the last month, newest first.",
-        params=(
-            Param("Offset", Kind.INTEGER, required=True, doc="from 0"),
-            Param("Limit", Kind.INTEGER, required=True, min_value=1, max_value=250, doc="1..250"),
-        ),
+        request=DescribeTasksRequest,
         handler=describe_tasks,
         response=("TotalCount", "Tasks"),
         errors=(errors.InvalidParameterValue,),
@@ -226,7 +214,7 @@ ACTIONS = (
     Action(
         name="CancelTask",
         summary="Cancel a task that has not started yet (status 1 -> 5).",
-        params=(TASK_ID,),
+        request=CancelTaskRequest,
         handler=cancel_task,
         errors=(errors.AsyncTaskAlreadyStarted, errors.InvalidParameterValue, errors.TaskNotExist),
         notes="A task that has started, ended or been cancelled already: `FailedOperation.AsyncTaskAlreadyStarted`.",

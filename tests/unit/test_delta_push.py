@@ -1,4 +1,5 @@
-"""The executor's pure parts: the pre-encoded delta push, and which patches the SQL fast path may merge."""
+"""The pre-encoded delta push (messaging/shadow_protocol.py: DeltaPush), and which patches are flat (the
+task engine merges those in SQL)."""
 
 from __future__ import annotations
 
@@ -8,9 +9,8 @@ import orjson
 from hypothesis import given
 from hypothesis import strategies as st
 
-from fleetops.domain.shadow import render_delta_push
-from fleetops.engine.executor import delta_push_halves
-from fleetops.store.task_execution import is_flat
+from fleetops.domain.shadow import is_flat
+from fleetops.messaging.shadow_protocol import DeltaPush, render_delta_push
 
 scalars = st.none() | st.booleans() | st.integers(-(2**53), 2**53) | st.text(max_size=8)
 values = st.recursive(
@@ -24,13 +24,11 @@ states = st.dictionaries(st.text(max_size=8), values.filter(lambda v: v is not N
 def test_the_halves_around_the_version_are_the_rendered_delta_push(
     state: dict[str, Any], version: int, now_ms: int
 ) -> None:
-    head, tail = delta_push_halves(state, now_ms)
-    assert head + b"%d" % version + tail == orjson.dumps(render_delta_push(version, state, now_ms))
+    assert DeltaPush(state, now_ms).payload(version) == orjson.dumps(render_delta_push(version, state, now_ms))
 
 
 def test_a_push_is_the_documented_shape() -> None:
-    head, tail = delta_push_halves({"power": "on"}, 1700000010456)
-    assert orjson.loads(head + b"2" + tail) == {
+    assert orjson.loads(DeltaPush({"power": "on"}, 1700000010456).payload(2)) == {
         "type": "delta",
         "timestamp": 1700000010456,
         "payload": {
