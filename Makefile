@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN = $(VENV)/bin
 
-.PHONY: install run test lint typecheck unit docs bench
+.PHONY: install run test check lint typecheck layers unit docs docs-check bench
 
 install: $(VENV)/.installed
 
@@ -23,15 +23,26 @@ lint: install
 typecheck: install
 	$(BIN)/mypy
 
+# the import direction of docs/development.md#layers (contracts in pyproject.toml)
+layers: install
+	$(BIN)/lint-imports --no-cache
+
 docs: install
 	$(BIN)/python -m fleetops.api.docs > docs/api.md
 	$(BIN)/python -m fleetops.settings > docs/configuration.md
 
-test: lint typecheck
+docs-check: install
 	$(BIN)/python -m fleetops.api.docs --check docs/api.md
 	$(BIN)/python -m fleetops.settings | diff -q - docs/configuration.md >/dev/null || \
 		{ echo "docs/configuration.md is stale: run make docs"; exit 1; }
-	$(BIN)/pytest -q
 
+# pure tests only: seconds
 unit: install
 	$(BIN)/pytest -q tests/unit
+
+# lint, types, layering, generated docs and the unit tests: under a minute
+check: lint typecheck layers docs-check unit
+
+# everything: the checks, then the integration and end-to-end tests against the real services
+test: check
+	$(BIN)/pytest -q tests/integration tests/e2e

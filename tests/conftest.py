@@ -6,25 +6,35 @@ from pathlib import Path
 
 import pytest
 
-from tests.support import LiveServer, postgres_database, start_server
+from tests.support import LiveServer, drop_templates, postgres_database, sqlite_database, start_server, template_dir
 
 # The SDK honours HTTP(S)_PROXY for http:// endpoints; test traffic must stay on loopback.
 os.environ["NO_PROXY"] = os.environ["no_proxy"] = "127.0.0.1,localhost"
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _migrated_templates(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """One migrated database per session and kind; each test gets a copy (tests/support.py)."""
+    template_dir.append(tmp_path_factory.mktemp("templates"))
+    yield template_dir[0]
+    drop_templates()
+    template_dir.clear()
+
+
 @pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
-def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    """Each store and API test runs on both databases: a temp SQLite file, and a fresh PostgreSQL database."""
+def database_url(request: pytest.FixtureRequest, tmp_path: Path, _migrated_templates: Path) -> Iterator[str]:
+    """Each store and API test runs on both databases: a SQLite file and a PostgreSQL database of its own, each
+    a copy of the session's migrated template."""
     if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'fleetops.db'}"
+        yield sqlite_database(tmp_path / "fleetops.db")
     else:
         with postgres_database() as url:
             yield url
 
 
 @pytest.fixture
-def sqlite_url(tmp_path: Path) -> str:
-    return f"sqlite:///{tmp_path / 'fleetops.db'}"
+def sqlite_url(tmp_path: Path, _migrated_templates: Path) -> str:
+    return sqlite_database(tmp_path / "fleetops.db")
 
 
 @pytest.fixture

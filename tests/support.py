@@ -52,21 +52,75 @@ def require_service(name: str, host: str, port: int) -> None:
     pytest.skip(message)
 
 
+_ADMIN = f"host={PG_HOST} port={PG_PORT} user=postgres dbname=postgres"
+_templates: dict[str, str] = {}
+template_dir: list[Path] = []  # set by tests/conftest.py for the session
+
+
+def _migrated_template(kind: str) -> str:
+    """A database migrated once per test session (PostgreSQL: a template database; SQLite: a file)."""
+    if kind in _templates:
+        return _templates[kind]
+    from fleetops.store.database import open_migrated_database
+
+    async def migrate(url: str) -> None:
+        db = await open_migrated_database(url)
+        await db.dispose()
+
+    if kind == "postgresql":
+        import psycopg
+
+        name = "fleetops_template_" + secrets.token_hex(6)
+        with psycopg.connect(_ADMIN, autocommit=True) as conn:
+            conn.execute(f'CREATE DATABASE "{name}"')
+        asyncio.run(migrate(f"postgresql://postgres@{PG_HOST}:{PG_PORT}/{name}"))
+        _templates[kind] = name
+    else:
+        if not template_dir:
+            import tempfile
+
+            template_dir.append(Path(tempfile.mkdtemp(prefix="fleetops-templates-")))
+        path = template_dir[0] / "template.db"
+        asyncio.run(migrate(f"sqlite:///{path}"))
+        _templates[kind] = str(path)
+    return _templates[kind]
+
+
+def drop_templates() -> None:
+    """At the end of the session (tests/conftest.py)."""
+    name = _templates.pop("postgresql", None)
+    if name is not None:
+        import psycopg
+
+        with psycopg.connect(_ADMIN, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    _templates.clear()
+
+
 @contextmanager
-def postgres_database() -> Iterator[str]:
-    """A fresh PostgreSQL database of its own, dropped afterwards."""
+def postgres_database(*, migrated: bool = True) -> Iterator[str]:
+    """A fresh PostgreSQL database of its own (a copy of the session's migrated template), dropped afterwards."""
     import psycopg
 
     require_service("PostgreSQL", PG_HOST, PG_PORT)
     name = "fleetops_test_" + secrets.token_hex(6)
-    admin = f"host={PG_HOST} port={PG_PORT} user=postgres dbname=postgres"
-    with psycopg.connect(admin, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
+    template = f' TEMPLATE "{_migrated_template("postgresql")}"' if migrated else ""
+    with psycopg.connect(_ADMIN, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"{template}')
     try:
         yield f"postgresql://postgres@{PG_HOST}:{PG_PORT}/{name}"
     finally:
-        with psycopg.connect(admin, autocommit=True) as conn:
+        with psycopg.connect(_ADMIN, autocommit=True) as conn:
             conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def sqlite_database(path: Path) -> str:
+    """A SQLite database at ``path``: a copy of the session's migrated template file."""
+    import shutil
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(_migrated_template("sqlite"), path)
+    return f"sqlite:///{path}"
 
 
 @dataclass
@@ -111,8 +165,13 @@ class LiveServer:
 
 def start_server(data_dir: Path, database_url: str, *, messaging_factory: Any = None, **overrides: Any) -> LiveServer:
     """A live node; ``messaging_factory`` replaces its MQTT side (``fleetops.node.Node.open``)."""
+    from fleetops.server import bind_http
+
+    # Bound here, on port 0, and handed to uvicorn: no other process can take the port between choosing and
+    # binding it (the MQTT side binds port 0 itself: read node.messaging.port).
+    listener = bind_http("127.0.0.1", 0)
     settings = Settings(data_dir=data_dir, database_url=database_url).with_overrides(
-        port=free_port(), mqtt_port=free_port(), **overrides
+        port=listener.getsockname()[1], mqtt_port=0, **overrides
     )
     ready = threading.Event()
     state: dict[str, Any] = {}
@@ -129,11 +188,9 @@ def start_server(data_dir: Path, database_url: str, *, messaging_factory: Any = 
             created = await bootstrap_default_account(node.stores.accounts, data_dir, int(time.time()))
             assert created is not None
             key = created.key
-            server = uvicorn.Server(
-                uvicorn.Config(node.app(), host="127.0.0.1", port=settings.port, log_config=None, lifespan="on")
-            )
+            server = uvicorn.Server(uvicorn.Config(node.app(), log_config=None, lifespan="on"))
             state.update(node=node, key=key, server=server)
-            task = asyncio.create_task(server.serve())
+            task = asyncio.create_task(server.serve(sockets=[listener]))
             # uvicorn exposes `started` as a plain flag, with no event to wait on
             while not server.started and not task.done():  # noqa: ASYNC110
                 await asyncio.sleep(0.01)
@@ -150,6 +207,7 @@ def start_server(data_dir: Path, database_url: str, *, messaging_factory: Any = 
             ready.set()
         finally:
             loop.close()
+            listener.close()
 
     thread = threading.Thread(target=serve, name="fleetops-test-server", daemon=True)
     thread.start()
@@ -409,7 +467,7 @@ async def wait_until(
 def server_on(kind: str, data: Path, **options: Any) -> Iterator[LiveServer]:
     """A live server on ``kind`` ("sqlite" or "postgresql", a fresh database), stopped afterwards."""
     if kind == "sqlite":
-        live = start_server(data / "data", f"sqlite:///{data / 'fleetops.db'}", **options)
+        live = start_server(data / "data", sqlite_database(data / "fleetops.db"), **options)
         try:
             yield live
         finally:

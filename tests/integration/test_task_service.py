@@ -66,7 +66,7 @@ async def test_create_refuses_bad_requests_naming_the_problem(
     env: TaskEnv, change: dict[str, object], error: type[errors.ApiError], message: str
 ) -> None:
     # TaskType, the range of MaxExecutionTimeInSeconds and a missing Tasks are the request's declaration,
-    # checked when it is decoded (tests/acceptance/test_tasks_api.py)
+    # checked when it is decoded (tests/e2e/test_tasks_api.py)
     fields: dict[str, object] = {
         "task_type": TaskType.UPDATE_SHADOW,
         "product_id": env.product_id,

@@ -5,21 +5,20 @@ filter matches every device. RE2 guarantees time linear in the name length, so a
 cannot stall the engine the way a backtracking engine would (Python's ``re`` takes > 30 s on a 30-character
 name). RE2 refuses backreferences and lookaround assertions; such filters are rejected with the RE2 error.
 
-Speed: the engine filters up to a million names per task. google-re2's public API (``search``) costs 1.6-2.6
-us per name (it decodes spans to ``str`` offsets); a one-pattern ``RE2::Set`` answers only "does it match",
-with a single DFA pass and no submatch extraction, at 0.5-1 us per name. Filters that are a plain literal
-(the common ``^lamp-``, ``door$``, ``sensor``) need no regex engine at all: ``str`` methods give the same
-answer for any text, ten times faster. ``bench/name_filter.py`` prints the figures.
+Speed: the engine filters up to a million names per task. A compiled pattern's ``search`` costs 1.6-2.6 us per
+name (it decodes spans to ``str`` offsets); a one-pattern ``re2.Set`` answers only "does it match", with a
+single DFA pass and no submatch extraction, at about 0.5-1 us per name. Filters that are a plain literal (the
+common ``^lamp-``, ``door$``, ``sensor``) need no regex engine at all: ``str`` methods give the same answer for
+any text, ten times faster. ``bench/name_filter.py`` prints the figures. Only google-re2's public API is used.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from functools import partial
 from itertools import compress
 from typing import Any, Final, NamedTuple
 
-from re2 import _re2  # low-level binding: RE2 for error messages, Set for fast boolean matching
+import re2
 
 from fleetops.domain.limits import NAME_FILTER_MAX_LENGTH, NAME_FILTER_MAX_MEM_BYTES
 from fleetops.errors import InvalidParameterValue
@@ -30,7 +29,7 @@ _LITERAL_CHARS: Final = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRS
 
 
 def _options() -> Any:  # re2 is untyped
-    options = _re2.RE2.Options()
+    options = re2.Options()
     options.max_mem = NAME_FILTER_MAX_MEM_BYTES
     options.log_errors = False  # a bad filter is the client's error, reported in the response, not to stderr
     options.never_capture = True  # only "does it match" is asked: no submatch bookkeeping
@@ -107,22 +106,29 @@ def _compile_search(pattern: str) -> Callable[[bytes], object]:
     """A function of the UTF-8 name that is truthy when the pattern is found in it."""
     encoded = pattern.encode()
     options = _options()
-    # RE2::Set::Add does not say why a pattern fails, so a plain RE2 compiles it first for the message.
-    regexp = _re2.RE2(encoded, options)
-    if not regexp.ok():
-        raise _invalid(pattern, regexp.error().decode(errors="replace"))
-    matcher = _re2.Set(_re2.RE2.Anchor.UNANCHORED, options)
-    if matcher.Add(encoded) == 0 and matcher.Compile():
-        # Set.Match returns the indices of the matching patterns: an empty (false) list when none matches.
-        set_match: Callable[[bytes], list[int]] = matcher.Match
-        return set_match
-    # A Set runs only the DFA and never falls back to the NFA, so Set::Compile refuses a pattern whose DFA
-    # does not fit in max_mem (say \pL{150}x). Plain RE2 matching falls back instead: slower, always right.
-    return partial(_regexp_search, regexp.Match)
+    # re2.Set does not say why a pattern fails, so a compiled pattern checks it first, for the message.
+    try:
+        regexp = re2.compile(encoded, options)
+    except re2.error as exc:
+        raise _invalid(pattern, _reason(exc)) from exc
+    matcher = re2.Set.SearchSet(options)
+    matcher.Add(encoded)
+    try:
+        matcher.Compile()
+    except re2.error:
+        # A Set runs only the DFA and never falls back to the NFA, so its Compile refuses a pattern whose DFA
+        # does not fit in max_mem (say \pL{150}x). A compiled pattern's search falls back instead: slower,
+        # always right.
+        search: Callable[[bytes], object] = regexp.search
+        return search
+    # Set.Match returns the indices of the matching patterns, or None when none matches.
+    set_match: Callable[[bytes], object] = matcher.Match
+    return set_match
 
 
-def _regexp_search(match: Callable[[Any, bytes, int, int], list[tuple[int, int]]], name: bytes) -> bool:
-    return match(_re2.RE2.Anchor.UNANCHORED, name, 0, len(name))[0] != (-1, -1)
+def _reason(exc: Exception) -> str:
+    text = exc.args[0] if exc.args else str(exc)
+    return text.decode(errors="replace") if isinstance(text, bytes) else str(text)
 
 
 def compile_name_filter(pattern: str) -> NameFilter:
