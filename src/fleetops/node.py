@@ -22,6 +22,7 @@ from fleetops.backend.messages import MessageService
 from fleetops.backend.products import ProductService
 from fleetops.backend.shadows import ShadowService
 from fleetops.backend.tasks import TaskService
+from fleetops.console import console_routes
 from fleetops.engine.worker import TaskWorker
 from fleetops.messaging.embedded import EmbeddedBroker
 from fleetops.messaging.external import BrokerAddress, ExternalBroker
@@ -135,7 +136,7 @@ class Node:
             clock=self.clock,
         )
         lifespan = self._lifespan if manage_services else None
-        return create_app(endpoint, extra_routes=self._mqtt_auth_routes(), lifespan=lifespan)
+        return create_app(endpoint, extra_routes=[*self._mqtt_auth_routes(), *console_routes()], lifespan=lifespan)
 
     @contextlib.asynccontextmanager
     async def _lifespan(self, _app: Starlette) -> AsyncIterator[None]:
