@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN = $(VENV)/bin
 
-.PHONY: install run test lint typecheck unit docs bench
+.PHONY: install run test lint typecheck unit docs bench console
 
 install: $(VENV)/.installed
 
@@ -35,3 +35,8 @@ test: lint typecheck
 
 unit: install
 	$(BIN)/pytest -q tests/unit
+
+# Rebuild the console's one built file (static/vendor/preact-htm.js) from the pinned npm packages; commit the
+# result with package.json and package-lock.json. Needs Node 20 and npm; `make run` and `make test` do not.
+console:
+	cd src/fleetops/console && npm ci --no-audit --no-fund && npm run build
