@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from tests.support import IN_CI, LiveServer, start_server
+from tests.support import IN_CI, LiveServer, server_on
 
 CHROMIUM = Path("/usr/bin/chromium")
 # The machine has no internet and Chromium's background connections would only be refused: turn them off.
@@ -34,12 +34,8 @@ CHROMIUM_FLAGS = [
 @pytest.fixture(scope="module")
 def console_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
     """One live node (SQLite) for the tests of a module; each test makes its own product."""
-    data = tmp_path_factory.mktemp("console-server")
-    server = start_server(data / "data", f"sqlite:///{data / 'fleetops.db'}")
-    try:
+    with server_on("sqlite", tmp_path_factory.mktemp("console-server")) as server:
         yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture
