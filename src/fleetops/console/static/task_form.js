@@ -169,7 +169,7 @@ export function NewTask({ call, onCreated }) {
         <legend>Start</legend>
         <label class="inline"><input type="radio" name="when" value="now" checked=${form.when === "now"} onChange=${set("when")} /> now</label>
         <label class="inline"><input type="radio" name="when" value="at" checked=${form.when === "at"} onChange=${set("when")} /> at</label>
-        <label class="inline">Start time (local)
+        <label class="inline wrap">Start time (local)
           <input type="datetime-local" step="1" value=${form.startAt} disabled=${form.when !== "at"} onInput=${set("startAt")} />
         </label>
       </fieldset>
