@@ -51,6 +51,7 @@ function SignIn({ onSignedIn }) {
     saveCredentials(credentials);
     onSignedIn(credentials);
   };
+  // autocomplete off: the key belongs in this tab's sessionStorage only, not in the browser's password store
   return html`<main id="main" class="sign-in">
     <h1>Sign in to fleetops</h1>
     <p>Use an API key pair of your account (<code>fleetops keys create</code> prints one). It is kept in this tab
@@ -58,11 +59,11 @@ function SignIn({ onSignedIn }) {
     <form onSubmit=${submit}>
       <label>SecretId
         <input name="secret-id" value=${secretId} onInput=${(e) => setSecretId(e.currentTarget.value)} required
-          autocomplete="username" spellcheck="false" />
+          autocomplete="off" spellcheck="false" />
       </label>
       <label>SecretKey
         <input name="secret-key" type="password" value=${secretKey} onInput=${(e) => setSecretKey(e.currentTarget.value)}
-          required autocomplete="current-password" />
+          required autocomplete="off" />
       </label>
       <button type="submit" disabled=${state.busy}>Sign in</button>
     </form>
