@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN = $(VENV)/bin
 
-.PHONY: install run test check lint typecheck layers unit docs docs-check bench
+.PHONY: install run test check lint typecheck layers unit docs docs-check bench console
 
 install: $(VENV)/.installed
 
@@ -46,3 +46,8 @@ check: lint typecheck layers docs-check unit
 # everything: the checks, then the integration and end-to-end tests against the real services
 test: check
 	$(BIN)/pytest -q tests/integration tests/e2e
+
+# Rebuild the console's one built file (static/vendor/preact-htm.js) from the pinned npm packages; commit the
+# result with package.json and package-lock.json. Needs Node 20 and npm; `make run` and `make test` do not.
+console:
+	cd src/fleetops/console && npm ci --no-audit --no-fund && npm run build

@@ -40,6 +40,7 @@ from fleetops.backend.messages import MessageService
 from fleetops.backend.products import ProductService
 from fleetops.backend.shadows import ShadowService
 from fleetops.backend.tasks import TaskService
+from fleetops.console import console_routes
 from fleetops.engine.executor import ExecutorConfig, TaskExecutor
 from fleetops.engine.scheduler import Scheduler
 from fleetops.engine.worker import TaskWorker, default_node_id
@@ -220,7 +221,7 @@ class Node:
             clock=self.clock,
         )
         lifespan = self._lifespan if manage_services else None
-        return create_app(endpoint, extra_routes=self._mqtt_auth_routes(), lifespan=lifespan)
+        return create_app(endpoint, extra_routes=[*self._mqtt_auth_routes(), *console_routes()], lifespan=lifespan)
 
     @contextlib.asynccontextmanager
     async def _lifespan(self, _app: Starlette) -> AsyncIterator[None]:

@@ -1,0 +1,174 @@
+// Batch tasks: the list with a live progress bar per task, one task's detail, and cancelling a waiting task.
+
+import { html, useState } from "./vendor/preact-htm.js";
+import { usePolling } from "./poll.js";
+import { taskFilters } from "./session.js";
+import { ErrorNotice, Loading, Pager, Success, formatTime, href, useLoad } from "./ui.js";
+
+const PAGE = 20; // DescribeTasks takes 1..250
+export const STATUS = { 1: "waiting", 2: "processing", 3: "completed", 4: "failed", 5: "cancelled" };
+const WAITING = 1;
+const RUNNING = new Set([1, 2]); // statuses that still change: polled
+
+function statusLabel(status) {
+  return STATUS[status] || `status ${status}`;
+}
+
+export function Progress({ task }) {
+  const percent = task.Percent ?? 0;
+  const counts = task.AllDeviceCnt === undefined ? "" : `${task.DoneDeviceCnt} / ${task.AllDeviceCnt} devices, `;
+  return html`<div class="progress">
+    <progress max="100" value=${percent} aria-label=${`Progress of task ${task.Id}`}>${percent} %</progress>
+    <span class="progress-text">${counts}${percent} %</span>
+  </div>`;
+}
+
+function Status({ status }) {
+  return html`<span class=${`status status-${status}`}>${statusLabel(status)}</span>`;
+}
+
+function CancelButton({ call, task, onDone }) {
+  const [busy, setBusy] = useState(false);
+  if (task.Status !== WAITING) return null;
+  const cancel = async () => {
+    setBusy(true);
+    try {
+      await call("CancelTask", { Id: task.Id });
+      onDone(null);
+    } catch (error) {
+      onDone(error); // e.g. FailedOperation.AsyncTaskAlreadyStarted: it started since the list was loaded
+    } finally {
+      setBusy(false);
+    }
+  };
+  return html`<button type="button" class="danger" disabled=${busy} onClick=${cancel} aria-label=${`Cancel task ${task.Id}`}>
+    Cancel
+  </button>`;
+}
+
+export function TaskList({ call, flash }) {
+  const [offset, setOffset] = useState(0);
+  const [details, setDetails] = useState({}); // Id -> DescribeTask answer
+  const [rowError, setRowError] = useState(null);
+  const filters = taskFilters();
+  const list = useLoad(async () => {
+    const page = await call("DescribeTasks", { Offset: offset, Limit: PAGE });
+    // DescribeTasks has neither progress nor schedule: one DescribeTask per row, then only the running ones
+    const answers = await Promise.all(page.Tasks.map((t) => call("DescribeTask", { Id: t.Id })));
+    setDetails(Object.fromEntries(answers.map((a) => [a.Id, a])));
+    return page;
+  }, [offset]);
+  const running = Object.values(details).filter((d) => RUNNING.has(d.Status));
+  const pollError = usePolling(async () => {
+    const answers = await Promise.all(running.map((t) => call("DescribeTask", { Id: t.Id })));
+    setDetails((old) => ({ ...old, ...Object.fromEntries(answers.map((a) => [a.Id, a])) }));
+    return answers.some((a) => RUNNING.has(a.Status));
+  }, running.length > 0);
+  const refreshOne = async (id) => {
+    const answer = await call("DescribeTask", { Id: id });
+    setDetails((old) => ({ ...old, [id]: answer }));
+  };
+  const tasks = list.data ? list.data.Tasks.map((t) => details[t.Id] || t) : [];
+  return html`<section aria-labelledby="tasks-title">
+    <div class="title-row">
+      <h1 id="tasks-title">Tasks</h1>
+      <a class="button" href="#/tasks/new">New task</a>
+      <button type="button" onClick=${list.reload}>Refresh</button>
+    </div>
+    <${Success} text=${flash} />
+    <${ErrorNotice} error=${list.error} />
+    <${ErrorNotice} error=${pollError} />
+    <${ErrorNotice} error=${rowError} />
+    <${Loading} when=${list.loading && !list.data} />
+    ${list.data &&
+    (tasks.length === 0
+      ? html`<p>No task in the last month. <a href="#/tasks/new">Create one</a>.</p>`
+      : html`<div class="table-wrap">
+          <table class="tasks">
+            <caption class="visually-hidden">Tasks of the last month, newest first</caption>
+            <thead>
+              <tr>
+                <th scope="col">Task</th><th scope="col">Type</th><th scope="col">Product</th><th scope="col">Filter</th>
+                <th scope="col">Status</th><th scope="col">Schedule</th><th scope="col">Progress</th><th scope="col"><span class="visually-hidden">Actions</span></th>
+              </tr>
+            </thead>
+            <tbody>
+              ${tasks.map(
+                (t) => html`<tr key=${t.Id} data-task-id=${t.Id}>
+                  <td><a href=${href("tasks", t.Id)}><code>${t.Id}</code></a></td>
+                  <td>${t.Type}</td>
+                  <td><a href=${href("products", t.ProductId)}><code>${t.ProductId}</code></a></td>
+                  <td>${t.Id in filters ? html`<code>${filters[t.Id]}</code>` : "—"}</td>
+                  <td><${Status} status=${t.Status} /></td>
+                  <td>${formatTime(t.ScheduleTime)}</td>
+                  <td><${Progress} task=${t} /></td>
+                  <td><${CancelButton} call=${call} task=${t} onDone=${(error) => {
+                    setRowError(error);
+                    refreshOne(t.Id).catch(setRowError);
+                  }} /></td>
+                </tr>`,
+              )}
+            </tbody>
+          </table>
+        </div>
+        <p class="footnote">Filter: shown for tasks created from this tab; DescribeTask does not return it.</p>`)}
+    ${list.data && html`<${Pager} offset=${offset} limit=${PAGE} total=${list.data.TotalCount} onOffset=${setOffset} label="Tasks" />`}
+  </section>`;
+}
+
+// every field of DescribeTask, in the API's order (docs/api.md#describetask)
+const FIELDS = [
+  "Id",
+  "Type",
+  "ProductId",
+  "Status",
+  "CreateTime",
+  "UpdateTime",
+  "ScheduleTime",
+  "DoneTime",
+  "AllDeviceCnt",
+  "DoneDeviceCnt",
+  "Percent",
+  "RetCode",
+  "ErrMsg",
+];
+const TIMES = new Set(["CreateTime", "UpdateTime", "ScheduleTime", "DoneTime"]);
+
+export function TaskDetail({ call, taskId }) {
+  const task = useLoad(() => call("DescribeTask", { Id: taskId }), [taskId]);
+  const [cancelError, setCancelError] = useState(null);
+  const t = task.data;
+  const pollError = usePolling(async () => {
+    const answer = await call("DescribeTask", { Id: taskId });
+    task.setData(answer);
+    return RUNNING.has(answer.Status);
+  }, Boolean(t && RUNNING.has(t.Status)));
+  const filter = taskFilters()[taskId];
+  const value = (key) => {
+    if (key === "Status") return html`<${Status} status=${t.Status} /> (${t.Status})`;
+    if (TIMES.has(key)) return html`${formatTime(t[key], "0")} ${t[key] ? html`<small>(${t[key]})</small>` : ""}`;
+    if (key === "ErrMsg") return t.ErrMsg === "" ? '""' : t.ErrMsg;
+    return String(t[key]);
+  };
+  return html`<section aria-labelledby="task-title">
+    <p class="crumbs"><a href="#/tasks">Tasks</a> / <code>${taskId}</code></p>
+    <h1 id="task-title">Task <code>${taskId}</code></h1>
+    <${ErrorNotice} error=${task.error || pollError} />
+    <${ErrorNotice} error=${cancelError} />
+    <${Loading} when=${task.loading && !t} />
+    ${t &&
+    html`${t.Status === 4 &&
+      html`<div class="notice error" role="alert"><p><strong>Failed</strong> (RetCode ${t.RetCode}): ${t.ErrMsg}</p></div>`}
+      <${Progress} task=${t} />
+      <dl class="facts task-fields">
+        ${FIELDS.map((key) => html`<dt>${key}</dt><dd data-field=${key}>${value(key)}</dd>`)}
+        <dt>DeviceNameFilter</dt><dd>${filter === undefined ? "— (not returned by DescribeTask)" : html`<code>${filter}</code>`}</dd>
+      </dl>
+      <div class="actions">
+        <${CancelButton} call=${call} task=${t} onDone=${(error) => {
+          setCancelError(error);
+          task.reload();
+        }} />
+      </div>`}
+  </section>`;
+}
