@@ -49,7 +49,7 @@ class NoDevices:
     async def push_deltas(self, *_args: object) -> None:
         return None
 
-    async def publish_to_devices(self, *_args: object) -> None:
+    async def publish_to_devices(self, *_args: object, report: bool) -> None:
         return None
 
     async def publish(self, *_args: object) -> None:

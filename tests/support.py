@@ -341,6 +341,7 @@ class TaskEnv:
         from fleetops.messaging.device_messages import DeviceMessenger
         from fleetops.node import build_engine
         from fleetops.store.batches import DeviceBatches
+        from fleetops.store.outcomes import TaskOutcomeStore
         from fleetops.store.tasks import TaskStore
 
         settings = Settings(
@@ -351,7 +352,9 @@ class TaskEnv:
             task_poll_interval_s=0.05,
         )
         messages = DeviceMessenger(publisher or self.publisher)
-        return build_engine(settings, TaskStore(self.db), DeviceBatches(self.db), messages, self.clock)
+        return build_engine(
+            settings, TaskStore(self.db), DeviceBatches(self.db), TaskOutcomeStore(self.db), messages, self.clock
+        )
 
     async def add_devices(self, names: Sequence[str]) -> None:
         from fleetops.backend.registration import register_devices

@@ -207,6 +207,14 @@ class AsyncTaskAlreadyStarted(FailedOperation):
     code = "FailedOperation.AsyncTaskAlreadyStarted"
 
 
+class TaskAlreadyEnded(FailedOperation):
+    """The task has ended already (completed, failed or cancelled): there is nothing to stop."""
+
+    # StopTask's error (a fleetops extension, docs/extensions.md#stop): the vendor's plain FailedOperation,
+    # which every iotcloud action may return, so no client meets an unknown code.
+    code = "FailedOperation"
+
+
 class UpdateVersionNotMatch(FailedOperation):
     """The ShadowVersion does not match the shadow's current version."""
 

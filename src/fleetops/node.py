@@ -55,6 +55,7 @@ from fleetops.store.accounts import AccountStore
 from fleetops.store.batches import DeviceBatches
 from fleetops.store.database import Database, open_migrated_database
 from fleetops.store.devices import DeviceStore
+from fleetops.store.outcomes import TaskOutcomeStore
 from fleetops.store.products import ProductStore
 from fleetops.store.shadows import ShadowStore
 from fleetops.store.tasks import TaskStore
@@ -81,6 +82,7 @@ class Stores:
     shadows: ShadowStore
     tasks: TaskStore
     batches: DeviceBatches
+    outcomes: TaskOutcomeStore
 
     async def close(self) -> None:
         await self.db.dispose()
@@ -98,6 +100,7 @@ async def open_stores(settings: Settings) -> Stores:
         shadows=ShadowStore(db),
         tasks=TaskStore(db),
         batches=DeviceBatches(db),
+        outcomes=TaskOutcomeStore(db),
     )
 
 
@@ -117,7 +120,12 @@ def node_id(settings: Settings) -> str:
 
 
 def build_engine(
-    settings: Settings, tasks: TaskStore, batches: DeviceBatches, messages: DeviceMessages, clock: Callable[[], float]
+    settings: Settings,
+    tasks: TaskStore,
+    batches: DeviceBatches,
+    outcomes: TaskOutcomeStore,
+    messages: DeviceMessages,
+    clock: Callable[[], float],
 ) -> TaskWorker:
     """The task engine of a node: a scheduler and an executor on the shared task table (docs/tasks.md)."""
     owner = node_id(settings)
@@ -134,6 +142,7 @@ def build_engine(
                 broker_retry_s=settings.task_poll_interval_s,
             ),
             clock,
+            outcomes,
         ),
         concurrency=settings.task_concurrency,
         poll_interval_s=settings.task_poll_interval_s,
@@ -170,7 +179,7 @@ class Node:
         else:
             messaging = _messaging(settings, stores, shadow_handler, role)
         messages = DeviceMessenger(messaging.publisher)
-        engine = build_engine(settings, stores.tasks, stores.batches, messages, clock)
+        engine = build_engine(settings, stores.tasks, stores.batches, stores.outcomes, messages, clock)
         devices = DeviceService(
             stores.devices, clock, sessions=messaging, max_devices_per_product=settings.max_devices_per_product
         )
@@ -187,6 +196,8 @@ class Node:
                 clock,
                 max_open_tasks=settings.max_pending_tasks,
                 retention_s=settings.task_retention_s,
+                batches=stores.batches,
+                outcomes=stores.outcomes,
                 on_created=engine.wake,
             ),
             messages=MessageService(devices, messages, publish_timeout_s=settings.delta_publish_timeout_s),

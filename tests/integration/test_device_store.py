@@ -303,12 +303,14 @@ async def test_shadow_writer_gives_up_after_bounded_attempts(env: Env) -> None:
         calls += 1
         return dataclasses.replace(s, version=s.version + 1, reported={"mine": calls}), None
 
-    async def overtaken(conn: AsyncConnection, device_pk: int, read_version: int, new: Shadow) -> bool:
+    async def overtaken(
+        conn: AsyncConnection, device_pk: int, read_version: int, new: Shadow, watch: str | None
+    ) -> bool:
         # every time, another writer changes the shadow between our read and our write
         await env.shadows.update(
             env.owner, PID, "busy", lambda cur: (dataclasses.replace(cur, version=cur.version + 1), None)
         )
-        return await original(conn, device_pk, read_version, new)
+        return await original(conn, device_pk, read_version, new, watch)
 
     impatient._compare_and_set = overtaken  # type: ignore[method-assign]
     with pytest.raises(ShadowContention):

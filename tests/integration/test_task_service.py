@@ -112,6 +112,8 @@ async def test_the_pending_cap_holds_for_concurrent_creates_on_two_nodes(env: Ta
 
 
 async def test_cancel_and_the_engine_start_never_both_win(env: TaskEnv) -> None:
+    # The engine claims a due task (still waiting: its devices are counted first), then starts it (1 -> 2);
+    # a CancelTask may land before the claim, between claim and start, or after the start.
     store = TaskStore(env.db)
     for _round in range(6):
         task_id = await env.publish_task("", "control", "x")
@@ -123,15 +125,18 @@ async def test_cancel_and_the_engine_start_never_both_win(env: TaskEnv) -> None:
                 return False
             return True
 
-        async def claim() -> bool:
-            return await store.claim_next("node-a", int(env.clock()), 30) is not None
+        async def start(task_id: str = task_id) -> bool:
+            now = int(env.clock())
+            if await store.claim_next("node-a", now, 30) is None:
+                return False
+            await asyncio.sleep(0)  # let the cancel run between the claim and the start
+            return await store.start(task_id, "node-a", 0, now, now + 30)
 
-        cancelled, claimed = await asyncio.gather(cancel(), claim())
-        assert cancelled != claimed
+        cancelled, started = await asyncio.gather(cancel(), start())
+        assert cancelled != started
         task = await env.task(task_id)
         assert task.status is (TaskStatus.CANCELLED if cancelled else TaskStatus.PROCESSING)
-        assert (task.started_at is None) == cancelled
-        if claimed:  # finish it, so the cap of 3 open tasks does not stop the next round
+        if started:  # finish it, so the cap of 3 open tasks does not stop the next round
             assert await store.complete(task_id, "node-a", None, int(env.clock()))
 
 
@@ -144,7 +149,9 @@ async def test_cancel_answers_each_status(env: TaskEnv) -> None:
         await env.service.cancel(env.account_id, waiting)  # cancelled already (spec proposal)
 
     started = await env.publish_task("", "control", "x")
-    assert (await store.claim_next("node-a", int(env.clock()), 30)) is not None
+    now = int(env.clock())
+    assert (await store.claim_next("node-a", now, 30)) is not None
+    assert await store.start(started, "node-a", 0, now, now + 30)
     with pytest.raises(errors.AsyncTaskAlreadyStarted, match="status is 2"):
         await env.service.cancel(env.account_id, started)
 

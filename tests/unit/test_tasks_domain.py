@@ -38,6 +38,7 @@ from fleetops.errors import (
     InvalidParameter,
     InvalidParameterValue,
     InvalidTaskTransition,
+    TaskAlreadyEnded,
 )
 
 NOW = 1_700_000_000
@@ -62,6 +63,8 @@ LEGAL = {
     (TaskStatus.WAITING, TaskEvent.CANCEL): TaskStatus.CANCELLED,
     (TaskStatus.PROCESSING, TaskEvent.FINISH): TaskStatus.COMPLETED,
     (TaskStatus.PROCESSING, TaskEvent.DEADLINE): TaskStatus.FAILED,
+    (TaskStatus.PROCESSING, TaskEvent.ABORT): TaskStatus.FAILED,
+    (TaskStatus.PROCESSING, TaskEvent.STOP): TaskStatus.CANCELLED,
 }
 
 
@@ -72,6 +75,9 @@ def test_transition_table(status: TaskStatus, event: TaskEvent) -> None:
         assert transition(status, event) is expected
     elif event is TaskEvent.CANCEL:
         with pytest.raises(AsyncTaskAlreadyStarted, match=f"status is {status.value}"):
+            transition(status, event)
+    elif event is TaskEvent.STOP and status in FINISHED_STATUSES:
+        with pytest.raises(TaskAlreadyEnded, match=f"ended already \\(status {status.value}"):
             transition(status, event)
     else:
         with pytest.raises(InvalidTaskTransition, match=status.name):
@@ -89,7 +95,7 @@ def test_sources_and_target_are_the_transition_table(event: TaskEvent) -> None:
         if status in sources(event):
             assert transition(status, event) is target(event)
         else:
-            with pytest.raises((AsyncTaskAlreadyStarted, InvalidTaskTransition)):
+            with pytest.raises((AsyncTaskAlreadyStarted, InvalidTaskTransition, TaskAlreadyEnded)):
                 transition(status, event)
 
 

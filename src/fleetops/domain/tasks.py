@@ -20,6 +20,7 @@ from fleetops.errors import (
     AsyncTaskAlreadyStarted,
     InvalidParameterValue,
     InvalidTaskTransition,
+    TaskAlreadyEnded,
 )
 
 
@@ -40,7 +41,9 @@ class TaskEvent(StrEnum):
     START = "start"  # the schedule time has come: the engine takes the task
     FINISH = "finish"  # every matched device is done
     DEADLINE = "deadline"  # MaxExecutionTimeInSeconds passed before the end
-    CANCEL = "cancel"  # CancelTask
+    CANCEL = "cancel"  # CancelTask (and StopTask of a task that has not started)
+    ABORT = "abort"  # the task's abort criteria hold (extension: docs/extensions.md#abort)
+    STOP = "stop"  # StopTask of a running task: it ends after the batch in flight (docs/extensions.md#stop)
 
 
 # The one state machine: each event applies to the statuses listed and leads to one status. The store's
@@ -51,6 +54,8 @@ TRANSITIONS: Final[Mapping[TaskEvent, tuple[frozenset[TaskStatus], TaskStatus]]]
     TaskEvent.CANCEL: (frozenset({TaskStatus.WAITING}), TaskStatus.CANCELLED),
     TaskEvent.FINISH: (frozenset({TaskStatus.PROCESSING}), TaskStatus.COMPLETED),
     TaskEvent.DEADLINE: (frozenset({TaskStatus.PROCESSING}), TaskStatus.FAILED),
+    TaskEvent.ABORT: (frozenset({TaskStatus.PROCESSING}), TaskStatus.FAILED),
+    TaskEvent.STOP: (frozenset({TaskStatus.PROCESSING}), TaskStatus.CANCELLED),
 }
 
 # A task the engine holds a lease on: the status every engine write is fenced on.
@@ -84,7 +89,11 @@ def transition(status: TaskStatus, event: TaskEvent) -> TaskStatus:
     if event is TaskEvent.CANCEL:
         raise AsyncTaskAlreadyStarted(
             f"The task cannot be cancelled: its status is {status.value} ({status.name.lower()}); "
-            "only a waiting task (status 1) can be cancelled."
+            "only a waiting task (status 1) can be cancelled (StopTask stops a running one)."
+        )
+    if event is TaskEvent.STOP and status in FINISHED_STATUSES:
+        raise TaskAlreadyEnded(
+            f"The task cannot be stopped: it has ended already (status {status.value}, {status.name.lower()})."
         )
     raise InvalidTaskTransition(f"A task in status {status.name} cannot take the event {event.value!r}.")
 
@@ -129,6 +138,11 @@ def is_overdue(started_at_s: int, max_execution_time_s: int, now_s: int) -> bool
 
 # Our RetCode for a task failed by its deadline: the vendor documents no value, only that it is non-zero.
 DEADLINE_RET_CODE: Final = 1
+
+
+def stop_message(done: int, all_devices: int) -> str:
+    """ErrMsg of a task stopped by StopTask (RetCode stays 0: the client asked for it)."""
+    return f"stopped by StopTask after {done} of {all_devices} devices"
 
 
 def failure_message(done: int, all_devices: int, max_execution_time_s: int) -> tuple[int, str]:

@@ -1,8 +1,9 @@
 """Running one leased task: count the snapshot, then batches of devices until done or the deadline passes.
 
-Start (a task is claimed with its device snapshot fixed, ``store.tasks.TaskStore.claim_next``): unless the
-first batch is committed already, count the snapshot's matching devices (AllDeviceCnt) in keyset pages of
-names through the RE2 filter (an empty filter is one SQL count).
+Start (a waiting task is claimed with its device snapshot fixed, ``store.tasks.TaskStore.claim_next``): count
+the snapshot's matching devices in keyset pages of names through the RE2 filter (an empty filter is one SQL
+count), then move the task to status 2 with that AllDeviceCnt (``start``), so that no DescribeTask shows a
+started task whose count is still 0. A CancelTask while it counts wins: the task never starts.
 
 Each batch: the next page of ``batch_size`` names after ``applied_cursor``, filtered in Python with RE2, then
 
@@ -20,6 +21,18 @@ Before each batch the deadline is checked: MaxExecutionTimeInSeconds after the s
 task fails (status 4) with a message saying how far it got. Memory stays flat: one page of names at a time.
 While a task runs, a heartbeat renews its lease every third of the lease length, so only a dead or hung node
 loses it.
+
+The extensions (docs/extensions.md), each only when the task asked for it:
+
+* **outcomes**: the batch transaction also writes each device's outcome (``store/batches.py``, and the
+  Delivery of each message for PublishMessage);
+* **rollout**: before each batch the task waits for its time on the plan (``domain.rollout.Pacer``), and a
+  batch holds about half a second of devices at the current rate;
+* **abort criteria**: after each batch the counts are checked (Offline from the batches, NotConverged from the
+  batches whose window has passed); a criterion that holds fails the task (status 4, RetCode 2) before the
+  next batch;
+* **StopTask**: the request is seen in the batch's own progress write (and the lease renewals); the task ends
+  in status 5 after that batch, DoneDeviceCnt saying how far it got.
 """
 
 from __future__ import annotations
@@ -27,35 +40,62 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from bisect import bisect_right
+from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from functools import partial
-from typing import Final
+from typing import Final, TypeVar
 
 from fleetops.domain.name_filter import NameFilter, compile_name_filter
+from fleetops.domain.outcomes import DeviceOutcome
+from fleetops.domain.rollout import ABORT_RET_CODE, Pacer, abort_check
 from fleetops.domain.shadow import is_flat, merge_section
 from fleetops.domain.tasks import (
     PublishMessageSpec,
+    TaskStatus,
     UpdateShadowSpec,
     failure_message,
     is_overdue,
+    stop_message,
 )
 from fleetops.errors import BrokerUnavailable
-from fleetops.ports.messaging import DeviceMessages
-from fleetops.ports.store import DeviceBatches, FenceLost, Progress, TaskRecord, TaskStore
+from fleetops.ports.messaging import Delivery, DeviceMessages
+from fleetops.ports.store import (
+    Committed,
+    DeviceBatches,
+    DeviceResult,
+    FenceLost,
+    Progress,
+    TaskOutcomes,
+    TaskRecord,
+    TaskStore,
+)
 
 log = logging.getLogger("fleetops.engine")
 
-# Counting reads bigger pages than batches: no transaction, no write, just names through the filter.
-COUNT_PAGE_SIZE: Final = 20_000
+T = TypeVar("T")
+
 QOS: Final = 0  # spec proposal for batch PublishMessage and for delta pushes
 BROKER_LOG_INTERVAL_S: Final = 60.0  # one warning a minute while a task waits for the broker
+
+
+# A message's Delivery as the task's outcome for that device: queued in an offline persistent session or
+# dropped, the device was not there to take it when the task sent it.
+MESSAGE_OUTCOMES: Final = {
+    Delivery.SENT: DeviceOutcome.SENT,
+    Delivery.QUEUED: DeviceOutcome.OFFLINE,
+    Delivery.DROPPED: DeviceOutcome.OFFLINE,
+    Delivery.UNKNOWN: DeviceOutcome.PUBLISHED,
+}
 
 
 class Outcome(StrEnum):
     COMPLETED = "completed"  # status 3
     FAILED = "failed"  # status 4: the deadline passed
+    ABORTED = "aborted"  # status 4: the task's abort criteria held
+    CANCELLED = "cancelled"  # status 5: stopped by StopTask, or cancelled while its devices were counted
     STOPPED = "stopped"  # the worker is stopping: lease released, the task resumes later
     BLOCKED = "blocked"  # burst mode only: the broker is down; lease released
     LOST = "lost"  # another node holds the task now (our lease expired): nothing more is written
@@ -84,10 +124,12 @@ class TaskExecutor:
         messages: DeviceMessages,
         config: ExecutorConfig,
         clock: Callable[[], float],
+        outcomes: TaskOutcomes,
     ) -> None:
         self._tasks = tasks
         self._devices = devices
         self._messages = messages
+        self._outcomes = outcomes
         self._config = config
         self._clock = clock
 
@@ -125,12 +167,29 @@ class _Run:
         self.all_devices = task.all_device_cnt
         self.snapshot = task.snapshot_device_id or 0
         self.started_at = task.started_at if task.started_at is not None else task.schedule_time
+        self.waiting = task.status is TaskStatus.WAITING  # claimed to count its devices, not started yet
         self.lease_lost = False
+        self.stop_requested = task.stop_requested
+        extensions = task.extensions
+        self.tracking = task.tracks_outcomes
+        self.criteria = extensions.abort_criteria if extensions is not None else ()
+        self.window_ms = extensions.convergence_window_ms if extensions is not None else None
+        rollout = extensions.rollout if extensions is not None else None
+        self.pacer = None if rollout is None else Pacer(rollout, self.done, executor._clock())
+        # abort criteria: Offline counted from the batches' deliveries; NotConverged from the batches whose
+        # window has passed, (last device name, write time in ms) each, oldest first
+        self.offline = 0
+        self.windows: deque[tuple[str, int]] = deque()
+        self.not_converged = 0
+        self.expired_through: str | None = None
 
     # --- time, lease, outcome -------------------------------------------------------------------------------
 
     def now_s(self) -> int:
         return int(self.x._clock())
+
+    def now_ms(self) -> int:
+        return int(self.x._clock() * 1000)
 
     def lease_until(self) -> int:
         return self.now_s() + self.x._config.lease_s
@@ -141,29 +200,49 @@ class _Run:
         interval_s = self.x._config.lease_s / 3
         while True:
             await asyncio.sleep(interval_s)
-            if not await self.x._tasks.renew(self.task.id, self.owner, self.lease_until()):
-                self.lease_lost = True
+            if not await self.renew():
                 return
 
+    async def renew(self) -> bool:
+        """Extend the lease; False (and lease_lost) when it is no longer ours. Notes a waiting StopTask."""
+        stop_requested = await self.x._tasks.renew(self.task.id, self.owner, self.lease_until())
+        if stop_requested is None:
+            self.lease_lost = True
+            return False
+        self.stop_requested = self.stop_requested or stop_requested
+        return True
+
     async def check_running(self) -> None:
-        """Between steps: stop if asked or the lease is gone, fail if the deadline has passed."""
+        """Between steps: stop if asked or the lease is gone, end a stopped task, fail it if the deadline has
+        passed."""
         if self.lease_lost:
             raise FenceLost(self.task.id)
         if self.stop.is_set():
             raise _Stop(Outcome.STOPPED)
+        if self.waiting:
+            return  # the deadline applies from the start, once the devices are counted
         now = self.now_s()
+        if self.stop_requested:
+            message = stop_message(self.done, self.all_devices)
+            if not await self.x._tasks.end_stopped(self.task.id, self.owner, message, now):
+                raise FenceLost(self.task.id)
+            log.info("task %s stopped by StopTask: %d of %d devices", self.task.id, self.done, self.all_devices)
+            raise _Stop(Outcome.CANCELLED)
         if is_overdue(self.started_at, self.task.max_execution_s, now):
             ret_code, message = failure_message(self.done, self.all_devices, self.task.max_execution_s)
-            if not await self.x._tasks.fail(self.task.id, self.owner, ret_code, message, now):
-                raise FenceLost(self.task.id)
-            log.info("task %s failed: %s", self.task.id, message)
-            raise _Stop(Outcome.FAILED)
+            await self.end_failed(ret_code, message, Outcome.FAILED)
 
-    async def pause(self) -> None:
-        """Wait before a retry (woken by stop); the lease must still be ours."""
+    async def end_failed(self, ret_code: int, message: str, outcome: Outcome) -> None:
+        if not await self.x._tasks.fail(self.task.id, self.owner, ret_code, message, self.now_s()):
+            raise FenceLost(self.task.id)
+        log.info("task %s failed: %s", self.task.id, message)
+        raise _Stop(outcome)
+
+    async def pause(self, delay_s: float) -> None:
+        """Wait (woken by stop); the lease must still be ours."""
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self.stop.wait(), self.x._config.broker_retry_s)
-        if not await self.x._tasks.renew(self.task.id, self.owner, self.lease_until()):
+            await asyncio.wait_for(self.stop.wait(), delay_s)
+        if not await self.renew():
             raise FenceLost(self.task.id)
 
     # --- the steps ----------------------------------------------------------------------------------------
@@ -171,74 +250,101 @@ class _Run:
     async def execute(self) -> Outcome:
         await self.check_running()  # first: a task that cannot run at all still ends at its deadline
         name_filter = compile_name_filter(self.task.name_filter)
-        if self.cursor is None:
-            self.all_devices = await self.count(name_filter)
+        if self.waiting:
+            await self.start(name_filter)
+        elif self.cursor is None and self.all_devices == 0:
+            # started by a version that counted after the start: count again (nothing is written yet)
+            self.all_devices, _ = await self.x._devices.count_matching(self.task.product_pk, self.snapshot, name_filter)
             if not await self.x._tasks.set_device_count(self.task.id, self.owner, self.all_devices, self.lease_until()):
                 raise FenceLost(self.task.id)
             self.done = 0
+        await self.check_running()
+        await self.resume_counts()
         spec = self.task.spec
         if isinstance(spec, UpdateShadowSpec) and self.pushed != self.cursor:
             await self.push_again(name_filter, spec)
         while True:
             await self.check_running()
+            limit = self.batch_size
+            if self.pacer is not None:
+                await self.pace()
+                limit = self.pacer.rollout.batch_limit(self.done)
             names = await self.x._devices.names_after(self.task.product_pk, self.cursor, self.snapshot, self.batch_size)
+            matched = name_filter.filter(names)
+            last_page = len(names) < self.batch_size
+            if len(matched) > limit:  # the rollout's share of this page: up to its limit-th matching device
+                matched, last_page = matched[:limit], False
+                names = names[: bisect_right(names, matched[-1])]
             if names:
                 if isinstance(spec, UpdateShadowSpec):
-                    await self.update_shadows(names, name_filter.filter(names), spec)
+                    await self.update_shadows(names, matched, spec)
                 else:
-                    await self.publish_messages(names, name_filter.filter(names), spec)
-            if len(names) < self.batch_size:
+                    await self.publish_messages(names, matched, spec)
+                await self.check_abort()
+            if last_page:
                 if not await self.x._tasks.complete(self.task.id, self.owner, self.cursor, self.now_s()):
                     raise FenceLost(self.task.id)
                 log.info("task %s completed: %d of %d devices", self.task.id, self.done, self.all_devices)
                 return Outcome.COMPLETED
 
-    async def count(self, name_filter: NameFilter) -> int:
-        """AllDeviceCnt: the snapshot's devices whose name matches, one page of names at a time."""
-        if not name_filter.pattern:
-            return await self.x._devices.count(self.task.product_pk, self.snapshot)
-        matched, after = 0, None
-        while True:
-            names = await self.x._devices.names_after(self.task.product_pk, after, self.snapshot, COUNT_PAGE_SIZE)
-            matched += len(name_filter.filter(names))
-            if len(names) < COUNT_PAGE_SIZE:
-                return matched
-            after = names[-1]
-            if self.stop.is_set():
-                raise _Stop(Outcome.STOPPED)
+    async def start(self, name_filter: NameFilter) -> None:
+        """Count the snapshot's matching devices (AllDeviceCnt), then status 1 -> 2 with that count."""
+        counted, _ = await self.x._devices.count_matching(self.task.product_pk, self.snapshot, name_filter)
+        await self.check_running()
+        if not await self.x._tasks.start(self.task.id, self.owner, counted, self.now_s(), self.lease_until()):
+            now = await self.x._tasks.read(self.task.id)
+            if now is not None and now.status is TaskStatus.CANCELLED:
+                log.info("task %s was cancelled while its devices were counted", self.task.id)
+                raise _Stop(Outcome.CANCELLED)
+            raise FenceLost(self.task.id)
+        self.waiting, self.all_devices, self.done = False, counted, 0
+        if self.pacer is not None:
+            self.pacer = Pacer(self.pacer.rollout, 0, self.x._clock())
 
-    async def update_shadows(self, names: list[str], matched: list[str], spec: UpdateShadowSpec) -> None:
-        through = names[-1]
-        if not matched:  # nothing to write or push in this page: only the cursors move
-            await self.advance(through, through, 0)
+    async def resume_counts(self) -> None:
+        """What the abort criteria count, from the outcomes written before this run (a resumed task)."""
+        if not self.criteria or self.cursor is None:
             return
-        progress = Progress(
-            task_id=self.task.id,
-            owner=self.owner,
-            expected_cursor=self.cursor,
-            applied_cursor=through,
-            pushed_cursor=self.pushed,  # the previous batch's pushes went out before this batch started
-            done_delta=0,  # replaced by the number of devices written
-            lease_until=self.lease_until(),
-        )
-        now_ms = int(self.x._clock() * 1000)
-        patch = spec.desired
-        written = await self.x._devices.merge_desired(
-            progress,
-            self.task.product_pk,
-            self.snapshot,
-            through,
-            None if len(matched) == len(names) else matched,
-            patch,
-            now_ms,
-            None if is_flat(patch) else partial(merge_section, patch=patch, now_ms=now_ms),
-        )
-        self.cursor, self.done = through, self.done + len(written)
-        await self.push_deltas(written, spec, now_ms)
-        self.pushed = through
+        counts = await self.x._outcomes.counts(self.task.id, None, self.now_ms())
+        self.offline = counts.get(DeviceOutcome.OFFLINE, 0)
+        newest_ms = await self.x._outcomes.newest_write_ms(self.task.id)
+        if newest_ms is not None and self.window_ms is not None:
+            # the earlier runs' devices as one batch, as new as the newest of them: counted when all have expired
+            self.windows.append((self.cursor, newest_ms))
 
-    async def advance(self, applied: str, pushed: str, done_delta: int) -> None:
-        progress = Progress(
+    async def pace(self) -> None:
+        """Wait for the next device's time on the rollout plan (stop and StopTask end the wait early)."""
+        assert self.pacer is not None
+        while True:
+            delay_s = self.pacer.due_s(self.done, self.x._clock()) - self.x._clock()
+            if delay_s <= 0:
+                return
+            await self.pause(min(delay_s, self.x._config.lease_s / 3))
+            await self.check_running()
+
+    async def check_abort(self) -> None:
+        """After a batch: fail the task when one of its abort criteria holds (it takes effect before the next)."""
+        if not self.criteria:
+            return
+        counts = {DeviceOutcome.OFFLINE: self.offline, DeviceOutcome.NOT_CONVERGED: await self.count_not_converged()}
+        abort = abort_check(self.criteria, self.done, counts)
+        if abort is not None:
+            message = f"{abort.message} (after {self.done} of {self.all_devices} devices)"
+            await self.end_failed(ABORT_RET_CODE, message, Outcome.ABORTED)
+
+    async def count_not_converged(self) -> int:
+        """Written devices whose window has passed, counted once each: the batches whose window has passed."""
+        if self.window_ms is None:
+            return 0
+        cutoff_ms = self.now_ms() - self.window_ms
+        while self.windows and self.windows[0][1] < cutoff_ms:
+            through, _written_ms = self.windows.popleft()
+            self.not_converged += await self.x._outcomes.pending_between(self.task.id, self.expired_through, through)
+            self.expired_through = through
+        return self.not_converged
+
+    def progress(self, applied: str, pushed: str | None, done_delta: int) -> Progress:
+        return Progress(
             task_id=self.task.id,
             owner=self.owner,
             expected_cursor=self.cursor,
@@ -247,8 +353,43 @@ class _Run:
             done_delta=done_delta,
             lease_until=self.lease_until(),
         )
-        if not await self.x._tasks.advance(progress):
-            raise FenceLost(self.task.id)
+
+    def committed(self, commit: Committed) -> None:
+        self.stop_requested = self.stop_requested or commit.stop_requested
+
+    async def update_shadows(self, names: list[str], matched: list[str], spec: UpdateShadowSpec) -> None:
+        through = names[-1]
+        if not matched:  # nothing to write or push in this page: only the cursors move
+            await self.advance(through, through, 0)
+            return
+        # the previous batch's pushes went out before this batch started; done_delta is replaced by the
+        # number of devices written
+        progress = self.progress(through, self.pushed, 0)
+        now_ms = self.now_ms()
+        patch = spec.desired
+        commit = await self.x._devices.merge_desired(
+            progress,
+            self.task.product_pk,
+            self.snapshot,
+            through,
+            None if len(matched) == len(names) else matched,
+            patch,
+            now_ms,
+            None if is_flat(patch) else partial(merge_section, patch=patch, now_ms=now_ms),
+            tracking=self.tracking,
+        )
+        self.committed(commit)
+        self.cursor, self.done = through, self.done + len(commit.written)
+        if self.window_ms is not None and commit.written:
+            self.windows.append((through, now_ms))
+        await self.push_deltas(commit.written, spec, now_ms)
+        self.pushed = through
+
+    async def advance(
+        self, applied: str, pushed: str, done_delta: int, results: Sequence[DeviceResult] = (), now_ms: int = 0
+    ) -> None:
+        commit = await self.x._tasks.advance(self.progress(applied, pushed, done_delta), results, now_ms)
+        self.committed(commit)
         self.cursor, self.pushed, self.done = applied, pushed, self.done + done_delta
 
     async def push_deltas(self, written: Sequence[tuple[str, int]], spec: UpdateShadowSpec, now_ms: int) -> None:
@@ -266,27 +407,38 @@ class _Run:
                 self.task.product_pk, self.snapshot, after, self.cursor, self.batch_size
             )
             matching = set(name_filter.filter([name for name, _ in rows]))
-            await self.push_deltas([row for row in rows if row[0] in matching], spec, int(self.x._clock() * 1000))
+            await self.push_deltas([row for row in rows if row[0] in matching], spec, self.now_ms())
             if len(rows) < self.batch_size:
                 break
             after = rows[-1][0]
         self.pushed = self.cursor
 
     async def publish_messages(self, names: list[str], matched: list[str], spec: PublishMessageSpec) -> None:
+        results: list[DeviceResult] = []
+        now_ms = self.now_ms()
         if matched:
             send = self.x._messages.publish_to_devices
-            await self.deliver(partial(send, self.task.product_id, matched, spec.topic, spec.payload, QOS))
-        await self.advance(names[-1], names[-1], len(matched))
+            report = self.tracking
+            deliveries = await self.deliver(
+                partial(send, self.task.product_id, matched, spec.topic, spec.payload, QOS, report=report)
+            )
+            if deliveries is not None:
+                results = [
+                    DeviceResult(name, MESSAGE_OUTCOMES[delivery])
+                    for name, delivery in zip(matched, deliveries, strict=True)
+                ]
+                self.offline += sum(1 for r in results if r.outcome is DeviceOutcome.OFFLINE)
+        await self.advance(names[-1], names[-1], len(matched), results, now_ms)
 
-    async def deliver(self, send: Callable[[], Awaitable[None]]) -> None:
+    async def deliver(self, send: Callable[[], Awaitable[T]]) -> T:
         """Send one batch, retrying it while the broker is down (until stop or the deadline)."""
         down_since: float | None = None
         while True:
             try:
-                await send()
+                sent = await send()
                 if down_since is not None:
                     log.info("task %s: the broker took the batch again; going on", self.task.id)
-                return
+                return sent
             except BrokerUnavailable as exc:
                 if not self.wait_for_broker:
                     raise _Stop(Outcome.BLOCKED) from exc
@@ -295,4 +447,4 @@ class _Run:
                     log.warning("task %s waits for the MQTT broker (%s); it retries the batch", self.task.id, exc)
                     down_since = now
             await self.check_running()
-            await self.pause()
+            await self.pause(self.x._config.broker_retry_s)

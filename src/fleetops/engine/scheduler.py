@@ -12,7 +12,8 @@ Tasks are shared by every node through the ``tasks`` table, with leases (``lease
   for the lease to run out. Two live processes sharing an id cannot both apply a batch: every write is fenced
   on the progress cursor (``store/tasks.py``).
 
-Finished tasks older than the retention window (a month) are deleted, at most once per ``purge_interval_s``.
+Finished tasks older than the retention window (a month) are deleted with their device outcomes, and
+CreateTask's client tokens older than a day, at most once per ``purge_interval_s``.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Iterable
 
+from fleetops.domain.extensions import CLIENT_TOKEN_TTL_S
 from fleetops.ports.store import TaskRecord, TaskStore
 
 log = logging.getLogger("fleetops.engine")
@@ -65,7 +67,7 @@ class Scheduler:
         if self._purged_at is not None and now - self._purged_at < self._purge_interval_s:
             return 0
         self._purged_at = now
-        purged = await self._tasks.purge(int(now) - self._retention_s)
+        purged = await self._tasks.purge(int(now) - self._retention_s, int(now) - CLIENT_TOKEN_TTL_S)
         if purged:
             log.info("purged %d finished task(s) older than %d s", purged, self._retention_s)
         return purged

@@ -25,6 +25,8 @@ from fleetops.ports.store import TaskRecord
 log = logging.getLogger("fleetops.engine")
 
 _DRAIN_S = 10.0  # how long stop() waits for running tasks to reach a batch boundary
+# the run outcomes after which the task is over (status 3, 4 or 5)
+ENDED = frozenset({Outcome.COMPLETED, Outcome.FAILED, Outcome.ABORTED, Outcome.CANCELLED})
 
 
 def default_node_id() -> str:
@@ -132,5 +134,5 @@ class TaskWorker:
                 return outcomes
             outcome = await self._run(task, wait_for_broker=False)
             outcomes[task.id] = outcome
-            if outcome not in (Outcome.COMPLETED, Outcome.FAILED):
+            if outcome not in ENDED:
                 skipped.add(task.id)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from enum import IntEnum
 from typing import Protocol, runtime_checkable
 
 from fleetops.domain.shadow import DeviceUpdate, JSONObject, Shadow, UpdateResult
@@ -64,6 +65,15 @@ class DeliveryView:
     offline_room: int | None  # room for a QoS 1 message in its persistent session; None: none keeps it
 
 
+class Delivery(IntEnum):
+    """What became of one message to a device (the best outcome over its subscribers)."""
+
+    DROPPED = 0  # nobody subscribes, or only offline sessions that keep nothing (QoS 0, full queue)
+    SENT = 1  # written to a connected session subscribed to the topic
+    QUEUED = 2  # kept in a persistent session's queue, sent when the device is back
+    UNKNOWN = 3  # handed to an external broker, which does not say
+
+
 class DeviceMessages(Protocol):
     """Cloud-to-device messages in the device protocol's terms (topics and payloads are messaging's business)."""
 
@@ -80,9 +90,10 @@ class DeviceMessages(Protocol):
         ...
 
     async def publish_to_devices(
-        self, product_id: str, device_names: Sequence[str], suffix: str, payload: bytes, qos: int
-    ) -> None:
-        """``payload`` on ``{pid}/{dn}/{suffix}`` for every device named (a batch of a PublishMessage task)."""
+        self, product_id: str, device_names: Sequence[str], suffix: str, payload: bytes, qos: int, *, report: bool
+    ) -> list[Delivery] | None:
+        """``payload`` on ``{pid}/{dn}/{suffix}`` for every device named (a batch of a PublishMessage task);
+        with ``report``, the :class:`Delivery` of each (a task that keeps outcomes), else None."""
         ...
 
     async def publish(self, topic: str, payload: bytes, qos: int) -> None:

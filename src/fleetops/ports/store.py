@@ -12,6 +12,9 @@ from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple, Protocol, TypeVar
 
+from fleetops.domain.extensions import TaskExtensions
+from fleetops.domain.name_filter import NameFilter
+from fleetops.domain.outcomes import DeviceOutcome
 from fleetops.domain.shadow import JSONObject, Shadow
 from fleetops.domain.tasks import TaskSpec, TaskStatus, TaskType
 
@@ -258,6 +261,21 @@ class TaskRecord:
     pushed_cursor: str | None  # the last device name whose delta pushes went out
     lease_owner: str | None
     lease_until: int | None
+    extensions: TaskExtensions | None = None  # fleetops extensions asked for at creation (None: a Tencent task)
+    stop_requested: bool = False  # StopTask: the engine ends the task after the batch in flight
+
+    @property
+    def tracks_outcomes(self) -> bool:
+        return self.extensions is not None and self.extensions.tracks_outcomes
+
+
+@dataclass(frozen=True, slots=True)
+class ClientTokenClaim:
+    """CreateTask's ClientToken: the same token within ``valid_since`` names the task it created first."""
+
+    token: str
+    fingerprint: str  # domain.extensions.request_fingerprint of the request's other parameters
+    valid_since: int  # Unix s: a token recorded before this is forgotten
 
 
 @dataclass(frozen=True, slots=True)
@@ -272,6 +290,18 @@ class NewTask:
     created_at: int
     schedule_time: int
     max_execution_s: int
+    extensions: TaskExtensions | None = None
+    client_token: ClientTokenClaim | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Insertion:
+    """What ``insert_within_limit`` did: created the task, refused it at the cap, or found its client token."""
+
+    created: bool
+    task_id: str | None = None  # the created task, or the one the client token created first
+    open_count: int = 0  # refused: the open tasks that blocked it
+    fingerprint: str | None = None  # the client token's first request (compare to tell a retry from a misuse)
 
 
 @dataclass(frozen=True, slots=True)
@@ -291,10 +321,31 @@ class FenceLost(Exception):
     """The task's row no longer says this node may write this batch; the batch was rolled back."""
 
 
+@dataclass(frozen=True, slots=True)
+class Committed:
+    """A batch's transaction committed: what it wrote, and whether a StopTask is waiting for the task."""
+
+    written: list[tuple[str, int]]  # UpdateShadow: (device name, new shadow version) per device written
+    stop_requested: bool
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceResult:
+    """One device of a PublishMessage batch, for the task's outcomes."""
+
+    device_name: str
+    outcome: DeviceOutcome
+
+
 class TaskStore(Protocol):
     # the API
-    async def insert_within_limit(self, task: NewTask, max_open: int) -> int | None:
-        """None when inserted, else the number of open tasks that blocked it (race-free across nodes)."""
+    async def insert_within_limit(self, task: NewTask, max_open: int) -> Insertion:
+        """Insert ``task`` unless the account has ``max_open`` open tasks, or its client token names a task
+        already (race-free across nodes)."""
+        ...
+
+    async def count_open(self, account_id: int) -> int:
+        """The account's tasks waiting or processing (what the pending cap counts)."""
         ...
 
     async def get(self, account_id: int, task_id: str, created_after: int) -> TaskRecord | None: ...
@@ -307,6 +358,11 @@ class TaskStore(Protocol):
         """WAITING when this call cancelled it, else the status that prevented it; None: no such task."""
         ...
 
+    async def stop(self, account_id: int, task_id: str, now_s: int, created_after: int) -> TaskStatus | None:
+        """StopTask: cancel a waiting task, or ask the engine to stop a processing one. The status the task had
+        (WAITING: cancelled now; PROCESSING: stop requested; any other: nothing done); None: no such task."""
+        ...
+
     # the engine: claims and leases
     async def claim_next(
         self, owner: str, now_s: int, lease_s: int, exclude: Sequence[str] = ()
@@ -316,20 +372,36 @@ class TaskStore(Protocol):
 
     async def release(self, task_id: str, owner: str) -> None: ...
 
-    async def renew(self, task_id: str, owner: str, lease_until: int) -> bool: ...
+    async def renew(self, task_id: str, owner: str, lease_until: int) -> bool | None:
+        """Extend the lease: None when it is no longer ours, else whether a StopTask is waiting."""
+        ...
 
     # the engine: progress and outcome
+    async def start(self, task_id: str, owner: str, all_device_cnt: int, now_s: int, lease_until: int) -> bool:
+        """Status 1 -> 2 with AllDeviceCnt, counted while the task still waited under this node's lease; False
+        when it was cancelled meanwhile (or the lease lost)."""
+        ...
+
     async def set_device_count(self, task_id: str, owner: str, all_device_cnt: int, lease_until: int) -> bool: ...
 
-    async def advance(self, progress: Progress) -> bool: ...
+    async def advance(self, progress: Progress, results: Sequence[DeviceResult] = (), now_ms: int = 0) -> Committed:
+        """A progress write on its own (PublishMessage batches, pages without a matching device), with the
+        outcomes of the batch's devices (a task that tracks them). Raises FenceLost."""
+        ...
 
     async def complete(self, task_id: str, owner: str, expected_cursor: str | None, now_s: int) -> bool: ...
 
-    async def fail(self, task_id: str, owner: str, ret_code: int, err_msg: str, now_s: int) -> bool: ...
+    async def fail(self, task_id: str, owner: str, ret_code: int, err_msg: str, now_s: int) -> bool:
+        """Status 4 (deadline or abort criteria) with RetCode/ErrMsg."""
+        ...
+
+    async def end_stopped(self, task_id: str, owner: str, err_msg: str, now_s: int) -> bool:
+        """Status 2 -> 5 for a StopTask, after the batch in flight committed."""
+        ...
 
     async def read(self, task_id: str) -> TaskRecord | None: ...
 
-    async def purge(self, created_before: int) -> int: ...
+    async def purge(self, created_before: int, tokens_created_before: int | None = None) -> int: ...
 
 
 # (old desired, old desired metadata) -> (new desired, new desired metadata): ``domain.shadow.merge_section``
@@ -361,9 +433,62 @@ class DeviceBatches(Protocol):
         patch: JSONObject,
         now_ms: int,
         nested_merge: DesiredMerge | None = None,
-    ) -> list[tuple[str, int]]:
+        tracking: bool = False,
+    ) -> Committed:
         """Merge ``patch`` into the desired section of the devices in ``(progress.expected_cursor, through]``
         (only ``names`` of them unless None) with the fenced ``progress`` write; (name, new version) per
         device written. ``nested_merge`` None: ``patch`` is flat (``domain.shadow.is_flat``) and the database
-        merges it; else each row is merged with it. Raises FenceLost (nothing written)."""
+        merges it; else each row is merged with it. ``tracking``: the task keeps outcomes (each written device
+        gets its row, Converged at once when its reported state holds the values already, and the task becomes
+        the device's watch). Raises FenceLost (nothing written)."""
+        ...
+
+    async def count_matching(
+        self, product_pk: int, snapshot_id: int, name_filter: NameFilter, sample: int = 0
+    ) -> tuple[int, list[str]]:
+        """How many devices of the snapshot match ``name_filter``, and the first ``sample`` of them by name."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceOutcomeRecord:
+    """One device of a task's outcomes, as DescribeTaskDevices lists it."""
+
+    device_name: str
+    outcome: DeviceOutcome  # effective: NotConverged derived from Written and the window
+    version: int | None  # UpdateShadow: the shadow version the task wrote
+    at_ms: int  # when the outcome last changed
+
+
+class TaskOutcomes(Protocol):
+    """The per-device outcomes of tasks that keep them (``store/outcomes.py``). Calls name a task by id: the
+    backend reads the task through the account first."""
+
+    async def counts(self, task_id: str, window_ms: int | None, now_ms: int) -> dict[DeviceOutcome, int]:
+        """Devices per effective outcome."""
+        ...
+
+    async def page(
+        self,
+        task_id: str,
+        outcome: DeviceOutcome | None,
+        window_ms: int | None,
+        now_ms: int,
+        offset: int,
+        limit: int,
+    ) -> tuple[int, list[DeviceOutcomeRecord]]:
+        """The devices (of one effective outcome, unless None) by name: (how many in all, this page)."""
+        ...
+
+    async def pending_between(self, task_id: str, after: str | None, through: str) -> int:
+        """How many devices named in ``(after, through]`` are still Written (the engine counts the devices of
+        each batch whose window has passed: NotConverged)."""
+        ...
+
+    async def newest_write_ms(self, task_id: str) -> int | None:
+        """When the task last wrote or sent to a device (None: no device yet)."""
+        ...
+
+    async def mark(self, task_id: str, device_name: str, outcome: DeviceOutcome, now_ms: int) -> bool:
+        """Move one device's outcome on (only as ``domain.outcomes.NEXT`` allows); False when it did not move."""
         ...

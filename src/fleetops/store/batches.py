@@ -8,6 +8,12 @@ A batch of UpdateShadow is ONE transaction: the desired merge of the batch's mat
 metadata timestamps of the written keys, ``shadow_ts_ms``: ``store/shadows.py``) and the task's fenced progress
 write (``store.tasks.progress_update``). If the fence does not hold, nothing of the batch is kept.
 
+A task that keeps outcomes (docs/extensions.md#outcomes) adds to the same transaction: the devices another
+tracking task watches are looked up first (that task's outcome for them becomes Superseded when this patch
+changes its values), the merge makes this task each written device's watch and reads its reported state, and
+one ``task_devices`` row per written device is inserted (Converged at once when the device reports the values
+already, else Written).
+
 Neither merge path checks the 8 KB limit of the stored state after the merge per device (docs/tasks.md): the
 patch itself is within the limits, checked by CreateTask.
 """
@@ -15,20 +21,26 @@ patch itself is within the limits, checked by CreateTask.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Final
+from typing import Any, Final
 
 import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncConnection
 
+from fleetops.domain.name_filter import NameFilter
+from fleetops.domain.outcomes import DeviceOutcome, holds, tracked_values
 from fleetops.domain.shadow import JSONObject
-from fleetops.ports.store import DesiredMerge, FenceLost, Progress
+from fleetops.ports.store import Committed, DesiredMerge, Progress
 from fleetops.ports.store import DeviceBatches as DeviceBatchesPort
 from fleetops.store.database import Database
+from fleetops.store.outcomes import TaskWatches, insert_outcomes, supersede_watches
 from fleetops.store.shadows import batch_bounds, merge_desired_each, merge_desired_flat
 from fleetops.store.tables import devices
-from fleetops.store.tasks import progress_update, write_transaction
+from fleetops.store.tasks import write_progress, write_transaction
 
 # The smallest device name is one character, so every name sorts after "": the first page's lower bound.
 _BEFORE_ALL: Final = ""
+# Counting reads bigger pages than batches: no transaction, no write, just names through the filter.
+COUNT_PAGE_SIZE: Final = 20_000
 
 
 class DeviceBatches(DeviceBatchesPort):
@@ -36,6 +48,7 @@ class DeviceBatches(DeviceBatchesPort):
 
     def __init__(self, db: Database) -> None:
         self._db = db
+        self._watches = TaskWatches()
 
     async def count(self, product_pk: int, snapshot_id: int) -> int:
         """Every device of the product in the snapshot (the empty filter)."""
@@ -85,6 +98,25 @@ class DeviceBatches(DeviceBatchesPort):
             )
             return [(row.name, int(row.shadow_version)) for row in rows]
 
+    async def count_matching(
+        self, product_pk: int, snapshot_id: int, name_filter: NameFilter, sample: int = 0
+    ) -> tuple[int, list[str]]:
+        """The snapshot's devices whose name matches (AllDeviceCnt, PreviewTask), one page of names at a time
+        (an empty filter is one SQL count), and the first ``sample`` matching names."""
+        if not name_filter.pattern:
+            first = await self.names_after(product_pk, None, snapshot_id, sample) if sample else []
+            return await self.count(product_pk, snapshot_id), first
+        matched, first, after = 0, [], None
+        while True:
+            names = await self.names_after(product_pk, after, snapshot_id, COUNT_PAGE_SIZE)
+            hits = name_filter.filter(names)
+            matched += len(hits)
+            if len(first) < sample:
+                first.extend(hits[: sample - len(first)])
+            if len(names) < COUNT_PAGE_SIZE:
+                return matched, first
+            after = names[-1]
+
     async def merge_desired(
         self,
         progress: Progress,
@@ -95,29 +127,59 @@ class DeviceBatches(DeviceBatchesPort):
         patch: JSONObject,
         now_ms: int,
         nested_merge: DesiredMerge | None = None,
-    ) -> list[tuple[str, int]]:
+        tracking: bool = False,
+    ) -> Committed:
         """Merge ``patch`` into the desired section of the devices in ``(progress.expected_cursor, through]``
         (only ``names`` of them unless None) and write ``progress`` (its ``done_delta`` is replaced by the
         number of devices written), in one transaction. Returns (name, new version) per device written.
 
         ``nested_merge`` None: ``patch`` is flat and merged in SQL; otherwise each row goes through it.
-        Raises FenceLost (nothing written) when the task's row does not match ``progress``.
+        ``tracking``: the task keeps outcomes (module doc). Raises FenceLost (nothing written) when the task's
+        row does not match ``progress``.
         """
         bounds = batch_bounds(product_pk, progress.expected_cursor or _BEFORE_ALL, through, snapshot_id)
+        watch = progress.task_id if tracking else None
         async with write_transaction(self._db) as conn:
+            if watch is not None:
+                others = await self._watched_by_others(conn, bounds, names, watch)
+                await supersede_watches(conn, self._watches, others, patch, now_ms)
             if nested_merge is None:
-                written = await merge_desired_flat(conn, bounds, names, patch, now_ms)
+                rows = await merge_desired_flat(conn, bounds, names, patch, now_ms, watch)
             else:
-                written = await merge_desired_each(conn, bounds, names, nested_merge, now_ms)
+                rows = await merge_desired_each(conn, bounds, names, nested_merge, now_ms, watch)
+            if watch is not None:
+                values = tracked_values(patch)
+                outcomes = [
+                    (name, DeviceOutcome.CONVERGED if holds(reported, values) else DeviceOutcome.WRITTEN, version)
+                    for name, version, reported in rows
+                ]
+                await insert_outcomes(conn, watch, outcomes, now_ms)
             fenced = Progress(
                 task_id=progress.task_id,
                 owner=progress.owner,
                 expected_cursor=progress.expected_cursor,
                 applied_cursor=progress.applied_cursor,
                 pushed_cursor=progress.pushed_cursor,
-                done_delta=len(written),
+                done_delta=len(rows),
                 lease_until=progress.lease_until,
             )
-            if not (await conn.execute(progress_update(fenced))).rowcount:
-                raise FenceLost(progress.task_id)
-        return written
+            stop_requested = await write_progress(conn, fenced)
+        return Committed([(name, version) for name, version, _ in rows], stop_requested)
+
+    @staticmethod
+    async def _watched_by_others(
+        conn: AsyncConnection, bounds: dict[str, Any], names: Sequence[str] | None, me: str
+    ) -> list[tuple[str, str]]:
+        """(device name, watching task) of the batch's devices that another tracking task watches."""
+        rows = await conn.execute(
+            sa.select(devices.c.name, devices.c.watch_task).where(
+                devices.c.product_pk == bounds["pk"],
+                devices.c.name > bounds["after"],
+                devices.c.name <= bounds["through"],
+                devices.c.id <= bounds["snapshot"],
+                devices.c.watch_task.is_not(None),
+                devices.c.watch_task != me,
+            )
+        )
+        wanted = None if names is None else set(names)
+        return [(row.name, row.watch_task) for row in rows if wanted is None or row.name in wanted]

@@ -33,6 +33,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from fleetops.domain.shadow import JSONObject, Shadow
 from fleetops.ports.store import DesiredMerge, ShadowContention, ShadowMissing
 from fleetops.store.database import Database
+from fleetops.store.outcomes import TaskWatches, decide_watch
 from fleetops.store.tables import devices, products
 
 T = TypeVar("T")
@@ -75,6 +76,7 @@ _READ = (
         devices.c.shadow_meta_desired,
         devices.c.shadow_version,
         devices.c.shadow_ts_ms,
+        devices.c.watch_task,
     )
     .select_from(devices.join(products, products.c.id == devices.c.product_pk))
     .where(
@@ -96,6 +98,7 @@ _COMPARE_AND_SET = (
         shadow_meta_desired=sa.bindparam("meta_desired", type_=_JSON_OR_NULL),
         shadow_version=sa.bindparam("version", type_=sa.BigInteger),
         shadow_ts_ms=sa.bindparam("ts_ms", type_=sa.BigInteger),
+        watch_task=sa.bindparam("watch", type_=sa.String),
     )
 )
 
@@ -106,17 +109,22 @@ class ShadowStore:
     Writers that share one ShadowStore (one node) also queue on an in-process lock per shadow, so they take
     turns instead of failing each other's compare-and-set and retrying; the compare-and-set still guards
     against every other writer (other nodes, other stores, the task executor).
+
+    A write of a device that an outcome-tracking task watches (``devices.watch_task``) also decides, in the
+    same transaction, whether the device has now Converged or was Superseded for that task
+    (``store/outcomes.py``): the outcome cannot disagree with the shadow that caused it.
     """
 
     def __init__(self, db: Database, *, max_attempts: int = DEFAULT_MAX_ATTEMPTS) -> None:
         self._db = db
         self._max_attempts = max_attempts
         self._turns: dict[tuple[str, str], tuple[asyncio.Lock, list[int]]] = {}
+        self._watches = TaskWatches()
 
     async def read(self, account_id: int, product_id: str, device_name: str) -> Shadow:
         """The current shadow. Raises ShadowMissing."""
         async with self._db.connect() as conn:
-            _pk, shadow = await _read(conn, account_id, product_id, device_name)
+            _pk, shadow, _watch = await _read(conn, account_id, product_id, device_name)
         return shadow
 
     async def update(
@@ -140,11 +148,16 @@ class ShadowStore:
                 # begins one before the UPDATE only), so the write waits on busy_timeout, never on a stale
                 # snapshot.
                 async with self._db.connect() as conn:
-                    pk, current = await _read(conn, account_id, product_id, device_name)
+                    pk, current, watch = await _read(conn, account_id, product_id, device_name)
                     new, result = change(current)
                     if new is None:
                         return result
-                    written = await self._compare_and_set(conn, pk, current.version, new)
+                    decided = None
+                    if watch is not None:
+                        watch, decided = await decide_watch(conn, self._watches, watch, device_name, new)
+                    written = await self._compare_and_set(conn, pk, current.version, new, watch)
+                    if written and decided is not None:
+                        await conn.execute(decided)
                     await conn.commit()
                 if written:
                     return result
@@ -168,7 +181,9 @@ class ShadowStore:
             if users[0] == 0:
                 del self._turns[key]
 
-    async def _compare_and_set(self, conn: AsyncConnection, device_pk: int, read_version: int, new: Shadow) -> bool:
+    async def _compare_and_set(
+        self, conn: AsyncConnection, device_pk: int, read_version: int, new: Shadow, watch: str | None
+    ) -> bool:
         result = await conn.execute(
             _COMPARE_AND_SET,
             {
@@ -180,17 +195,21 @@ class ShadowStore:
                 "meta_desired": new.metadata_desired,
                 "version": new.version,
                 "ts_ms": new.timestamp_ms,
+                "watch": watch,
             },
         )
         return bool(result.rowcount)
 
 
-async def _read(conn: AsyncConnection, account_id: int, product_id: str, device_name: str) -> tuple[int, Shadow]:
+async def _read(
+    conn: AsyncConnection, account_id: int, product_id: str, device_name: str
+) -> tuple[int, Shadow, str | None]:
+    """(device pk, shadow, the task watching it)."""
     params = {"account_id": account_id, "product_id": product_id, "device_name": device_name}
     row = (await conn.execute(_READ, params)).first()
     if row is None:
         raise ShadowMissing(f"{product_id}/{device_name}")
-    return int(row.id), Shadow(
+    shadow = Shadow(
         reported=dict(row.shadow_reported or {}),
         desired=None if row.shadow_desired is None else dict(row.shadow_desired),
         metadata_reported=dict(row.shadow_meta_reported or {}),
@@ -198,6 +217,7 @@ async def _read(conn: AsyncConnection, account_id: int, product_id: str, device_
         version=int(row.shadow_version),
         timestamp_ms=int(row.shadow_ts_ms),
     )
+    return int(row.id), shadow, row.watch_task
 
 
 # --- the task engine's batched desired merge (run inside the batch transaction of store/batches.py) --------
@@ -210,8 +230,8 @@ _SQLITE_FLAT_MERGE: Final = (
     "shadow_desired = json_patch(coalesce(shadow_desired, '{{}}'), :patch), "
     "shadow_meta_desired = CASE WHEN json_type(shadow_desired) = 'object' "
     "THEN json_patch(json_patch(shadow_meta_desired, :clear), :stamps) ELSE :stamps END, "
-    "shadow_version = shadow_version + 1, shadow_ts_ms = :now_ms "
-    "WHERE " + _RANGE + "{names} RETURNING name, shadow_version"
+    "shadow_version = shadow_version + 1, shadow_ts_ms = :now_ms{watch} "
+    "WHERE " + _RANGE + "{names} RETURNING name, shadow_version{reported}"
 )
 _SQLITE_NAMES: Final = " AND name IN (SELECT value FROM json_each(:names))"
 
@@ -221,30 +241,55 @@ _POSTGRESQL_FLAT_MERGE: Final = (
     "ELSE '{{}}'::jsonb END - CAST(:null_keys AS text[])) || CAST(:values AS jsonb), "
     "shadow_meta_desired = CASE WHEN jsonb_typeof(shadow_desired) = 'object' "
     "THEN shadow_meta_desired - CAST(:keys AS text[]) ELSE '{{}}'::jsonb END || CAST(:stamps AS jsonb), "
-    "shadow_version = shadow_version + 1, shadow_ts_ms = :now_ms "
-    "WHERE " + _RANGE + "{names} RETURNING name, shadow_version"
+    "shadow_version = shadow_version + 1, shadow_ts_ms = :now_ms{watch} "
+    "WHERE " + _RANGE + "{names} RETURNING name, shadow_version{reported}"
 )
 _POSTGRESQL_NAMES: Final = " AND name = ANY(CAST(:names AS text[]))"
 
 
-def _statements(template: str, names_clause: str) -> tuple[sa.TextClause, sa.TextClause]:
-    """(every device of the range, only the listed names) variants, built once."""
-    return sa.text(template.format(names="")), sa.text(template.format(names=names_clause))
+# A task that keeps outcomes also becomes the written devices' watch and reads their reported state (to tell
+# the devices that hold its values already: Converged at once).
+_TRACKING: Final = {"watch": ", watch_task = :watch", "reported": ", shadow_reported"}
+_PLAIN: Final = {"watch": "", "reported": ""}
+
+
+def _statements(template: str, names_clause: str) -> dict[tuple[bool, bool], sa.TextClause]:
+    """The variants by (only the listed names, tracking), built once."""
+    return {
+        (listed, tracking): sa.text(
+            template.format(names=names_clause if listed else "", **(_TRACKING if tracking else _PLAIN))
+        )
+        for listed in (False, True)
+        for tracking in (False, True)
+    }
 
 
 _SQLITE_MERGES: Final = _statements(_SQLITE_FLAT_MERGE, _SQLITE_NAMES)
 _POSTGRESQL_MERGES: Final = _statements(_POSTGRESQL_FLAT_MERGE, _POSTGRESQL_NAMES)
 
-_WRITE_BACK: Final = (
+_WRITE_BACK_VALUES: Final = {
+    "shadow_desired": sa.bindparam("b_desired", type_=_JSON_OR_NULL),
+    "shadow_meta_desired": sa.bindparam("b_meta", type_=_JSON_OR_NULL),
+    "shadow_version": sa.bindparam("b_version", type_=sa.BigInteger),
+    "shadow_ts_ms": sa.bindparam("b_ts_ms", type_=sa.BigInteger),
+}
+_WRITE_BACK: Final = sa.update(devices).where(devices.c.id == sa.bindparam("b_id")).values(**_WRITE_BACK_VALUES)
+_WRITE_BACK_WATCHED: Final = (
     sa.update(devices)
     .where(devices.c.id == sa.bindparam("b_id"))
-    .values(
-        shadow_desired=sa.bindparam("b_desired", type_=_JSON_OR_NULL),
-        shadow_meta_desired=sa.bindparam("b_meta", type_=_JSON_OR_NULL),
-        shadow_version=sa.bindparam("b_version", type_=sa.BigInteger),
-        shadow_ts_ms=sa.bindparam("b_ts_ms", type_=sa.BigInteger),
-    )
+    .values(**_WRITE_BACK_VALUES, watch_task=sa.bindparam("b_watch", type_=sa.String))
 )
+
+# (name, new version, reported state: only when the merge was asked to read it)
+WrittenRow = tuple[str, int, JSONObject | None]
+
+
+def _reported(value: Any) -> JSONObject | None:
+    """A RETURNING'd reported state: text on SQLite, decoded already on PostgreSQL."""
+    if value is None:
+        return None
+    decoded = orjson.loads(value) if isinstance(value, str | bytes) else value
+    return decoded if isinstance(decoded, dict) else None
 
 
 def _dumps(value: Any) -> str:
@@ -257,31 +302,46 @@ def batch_bounds(product_pk: int, after: str, through: str, snapshot_id: int) ->
 
 
 async def merge_desired_flat(
-    conn: AsyncConnection, bounds: Mapping[str, Any], names: Sequence[str] | None, patch: JSONObject, now_ms: int
-) -> list[tuple[str, int]]:
-    """Merge a flat ``patch`` (``domain.shadow.is_flat``) in SQL: (name, new version) per device written."""
+    conn: AsyncConnection,
+    bounds: Mapping[str, Any],
+    names: Sequence[str] | None,
+    patch: JSONObject,
+    now_ms: int,
+    watch: str | None = None,
+) -> list[WrittenRow]:
+    """Merge a flat ``patch`` (``domain.shadow.is_flat``) in SQL: (name, new version, reported) per device
+    written; ``watch`` (a tracking task) also becomes each device's watch, and reported is read."""
     values = {key: value for key, value in patch.items() if value is not None}
     stamps = _dumps({key: {"timestamp": now_ms} for key in values})
     params: dict[str, Any] = {**bounds, "stamps": stamps, "now_ms": now_ms}
+    if watch is not None:
+        params["watch"] = watch
     if conn.dialect.name == "sqlite":
-        every, listed = _SQLITE_MERGES
+        statements = _SQLITE_MERGES
         params.update(patch=_dumps(patch), clear=_dumps(dict.fromkeys(patch)))
         if names is not None:
             params["names"] = _dumps(list(names))
     else:
-        every, listed = _POSTGRESQL_MERGES
+        statements = _POSTGRESQL_MERGES
         params.update(
             null_keys=[key for key, value in patch.items() if value is None], values=_dumps(values), keys=list(patch)
         )
         if names is not None:
             params["names"] = list(names)
-    result = await conn.execute(every if names is None else listed, params)
-    return [(name, int(version)) for name, version in result]
+    result = await conn.execute(statements[names is not None, watch is not None], params)
+    if watch is None:
+        return [(name, int(version), None) for name, version in result]
+    return [(name, int(version), _reported(reported)) for name, version, reported in result]
 
 
 async def merge_desired_each(
-    conn: AsyncConnection, bounds: Mapping[str, Any], names: Sequence[str] | None, merge: DesiredMerge, now_ms: int
-) -> list[tuple[str, int]]:
+    conn: AsyncConnection,
+    bounds: Mapping[str, Any],
+    names: Sequence[str] | None,
+    merge: DesiredMerge,
+    now_ms: int,
+    watch: str | None = None,
+) -> list[WrittenRow]:
     """Merge row by row with ``merge``: the batch's rows are read under its lock (SQLite ``BEGIN IMMEDIATE``,
     PostgreSQL ``FOR UPDATE``) and written back with one ``executemany``.
 
@@ -295,6 +355,8 @@ async def merge_desired_each(
             devices.c.shadow_desired,
             devices.c.shadow_meta_desired,
             devices.c.shadow_version,
+            # only a tracking task reads it (decoding every row's reported state costs)
+            (devices.c.shadow_reported if watch is not None else sa.null()).label("shadow_reported"),
         )
         .where(
             devices.c.product_pk == bounds["pk"],
@@ -308,17 +370,18 @@ async def merge_desired_each(
         query = query.with_for_update()  # SQLite: BEGIN IMMEDIATE already excludes every other writer
     wanted = None if names is None else set(names)
     updates: list[dict[str, Any]] = []
-    written: list[tuple[str, int]] = []
+    written: list[WrittenRow] = []
     for row in await conn.execute(query):
         if wanted is not None and row.name not in wanted:
             continue
         old = row.shadow_desired if isinstance(row.shadow_desired, dict) else None
         desired, metadata = merge(old, row.shadow_meta_desired)
         version = int(row.shadow_version) + 1
-        updates.append(
-            {"b_id": row.id, "b_desired": desired, "b_meta": metadata, "b_version": version, "b_ts_ms": now_ms}
-        )
-        written.append((row.name, version))
+        update = {"b_id": row.id, "b_desired": desired, "b_meta": metadata, "b_version": version, "b_ts_ms": now_ms}
+        if watch is not None:
+            update["b_watch"] = watch
+        updates.append(update)
+        written.append((row.name, version, None if watch is None else _reported(row.shadow_reported)))
     if updates:
-        await conn.execute(_WRITE_BACK, updates)
+        await conn.execute(_WRITE_BACK if watch is None else _WRITE_BACK_WATCHED, updates)
     return written

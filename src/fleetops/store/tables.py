@@ -65,6 +65,9 @@ devices = sa.Table(
     sa.Column("shadow_meta_desired", Json, nullable=False),
     sa.Column("shadow_version", sa.BigInteger, nullable=False, server_default="0"),
     sa.Column("shadow_ts_ms", sa.BigInteger, nullable=False, server_default="0"),
+    # the outcome-tracking UpdateShadow task whose convergence this device's shadow writes decide (the newest
+    # that wrote it; docs/extensions.md#outcomes): store/shadows.py and store/outcomes.py
+    sa.Column("watch_task", sa.String(24), nullable=True),
     sa.UniqueConstraint("product_pk", "name", name="uq_devices_product_name"),
 )
 
@@ -95,6 +98,35 @@ tasks = sa.Table(
     sa.Column("pushed_cursor", sa.String(48), nullable=True),
     sa.Column("lease_owner", sa.String(128), nullable=True),
     sa.Column("lease_until", sa.BigInteger, nullable=True),
+    # fleetops extensions (docs/extensions.md): what the task asked for beyond Tencent (NULL: nothing), and a
+    # StopTask waiting for the engine to end the task after the batch in flight
+    sa.Column("extensions", Json, nullable=True),
+    sa.Column("stop_requested", sa.Boolean, nullable=False, server_default=sa.false()),
     sa.Index("ix_tasks_account_created", "account_id", "created_at"),
     sa.Index("ix_tasks_status_schedule", "status", "schedule_time"),
+)
+
+# One row per device a task with outcomes reached (docs/extensions.md#outcomes): written in the task's batch
+# transaction, moved on by the device's later shadow writes, acknowledgements and late deliveries. No foreign
+# key: a check per row would slow the batch insert, and the purge deletes a task's rows with the task.
+task_devices = sa.Table(
+    "task_devices",
+    metadata,
+    sa.Column("task_id", sa.String(24), primary_key=True),
+    sa.Column("device_name", sa.String(48), primary_key=True),
+    sa.Column("outcome", sa.String(16), nullable=False),  # domain.outcomes.DeviceOutcome
+    sa.Column("version", sa.BigInteger, nullable=True),  # UpdateShadow: the shadow version the task wrote
+    sa.Column("written_ms", sa.BigInteger, nullable=False),  # when the task wrote or sent (the window's start)
+    sa.Column("at_ms", sa.BigInteger, nullable=False),  # when the outcome last changed
+)
+
+# ClientToken of CreateTask: the same token from the same account within 24 hours is the same task.
+task_client_tokens = sa.Table(
+    "task_client_tokens",
+    metadata,
+    sa.Column("account_id", sa.Integer, primary_key=True),
+    sa.Column("client_token", sa.String(64), primary_key=True),
+    sa.Column("task_id", sa.String(24), nullable=False),
+    sa.Column("fingerprint", sa.String(64), nullable=False),  # domain.extensions.request_fingerprint
+    sa.Column("created_at", sa.BigInteger, nullable=False),
 )

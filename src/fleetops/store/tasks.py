@@ -24,7 +24,6 @@ from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
-import orjson
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -32,19 +31,18 @@ from fleetops.domain.tasks import (
     FINISHED_STATUSES,
     OPEN_STATUSES,
     RUNNING,
-    PublishMessageSpec,
     TaskEvent,
-    TaskSpec,
     TaskStatus,
     TaskType,
-    UpdateShadowSpec,
     sources,
     target,
 )
-from fleetops.ports.store import NewTask, Progress, TaskRecord
+from fleetops.ports.store import Committed, DeviceResult, FenceLost, Insertion, NewTask, Progress, TaskRecord
 from fleetops.ports.store import TaskStore as TaskStorePort
 from fleetops.store.database import Database
-from fleetops.store.tables import accounts, devices, tasks
+from fleetops.store.outcomes import insert_outcomes
+from fleetops.store.tables import accounts, devices, task_client_tokens, task_devices, tasks
+from fleetops.store.task_json import extensions_from_json, extensions_to_json, spec_from_json, spec_to_json
 
 
 def _statuses(statuses: frozenset[TaskStatus]) -> list[int]:
@@ -54,21 +52,6 @@ def _statuses(statuses: frozenset[TaskStatus]) -> list[int]:
 def _may(event: TaskEvent) -> sa.ColumnElement[bool]:
     """The row's status is one ``event`` applies to (the domain's state machine, ``domain.tasks.TRANSITIONS``)."""
     return tasks.c.status.in_(_statuses(sources(event)))
-
-
-def spec_to_json(spec: TaskSpec) -> dict[str, Any]:
-    if isinstance(spec, UpdateShadowSpec):
-        # As JSON text: PostgreSQL's jsonb would reorder the keys, and the delta pushes should list them in
-        # the order the client gave them (as UpdateDeviceShadow's pushes do).
-        return {"desired": orjson.dumps(spec.desired).decode()}
-    # The Payload string was UTF-8 encoded by the domain; decoding gives the same string back.
-    return {"topic": spec.topic, "payload": spec.payload.decode()}
-
-
-def spec_from_json(task_type: TaskType, value: dict[str, Any]) -> TaskSpec:
-    if task_type is TaskType.UPDATE_SHADOW:
-        return UpdateShadowSpec(orjson.loads(value["desired"]))
-    return PublishMessageSpec(str(value["topic"]), str(value["payload"]).encode())
 
 
 @asynccontextmanager
@@ -97,8 +80,23 @@ def _held_by(task_id: str, owner: str) -> sa.ColumnElement[bool]:
     return sa.and_(tasks.c.id == task_id, tasks.c.status == RUNNING.value, tasks.c.lease_owner == owner)
 
 
+def _leased_by(task_id: str, owner: str) -> sa.ColumnElement[bool]:
+    """Held by ``owner``'s lease, waiting (its devices being counted before it starts) or running."""
+    return sa.and_(tasks.c.id == task_id, tasks.c.status.in_(_statuses(OPEN_STATUSES)), tasks.c.lease_owner == owner)
+
+
+async def write_progress(conn: AsyncConnection, progress: Progress) -> bool:
+    """The fenced progress write of one batch, in ``conn``'s transaction; whether a StopTask is waiting.
+
+    Raises FenceLost when the fence does not hold (the caller's transaction then rolls back)."""
+    stop_requested = (await conn.execute(progress_update(progress).returning(tasks.c.stop_requested))).scalar()
+    if stop_requested is None:
+        raise FenceLost(progress.task_id)
+    return bool(stop_requested)
+
+
 def progress_update(progress: Progress) -> sa.Update:
-    """The fenced ``UPDATE tasks`` of one batch (its rowcount is 0 when the fence does not hold)."""
+    """The fenced ``UPDATE tasks`` of one batch (it changes no row when the fence does not hold)."""
     return (
         sa.update(tasks)
         .where(
@@ -127,25 +125,29 @@ class TaskStore(TaskStorePort):
 
     # --- the API ------------------------------------------------------------------------------------------
 
-    async def insert_within_limit(self, task: NewTask, max_open: int) -> int | None:
-        """Insert ``task`` unless the account has ``max_open`` tasks waiting or processing already.
+    async def insert_within_limit(self, task: NewTask, max_open: int) -> Insertion:
+        """Insert ``task`` unless the account has ``max_open`` tasks waiting or processing already, or the
+        task's client token names a task created within its validity (then that task is the answer).
 
-        Returns None when inserted, else the number of open tasks that blocked it. Race-free (module doc).
+        Race-free (module doc): the token lookup, the count and the inserts are one transaction under the lock.
         """
+        token = task.client_token
         async with write_transaction(self._db) as conn:
             if not self._db.is_sqlite:
                 await conn.execute(sa.select(accounts.c.id).where(accounts.c.id == task.account_id).with_for_update())
-            open_count = int(
-                (
-                    await conn.execute(
-                        sa.select(sa.func.count())
-                        .select_from(tasks)
-                        .where(tasks.c.account_id == task.account_id, tasks.c.status.in_(_statuses(OPEN_STATUSES)))
-                    )
-                ).scalar_one()
-            )
+            if token is not None:
+                mine = sa.and_(
+                    task_client_tokens.c.account_id == task.account_id,
+                    task_client_tokens.c.client_token == token.token,
+                )
+                earlier = (await conn.execute(sa.select(task_client_tokens).where(mine))).first()
+                if earlier is not None and int(earlier.created_at) >= token.valid_since:
+                    return Insertion(created=False, task_id=earlier.task_id, fingerprint=earlier.fingerprint)
+                if earlier is not None:  # older than its validity: forgotten
+                    await conn.execute(sa.delete(task_client_tokens).where(mine))
+            open_count = await _count_open(conn, task.account_id)
             if open_count >= max_open:
-                return open_count
+                return Insertion(created=False, open_count=open_count)
             await conn.execute(
                 sa.insert(tasks).values(
                     id=task.id,
@@ -165,9 +167,24 @@ class TaskStore(TaskStorePort):
                     err_msg="",
                     all_device_cnt=0,
                     done_device_cnt=0,
+                    extensions=_json_or_null(extensions_to_json(task.extensions)),
                 )
             )
-        return None
+            if token is not None:
+                await conn.execute(
+                    sa.insert(task_client_tokens).values(
+                        account_id=task.account_id,
+                        client_token=token.token,
+                        task_id=task.id,
+                        fingerprint=token.fingerprint,
+                        created_at=task.created_at,
+                    )
+                )
+        return Insertion(created=True, task_id=task.id)
+
+    async def count_open(self, account_id: int) -> int:
+        async with self._db.connect() as conn:
+            return await _count_open(conn, account_id)
 
     async def get(self, account_id: int, task_id: str, created_after: int) -> TaskRecord | None:
         async with self._db.connect() as conn:
@@ -215,16 +232,33 @@ class TaskStore(TaskStorePort):
             status = (await conn.execute(sa.select(tasks.c.status).where(mine))).scalar_one_or_none()
         return None if status is None else TaskStatus(status)
 
+    async def stop(self, account_id: int, task_id: str, now_s: int, created_after: int) -> TaskStatus | None:
+        """StopTask: a waiting task is cancelled as CancelTask would; a processing one is marked, and the engine
+        that runs it ends it after the batch in flight (``end_stopped``). Returns the status the task had."""
+        previous = await self.cancel(account_id, task_id, now_s, created_after)
+        if previous is not TaskStatus.PROCESSING:
+            return previous
+        mine = sa.and_(tasks.c.id == task_id, tasks.c.account_id == account_id, tasks.c.created_at >= created_after)
+        async with self._db.begin() as conn:
+            result = await conn.execute(
+                sa.update(tasks).where(mine, _may(TaskEvent.STOP)).values(stop_requested=True).returning(tasks.c.id)
+            )
+            if result.first() is not None:
+                return TaskStatus.PROCESSING
+            status = (await conn.execute(sa.select(tasks.c.status).where(mine))).scalar_one_or_none()
+        # it ended between the two statements: say how
+        return None if status is None else TaskStatus(status)
+
     # --- the engine: claims and leases --------------------------------------------------------------------
 
     async def claim_next(self, owner: str, now_s: int, lease_s: int, exclude: Sequence[str] = ()) -> TaskRecord | None:
-        """Lease the next task to run: a waiting task whose time has come (it becomes processing, and its
-        device snapshot is fixed in the same statement), or a processing task whose lease has expired."""
+        """Lease the next task to run: a waiting task whose time has come (its device snapshot is fixed in the
+        same statement; it stays waiting while its devices are counted, and ``start`` moves it to processing
+        with AllDeviceCnt), or an open task whose lease has expired."""
+        lease_expired = sa.or_(tasks.c.lease_until.is_(None), tasks.c.lease_until < now_s)
         due = sa.or_(
-            sa.and_(_may(TaskEvent.START), tasks.c.schedule_time <= now_s),
-            sa.and_(
-                tasks.c.status == RUNNING.value, sa.or_(tasks.c.lease_until.is_(None), tasks.c.lease_until < now_s)
-            ),
+            sa.and_(_may(TaskEvent.START), tasks.c.schedule_time <= now_s, lease_expired),
+            sa.and_(tasks.c.status == RUNNING.value, lease_expired),
         )
         if exclude:
             due = sa.and_(due, tasks.c.id.not_in(list(exclude)))
@@ -237,14 +271,11 @@ class TaskStore(TaskStorePort):
             .scalar_subquery()
         )
         newest_device = sa.select(sa.func.coalesce(sa.func.max(devices.c.id), 0)).scalar_subquery()
-        starting = _may(TaskEvent.START)
         statement = (
             sa.update(tasks)
             .where(tasks.c.id == pick, due)
             .values(
-                status=target(TaskEvent.START).value,
                 started_at=sa.func.coalesce(tasks.c.started_at, now_s),
-                updated_at=sa.case((starting, now_s), else_=tasks.c.updated_at),
                 snapshot_device_id=sa.func.coalesce(tasks.c.snapshot_device_id, newest_device),
                 lease_owner=owner,
                 lease_until=now_s + lease_s,
@@ -260,7 +291,7 @@ class TaskStore(TaskStorePort):
         async with self._db.begin() as conn:
             result = await conn.execute(
                 sa.update(tasks)
-                .where(tasks.c.lease_owner == owner, tasks.c.status == RUNNING.value)
+                .where(tasks.c.lease_owner == owner, tasks.c.status.in_(_statuses(OPEN_STATUSES)))
                 .values(lease_until=0)
             )
             return int(result.rowcount or 0)
@@ -272,20 +303,41 @@ class TaskStore(TaskStorePort):
                 sa.update(tasks).where(tasks.c.id == task_id, tasks.c.lease_owner == owner).values(lease_until=0)
             )
 
-    async def renew(self, task_id: str, owner: str, lease_until: int) -> bool:
-        """Extend the lease while waiting; False when it is no longer ours."""
-        return await self._write(
-            sa.update(tasks)
-            .where(
-                _held_by(task_id, owner),
-            )
-            .values(lease_until=lease_until)
-        )
+    async def renew(self, task_id: str, owner: str, lease_until: int) -> bool | None:
+        """Extend the lease while the task runs or its devices are counted: None when it is no longer ours,
+        else whether a StopTask is waiting for it."""
+        async with self._db.begin() as conn:
+            stop_requested = (
+                await conn.execute(
+                    sa.update(tasks)
+                    .where(_leased_by(task_id, owner))
+                    .values(lease_until=lease_until)
+                    .returning(tasks.c.stop_requested)
+                )
+            ).scalar()
+        return None if stop_requested is None else bool(stop_requested)
 
     # --- the engine: progress and outcome -----------------------------------------------------------------
 
+    async def start(self, task_id: str, owner: str, all_device_cnt: int, now_s: int, lease_until: int) -> bool:
+        """Status 1 -> 2 with AllDeviceCnt: a task is shown as processing only once its devices are counted (a
+        DescribeTask never shows a started task with AllDeviceCnt 0 that will match devices). False when a
+        CancelTask came first, or the lease is no longer ours."""
+        return await self._write(
+            sa.update(tasks)
+            .where(tasks.c.id == task_id, _may(TaskEvent.START), tasks.c.lease_owner == owner)
+            .values(
+                status=target(TaskEvent.START).value,
+                updated_at=now_s,
+                all_device_cnt=all_device_cnt,
+                done_device_cnt=0,
+                lease_until=lease_until,
+            )
+        )
+
     async def set_device_count(self, task_id: str, owner: str, all_device_cnt: int, lease_until: int) -> bool:
-        """Record AllDeviceCnt (before the first batch: the cursor is still None)."""
+        """Record AllDeviceCnt of a task started before its count was kept (before the first batch: the cursor
+        is still None)."""
         return await self._write(
             sa.update(tasks)
             .where(
@@ -295,9 +347,16 @@ class TaskStore(TaskStorePort):
             .values(all_device_cnt=all_device_cnt, done_device_cnt=0, lease_until=lease_until)
         )
 
-    async def advance(self, progress: Progress) -> bool:
-        """A progress write on its own (PublishMessage batches, pages without a matching device)."""
-        return await self._write(progress_update(progress))
+    async def advance(self, progress: Progress, results: Sequence[DeviceResult] = (), now_ms: int = 0) -> Committed:
+        """A progress write on its own (PublishMessage batches, pages without a matching device), with the
+        outcome row of each device in ``results`` in the same transaction. Raises FenceLost."""
+        async with self._db.begin() as conn:
+            if results:
+                await insert_outcomes(
+                    conn, progress.task_id, [(r.device_name, r.outcome, None) for r in results], now_ms
+                )
+            stop_requested = await write_progress(conn, progress)
+        return Committed(written=[], stop_requested=stop_requested)
 
     async def complete(self, task_id: str, owner: str, expected_cursor: str | None, now_s: int) -> bool:
         """Status 3 with DoneTime; every push has gone out: pushed_cursor catches up with applied_cursor."""
@@ -335,21 +394,56 @@ class TaskStore(TaskStorePort):
             )
         )
 
+    async def end_stopped(self, task_id: str, owner: str, err_msg: str, now_s: int) -> bool:
+        """Status 2 -> 5 for a StopTask, after the batch in flight: DoneDeviceCnt says how far it got, DoneTime
+        when it stopped."""
+        return await self._write(
+            sa.update(tasks)
+            .where(_held_by(task_id, owner), tasks.c.stop_requested.is_(True))
+            .values(
+                status=target(TaskEvent.STOP).value,
+                err_msg=err_msg,
+                done_time=now_s,
+                updated_at=now_s,
+                lease_owner=None,
+                lease_until=None,
+            )
+        )
+
     async def read(self, task_id: str) -> TaskRecord | None:
         """A task by id alone (the engine, tests)."""
         async with self._db.connect() as conn:
             row = (await conn.execute(sa.select(tasks).where(tasks.c.id == task_id))).first()
         return None if row is None else _record(row)
 
-    async def purge(self, created_before: int) -> int:
-        """Delete finished tasks created before ``created_before`` (the retention window)."""
+    async def purge(self, created_before: int, tokens_created_before: int | None = None) -> int:
+        """Delete finished tasks created before ``created_before`` (the retention window), with their device
+        outcomes, and the client tokens recorded before ``tokens_created_before``."""
+        old = sa.and_(tasks.c.created_at < created_before, tasks.c.status.in_(_statuses(FINISHED_STATUSES)))
         async with self._db.begin() as conn:
-            result = await conn.execute(
-                sa.delete(tasks).where(
-                    tasks.c.created_at < created_before, tasks.c.status.in_(_statuses(FINISHED_STATUSES))
-                )
+            await conn.execute(
+                sa.delete(task_devices).where(task_devices.c.task_id.in_(sa.select(tasks.c.id).where(old)))
             )
+            result = await conn.execute(sa.delete(tasks).where(old))
+            if tokens_created_before is not None:
+                await conn.execute(
+                    sa.delete(task_client_tokens).where(task_client_tokens.c.created_at < tokens_created_before)
+                )
             return int(result.rowcount or 0)
+
+
+async def _count_open(conn: AsyncConnection, account_id: int) -> int:
+    query = (
+        sa.select(sa.func.count())
+        .select_from(tasks)
+        .where(tasks.c.account_id == account_id, tasks.c.status.in_(_statuses(OPEN_STATUSES)))
+    )
+    return int((await conn.execute(query)).scalar_one())
+
+
+def _json_or_null(value: dict[str, Any] | None) -> Any:
+    """SQL NULL for None (a plain Tencent task), not the JSON value null."""
+    return sa.null() if value is None else value
 
 
 def _record(row: Any) -> TaskRecord:
@@ -378,4 +472,6 @@ def _record(row: Any) -> TaskRecord:
         pushed_cursor=row.pushed_cursor,
         lease_owner=row.lease_owner,
         lease_until=None if row.lease_until is None else int(row.lease_until),
+        extensions=extensions_from_json(row.extensions),
+        stop_requested=bool(row.stop_requested),
     )
