@@ -245,6 +245,18 @@ def sdk_client(
     return iotcloud_client.IotcloudClient(cred, "ap-guangzhou", cp)
 
 
+def common_client(server: LiveServer, secret_id: str | None = None, secret_key: str | None = None) -> Any:
+    """The official SDK's generic client (``CommonClient.call_json``): how a user calls fleetops' extensions."""
+    from tencentcloud.common import credential
+    from tencentcloud.common.common_client import CommonClient
+    from tencentcloud.common.profile.client_profile import ClientProfile
+    from tencentcloud.common.profile.http_profile import HttpProfile
+
+    profile = ClientProfile(httpProfile=HttpProfile(endpoint=server.endpoint, protocol="http"), language="en-US")
+    cred = credential.Credential(secret_id or server.secret_id, secret_key or server.secret_key)
+    return CommonClient("iotcloud", "2018-06-14", cred, "ap-guangzhou", profile=profile)
+
+
 def sdk_error_code(call: Any) -> str:
     """Run an SDK call that must fail; return the Tencent error code it raised."""
     from tencentcloud.common.exception.tencent_cloud_sdk_exception import TencentCloudSDKException
@@ -281,6 +293,7 @@ class TaskPublisher:
 
     def __init__(self) -> None:
         self.messages: list[tuple[str, bytes]] = []
+        self.batches: list[list[tuple[str, bytes]]] = []  # each call's messages, once taken
         self.calls = 0
         self.refused = 0
         self.down = False
@@ -302,6 +315,7 @@ class TaskPublisher:
             raise BrokerUnavailable("the test broker is down")
         with self._lock:
             self.messages.extend(messages)
+            self.batches.append(list(messages))
 
     def subscribed(self, topic: str) -> bool | None:
         return None
@@ -439,8 +453,10 @@ class TaskEnv:
 async def open_task_env(database_url: str, *, max_open_tasks: int = 10, clock: FakeClock | None = None) -> TaskEnv:
     from fleetops.backend.tasks import TaskService
     from fleetops.store.accounts import AccountStore
+    from fleetops.store.batches import DeviceBatches
     from fleetops.store.database import open_database
     from fleetops.store.migrate import upgrade
+    from fleetops.store.outcomes import TaskOutcomeStore
     from fleetops.store.products import ProductStore
     from fleetops.store.tasks import TaskStore
 
@@ -451,7 +467,15 @@ async def open_task_env(database_url: str, *, max_open_tasks: int = 10, clock: F
     product_id = "".join(secrets.choice("ABCDEFGHJKLMNPQRSTUVWXYZ0123456789") for _ in range(10))
     product = await ProductStore(db).insert(account_id, product_id, "p" + secrets.token_hex(4), {}, 0, 100)
     assert product is not None
-    service = TaskService(TaskStore(db), ProductStore(db), clock, max_open_tasks=max_open_tasks, retention_s=30 * 86400)
+    service = TaskService(
+        TaskStore(db),
+        ProductStore(db),
+        clock,
+        max_open_tasks=max_open_tasks,
+        retention_s=30 * 86400,
+        batches=DeviceBatches(db),
+        outcomes=TaskOutcomeStore(db),
+    )
     return TaskEnv(db, account_id, product_id, product.pk, clock, TaskPublisher(), service)
 
 

@@ -54,7 +54,10 @@ def _rows(params: Iterable[Param], prefix: str = "") -> list[str]:
 
 
 def render_action(action: Action[Any]) -> str:
-    lines = [f"## {action.name}", "", action.summary, ""]
+    lines = [f"## {action.name}", ""]
+    if action.extension:
+        lines += ["*A fleetops extension (not an iotcloud action): see [extensions.md](extensions.md).*", ""]
+    lines += [action.summary, ""]
     if action.params:
         lines += ["| parameter | type | required | constraints | meaning |", "|---|---|---|---|---|"]
         lines += _rows(action.params)

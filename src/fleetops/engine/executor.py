@@ -68,6 +68,7 @@ from fleetops.ports.store import (
     DeviceResult,
     FenceLost,
     Progress,
+    StopRequested,
     TaskOutcomes,
     TaskRecord,
     TaskStore,
@@ -343,7 +344,7 @@ class _Run:
             self.expired_through = through
         return self.not_converged
 
-    def progress(self, applied: str, pushed: str | None, done_delta: int) -> Progress:
+    def progress(self, applied: str, pushed: str | None, done_delta: int, *, unless_stopped: bool = False) -> Progress:
         return Progress(
             task_id=self.task.id,
             owner=self.owner,
@@ -352,6 +353,7 @@ class _Run:
             pushed_cursor=pushed,
             done_delta=done_delta,
             lease_until=self.lease_until(),
+            unless_stopped=unless_stopped,
         )
 
     def committed(self, commit: Committed) -> None:
@@ -363,21 +365,26 @@ class _Run:
             await self.advance(through, through, 0)
             return
         # the previous batch's pushes went out before this batch started; done_delta is replaced by the
-        # number of devices written
-        progress = self.progress(through, self.pushed, 0)
+        # number of devices written. A StopTask that came during the previous batch (its pushes) refuses this
+        # one: the task stops after the batch that was in flight.
+        progress = self.progress(through, self.pushed, 0, unless_stopped=True)
         now_ms = self.now_ms()
         patch = spec.desired
-        commit = await self.x._devices.merge_desired(
-            progress,
-            self.task.product_pk,
-            self.snapshot,
-            through,
-            None if len(matched) == len(names) else matched,
-            patch,
-            now_ms,
-            None if is_flat(patch) else partial(merge_section, patch=patch, now_ms=now_ms),
-            tracking=self.tracking,
-        )
+        try:
+            commit = await self.x._devices.merge_desired(
+                progress,
+                self.task.product_pk,
+                self.snapshot,
+                through,
+                None if len(matched) == len(names) else matched,
+                patch,
+                now_ms,
+                None if is_flat(patch) else partial(merge_section, patch=patch, now_ms=now_ms),
+                tracking=self.tracking,
+            )
+        except StopRequested:
+            self.stop_requested = True  # nothing of this batch was written; check_running ends the task
+            return
         self.committed(commit)
         self.cursor, self.done = through, self.done + len(commit.written)
         if self.window_ms is not None and commit.written:

@@ -315,10 +315,17 @@ class Progress:
     pushed_cursor: str | None
     done_delta: int
     lease_until: int
+    # refuse the write (StopRequested) when a StopTask is waiting: for a batch whose devices are not reached
+    # before it commits (UpdateShadow); a PublishMessage batch has gone out already and is counted
+    unless_stopped: bool = False
 
 
 class FenceLost(Exception):
     """The task's row no longer says this node may write this batch; the batch was rolled back."""
+
+
+class StopRequested(Exception):
+    """A StopTask came before this batch committed; the batch was rolled back, the task is still this node's."""
 
 
 @dataclass(frozen=True, slots=True)

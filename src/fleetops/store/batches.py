@@ -162,6 +162,7 @@ class DeviceBatches(DeviceBatchesPort):
                 pushed_cursor=progress.pushed_cursor,
                 done_delta=len(rows),
                 lease_until=progress.lease_until,
+                unless_stopped=progress.unless_stopped,
             )
             stop_requested = await write_progress(conn, fenced)
         return Committed([(name, version) for name, version, _ in rows], stop_requested)

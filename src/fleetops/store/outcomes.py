@@ -161,11 +161,13 @@ class TaskOutcomeStore(TaskOutcomesPort):
         self._db = db
 
     async def counts(self, task_id: str, window_ms: int | None, now_ms: int) -> dict[DeviceOutcome, int]:
-        expired = _expired(window_ms, now_ms).label("expired")
+        # without a window nothing expires (and a constant in GROUP BY would name a column position)
+        expired = _expired(window_ms, now_ms).label("expired") if window_ms is not None else sa.false()
+        grouping = [task_devices.c.outcome] if window_ms is None else [task_devices.c.outcome, expired]
         query = (
             sa.select(task_devices.c.outcome, expired, sa.func.count())
             .where(task_devices.c.task_id == task_id)
-            .group_by(task_devices.c.outcome, expired)
+            .group_by(*grouping)
         )
         counts: dict[DeviceOutcome, int] = {}
         async with self._db.connect() as conn:

@@ -37,7 +37,16 @@ from fleetops.domain.tasks import (
     sources,
     target,
 )
-from fleetops.ports.store import Committed, DeviceResult, FenceLost, Insertion, NewTask, Progress, TaskRecord
+from fleetops.ports.store import (
+    Committed,
+    DeviceResult,
+    FenceLost,
+    Insertion,
+    NewTask,
+    Progress,
+    StopRequested,
+    TaskRecord,
+)
 from fleetops.ports.store import TaskStore as TaskStorePort
 from fleetops.store.database import Database
 from fleetops.store.outcomes import insert_outcomes
@@ -88,21 +97,31 @@ def _leased_by(task_id: str, owner: str) -> sa.ColumnElement[bool]:
 async def write_progress(conn: AsyncConnection, progress: Progress) -> bool:
     """The fenced progress write of one batch, in ``conn``'s transaction; whether a StopTask is waiting.
 
-    Raises FenceLost when the fence does not hold (the caller's transaction then rolls back)."""
+    Raises FenceLost when the fence does not hold, StopRequested when ``progress.unless_stopped`` and a StopTask
+    is waiting (the caller's transaction then rolls back)."""
     stop_requested = (await conn.execute(progress_update(progress).returning(tasks.c.stop_requested))).scalar()
     if stop_requested is None:
+        if progress.unless_stopped:
+            still_mine = sa.select(tasks.c.id).where(
+                _held_by(progress.task_id, progress.owner), tasks.c.stop_requested.is_(True)
+            )
+            if (await conn.execute(still_mine)).first() is not None:
+                raise StopRequested(progress.task_id)
         raise FenceLost(progress.task_id)
     return bool(stop_requested)
 
 
 def progress_update(progress: Progress) -> sa.Update:
     """The fenced ``UPDATE tasks`` of one batch (it changes no row when the fence does not hold)."""
+    fence = [
+        _held_by(progress.task_id, progress.owner),
+        tasks.c.applied_cursor.is_not_distinct_from(progress.expected_cursor),
+    ]
+    if progress.unless_stopped:
+        fence.append(tasks.c.stop_requested.is_(False))
     return (
         sa.update(tasks)
-        .where(
-            _held_by(progress.task_id, progress.owner),
-            tasks.c.applied_cursor.is_not_distinct_from(progress.expected_cursor),
-        )
+        .where(*fence)
         .values(
             applied_cursor=progress.applied_cursor,
             pushed_cursor=progress.pushed_cursor,

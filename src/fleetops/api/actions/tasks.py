@@ -1,4 +1,9 @@
-"""Batch task actions: CreateTask, DescribeTask, DescribeTasks, CancelTask (docs/api.md, docs/tasks.md)."""
+"""Batch task actions: CreateTask, DescribeTask, DescribeTasks, CancelTask (docs/api.md, docs/tasks.md).
+
+CreateTask and DescribeTask also take the fleetops extension parameters (docs/extensions.md); absent, the
+actions are Tencent's exactly. The extension actions (PreviewTask, StopTask, DescribeTaskDevices) are in
+``api/actions/extensions.py``.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +15,14 @@ from fleetops.api.actions.products import product_id
 from fleetops.api.registry import Action, ActionContext
 from fleetops.api.schema import wire
 from fleetops.backend.tasks import TaskDraft
+from fleetops.domain.extensions import (
+    ABORT_CRITERIA_MAX,
+    CLIENT_TOKEN_PATTERN,
+    CONVERGENCE_WINDOW_MAX_S,
+    ROLLOUT_INCREMENT_PERCENT_RANGE,
+    ROLLOUT_MAX_PER_S,
+    AbortCriterionDraft,
+)
 from fleetops.domain.limits import (
     NAME_FILTER_MAX_LENGTH,
     PUBLISH_PAYLOAD_MAX_BYTES,
@@ -19,8 +32,12 @@ from fleetops.domain.limits import (
     TASK_MAX_SCHEDULE_AHEAD_S,
     TOPIC_SUFFIX_MAX_LENGTH,
 )
+from fleetops.domain.outcomes import DeviceOutcome
+from fleetops.domain.rollout import Rollout
 from fleetops.domain.tasks import TaskType, percent
 from fleetops.ports.store import TaskRecord
+
+EXTENSION = "(fleetops extension, docs/extensions.md) "
 
 
 def task_id() -> Any:
@@ -56,6 +73,53 @@ class TaskMembers:
 
 
 @dataclass(frozen=True, slots=True)
+class RolloutParam:
+    max_devices_per_s: int = wire(
+        "MaxDevicesPerSecond",
+        required=True,
+        min_value=1,
+        max_value=ROLLOUT_MAX_PER_S,
+        doc="the highest rate, devices (written or sent to) per second",
+    )
+    base_devices_per_s: int | None = wire(
+        "BaseDevicesPerSecond",
+        min_value=1,
+        max_value=ROLLOUT_MAX_PER_S,
+        doc="an exponential rollout's first rate (with the two below); absent: MaxDevicesPerSecond from the start",
+    )
+    increment_percent: int | None = wire(
+        "IncrementPercent",
+        min_value=ROLLOUT_INCREMENT_PERCENT_RANGE[0],
+        max_value=ROLLOUT_INCREMENT_PERCENT_RANGE[1],
+        doc="the rate grows by this many percent (x 1.01 .. x 5) ...",
+    )
+    increment_every_devices: int | None = wire(
+        "IncrementEveryDevices", min_value=1, doc="... after every this many processed devices"
+    )
+
+    def rollout(self) -> Rollout:
+        return Rollout(
+            self.max_devices_per_s, self.base_devices_per_s, self.increment_percent, self.increment_every_devices
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class AbortCriterionParam:
+    outcome: str = wire(
+        "Outcome", required=True, doc="Offline (PublishMessage) or NotConverged (UpdateShadow, with a window)"
+    )
+    threshold_percent: int = wire(
+        "ThresholdPercent",
+        required=True,
+        max_value=100,
+        doc="abort when more than this share (%) of the processed devices has the outcome ...",
+    )
+    min_processed_devices: int = wire(
+        "MinProcessedDevices", required=True, min_value=1, doc="... once at least this many are processed"
+    )
+
+
+@dataclass(frozen=True, slots=True)
 class CreateTaskRequest:
     task_type: TaskType = wire("TaskType", required=True, doc="UpdateShadow or PublishMessage")
     product_id: str = product_id()
@@ -81,6 +145,35 @@ class CreateTaskRequest:
         doc=f"the task fails (status 4) if not done this long after it started; 0 or absent = "
         f"{TASK_MAX_EXECUTION_TIME_S}",
     )
+    # --- fleetops extensions: absent, CreateTask is Tencent's exactly ---
+    client_token: str | None = wire(
+        "ClientToken",
+        max_length=64,
+        pattern=CLIENT_TOKEN_PATTERN,
+        doc=EXTENSION + "the same token from the same account within 24 hours returns the first task's TaskId "
+        "and creates nothing; with other parameters it is InvalidParameterValue",
+    )
+    track_outcomes: bool | None = wire(
+        "TrackOutcomes", doc=EXTENSION + "keep each matched device's outcome (DescribeTaskDevices)"
+    )
+    convergence_window_s: int | None = wire(
+        "ConvergenceWindowInSeconds",
+        min_value=1,
+        max_value=CONVERGENCE_WINDOW_MAX_S,
+        doc=EXTENSION + "UpdateShadow: a written device not converged this long after its write is NotConverged "
+        "(implies TrackOutcomes)",
+    )
+    rollout: RolloutParam | None = wire("Rollout", doc=EXTENSION + "a maximum rate, optionally growing")
+    abort_criteria: list[AbortCriterionParam] | None = wire(
+        "AbortCriteria",
+        max_items=ABORT_CRITERIA_MAX,
+        doc=EXTENSION + "the task fails (status 4, RetCode 2) when one holds (implies TrackOutcomes)",
+    )
+    deliver_on_connect: bool | None = wire(
+        "DeliverOnConnect",
+        doc=EXTENSION + "PublishMessage: a matched device offline at send time gets the message when it connects, "
+        "until MaxExecutionTimeInSeconds after the start (implies TrackOutcomes)",
+    )
 
     def draft(self) -> TaskDraft:
         shadow, message = self.tasks.update_shadow_task, self.tasks.publish_message_task
@@ -93,12 +186,25 @@ class CreateTaskRequest:
             desired=shadow.desired if shadow is not None else None,
             topic=message.topic if message is not None else None,
             payload=message.payload if message is not None else None,
+            client_token=self.client_token,
+            track_outcomes=self.track_outcomes,
+            convergence_window_s=self.convergence_window_s,
+            rollout=self.rollout.rollout() if self.rollout is not None else None,
+            abort_criteria=tuple(
+                AbortCriterionDraft(c.outcome, c.threshold_percent, c.min_processed_devices)
+                for c in self.abort_criteria or ()
+            ),
+            deliver_on_connect=self.deliver_on_connect,
         )
 
 
 @dataclass(frozen=True, slots=True)
 class DescribeTaskRequest:
     id: str = task_id()
+    include_outcome_counts: bool | None = wire(
+        "IncludeOutcomeCounts",
+        doc=EXTENSION + "also answer OutcomeCounts, StopRequested and (a rollout) CurrentDevicesPerSecond",
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,7 +248,30 @@ async def create_task(ctx: ActionContext, req: CreateTaskRequest) -> dict[str, A
 
 
 async def describe_task(ctx: ActionContext, req: DescribeTaskRequest) -> dict[str, Any]:
-    return describe_task_response(await ctx.backend.tasks.describe(ctx.account_id, req.id))
+    record = await ctx.backend.tasks.describe(ctx.account_id, req.id)
+    answer = describe_task_response(record)
+    if req.include_outcome_counts:
+        # only when asked: the SDK's DescribeTask model warns about members it does not know
+        answer.update(await task_extension_members(ctx, record))
+    return answer
+
+
+async def task_extension_members(ctx: ActionContext, record: TaskRecord) -> dict[str, Any]:
+    """DescribeTask's extension members (IncludeOutcomeCounts)."""
+    counts = await ctx.backend.tasks.outcome_counts(record)
+    members: dict[str, Any] = {
+        "OutcomeCounts": outcome_counts(counts or {}),
+        "StopRequested": record.stop_requested,
+    }
+    rollout = record.extensions.rollout if record.extensions is not None else None
+    if rollout is not None:
+        members["CurrentDevicesPerSecond"] = round(rollout.rate_at(record.done_device_cnt), 3)
+    return members
+
+
+def outcome_counts(counts: dict[DeviceOutcome, int]) -> list[dict[str, Any]]:
+    """``OutcomeCounts``: one ``{Outcome, DeviceCnt}`` per outcome of the task's type ([] without outcomes)."""
+    return [{"Outcome": outcome.value, "DeviceCnt": count} for outcome, count in counts.items()]
 
 
 async def describe_tasks(ctx: ActionContext, req: DescribeTasksRequest) -> dict[str, Any]:
@@ -175,7 +304,8 @@ ACTIONS: tuple[Action[Any], ...] = (
         "included. UpdateShadow merges `Desired` into each matched device's desired section (version + 1, no "
         "version check) and pushes a delta (QoS 0) on `$shadow/operation/result/{ProductId}/{DeviceName}`; "
         "PublishMessage publishes `Payload` (QoS 0) on `{ProductId}/{DeviceName}/{Topic}`. See "
-        "docs/tasks.md.",
+        "docs/tasks.md. The extension parameters (ClientToken, TrackOutcomes, ConvergenceWindowInSeconds, "
+        "Rollout, AbortCriteria, DeliverOnConnect) are described in docs/extensions.md.",
     ),
     Action(
         name="DescribeTask",
@@ -201,7 +331,11 @@ ACTIONS: tuple[Action[Any], ...] = (
         notes="Status: 1 waiting, 2 processing, 3 completed, 4 failed (deadline passed; `ErrMsg` says "
         "how far it got), 5 cancelled. `Percent` = floor(100 * DoneDeviceCnt / AllDeviceCnt), 100 for a "
         "completed task with no device. `DoneTime` is 0 until the task completes or fails. `UpdateTime` is "
-        "the last status change. Tasks are kept for one month.",
+        "the last status change. A task shows status 2 only once its devices are counted: `AllDeviceCnt` is "
+        "final from then on. Tasks are kept for one month. With the extension `IncludeOutcomeCounts` true, the "
+        "answer also has `OutcomeCounts` (`[{Outcome, DeviceCnt}]`, every outcome of the task's type; `[]` for "
+        "a task without outcomes), `StopRequested` and, for a rollout, `CurrentDevicesPerSecond` "
+        "(docs/extensions.md).",
     ),
     Action(
         name="DescribeTasks",
