@@ -48,6 +48,9 @@ def main(ctx: click.Context, data_dir: Path | None, database_url: str | None) ->
 @click.option("--host", default=None, help="HTTP listen address [FLEETOPS_HOST, default 127.0.0.1]")
 @click.option("--port", type=int, default=None, help="HTTP listen port [FLEETOPS_PORT, default 8080]")
 @click.option("--mqtt-port", type=int, default=None, help="embedded MQTT port [FLEETOPS_MQTT_PORT, default 1883]")
+@click.option(
+    "--mqtt-tls-port", type=int, default=None, help="embedded MQTT TLS port, e.g. 8883 [FLEETOPS_MQTT_TLS_PORT, off]"
+)
 @click.option("--mqtt-url", default=None, help="external broker mqtt://user:pass@host:port [FLEETOPS_MQTT_URL]")
 @click.option("--log-level", default=None, help="log level [FLEETOPS_LOG_LEVEL, default INFO]")
 @click.pass_context
@@ -56,12 +59,13 @@ def serve(
     host: str | None,
     port: int | None,
     mqtt_port: int | None,
+    mqtt_tls_port: int | None,
     mqtt_url: str | None,
     log_level: str | None,
 ) -> None:
     """Run the HTTP API, the MQTT side and the task engine."""
     settings = _settings(ctx).with_overrides(
-        host=host, port=port, mqtt_port=mqtt_port, mqtt_url=mqtt_url, log_level=log_level
+        host=host, port=port, mqtt_port=mqtt_port, mqtt_tls_port=mqtt_tls_port, mqtt_url=mqtt_url, log_level=log_level
     )
     logging.basicConfig(
         level=settings.log_level.upper(),

@@ -7,6 +7,7 @@ import logging
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from starlette.applications import Starlette
@@ -23,8 +24,9 @@ from fleetops.backend.products import ProductService
 from fleetops.backend.shadows import ShadowService
 from fleetops.backend.tasks import TaskService
 from fleetops.engine.worker import TaskWorker
-from fleetops.messaging.embedded import EmbeddedBroker
-from fleetops.messaging.external import BrokerAddress, ExternalBroker
+from fleetops.errors import ConfigurationError
+from fleetops.messaging.embedded import BrokerOptions, EmbeddedBroker, TlsListener
+from fleetops.messaging.external import BrokerAddress, ExternalBroker, ExternalOptions
 from fleetops.messaging.http_auth import mqtt_auth_router
 from fleetops.ports.messaging import MessagingService
 from fleetops.settings import Settings
@@ -37,6 +39,18 @@ from fleetops.store.shadows import ShadowStore
 from fleetops.store.tasks import TaskStore
 
 log = logging.getLogger("fleetops")
+
+
+def _tls_listener(settings: Settings) -> TlsListener | None:
+    """The embedded broker's TLS listener, if ``mqtt_tls_port`` asks for one."""
+    if not settings.mqtt_tls_port:
+        return None
+    if not settings.mqtt_tls_cert_file or not settings.mqtt_tls_key_file:
+        raise ConfigurationError(
+            "the MQTT TLS listener (--mqtt-tls-port, FLEETOPS_MQTT_TLS_PORT) needs a certificate and its key: "
+            "set FLEETOPS_MQTT_TLS_CERT_FILE and FLEETOPS_MQTT_TLS_KEY_FILE"
+        )
+    return TlsListener(settings.mqtt_tls_port, Path(settings.mqtt_tls_cert_file), Path(settings.mqtt_tls_key_file))
 
 
 @dataclass
@@ -85,11 +99,26 @@ class Node:
         )
         messaging: MessagingService
         if settings.mqtt_url:
-            messaging = ExternalBroker.from_settings(
-                settings, backend.shadows, serve_shadow_requests=serve_shadow_requests
+            messaging = ExternalBroker(
+                settings.mqtt_url,
+                backend.shadows,
+                client_id=settings.mqtt_client_id or None,
+                options=ExternalOptions(
+                    broker_wait_s=settings.broker_wait_s, serve_shadow_requests=serve_shadow_requests
+                ),
             )
         else:
-            messaging = EmbeddedBroker.from_settings(settings, device_store, backend.shadows)
+            messaging = EmbeddedBroker(
+                device_store,
+                backend.shadows,
+                host=settings.mqtt_host,
+                port=settings.mqtt_port,
+                tls=_tls_listener(settings),
+                clock=clock,
+                options=BrokerOptions(
+                    max_connections=settings.mqtt_max_connections, connect_timeout_s=settings.mqtt_connect_timeout_s
+                ),
+            )
         backend.shadows.attach_publisher(messaging.publisher)
         backend.messages.attach_publisher(messaging.publisher)
         backend.devices.attach_sessions(messaging)

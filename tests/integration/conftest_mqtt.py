@@ -18,7 +18,7 @@ import string
 import subprocess
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,8 +30,8 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 from paho.mqtt.reasoncodes import ReasonCode
 
 from fleetops.messaging.device_auth import SignMethod, make_username, sign_password
-from fleetops.messaging.wire import encode_remaining_length
-from fleetops.ports.messaging import DeviceCredentials
+from fleetops.messaging.mqtt.codec import encode_remaining_length
+from fleetops.ports.messaging import DeviceCredentials, PresenceChange
 
 WAIT_S = 5.0
 T = TypeVar("T")
@@ -64,7 +64,7 @@ def free_port() -> int:
 
 @dataclass
 class MemoryDirectory:
-    """:class:`~fleetops.ports.messaging.DeviceDirectory` over a dict; records every ``set_online``."""
+    """:class:`~fleetops.ports.messaging.DeviceDirectory` over a dict; records every presence change."""
 
     devices: dict[tuple[str, str], DeviceCredentials] = field(default_factory=dict)
     online_calls: list[tuple[str, str, bool, str | None]] = field(default_factory=list)
@@ -77,10 +77,14 @@ class MemoryDirectory:
     async def device_credentials(self, product_id: str, device_name: str) -> DeviceCredentials | None:
         return self.devices.get((product_id, device_name))
 
-    async def set_online(
-        self, product_id: str, device_name: str, online: bool, client_ip: str | None, now_s: int
-    ) -> None:
-        self.online_calls.append((product_id, device_name, online, client_ip))
+    async def credentials_many(self, devices: Sequence[tuple[str, str]]) -> dict[tuple[str, str], DeviceCredentials]:
+        return {key: self.devices[key] for key in devices if key in self.devices}
+
+    async def record_presence(self, changes: Sequence[PresenceChange]) -> None:
+        self.online_calls.extend((c.product_id, c.device_name, c.online, c.client_ip) for c in changes)
+
+    async def set_all_offline(self, now_s: int) -> int:
+        return 0
 
     def online_states(self, product_id: str, device_name: str) -> list[bool]:
         return [online for pid, dn, online, _ in self.online_calls if (pid, dn) == (product_id, device_name)]

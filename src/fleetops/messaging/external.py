@@ -45,8 +45,8 @@ from gmqtt.mqtt.handler import MQTTConnectError
 
 from fleetops.errors import BrokerUnavailable, ConfigurationError
 from fleetops.messaging.embedded import check_qos, check_topic
+from fleetops.messaging.mqtt.codec import encode_publish
 from fleetops.messaging.topics import DeviceId, parse_shadow_request_topic, shadow_result_topic
-from fleetops.messaging.wire import encode_publish
 from fleetops.ports.messaging import ShadowRequestHandler
 from fleetops.settings import Settings
 
