@@ -34,6 +34,7 @@ import selectors
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -44,7 +45,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from fleetops.messaging.device_auth import make_username, sign_password
 from fleetops.messaging.embedded import BrokerOptions, EmbeddedBroker
 from fleetops.messaging.external import ExternalBroker, ExternalOptions
-from fleetops.ports.messaging import DeviceCredentials, DeviceDirectory, Publisher
+from fleetops.ports.messaging import DeviceCredentials, DeviceDirectory, PresenceChange, Publisher
 
 PSK = "MDEyMzQ1Njc4OWFiY2RlZg=="
 
@@ -63,10 +64,10 @@ class MemoryDirectory:
     ) -> None:
         return None
 
-    async def credentials_many(self, devices: list[tuple[str, str]]) -> dict[tuple[str, str], DeviceCredentials]:
+    async def credentials_many(self, devices: Sequence[tuple[str, str]]) -> dict[tuple[str, str], DeviceCredentials]:
         return {(p, d): DeviceCredentials(p, d, PSK, True) for p, d in devices if p == self.product_id}
 
-    async def record_presence(self, changes: Any) -> None:
+    async def record_presence(self, changes: Sequence[PresenceChange]) -> None:
         return None
 
     async def set_all_offline(self, now_s: int) -> int:

@@ -152,7 +152,7 @@ def test_store_and_backend_implement_the_messaging_ports(tmp_path: Path) -> None
     db = open_database(f"sqlite:///{tmp_path / 'ports.db'}")  # no connection is made
     directory: DeviceDirectory = DeviceStore(db)
     handler: ShadowRequestHandler = ShadowService(ShadowStore(db), DeviceStore(db), time.time)
-    assert callable(directory.device_credentials) and callable(directory.set_online)
+    assert callable(directory.device_credentials) and callable(directory.record_presence)
     assert callable(handler.handle_shadow_request)
 
 

@@ -17,6 +17,7 @@ building it by hand is 2-3x faster than the object graphs of client libraries.
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass
 from enum import IntEnum
 from typing import Final
@@ -523,7 +524,7 @@ class PacketIds:
     def __init__(self) -> None:
         self._last = 0
 
-    def next(self, in_use: dict[int, object] | set[int]) -> int | None:
+    def next(self, in_use: Collection[int]) -> int | None:
         """A free id, or None when all 65,535 are in use."""
         if len(in_use) >= MAX_PACKET_ID:
             return None
