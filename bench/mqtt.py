@@ -89,8 +89,10 @@ def run_devices(config: dict[str, Any]) -> None:
 
     selector = selectors.DefaultSelector()
     want_write: set[Any] = set()
-    state = {"subscribed": 0, "received": 0, "connected": 0}
+    state = {"subscribed": 0, "received": 0, "connected": 0, "retry": 1}
     clients: list[Any] = []
+    lost: list[Any] = []
+    fds: dict[Any, int] = {}
     qos = config["qos"]
 
     def on_connect(client: Any, userdata: Any, flags: Any, reason: Any, props: Any) -> None:
@@ -106,6 +108,8 @@ def run_devices(config: dict[str, Any]) -> None:
 
     def on_disconnect(client: Any, userdata: Any, flags: Any, reason: Any, props: Any) -> None:
         state["connected"] -= 1
+        if state["retry"]:  # as a device would: connect again (e.g. closed while the gateway was full)
+            lost.append(client)
 
     def register(client: Any, userdata: Any, sock: Any) -> None:
         want_write.add(client)
@@ -127,15 +131,26 @@ def run_devices(config: dict[str, Any]) -> None:
         client.on_socket_unregister_write = unregister
         clients.append(client)
 
+    def connect_one(client: Any) -> None:
+        while True:
+            try:
+                client.connect(config["host"], config["port"], 120)
+                break
+            except OSError:
+                time.sleep(0.05)  # refused while the broker restarts: retry
+        client.loop_write()  # CONNECT now, as a device does
+        forget(client)
+        fds[client] = client.socket().fileno()
+        selector.register(fds[client], selectors.EVENT_READ, client)
+
+    def forget(client: Any) -> None:
+        fd = fds.pop(client, None)
+        if fd is not None:
+            selector.unregister(fd)
+
     def connect_all() -> None:
         for client in clients:
-            while True:
-                try:
-                    client.connect(config["host"], config["port"], 120)
-                    break
-                except OSError:
-                    time.sleep(0.05)  # refused while the broker restarts: retry
-            selector.register(client.socket(), selectors.EVENT_READ, client)
+            connect_one(client)
 
     def serve_until(done: Any, timeout_s: float) -> bool:
         deadline = time.monotonic() + timeout_s
@@ -149,11 +164,10 @@ def run_devices(config: dict[str, Any]) -> None:
                 client = key.data
                 if client is None:
                     continue
-                if client.loop_read() != 0:
-                    try:
-                        selector.unregister(key.fileobj)
-                    except (KeyError, ValueError):
-                        pass
+                if client.loop_read() != 0 and fds.get(client) == key.fd:
+                    forget(client)
+            while lost:
+                connect_one(lost.pop())
             if time.monotonic() - last_misc > 1:
                 for client in clients:
                     client.loop_misc()
@@ -179,9 +193,12 @@ def run_devices(config: dict[str, Any]) -> None:
             serve_until(lambda: False, float(command[1]))
             print("idle", flush=True)
         elif command[0] == "wait-lost":
+            state["retry"] = 0  # the gateway is stopping: the devices reconnect when told
             ok = serve_until(lambda: state["connected"] <= 0, float(command[1]))
-            for key in list(selector.get_map().values()):
-                selector.unregister(key.fileobj)
+            state["retry"] = 1
+            lost.clear()
+            for client in list(fds):
+                forget(client)
             print(f"lost {ok}", flush=True)
         elif command[0] == "quit":
             break

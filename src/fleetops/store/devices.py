@@ -507,7 +507,7 @@ _ONLINE_UPDATE = (
     .values(
         online=True,
         login_time=sa.bindparam("p_login"),
-        first_online_time=sa.func.coalesce(devices.c.first_online_time, sa.bindparam("p_login")),
+        first_online_time=sa.func.coalesce(devices.c.first_online_time, sa.bindparam("p_login_first")),
         client_ip=sa.bindparam("p_ip"),
         last_offline_time=sa.func.coalesce(sa.bindparam("p_offline", type_=sa.BigInteger), devices.c.last_offline_time),
     )
@@ -537,6 +537,7 @@ def _latest_presence(changes: Iterable[PresenceChange]) -> tuple[list[dict[str, 
                 "p_pid": change.product_id,
                 "p_name": change.device_name,
                 "p_login": None,
+                "p_login_first": None,
                 "p_ip": None,
                 "p_offline": None,
             },
@@ -544,16 +545,14 @@ def _latest_presence(changes: Iterable[PresenceChange]) -> tuple[list[dict[str, 
         row["online"] = change.online
         if change.online:
             row["p_login"], row["p_ip"] = change.at_s, change.client_ip
+            if row["p_login_first"] is None:  # FirstOnlineTime: the earliest connect, if none is stored
+                row["p_login_first"] = change.at_s
         else:
             row["p_offline"] = change.at_s
     came_online: list[dict[str, Any]] = []
     went_offline: list[dict[str, Any]] = []
     for row in latest.values():
-        if row.pop("online"):
-            came_online.append(row)
-        else:
-            row["p_login_first"] = row["p_login"]
-            went_offline.append(row)
+        (came_online if row.pop("online") else went_offline).append(row)
     return came_online, went_offline
 
 
