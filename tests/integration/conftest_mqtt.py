@@ -127,9 +127,10 @@ class PahoDevice:
         protocol: MQTTProtocolVersion = paho.MQTTv311,
         reconnect: bool = False,
         resubscribe: tuple[tuple[str, int], ...] = (),
+        tls_ca: Path | None = None,
     ) -> None:
         """``reconnect``: paho reconnects after a lost connection (every second); ``resubscribe``: subscribed
-        on every successful connection."""
+        on every successful connection; ``tls_ca``: connect with TLS, trusting this CA certificate (PEM)."""
         self.client_id = credentials.product_id + credentials.device_name
         username = make_username(self.client_id, expiry if expiry is not None else int(time.time()) + 3600)
         self.client = paho.Client(
@@ -140,6 +141,8 @@ class PahoDevice:
             reconnect_on_failure=reconnect,
         )
         self.client.reconnect_delay_set(min_delay=1, max_delay=1)
+        if tls_ca is not None:
+            self.client.tls_set(ca_certs=str(tls_ca))
         self.client.username_pw_set(username, password or sign_password(username, credentials.psk, method))
         self.keepalive_s = keepalive_s
         self.resubscribe = resubscribe
@@ -294,3 +297,33 @@ async def raw_connect(
     await writer.drain()
     connack = await asyncio.wait_for(reader.readexactly(4), WAIT_S)
     return reader, writer, connack
+
+
+def mqtt_packet(first_byte: int, body: bytes) -> bytes:
+    return bytes((first_byte,)) + encode_remaining_length(len(body)) + body
+
+
+def raw_subscribe(packet_id: int, topic_filter: str, qos: int) -> bytes:
+    return mqtt_packet(0x82, packet_id.to_bytes(2, "big") + _mqtt_string(topic_filter) + bytes((qos,)))
+
+
+def signed_connect(credentials: DeviceCredentials, *, keepalive_s: int = 60, password: str | None = None) -> bytes:
+    """A CONNECT packet with the device's valid signature (or ``password``)."""
+    client_id = credentials.product_id + credentials.device_name
+    username = make_username(client_id, int(time.time()) + 3600)
+    variable = _mqtt_string("MQTT") + bytes((4, 0xC2)) + keepalive_s.to_bytes(2, "big")
+    signature = password if password is not None else sign_password(username, credentials.psk)
+    return mqtt_packet(0x10, variable + _mqtt_string(client_id) + _mqtt_string(username) + _mqtt_string(signature))
+
+
+async def closed_by_peer(reader: asyncio.StreamReader, timeout_s: float = WAIT_S) -> bool:
+    """Whether the other side closes the connection within ``timeout_s`` (whatever it sent before)."""
+    try:
+        async with asyncio.timeout(timeout_s):
+            while await reader.read(65536):
+                pass
+    except TimeoutError:
+        return False
+    except ConnectionError:
+        return True
+    return True
