@@ -10,6 +10,7 @@ import asyncio
 import base64
 import os
 import queue
+import random
 import secrets
 import shutil
 import signal
@@ -30,7 +31,7 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 from paho.mqtt.reasoncodes import ReasonCode
 
 from fleetops.messaging.device_auth import SignMethod, make_username, sign_password
-from fleetops.messaging.mqtt.codec import encode_remaining_length
+from fleetops.messaging.mqtt.codec import encode_publish, encode_remaining_length, encode_subscribe
 from fleetops.ports.messaging import DeviceCredentials, PresenceChange
 
 WAIT_S = 5.0
@@ -327,3 +328,28 @@ async def closed_by_peer(reader: asyncio.StreamReader, timeout_s: float = WAIT_S
     except ConnectionError:
         return True
     return True
+
+
+def junk_streams(valid_connect: bytes, seed: int, count: int) -> Iterator[bytes]:
+    """Byte streams a gateway must survive: random bytes, mutated CONNECTs, and a valid CONNECT followed by
+    mutated PUBLISH / SUBSCRIBE packets or an endless remaining length (also used by fuzz/mqtt_fuzz.py)."""
+    rng = random.Random(seed)
+    publish = encode_publish(b"$shadow/operation/ABCDE12345/x", b'{"type":"get"}', 1, 7)
+    subscribe = encode_subscribe(3, [("a/b", 1)])
+
+    def mutate(data: bytes) -> bytes:
+        mutated = bytearray(data)
+        for _ in range(rng.randint(1, 4)):
+            mutated[rng.randrange(len(mutated))] = rng.randrange(256)
+        return bytes(mutated[: rng.randint(1, len(mutated))] if rng.random() < 0.3 else mutated)
+
+    for index in range(count):
+        kind = index % 4
+        if kind == 0:
+            yield rng.randbytes(rng.randint(1, 300))
+        elif kind == 1:
+            yield mutate(valid_connect)
+        elif kind == 2:
+            yield valid_connect + mutate(publish) + mutate(subscribe)
+        else:
+            yield valid_connect + mqtt_packet(0x30, b"\x00\x05a/b\xffx") + b"\xff\xff\xff\xff\xff"

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import random
 import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
@@ -14,14 +13,13 @@ import orjson
 import pytest
 
 from fleetops.messaging.embedded import BrokerOptions, EmbeddedBroker
-from fleetops.messaging.mqtt.codec import encode_publish, encode_subscribe
 from fleetops.ports.messaging import Delivery, DeviceAcks
 from tests.integration.conftest_mqtt import (
     EchoShadowHandler,
     MemoryDirectory,
     PahoDevice,
     closed_by_peer,
-    mqtt_packet,
+    junk_streams,
     paho_devices,
     random_product_id,
     raw_subscribe,
@@ -204,30 +202,6 @@ async def test_a_device_that_does_not_read_its_messages_is_disconnected() -> Non
         writer.close()
 
 
-def _junk_streams(credentials_connect: bytes, seed: int, count: int) -> Iterator[bytes]:
-    """Random bytes, mutated CONNECTs, and valid CONNECTs followed by mutated PUBLISH / SUBSCRIBE packets."""
-    rng = random.Random(seed)
-    publish = encode_publish(b"$shadow/operation/ABCDE12345/x", b'{"type":"get"}', 1, 7)
-    subscribe = encode_subscribe(3, [("a/b", 1)])
-
-    def mutate(data: bytes) -> bytes:
-        mutated = bytearray(data)
-        for _ in range(rng.randint(1, 4)):
-            mutated[rng.randrange(len(mutated))] = rng.randrange(256)
-        return bytes(mutated[: rng.randint(1, len(mutated))] if rng.random() < 0.3 else mutated)
-
-    for index in range(count):
-        kind = index % 4
-        if kind == 0:
-            yield rng.randbytes(rng.randint(1, 300))
-        elif kind == 1:
-            yield mutate(credentials_connect)
-        elif kind == 2:
-            yield credentials_connect + mutate(publish) + mutate(subscribe)
-        else:
-            yield credentials_connect + mqtt_packet(0x30, b"\x00\x05a/b\xffx") + b"\xff\xff\xff\xff\xff"
-
-
 async def test_malformed_streams_do_not_disturb_a_working_device(
     devices: list[PahoDevice], caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -240,7 +214,7 @@ async def test_malformed_streams_do_not_disturb_a_working_device(
         devices.append(device)
         assert await device.connect(service.port) == 0
         assert await device.subscribe(f"$shadow/operation/result/{pid}/good", 0) == 0
-        for round_number, junk in enumerate(_junk_streams(signed_connect(attacker), seed=1459, count=120)):
+        for round_number, junk in enumerate(junk_streams(signed_connect(attacker), seed=1459, count=120)):
             reader, writer = await asyncio.open_connection("127.0.0.1", service.port)
             writer.write(junk)
             writer.write_eof()
