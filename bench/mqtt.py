@@ -252,10 +252,17 @@ class DeviceProcesses:
         elapsed = time.perf_counter() - started
         return sum(int(answer.split()[1]) for answer in answers), elapsed
 
-    async def received(self, expected: int, timeout_s: float = 60) -> int:
+    def start_count(self, expected: int, timeout_s: float = 120) -> None:
+        """Tell the devices to count messages (they read their sockets, and acknowledge, only meanwhile)."""
         share = (expected + len(self.processes) - 1) // len(self.processes)
-        answers = await self.command(f"count {share} {timeout_s}")
-        return sum(int(answer.split()[1]) for answer in answers)
+        for process in self.processes:
+            assert process.stdin is not None
+            process.stdin.write(f"count {share} {timeout_s}\n")
+            process.stdin.flush()
+
+    async def received(self) -> int:
+        """The messages counted since :meth:`start_count`."""
+        return sum(int(answer.split()[1]) for answer in await self._answers())
 
     def stop(self) -> None:
         for process in self.processes:
@@ -323,10 +330,11 @@ async def measure_broker(args: argparse.Namespace, broker: Broker, size: int, pr
                 print(f"{label}: only {subscribed} devices subscribed; delivery skipped", flush=True)
                 continue
             messages = workload(product_id, size * args.messages_per_device, size, payload)
+            devices.start_count(len(messages))
             started = time.perf_counter()
             await broker.publisher.publish_many(messages, qos)
             taken_s = time.perf_counter() - started
-            received = await devices.received(len(messages))
+            received = await devices.received()
             delivered_s = time.perf_counter() - started
             print(
                 f"{label:<36} delivery QoS {qos}: taken {len(messages) / taken_s:>9,.0f} msg/s, "
