@@ -25,7 +25,6 @@ from pathlib import Path
 
 from fleetops.errors import BrokerUnavailable, ConfigurationError
 from fleetops.messaging.mqtt.gateway import BrokerOptions, Gateway
-from fleetops.messaging.mqtt.listener import Listener
 from fleetops.messaging.topics import is_valid_topic_name
 from fleetops.ports.messaging import Delivery, DeviceDirectory, DeviceEvents, ShadowRequestHandler
 
@@ -165,15 +164,7 @@ class EmbeddedBroker:
             self._directory, self._shadow_handler, clock=self._clock, options=options, events=self._events
         )
         sockets = _bind(self.host, self._port, options.listen_backlog)
-        gateway.add_listener(
-            Listener(
-                "plain",
-                sockets,
-                gateway.listener_factory(),
-                max_connections=options.max_connections,
-                handshake_timeout_s=options.connect_timeout_s,
-            )
-        )
+        gateway.add_listener("plain", sockets)
         if self._tls is not None:
             try:
                 tls_sockets = _bind(self.host, self._tls.port, options.listen_backlog)
@@ -181,16 +172,7 @@ class EmbeddedBroker:
                 for sock in sockets:
                     sock.close()
                 raise
-            gateway.add_listener(
-                Listener(
-                    "TLS",
-                    tls_sockets,
-                    gateway.listener_factory(),
-                    max_connections=options.max_connections,
-                    handshake_timeout_s=options.connect_timeout_s,
-                    ssl_context=context,
-                )
-            )
+            gateway.add_listener("TLS", tls_sockets, context)
         _warn_about_file_limit(options.max_connections * len(gateway.listeners))
         await gateway.start()
         self.broker = gateway

@@ -31,6 +31,8 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import socket
+import ssl
 import time
 from collections import OrderedDict, deque
 from collections.abc import Callable, Coroutine, Sequence
@@ -344,11 +346,18 @@ class Gateway:
 
     # --- lifecycle ------------------------------------------------------------------------------------------
 
-    def add_listener(self, listener: Listener) -> None:
-        self.listeners.append(listener)
-
-    def listener_factory(self) -> Callable[[Listener], asyncio.Protocol]:
-        return lambda listener: DeviceConnection(self, listener)
+    def add_listener(self, name: str, sockets: list[socket.socket], ssl_context: ssl.SSLContext | None = None) -> None:
+        """Serve devices on these listening sockets (TLS with ``ssl_context``), with the options' limits."""
+        self.listeners.append(
+            Listener(
+                name,
+                sockets,
+                lambda listener: DeviceConnection(self, listener),
+                max_connections=self.options.max_connections,
+                handshake_timeout_s=self.options.connect_timeout_s,
+                ssl_context=ssl_context,
+            )
+        )
 
     async def start(self) -> None:
         # A gateway that starts knows no connection: devices left online by a crash are not (docs/mqtt.md).
