@@ -229,3 +229,14 @@ async def test_malformed_streams_do_not_disturb_a_working_device(
         await eventually(lambda: service.broker is not None and len(service.broker.connections) == 1)
         assert service.publisher.online(pid, "good") is True
     assert not [record for record in caplog.records if record.exc_info or record.levelno >= logging.ERROR]
+
+
+async def test_a_session_holds_a_bounded_number_of_subscriptions(devices: list[PahoDevice]) -> None:
+    pid, directory = random_product_id(), MemoryDirectory()
+    async with gateway(directory, max_subscriptions=3) as service:
+        device = PahoDevice(directory.add(pid, "lamp"))
+        devices.append(device)
+        assert await device.connect(service.port) == 0
+        codes = [await device.subscribe(f"{pid}/lamp/custom{n}", 1) for n in range(4)]
+        assert codes == [1, 1, 1, 0x80]
+        assert await device.subscribe(f"{pid}/lamp/custom0", 0) == 0  # a repeated filter replaces, within the limit

@@ -5,10 +5,8 @@ limit is lowered, so that the test process keeps its own."""
 from __future__ import annotations
 
 import asyncio
-import subprocess
 import sys
 import textwrap
-import time
 
 from tests.integration.conftest_mqtt import free_port
 
@@ -36,30 +34,25 @@ CHILD = textwrap.dedent(
 
 async def test_accept_failures_for_lack_of_files_log_one_line_per_interval() -> None:
     port = free_port()
-    child = subprocess.Popen(
-        [sys.executable, "-c", CHILD, str(port), "4"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
+    child = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", CHILD, str(port), "4", stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
     )
     try:
-        assert child.stdout is not None
-        assert (await asyncio.to_thread(child.stdout.readline)).strip() == "ready"
+        assert child.stdout is not None and child.stderr is not None
+        assert (await asyncio.wait_for(child.stdout.readline(), 30)).strip() == b"ready"
         connections = []
         for _ in range(150):  # well past the limit of 64: the kernel queues them, accept() fails
             connections.append(await asyncio.open_connection("127.0.0.1", port))
-        started = time.monotonic()
-        while time.monotonic() - started < 1.5:
-            await asyncio.sleep(0.1)
+        await asyncio.sleep(1.5)  # accept() keeps failing meanwhile, several times a second
         for _, writer in connections:
             writer.close()
-        _, stderr = await asyncio.to_thread(child.communicate, timeout=30)
+        stderr = (await asyncio.wait_for(child.stderr.read(), 30)).decode()
+        assert await asyncio.wait_for(child.wait(), 30) == 0
     finally:
-        if child.poll() is None:
+        if child.returncode is None:
             child.kill()
-            child.wait()
+            await child.wait()
     failures = [line for line in stderr.splitlines() if "accept() failed" in line]
     assert 1 <= len(failures) <= 2, stderr  # once per 10 s, however many attempts
     assert "Too many open files" in failures[0]
     assert "Traceback" not in stderr
-    assert child.returncode == 0

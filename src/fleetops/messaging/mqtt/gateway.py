@@ -104,6 +104,7 @@ class BrokerOptions:
     qos1_ack_timeout_s: float = 30.0  # then the delivery counts as failed (queued again if persistent)
     max_write_buffer_bytes: int = 1024 * 1024  # unread by a device; then it is disconnected
     max_pending_shadow_requests: int = 32  # per connection; then the connection is not read until answered
+    max_subscriptions: int = 1000  # per session (custom topics make the device's own namespace unbounded)
     shutdown_grace_s: float = 2.0  # for unacknowledged QoS 1 deliveries when the gateway stops
     tick_s: float = 0.5  # how often keep-alives, CONNECT deadlines and PUBACK timeouts are checked
     listen_backlog: int = 4096
@@ -325,6 +326,7 @@ class Gateway:
     ) -> None:
         self.options = options or BrokerOptions()
         self.directory = directory
+        self._clock = clock
         self._gate = DeviceGate(CredentialLookup(directory), clock)
         self.presence = PresenceWriter(directory, clock)
         self._shadow_handler = shadow_handler
@@ -362,7 +364,7 @@ class Gateway:
     async def start(self) -> None:
         # A gateway that starts knows no connection: devices left online by a crash are not (docs/mqtt.md).
         try:
-            await self.directory.set_all_offline(int(self._gate.clock()))
+            await self.directory.set_all_offline(int(self._clock()))
         except Exception as exc:
             log.warning("could not mark the devices offline at start: %s", exc)
         for listener in self.listeners:
@@ -583,6 +585,16 @@ class Gateway:
                 self.limited_log("acl-sub", logging.INFO, "%s may not subscribe to %s", session.client_id, topic_filter)
                 codes.append(SUBACK_FAILURE)
                 continue
+            if (
+                topic_filter not in session.subscriptions
+                and len(session.subscriptions) >= self.options.max_subscriptions
+            ):
+                self.limited_log(
+                    "subscriptions", logging.INFO, "%s already has %d subscriptions: refused %s",
+                    session.client_id, self.options.max_subscriptions, topic_filter,
+                )  # fmt: skip
+                codes.append(SUBACK_FAILURE)
+                continue
             granted = min(requested, 1)  # QoS 2 is granted as 1 (docs/mqtt.md)
             self.index.add(session, topic_filter, granted)
             codes.append(granted)
@@ -784,7 +796,7 @@ class Gateway:
         for listener in self.listeners:
             while True:
                 oldest = listener.oldest_pending()
-                if oldest is None or getattr(oldest, "opened_at", now) > connect_deadline:
+                if oldest is None or oldest.opened_at > connect_deadline:
                     break
                 listener.established(oldest)  # out of the pending list: evicted now
                 if isinstance(oldest, DeviceConnection):
