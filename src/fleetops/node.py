@@ -114,7 +114,6 @@ class Node:
                 host=settings.mqtt_host,
                 port=settings.mqtt_port,
                 tls=_tls_listener(settings),
-                clock=clock,
                 options=BrokerOptions(
                     max_connections=settings.mqtt_max_connections, connect_timeout_s=settings.mqtt_connect_timeout_s
                 ),

@@ -158,7 +158,8 @@ async def test_a_directory_failure_answers_server_unavailable(devices: list[Paho
 async def test_a_refused_connect_does_not_disturb_the_connected_device(
     broker: EmbeddedBroker, directory: MemoryDirectory, devices: list[PahoDevice], pid: str
 ) -> None:
-    """amqtt dropped the session of a client id before checking the password; fleetops checks first."""
+    """amqtt (the earlier embedded broker) dropped the session of a client id before checking the password; fleetops
+    checks first."""
     credentials = directory.add(pid, "lamp01")
     device = await connect(broker, devices, credentials)
     assert await device.subscribe(f"{pid}/lamp01/control", 1) == 1

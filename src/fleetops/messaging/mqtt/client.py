@@ -14,7 +14,7 @@ import asyncio
 import logging
 import ssl
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from typing import Final
 
 from fleetops.messaging.mqtt.codec import (
@@ -146,7 +146,8 @@ class MqttClient(asyncio.Protocol):
 
     def next_packet_id(self) -> int:
         """A packet id not in use by an unacknowledged PUBLISH, SUBSCRIBE or UNSUBSCRIBE of this connection."""
-        in_use = self._pubacks.keys() | self._replies.keys()
+        # the union is built only while a SUBSCRIBE/UNSUBSCRIBE is pending: per PUBLISH it would cost O(in flight)
+        in_use: Collection[int] = self._pubacks if not self._replies else self._pubacks.keys() | self._replies.keys()
         packet_id = self._packet_ids.next(in_use)
         if packet_id is None:
             raise RuntimeError("all 65,535 packet ids are in use")
