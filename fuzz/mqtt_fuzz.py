@@ -5,7 +5,7 @@
 Starts ``fleetops serve`` in a child process (a temp data directory, SQLite, free ports), creates a product and
 two devices through the official SDK, connects a paho-mqtt device, then sends ``--packets`` junk streams from
 ``--connections`` concurrent connections: random bytes, mutated CONNECTs, and valid CONNECTs followed by
-mutated PUBLISH / SUBSCRIBE packets (``tests/integration/conftest_mqtt.py: junk_streams``). Meanwhile it
+mutated PUBLISH / SUBSCRIBE packets (``tests/mqtt_support.py: junk_streams``). Meanwhile it
 measures a device shadow round trip (``$shadow`` get) and an API call (DescribeDevice) every 50 ms.
 
 Prints streams sent, connections the gateway closed, crashes (the server died, or wrote a traceback to its
@@ -36,7 +36,7 @@ sys.path.insert(0, str(ROOT))
 
 import paho.mqtt.client as paho  # noqa: E402
 from paho.mqtt.enums import CallbackAPIVersion  # noqa: E402
-from tests.integration.conftest_mqtt import junk_streams, signed_connect  # noqa: E402
+from tests.mqtt_support import junk_streams, signed_connect  # noqa: E402
 
 from fleetops.messaging.device_auth import make_username, sign_password  # noqa: E402
 from fleetops.ports.messaging import DeviceCredentials  # noqa: E402

@@ -17,7 +17,7 @@ from tencentcloud.iotcloud.v20180614 import models
 from fleetops.errors import BrokerUnavailable
 from fleetops.messaging.embedded import EmbeddedBroker
 from fleetops.ports.messaging import Delivery, DeviceCredentials
-from tests.integration.conftest_mqtt import PahoDevice
+from tests.mqtt_support import PahoDevice
 from tests.support import LiveServer, new_product, sdk_client, sdk_error_code, server_on
 
 

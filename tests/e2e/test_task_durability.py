@@ -28,7 +28,7 @@ from fleetops.errors import BrokerUnavailable
 from fleetops.messaging.external import ExternalBroker, ExternalOptions
 from fleetops.ports.messaging import Delivery, DeviceCredentials, Publisher
 from fleetops.store.tasks import TaskStore
-from tests.integration.conftest_mqtt import EchoShadowHandler, MosquittoProcess, PahoDevice, random_psk
+from tests.mqtt_support import EchoShadowHandler, MosquittoProcess, PahoDevice, random_psk
 from tests.serve_process import ServeProcess
 from tests.support import LiveServer, TaskEnv, free_port, open_task_env, sdk_client, wait_until
 

@@ -16,7 +16,7 @@ from fleetops.errors import BrokerUnavailable, ConfigurationError
 from fleetops.messaging.device_auth import SignMethod, make_username, sign_password
 from fleetops.messaging.embedded import BrokerOptions, EmbeddedBroker
 from fleetops.ports.messaging import DeviceCredentials
-from tests.integration.conftest_mqtt import (
+from tests.mqtt_support import (
     EchoShadowHandler,
     MemoryDirectory,
     PahoDevice,

@@ -14,7 +14,7 @@ import pytest
 
 from fleetops.messaging.embedded import BrokerOptions, EmbeddedBroker
 from fleetops.ports.messaging import Delivery, DeviceAcks
-from tests.integration.conftest_mqtt import (
+from tests.mqtt_support import (
     EchoShadowHandler,
     MemoryDirectory,
     PahoDevice,

@@ -8,12 +8,12 @@ import asyncio
 import sys
 import textwrap
 
-from tests.integration.conftest_mqtt import free_port
+from tests.mqtt_support import free_port
 
 CHILD = textwrap.dedent(
     """
     import asyncio, logging, resource, sys
-    from tests.integration.conftest_mqtt import EchoShadowHandler, MemoryDirectory
+    from tests.mqtt_support import EchoShadowHandler, MemoryDirectory
     from fleetops.messaging.embedded import BrokerOptions, EmbeddedBroker
 
     async def main() -> None:

@@ -13,7 +13,7 @@ import pytest
 
 from fleetops.errors import ConfigurationError
 from fleetops.messaging.embedded import EmbeddedBroker, TlsListener
-from tests.integration.conftest_mqtt import EchoShadowHandler, MemoryDirectory, PahoDevice, random_product_id
+from tests.mqtt_support import EchoShadowHandler, MemoryDirectory, PahoDevice, random_product_id
 from tests.support import IN_CI
 
 
