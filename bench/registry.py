@@ -24,7 +24,7 @@ from benchdb import bench_database
 from fleetops.backend.devices import DeviceFilter, DeviceService
 from fleetops.backend.registration import register_devices
 from fleetops.backend.shadows import ShadowService
-from fleetops.ports.messaging import DeliveryView
+from fleetops.ports.messaging import Delivery, DeliveryView
 from fleetops.store.accounts import AccountStore
 from fleetops.store.database import open_database
 from fleetops.store.devices import DeviceStore
@@ -49,8 +49,8 @@ class NoDevices:
     async def push_deltas(self, *_args: object) -> None:
         return None
 
-    async def publish_to_devices(self, *_args: object, report: bool) -> None:
-        return None
+    async def publish_to_devices(self, *_args: object) -> list[Delivery]:
+        return []
 
     async def publish(self, *_args: object) -> None:
         return None

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 import pytest
@@ -23,6 +23,7 @@ from fleetops.domain.rollout import Rollout
 from fleetops.domain.shadow import DeviceUpdate, Shadow, apply_desired, apply_device_update
 from fleetops.domain.tasks import TaskStatus
 from fleetops.engine.executor import Outcome
+from fleetops.ports.messaging import Delivery
 from fleetops.store.outcomes import TaskOutcomeStore
 from fleetops.store.shadows import ShadowStore
 from fleetops.store.tasks import TaskStore
@@ -44,17 +45,15 @@ async def env(database_url: str) -> AsyncIterator[TaskEnv]:
 
 
 class PresencePublisher(TaskPublisher):
-    """A recording publisher that knows who is connected (as the embedded broker does)."""
+    """A recording publisher that knows who is connected, and says so per message (as the gateway does)."""
 
     def __init__(self, online: set[str]) -> None:
         super().__init__()
         self.connected = online
 
-    def online(self, product_id: str, device_name: str) -> bool | None:
-        return device_name in self.connected
-
-    def subscribed(self, topic: str) -> bool | None:
-        return topic.split("/")[1] in self.connected
+    async def publish_many(self, messages: Sequence[tuple[str, bytes]], qos: int) -> list[Delivery]:
+        await super().publish_many(messages, qos)
+        return [Delivery.SENT if topic.split("/")[1] in self.connected else Delivery.DROPPED for topic, _ in messages]
 
 
 class WallClock(FakeClock):

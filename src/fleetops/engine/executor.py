@@ -425,11 +425,8 @@ class _Run:
         now_ms = self.now_ms()
         if matched:
             send = self.x._messages.publish_to_devices
-            report = self.tracking
-            deliveries = await self.deliver(
-                partial(send, self.task.product_id, matched, spec.topic, spec.payload, QOS, report=report)
-            )
-            if deliveries is not None:
+            deliveries = await self.deliver(partial(send, self.task.product_id, matched, spec.topic, spec.payload, QOS))
+            if self.tracking:
                 results = [
                     DeviceResult(name, MESSAGE_OUTCOMES[delivery])
                     for name, delivery in zip(matched, deliveries, strict=True)

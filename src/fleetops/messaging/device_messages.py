@@ -47,29 +47,13 @@ class DeviceMessenger(DeviceMessages):
         )
 
     async def publish_to_devices(
-        self, product_id: str, device_names: Sequence[str], suffix: str, payload: bytes, qos: int, *, report: bool
-    ) -> list[Delivery] | None:
+        self, product_id: str, device_names: Sequence[str], suffix: str, payload: bytes, qos: int
+    ) -> list[Delivery]:
         if not device_names:
-            return [] if report else None
-        messages = [(device_topic(product_id, name, suffix), payload) for name in device_names]
-        # Asked before publishing (and only when asked: it costs a lookup per device): a device that connects
-        # while the batch goes out is reported as it was.
-        deliveries = (
-            [self._delivery(product_id, name, topic) for name, (topic, _) in zip(device_names, messages, strict=True)]
-            if report
-            else None
+            return []
+        return await self._publisher.publish_many(
+            [(device_topic(product_id, name, suffix), payload) for name in device_names], qos
         )
-        await self._publisher.publish_many(messages, qos)
-        return deliveries
-
-    def _delivery(self, product_id: str, device_name: str, topic: str) -> Delivery:
-        """What the broker's view of the device says the message becomes (an external broker cannot say)."""
-        online = self._publisher.online(product_id, device_name)
-        if online is None:
-            return Delivery.UNKNOWN
-        if online and self._publisher.subscribed(topic) is not False:
-            return Delivery.SENT
-        return Delivery.DROPPED
 
     async def publish(self, topic: str, payload: bytes, qos: int) -> None:
         await self._publisher.publish(topic, payload, qos)
