@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN = $(VENV)/bin
 
-.PHONY: install run test lint typecheck unit docs bench
+.PHONY: install run test lint typecheck unit docs bench plugin
 
 install: $(VENV)/.installed
 
@@ -32,6 +32,10 @@ test: lint typecheck
 	$(BIN)/python -m fleetops.settings | diff -q - docs/configuration.md >/dev/null || \
 		{ echo "docs/configuration.md is stale: run make docs"; exit 1; }
 	$(BIN)/pytest -q
+
+# The Mosquitto plugin (docs/mosquitto.md): build/mosquitto/fleetops_plugin.so
+plugin: install
+	$(BIN)/fleetops mosquitto build --output build/mosquitto
 
 unit: install
 	$(BIN)/pytest -q tests/unit

@@ -259,3 +259,28 @@ def db_upgrade(ctx: click.Context) -> None:
 
     _run(_with_accounts(_settings(ctx), noop))
     click.echo("schema is up to date")
+
+
+@main.group()
+def mosquitto() -> None:
+    """The Mosquitto plugin: device authentication, the device ACL, shadow requests for several nodes."""
+
+
+@mosquitto.command("build")
+@click.option(
+    "--output",
+    type=click.Path(path_type=Path, file_okay=False),
+    default=Path("build/mosquitto"),
+    show_default=True,
+    help="directory for the .so",
+)
+@click.option("--sanitize", is_flag=True, help="AddressSanitizer + UBSan build (tests; see docs/mosquitto.md)")
+def mosquitto_build(output: Path, sanitize: bool) -> None:
+    """Compile the plugin with the system cc and print the path of the .so."""
+    from fleetops.mosquitto.build import BuildError, build_plugin
+
+    try:
+        click.echo(str(build_plugin(output, sanitize=sanitize)))
+    except BuildError as exc:
+        click.echo(f"fleetops mosquitto build: {exc}", err=True)
+        sys.exit(2)

@@ -199,7 +199,10 @@ def compile_c(
     has the old file loaded keeps running."""
     cc = _compiler(compiler)
     check_headers(compiler)
-    output.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        output.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise BuildError(f"cannot create the output directory {output.parent}: {exc.strerror}") from exc
     with tempfile.TemporaryDirectory(prefix="fleetops-build-") as tmp:
         generated = Path(tmp)
         write_headers(generated)
@@ -220,12 +223,18 @@ def compile_c(
         result = subprocess.run(command, capture_output=True, text=True, check=False)
         if result.returncode != 0:
             partial.unlink(missing_ok=True)
+            if "cannot open output file" in result.stderr:
+                raise BuildError(f"cannot write into {output.parent} (permissions?)")
             missing = re.search(r"cannot find -l(\w+)", result.stderr)
             if missing and missing[1] in _LIBRARY_PACKAGES:
                 package = _LIBRARY_PACKAGES[missing[1]]
                 raise BuildError(f"lib{missing[1]} not found: install the Debian package {package}")
             raise BuildError("the compiler failed:\n" + result.stderr.strip())
-        os.replace(partial, output)
+        try:
+            os.replace(partial, output)
+        except OSError as exc:
+            partial.unlink(missing_ok=True)
+            raise BuildError(f"cannot write {output}: {exc.strerror}") from exc
     return output
 
 
