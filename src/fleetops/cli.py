@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import sys
 import time
 from collections.abc import Awaitable, Callable
@@ -276,11 +277,11 @@ def mosquitto() -> None:
 )
 @click.option("--sanitize", is_flag=True, help="AddressSanitizer + UBSan build (tests; see docs/mosquitto.md)")
 def mosquitto_build(output: Path, sanitize: bool) -> None:
-    """Compile the plugin with the system cc and print the path of the .so."""
+    """Compile the plugin with the system cc ($CC) and print the path of the .so."""
     from fleetops.mosquitto.build import BuildError, build_plugin
 
     try:
-        click.echo(str(build_plugin(output, sanitize=sanitize)))
+        click.echo(str(build_plugin(output, sanitize=sanitize, compiler=os.environ.get("CC", "cc"))))
     except BuildError as exc:
         click.echo(f"fleetops mosquitto build: {exc}", err=True)
         sys.exit(2)
