@@ -112,7 +112,16 @@ static void append(struct fo_dispatch *dispatch, struct fo_queue *queue, struct 
 {
 	while(queue->head != NULL && (queue->count + 1 > dispatch->limits.queue_max_messages
 				|| queue->bytes + message_size(message) > dispatch->limits.queue_max_bytes)){
+		bool sent = queue->head != queue->unsent;
 		struct fo_message *oldest = pop_head(queue);
+
+		if(sent){
+			/* Still in the node's hands: it keeps its place in the window until an ack covers it, so a node
+			 * that does not acknowledge is not sent more than the window. */
+			queue->in_flight++;
+			queue->dropped_sent++;
+			queue->dropped_sent_seq = oldest->seq > queue->dropped_sent_seq ? oldest->seq : queue->dropped_sent_seq;
+		}
 		dispatch->dropped_full++;
 		if(counted){
 			release(dispatch, oldest);
@@ -319,6 +328,10 @@ void fo_dispatch_ack(struct fo_dispatch *dispatch, const char *client_id, const 
 	queue = &handler->queue;
 	while(queue->head != NULL && queue->head != queue->unsent && queue->head->seq <= seq){
 		release(dispatch, pop_head(queue));
+	}
+	if(queue->dropped_sent > 0 && seq >= queue->dropped_sent_seq){
+		queue->in_flight -= queue->dropped_sent;
+		queue->dropped_sent = 0;
 	}
 	pump(dispatch, handler);
 }

@@ -37,7 +37,10 @@ struct fo_message {
 /* Oldest first: the sent, unacknowledged messages, then (from `unsent`) the ones not sent yet. */
 struct fo_queue {
 	struct fo_message *head, *tail, *unsent;
-	size_t count, bytes, in_flight;
+	size_t count, bytes;
+	size_t in_flight; /* sent and unacknowledged, including `dropped_sent` */
+	size_t dropped_sent;   /* sent messages dropped from a full queue: the node still holds them until it acks */
+	uint64_t dropped_sent_seq; /* the highest of their seqs */
 };
 
 struct fo_handler {
