@@ -39,7 +39,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from fleetops.messaging.topic_rules import Access, load_rules
+from fleetops.messaging.topic_rules import Access as Access  # re-exported: callers import it from here
+from fleetops.messaging.topic_rules import load_rules
 
 RULES = load_rules()
 PRODUCT_ID_LENGTH = RULES.product_id.max_length
