@@ -275,13 +275,13 @@ def mosquitto() -> None:
     show_default=True,
     help="directory for the .so",
 )
-@click.option("--sanitize", is_flag=True, help="AddressSanitizer + UBSan build (tests; see docs/mosquitto.md)")
-def mosquitto_build(output: Path, sanitize: bool) -> None:
+@click.option("--checked", is_flag=True, help="UBSan build with debug info, to run under valgrind (docs/mosquitto.md)")
+def mosquitto_build(output: Path, checked: bool) -> None:
     """Compile the plugin with the system cc ($CC) and print the path of the .so."""
     from fleetops.mosquitto.build import BuildError, build_plugin
 
     try:
-        click.echo(str(build_plugin(output, sanitize=sanitize, compiler=os.environ.get("CC", "cc"))))
+        click.echo(str(build_plugin(output, checked=checked, compiler=os.environ.get("CC", "cc"))))
     except BuildError as exc:
         click.echo(f"fleetops mosquitto build: {exc}", err=True)
         sys.exit(2)

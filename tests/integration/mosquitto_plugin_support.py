@@ -23,7 +23,7 @@ import orjson
 import pytest
 import sqlalchemy as sa
 
-from fleetops.mosquitto.build import PURE_SOURCES, BuildError, build_plugin, compile_c, sanitizer_runtime, source_dir
+from fleetops.mosquitto.build import PURE_SOURCES, SANITIZED, BuildError, build_plugin, compile_c, source_dir
 from fleetops.ports.messaging import DeviceCredentials
 from fleetops.store.accounts import AccountStore
 from fleetops.store.broker_credentials import BrokerCredentialStore
@@ -38,6 +38,7 @@ from tests.support import IN_CI, postgres_database
 SERVICE_USER = "fleetops"
 WAIT_S = 5.0
 PROBE_SOURCE = Path(__file__).with_name("mosquitto_probe.c")
+VALGRIND_SUPPRESSIONS = Path(__file__).with_name("mosquitto_valgrind.supp")
 
 
 # --- builds -------------------------------------------------------------------------------------------
@@ -46,8 +47,7 @@ PROBE_SOURCE = Path(__file__).with_name("mosquitto_probe.c")
 @dataclass(frozen=True)
 class PluginBuilds:
     plugin: Path
-    asan_plugin: Path
-    asan_runtime: Path
+    checked_plugin: Path  # UBSan + debug info, run under valgrind
     probe: Path  # mosquitto_probe.c with the plugin's pure sources, under ASan and UBSan
 
 
@@ -57,22 +57,21 @@ def build_all(directory: Path) -> PluginBuilds:
     try:
         if not marker.exists():
             build_plugin(directory)
-            build_plugin(directory, sanitize=True)
+            build_plugin(directory, checked=True)
             compile_c(
                 [PROBE_SOURCE, *(source_dir() / name for name in PURE_SOURCES)],
                 directory / "mosquitto_probe",
                 shared=False,
-                sanitize=True,
+                flags=SANITIZED,
                 libraries=("-lcrypto",),
             )
             marker.touch()
-        runtime = sanitizer_runtime()
     except BuildError as exc:
         if IN_CI:
             pytest.fail(f"cannot build the Mosquitto plugin: {exc}")
         pytest.skip(f"cannot build the Mosquitto plugin: {exc}")
     return PluginBuilds(
-        directory / "fleetops_plugin.so", directory / "fleetops_plugin-asan.so", runtime, directory / "mosquitto_probe"
+        directory / "fleetops_plugin.so", directory / "fleetops_plugin-checked.so", directory / "mosquitto_probe"
     )
 
 
@@ -148,7 +147,7 @@ class PluginBroker:
     plugin: Path
     database_url: str
     options: dict[str, str] = field(default_factory=dict)
-    asan_runtime: Path | None = None  # set: LD_PRELOAD it (the ASan build of the plugin)
+    valgrind: bool = False  # run Mosquitto under valgrind memcheck (with the checked build of the plugin)
     port: int = field(default_factory=free_port)
     process: asyncio.subprocess.Process | None = None
 
@@ -157,8 +156,12 @@ class PluginBroker:
         return self.workdir / "mosquitto.log"
 
     @property
-    def asan_log_prefix(self) -> Path:
-        return self.workdir / "asan"
+    def valgrind_log(self) -> Path:
+        return self.workdir / "valgrind.log"
+
+    @property
+    def ubsan_log_prefix(self) -> Path:
+        return self.workdir / "ubsan"
 
     def config(self) -> str:
         lines = [
@@ -184,15 +187,25 @@ class PluginBroker:
         conf = self.workdir / "mosquitto.conf"
         conf.write_text(self.config())
         env = dict(os.environ)
-        if self.asan_runtime is not None:
-            env["LD_PRELOAD"] = str(self.asan_runtime)
-            env["ASAN_OPTIONS"] = f"log_path={self.asan_log_prefix}:detect_leaks=1:abort_on_error=0"
-            env["UBSAN_OPTIONS"] = f"log_path={self.asan_log_prefix}:print_stacktrace=1:halt_on_error=1"
+        command = ["mosquitto", "-c", str(conf)]
+        if self.valgrind:
+            env["UBSAN_OPTIONS"] = f"log_path={self.ubsan_log_prefix}:print_stacktrace=1:halt_on_error=1"
+            command = [
+                "valgrind",
+                f"--log-file={self.valgrind_log}",
+                "--error-exitcode=99",  # any memory error, and definite or indirect leaks at exit
+                "--leak-check=full",
+                "--errors-for-leak-kinds=definite,indirect",
+                "--show-leak-kinds=definite,indirect",
+                "--num-callers=30",
+                f"--suppressions={VALGRIND_SUPPRESSIONS}",
+                *command,
+            ]
         with (self.workdir / "stderr").open("ab") as stderr:
             self.process = await asyncio.create_subprocess_exec(
-                "mosquitto", "-c", str(conf), env=env, stdout=asyncio.subprocess.DEVNULL, stderr=stderr
+                *command, env=env, stdout=asyncio.subprocess.DEVNULL, stderr=stderr
             )
-        deadline = time.monotonic() + WAIT_S * 2
+        deadline = time.monotonic() + WAIT_S * (8 if self.valgrind else 2)
         while time.monotonic() < deadline:
             if self.process.returncode is not None:
                 raise RuntimeError(f"mosquitto exited with {self.process.returncode}:\n{self.output()}")
@@ -220,10 +233,14 @@ class PluginBroker:
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
-    def sanitizer_reports(self) -> str:
-        """Everything ASan / UBSan / LeakSanitizer wrote (empty when they found nothing)."""
-        reports = sorted(self.workdir.glob(self.asan_log_prefix.name + ".*"))
-        return "\n".join(path.read_text(errors="replace") for path in reports)
+    def checker_reports(self) -> str:
+        """UBSan's reports, and valgrind's error lines (empty when they found nothing)."""
+        reports = [path.read_text(errors="replace") for path in sorted(self.workdir.glob("ubsan.*"))]
+        if self.valgrind_log.exists():
+            text = self.valgrind_log.read_text(errors="replace")
+            if "ERROR SUMMARY: 0 errors" not in text:
+                reports.append(text)
+        return "\n".join(reports)
 
     async def wait_for_log(self, text: str, timeout_s: float = WAIT_S) -> None:
         deadline = time.monotonic() + timeout_s
