@@ -1,7 +1,7 @@
 /* Device authentication at CONNECT, the rules of fleetops.messaging.device_auth (docs/mqtt.md#connecting).
  *
  * Pure functions over NUL-terminated strings (Mosquitto hands the plugin C strings; MQTT strings cannot hold
- * NUL, passwords are binary and Mosquitto cuts them at the first NUL: docs/mosquitto.md#differences).
+ * NUL, passwords are binary and Mosquitto cuts them at the first NUL: docs/mosquitto.md#differences-from-the-embedded-broker).
  */
 #ifndef FLEETOPS_AUTH_H
 #define FLEETOPS_AUTH_H
