@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import os
 import secrets
+import shutil
 import signal
 import socket
 import subprocess
@@ -51,8 +52,18 @@ class PluginBuilds:
     probe: Path  # mosquitto_probe.c with the plugin's pure sources, under ASan and UBSan
 
 
+def require_program(name: str) -> None:
+    """Skip without ``name`` on PATH on a developer machine; in CI it is a failure (.ci/run installs it)."""
+    if shutil.which(name) is None:
+        message = f"{name} is not installed (Debian: apt-get install {name})"
+        if IN_CI:
+            pytest.fail(message)
+        pytest.skip(message)
+
+
 def build_all(directory: Path) -> PluginBuilds:
     """Build everything once per test session (``directory`` is the session's temp dir)."""
+    require_program("mosquitto")
     marker = directory / "built"
     try:
         if not marker.exists():

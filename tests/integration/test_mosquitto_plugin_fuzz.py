@@ -25,6 +25,7 @@ from tests.integration.mosquitto_plugin_support import (
     PluginBuilds,
     ServiceNode,
     plugin_database,
+    require_program,
     session_builds,
     wait_for,
 )
@@ -308,6 +309,7 @@ def traffic(inputs: Inputs, own_shadow: str | None = None) -> list[bytes]:
 
 
 async def test_fuzzed_connects_and_topics_under_valgrind(builds: PluginBuilds, tmp_path: Path) -> None:
+    require_program("valgrind")
     rng = random.Random(SEED)
     async with plugin_database() as data:
         devices = [await data.add_device(f"dev{index}") for index in range(4)]
