@@ -396,13 +396,16 @@ async def test_shadow_writes_and_online_state_never_notify(tmp_path: Path) -> No
 
 
 class TcpProxy:
-    """A TCP forwarder to PostgreSQL that a test can cut (connections reset, new ones refused) and restore."""
+    """A TCP forwarder to PostgreSQL that a test can cut (connections reset, new ones refused), freeze (nothing
+    forwarded, connections stay open: a database that hangs) and restore."""
 
     def __init__(self, target_port: int = 5432) -> None:
         self.port = free_port()
         self.target_port = target_port
         self._server: asyncio.AbstractServer | None = None
         self._writers: set[asyncio.StreamWriter] = set()
+        self.flowing = asyncio.Event()
+        self.flowing.set()
 
     async def start(self) -> None:
         self._server = await asyncio.start_server(self._handle, "127.0.0.1", self.port)
@@ -417,6 +420,8 @@ class TcpProxy:
         self._writers.clear()
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self._writers.add(writer)
+        await self.flowing.wait()
         try:
             up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.target_port)
         except OSError:
@@ -427,6 +432,7 @@ class TcpProxy:
         async def pipe(source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> None:
             try:
                 while data := await source.read(65536):
+                    await self.flowing.wait()
                     sink.write(data)
                     await sink.drain()
             except (ConnectionError, OSError):
@@ -465,6 +471,40 @@ async def test_while_the_database_is_unreachable_connects_are_refused_quickly(
                 await broker.wait_for_log("database link ready")
                 device.close()
         finally:
+            await proxy.cut()
+
+
+async def test_a_database_that_hangs_stalls_at_most_one_connect_per_attempt(
+    builds: PluginBuilds, tmp_path: Path
+) -> None:
+    """A CONNECT is not a message: a lookup waits at most its timeout, and while the link cannot be made again
+    the other CONNECTs are refused at once instead of each waiting."""
+    async with plugin_database() as data:
+        devices = [await data.add_device(f"d{index}") for index in range(21)]
+        proxy = TcpProxy()
+        await proxy.start()
+        url = data.url.replace(":5432/", f":{proxy.port}/")
+        try:
+            broker = PluginBroker(tmp_path, builds.plugin, url, options={"lookup_timeout_ms": "300"})
+            async with running(broker):
+                proxy.flowing.clear()  # the database stops answering; sockets stay open
+                started = time.monotonic()
+                assert await PahoDevice(devices[0]).connect(broker.port) == 5
+                assert 0.25 < time.monotonic() - started < 2
+                await broker.wait_for_log("no answer to a credential lookup within 300 ms")
+                # for 1.5 s: past the first reconnect backoff (0.1 s), within one attempt (5 s at most)
+                waits = []
+                until = time.monotonic() + 1.5
+                while time.monotonic() < until:
+                    started = time.monotonic()
+                    assert await PahoDevice(devices[1 + len(waits) % 20]).connect(broker.port) == 5
+                    waits.append(time.monotonic() - started)
+                assert len(waits) >= 10
+                assert sum(wait > 0.25 for wait in waits) <= 1, waits
+                proxy.flowing.set()
+                await wait_for_device(broker.port, devices[1])
+        finally:
+            proxy.flowing.set()
             await proxy.cut()
 
 

@@ -46,6 +46,7 @@ struct fo_pglink {
 	int64_t backoff_ms;
 	bool unavailable_logged;
 	bool cache_trusted; /* the plugin may hold credentials read on this session: report its loss */
+	bool attempt_waited; /* a lookup already waited out its timeout for this connection attempt */
 	struct fo_credentials *lookup_out;
 	enum fo_lookup lookup_result;
 };
@@ -149,6 +150,7 @@ static void start_connect(struct fo_pglink *link)
 
 	link->conn = PQconnectStartParams(keywords, values, 1);
 	link->attempt_started_ms = fo_monotonic_ms();
+	link->attempt_waited = false;
 	if(link->conn == NULL){
 		drop(link, "out of memory");
 		return;
@@ -413,9 +415,16 @@ enum fo_lookup fo_pglink_lookup(struct fo_pglink *link, const char *product_id, 
 {
 	int64_t deadline = fo_monotonic_ms() + link->lookup_timeout_ms;
 
-	/* Finish what is in flight (setup, a service secret read) first; a down link waiting for its next attempt
-	 * answers at once, so CONNECTs during an outage do not each stall the broker. */
+	/* Finish what is in flight (setup, a service secret read) first. A down link waiting for its next attempt
+	 * answers at once, and only one CONNECT per connection attempt waits for a database that does not answer:
+	 * during an outage CONNECTs do not each stall the broker. */
+	if((link->state == LINK_CONNECTING || link->state == LINK_SETUP) && link->attempt_waited){
+		return FO_LOOKUP_UNAVAILABLE;
+	}
 	progress(link, deadline, false);
+	if(link->state == LINK_CONNECTING || link->state == LINK_SETUP){
+		link->attempt_waited = true;
+	}
 	if(link->state != LINK_READY || link->busy != CMD_NONE){
 		return FO_LOOKUP_UNAVAILABLE;
 	}
