@@ -109,6 +109,15 @@ async def test_a_node_learns_that_the_plugin_is_there(
         handler.publish("$fleetops/node/node-2/shadow/1/ABCDE12345/forged", b"forged", 1)
         assert await other.nothing_received(0.3)
         assert "handles device messages" not in broker.log()
+        longest = ServiceNode("n" * 128, data.service_secret)  # the longest node id a topic level may be
+        clients.append(longest)
+        assert await longest.connect(broker.port) == 0
+        assert (await longest.hello())["protocol"] == 1
+        assert await longest.register() == 1
+        too_long = ServiceNode("n" * 129, data.service_secret)
+        clients.append(too_long)
+        assert await too_long.connect(broker.port) == 0
+        assert await too_long.register() == 0x80
 
 
 # --- exactly one node per request -------------------------------------------------------------------------

@@ -165,14 +165,15 @@ static void dispatch_subscribed(struct fo_plugin *plugin, const char *client_id,
 
 static void send_welcome(struct fo_plugin *plugin, const char *client_id)
 {
-	struct text topic = {.length = 0};
+	char topic[sizeof(NODE_PREFIX) + FO_HANDLER_ID_MAX + sizeof("/welcome")];
 	struct text json = {.length = 0};
 
-	text_addf(&topic, "%s%.*s/welcome", NODE_PREFIX, FO_HANDLER_ID_MAX, client_id);
+	/* client_id passed fo_handler_id_valid: at most FO_HANDLER_ID_MAX bytes, so the topic fits */
+	snprintf(topic, sizeof(topic), NODE_PREFIX "%s/welcome", client_id);
 	text_addf(&json, "{\"protocol\":%d,\"boot\":\"%s\",\"window\":%zu}", FO_PROTOCOL_VERSION, plugin->boot_id,
 			plugin->dispatch.limits.window);
-	if(!topic.overflow && !json.overflow){
-		mosquitto_broker_publish_copy(client_id, topic.data, (int)json.length, json.data, 1, false, NULL);
+	if(!json.overflow){
+		mosquitto_broker_publish_copy(client_id, topic, (int)json.length, json.data, 1, false, NULL);
 	}
 }
 
@@ -235,6 +236,10 @@ static void on_service_secret(void *context, const char *secret)
 		return;
 	}
 	plugin->service_secret = strdup(secret);
+	if(plugin->service_secret == NULL){
+		fo_log(MOSQ_LOG_ERR, "out of memory: the password of '%s' is lost, nodes cannot connect", plugin->service_user);
+		return;
+	}
 	fo_log(MOSQ_LOG_NOTICE, "service identity '%s': password read from the database", plugin->service_user);
 }
 
