@@ -493,7 +493,7 @@ async def test_a_database_that_hangs_stalls_at_most_one_connect_per_attempt(
                 assert 0.25 < time.monotonic() - started < 2
                 await broker.wait_for_log("no answer to a credential lookup within 300 ms")
                 # for 1.5 s: past the first reconnect backoff (0.1 s), within one attempt (5 s at most)
-                waits = []
+                waits: list[float] = []
                 until = time.monotonic() + 1.5
                 while time.monotonic() < until:
                     started = time.monotonic()
