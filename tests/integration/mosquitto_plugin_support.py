@@ -225,6 +225,7 @@ class PluginBroker:
                     return
             except OSError:
                 await asyncio.sleep(0.02)
+        await self.stop(signal.SIGKILL)  # never leave a broker behind
         raise RuntimeError(f"mosquitto did not listen on {self.port}:\n{self.output()}")
 
     async def stop(self, sig: signal.Signals = signal.SIGTERM) -> int:
