@@ -2,7 +2,7 @@
 
 A device connects with client id ``${productId}${deviceName}``: the product id is the first 10 characters
 (``[A-Z0-9]{10}``), the device name the rest (``[a-zA-Z0-9:_-]{1,48}``). It may use only topics carrying its
-own ids (device-protocol §3.1). The rules are not written here: they are the rule file ``device_acl.rules``
+own ids (docs/device-protocol.md#topics). The rules are not written here: they are the rule file ``device_acl.rules``
 next to this module (read by :mod:`fleetops.messaging.topic_rules`), which the Mosquitto plugin is compiled
 from too, so every broker fleetops supports applies the same ACL. In short:
 
@@ -28,12 +28,11 @@ Custom topics: the vendor grants publish/subscribe per topic class (CreateTopicP
 policies yet, so every custom suffix of the device's own namespace is allowed both ways (it can only reach
 the device's own topics). Topics are limited to 255 UTF-8 bytes and 10 levels.
 
-Wildcards (§3.2): a filter is granted only if *every* topic it can match is subscribable. With the table
-above that holds for exactly one shape, ``$rrpc/rxd/{pid}/{dn}/+``, which the rule file spells as its own
-rule; any other wildcard filter - every ``#`` (it also matches deeper levels, which no row allows),
-``{pid}/{dn}/+`` (it matches the publish-only ``event``), or a wildcard before the last level - is refused
-(SUBACK 0x80). Shared subscriptions (``$share/...``) are refused too.
-"""
+Wildcards (docs/device-protocol.md#authorization): a filter is granted only if *every* topic it can match is
+subscribable. With the table above that holds for exactly one shape, ``$rrpc/rxd/{pid}/{dn}/+``, which the rule
+file spells as its own rule; any other wildcard filter - every ``#`` (it also matches deeper levels, which no row
+allows), ``{pid}/{dn}/+`` (it matches the publish-only ``event``), or a wildcard before the last level - is
+refused (SUBACK 0x80). Shared subscriptions (``$share/...``) are refused too."""
 
 from __future__ import annotations
 
