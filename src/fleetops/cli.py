@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import sys
 import time
 from collections.abc import Awaitable, Callable, Coroutine
@@ -276,3 +277,27 @@ def db_upgrade(ctx: click.Context) -> None:
 
     _run(_with_stores(settings, noop))
     click.echo(f"schema is up to date ({_where(settings)})")
+
+
+@main.group()
+def mosquitto() -> None:
+    """The Mosquitto plugin: device authentication, the device ACL, shadow requests for several nodes."""
+
+
+@mosquitto.command("build")
+@click.option(
+    "--output",
+    type=click.Path(path_type=Path, file_okay=False),
+    default=Path("build/mosquitto"),
+    show_default=True,
+    help="directory for the .so",
+)
+@click.option("--checked", is_flag=True, help="UBSan build with debug info, to run under valgrind (docs/mosquitto.md)")
+def mosquitto_build(output: Path, checked: bool) -> None:
+    """Compile the plugin with the system cc ($CC) and print the path of the .so."""
+    from fleetops.mosquitto.build import BuildError, build_plugin
+
+    try:
+        click.echo(str(build_plugin(output, checked=checked, compiler=os.environ.get("CC", "cc"))))
+    except BuildError as exc:
+        raise SetupError(f"fleetops mosquitto build: {exc}") from exc

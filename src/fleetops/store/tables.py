@@ -130,3 +130,13 @@ task_client_tokens = sa.Table(
     sa.Column("fingerprint", sa.String(64), nullable=False),  # domain.extensions.request_fingerprint
     sa.Column("created_at", sa.BigInteger, nullable=False),
 )
+
+# Passwords of broker identities: the Mosquitto plugin reads the one named by its service_user option (default
+# "fleetops"), and every fleetops node sharing the database reads the same row (docs/mosquitto.md).
+broker_credentials = sa.Table(
+    "broker_credentials",
+    metadata,
+    sa.Column("name", sa.String(64), primary_key=True),
+    sa.Column("secret", sa.String(128), nullable=False),
+    sa.Column("created_at", sa.BigInteger, nullable=False),
+)

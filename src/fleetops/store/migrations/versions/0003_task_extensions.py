@@ -1,15 +1,15 @@
 """Task extensions: per-device outcomes, the device's outcome watch, client tokens, StopTask's request.
 
-Revision ID: 0002
-Revises: 0001
+Revision ID: 0003_task_extensions
+Revises: 0002_device_change_notify
 """
 
 import sqlalchemy as sa
 from alembic import op
 from sqlalchemy.dialects.postgresql import JSONB
 
-revision = "0002"
-down_revision = "0001"
+revision = "0003_task_extensions"
+down_revision = "0002_device_change_notify"
 branch_labels = None
 depends_on = None
 
