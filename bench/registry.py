@@ -52,6 +52,12 @@ class NoDevices:
     async def publish_to_devices(self, *_args: object) -> list[Delivery]:
         return []
 
+    async def publish_to_devices_acked(self, *_args: object) -> list[Delivery] | None:
+        return None
+
+    def is_online(self, *_args: object) -> bool | None:
+        return None
+
     async def publish(self, *_args: object) -> None:
         return None
 

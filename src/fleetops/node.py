@@ -42,6 +42,7 @@ from fleetops.backend.products import ProductService
 from fleetops.backend.shadows import ShadowService
 from fleetops.backend.tasks import TaskService
 from fleetops.console import console_routes
+from fleetops.engine.deliveries import DeviceEventInbox, TaskDeliveries
 from fleetops.engine.executor import ExecutorConfig, TaskExecutor
 from fleetops.engine.scheduler import Scheduler
 from fleetops.engine.worker import TaskWorker, default_node_id
@@ -51,7 +52,7 @@ from fleetops.messaging.embedded import BrokerOptions, EmbeddedBroker, TlsListen
 from fleetops.messaging.external import BrokerAddress, ExternalBroker, ExternalOptions
 from fleetops.messaging.http_auth import mqtt_auth_router
 from fleetops.messaging.shadow_protocol import DeviceShadowProtocol
-from fleetops.ports.messaging import DeviceMessages, MessagingService, ShadowRequestHandler
+from fleetops.ports.messaging import DeviceEvents, DeviceMessages, MessagingService, ShadowRequestHandler
 from fleetops.settings import Settings
 from fleetops.store.accounts import AccountStore
 from fleetops.store.batches import DeviceBatches
@@ -119,7 +120,7 @@ def _tls_listener(settings: Settings) -> TlsListener | None:
 
 
 def _messaging(
-    settings: Settings, stores: Stores, shadow_handler: ShadowRequestHandler, role: Role
+    settings: Settings, stores: Stores, shadow_handler: ShadowRequestHandler, role: Role, events: DeviceEvents
 ) -> MessagingService:
     if settings.mqtt_url:
         options = ExternalOptions(broker_wait_s=settings.broker_wait_s, serve_shadow_requests=role is Role.SERVE)
@@ -135,6 +136,7 @@ def _messaging(
         options=BrokerOptions(
             max_connections=settings.mqtt_max_connections, connect_timeout_s=settings.mqtt_connect_timeout_s
         ),
+        events=events,
     )
 
 
@@ -149,9 +151,15 @@ def build_engine(
     outcomes: TaskOutcomeStore,
     messages: DeviceMessages,
     clock: Callable[[], float],
+    deliveries: TaskDeliveries | None = None,
 ) -> TaskWorker:
-    """The task engine of a node: a scheduler and an executor on the shared task table (docs/tasks.md)."""
+    """The task engine of a node: a scheduler and an executor on the shared task table (docs/tasks.md).
+
+    ``deliveries`` sends the messages of tasks that keep outcomes (and makes late deliveries); without one
+    (a test's engine) it is built here, without device events."""
     owner = node_id(settings)
+    if deliveries is None:
+        deliveries = TaskDeliveries(tasks, outcomes, messages, clock)
     return TaskWorker(
         Scheduler(tasks, clock, node_id=owner, lease_s=settings.task_lease_s, retention_s=settings.task_retention_s),
         TaskExecutor(
@@ -166,6 +174,7 @@ def build_engine(
             ),
             clock,
             outcomes,
+            deliveries,
         ),
         concurrency=settings.task_concurrency,
         poll_interval_s=settings.task_poll_interval_s,
@@ -183,6 +192,7 @@ class Node:
     backend: Backend
     clock: Callable[[], float]
     shadow_handler: ShadowRequestHandler
+    deliveries: TaskDeliveries
 
     @classmethod
     async def open(
@@ -197,12 +207,16 @@ class Node:
         application embedding fleetops); it receives the handler of device shadow requests."""
         stores = await open_stores(settings)
         shadow_handler = DeviceShadowProtocol(DeviceShadowService(stores.shadows, stores.devices), clock)
+        # the broker tells of devices' connects and subscriptions (late delivery); the inbox only queues them,
+        # so it can be built before the broker and read by what is built after it
+        inbox = DeviceEventInbox()
         if messaging_factory is not None:
             messaging = messaging_factory(shadow_handler)
         else:
-            messaging = _messaging(settings, stores, shadow_handler, role)
+            messaging = _messaging(settings, stores, shadow_handler, role, inbox)
         messages = DeviceMessenger(messaging.publisher)
-        engine = build_engine(settings, stores.tasks, stores.batches, stores.outcomes, messages, clock)
+        deliveries = TaskDeliveries(stores.tasks, stores.outcomes, messages, clock, inbox=inbox)
+        engine = build_engine(settings, stores.tasks, stores.batches, stores.outcomes, messages, clock, deliveries)
         devices = DeviceService(
             stores.devices, clock, sessions=messaging, max_devices_per_product=settings.max_devices_per_product
         )
@@ -225,7 +239,7 @@ class Node:
             ),
             messages=MessageService(devices, messages, publish_timeout_s=settings.delta_publish_timeout_s),
         )
-        return cls(settings, stores, messaging, engine, backend, clock, shadow_handler)
+        return cls(settings, stores, messaging, engine, backend, clock, shadow_handler, deliveries)
 
     # --- the HTTP side ------------------------------------------------------------------------------------
 
@@ -269,10 +283,12 @@ class Node:
 
     async def start(self) -> None:
         await self.messaging.start()
+        await self.deliveries.start()
         await self.engine.start()
 
     async def stop(self) -> None:
         await self.engine.stop()
+        await self.deliveries.stop()
         await self.messaging.stop()
 
     async def close(self) -> None:

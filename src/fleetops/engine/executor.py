@@ -24,8 +24,9 @@ loses it.
 
 The extensions (docs/extensions.md), each only when the task asked for it:
 
-* **outcomes**: the batch transaction also writes each device's outcome (``store/batches.py``, and the
-  Delivery of each message for PublishMessage);
+* **outcomes**: the batch transaction also writes each device's outcome (``store/batches.py``; for
+  PublishMessage the Delivery of each message, sent with QoS 1 where the device's PUBACK can be told:
+  ``engine/deliveries.py``, which also makes the late deliveries);
 * **rollout**: before each batch the task waits for its time on the plan (``domain.rollout.Pacer``), and a
   batch holds about half a second of devices at the current rate;
 * **abort criteria**: after each batch the counts are checked (Offline from the batches, NotConverged from the
@@ -60,8 +61,9 @@ from fleetops.domain.tasks import (
     is_overdue,
     stop_message,
 )
+from fleetops.engine.deliveries import TaskDeliveries
 from fleetops.errors import BrokerUnavailable
-from fleetops.ports.messaging import Delivery, DeviceMessages
+from fleetops.ports.messaging import DeviceMessages
 from fleetops.ports.store import (
     Committed,
     DeviceBatches,
@@ -80,16 +82,6 @@ T = TypeVar("T")
 
 QOS: Final = 0  # spec proposal for batch PublishMessage and for delta pushes
 BROKER_LOG_INTERVAL_S: Final = 60.0  # one warning a minute while a task waits for the broker
-
-
-# A message's Delivery as the task's outcome for that device: queued in an offline persistent session or
-# dropped, the device was not there to take it when the task sent it.
-MESSAGE_OUTCOMES: Final = {
-    Delivery.SENT: DeviceOutcome.SENT,
-    Delivery.QUEUED: DeviceOutcome.OFFLINE,
-    Delivery.DROPPED: DeviceOutcome.OFFLINE,
-    Delivery.UNKNOWN: DeviceOutcome.PUBLISHED,
-}
 
 
 class Outcome(StrEnum):
@@ -126,11 +118,13 @@ class TaskExecutor:
         config: ExecutorConfig,
         clock: Callable[[], float],
         outcomes: TaskOutcomes,
+        deliveries: TaskDeliveries,
     ) -> None:
         self._tasks = tasks
         self._devices = devices
         self._messages = messages
         self._outcomes = outcomes
+        self._deliveries = deliveries
         self._config = config
         self._clock = clock
 
@@ -422,17 +416,20 @@ class _Run:
 
     async def publish_messages(self, names: list[str], matched: list[str], spec: PublishMessageSpec) -> None:
         results: list[DeviceResult] = []
+        offline: list[str] = []
         now_ms = self.now_ms()
-        if matched:
+        if not matched:
+            pass
+        elif self.tracking:  # QoS 1 where the device's acknowledgement can be told; each device's outcome
+            outcomes = await self.deliver(partial(self.x._deliveries.send, self.task, matched))
+            results = [DeviceResult(name, outcome) for name, outcome in zip(matched, outcomes, strict=True)]
+            offline = [r.device_name for r in results if r.outcome is DeviceOutcome.OFFLINE]
+            self.offline += len(offline)
+        else:
             send = self.x._messages.publish_to_devices
-            deliveries = await self.deliver(partial(send, self.task.product_id, matched, spec.topic, spec.payload, QOS))
-            if self.tracking:
-                results = [
-                    DeviceResult(name, MESSAGE_OUTCOMES[delivery])
-                    for name, delivery in zip(matched, deliveries, strict=True)
-                ]
-                self.offline += sum(1 for r in results if r.outcome is DeviceOutcome.OFFLINE)
+            await self.deliver(partial(send, self.task.product_id, matched, spec.topic, spec.payload, QOS))
         await self.advance(names[-1], names[-1], len(matched), results, now_ms)
+        await self.x._deliveries.after_batch(self.task, offline)
 
     async def deliver(self, send: Callable[[], Awaitable[T]]) -> T:
         """Send one batch, retrying it while the broker is down (until stop or the deadline)."""

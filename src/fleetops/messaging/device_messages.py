@@ -7,7 +7,7 @@ devices); this module knows *where* and *how* (docs/device-protocol.md#topics): 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Final
 
 import orjson
@@ -15,7 +15,7 @@ import orjson
 from fleetops.domain.shadow import JSONObject
 from fleetops.messaging.shadow_protocol import DeltaPush, render_delta_push
 from fleetops.messaging.topics import SHADOW_PREFIX, device_topic, shadow_result_topic
-from fleetops.ports.messaging import Delivery, DeliveryView, DeviceMessages, OfflineQueues, Publisher
+from fleetops.ports.messaging import Delivery, DeliveryView, DeviceAcks, DeviceMessages, OfflineQueues, Publisher
 
 DELTA_QOS: Final = 0  # deltas are hints: the device reads desired with its next get (docs/device-protocol.md#delta)
 
@@ -54,6 +54,26 @@ class DeviceMessenger(DeviceMessages):
         return await self._publisher.publish_many(
             [(device_topic(product_id, name, suffix), payload) for name in device_names], qos
         )
+
+    async def publish_to_devices_acked(
+        self,
+        product_id: str,
+        device_names: Sequence[str],
+        suffix: str,
+        payload: bytes,
+        on_ack: Callable[[int], None],
+    ) -> list[Delivery] | None:
+        publisher = self._publisher
+        if not isinstance(publisher, DeviceAcks):
+            return None
+        if not device_names:
+            return []
+        return await publisher.publish_many_acked(
+            [(device_topic(product_id, name, suffix), payload) for name in device_names], on_ack
+        )
+
+    def is_online(self, product_id: str, device_name: str) -> bool | None:
+        return self._publisher.online(product_id, device_name)
 
     async def publish(self, topic: str, payload: bytes, qos: int) -> None:
         await self._publisher.publish(topic, payload, qos)

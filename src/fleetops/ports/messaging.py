@@ -112,6 +112,22 @@ class DeviceMessages(Protocol):
         :class:`Delivery` of each, in order."""
         ...
 
+    async def publish_to_devices_acked(
+        self,
+        product_id: str,
+        device_names: Sequence[str],
+        suffix: str,
+        payload: bytes,
+        on_ack: Callable[[int], None],
+    ) -> list[Delivery] | None:
+        """``publish_to_devices`` with QoS 1 and ``on_ack(index)`` for each device's own PUBACK (``DeviceAcks``);
+        None, having sent nothing, when the broker cannot tell the devices' acknowledgements."""
+        ...
+
+    def is_online(self, product_id: str, device_name: str) -> bool | None:
+        """Whether the device is connected to this node's broker (None: it cannot tell)."""
+        ...
+
     async def publish(self, topic: str, payload: bytes, qos: int) -> None:
         """One message on a full topic (PublishMessage)."""
         ...

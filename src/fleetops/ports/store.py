@@ -408,6 +408,11 @@ class TaskStore(Protocol):
 
     async def read(self, task_id: str) -> TaskRecord | None: ...
 
+    async def late_delivery_tasks(self, product_id: str, now_s: int) -> list[TaskRecord]:
+        """The product's started tasks with extensions whose MaxExecutionTimeInSeconds has not run out (the
+        candidates for late delivery; the caller keeps those that ask for it)."""
+        ...
+
     async def purge(self, created_before: int, tokens_created_before: int | None = None) -> int: ...
 
 
@@ -498,4 +503,18 @@ class TaskOutcomes(Protocol):
 
     async def mark(self, task_id: str, device_name: str, outcome: DeviceOutcome, now_ms: int) -> bool:
         """Move one device's outcome on (only as ``domain.outcomes.NEXT`` allows); False when it did not move."""
+        ...
+
+    async def mark_many(
+        self, task_id: str, device_names: Sequence[str], outcome: DeviceOutcome, now_ms: int
+    ) -> set[str]:
+        """``mark`` for many devices at once; the names that moved."""
+        ...
+
+    async def with_outcome(self, task_id: str, device_names: Sequence[str], outcome: DeviceOutcome) -> list[str]:
+        """The names (in the order given) whose stored outcome is ``outcome``."""
+        ...
+
+    async def existing(self, task_id: str, device_names: Sequence[str]) -> set[str]:
+        """The names that have an outcome row (their batch has committed)."""
         ...

@@ -226,8 +226,48 @@ class TaskOutcomeStore(TaskOutcomesPort):
         return None if newest is None else int(newest)
 
     async def mark(self, task_id: str, device_name: str, outcome: DeviceOutcome, now_ms: int) -> bool:
+        return bool(await self.mark_many(task_id, [device_name], outcome, now_ms))
+
+    async def mark_many(
+        self, task_id: str, device_names: Sequence[str], outcome: DeviceOutcome, now_ms: int
+    ) -> set[str]:
+        moved: set[str] = set()
         async with self._db.begin() as conn:
-            return bool((await conn.execute(_move(task_id, device_name, outcome, now_ms))).rowcount)
+            for chunk in _chunks(device_names):
+                statement = (
+                    sa.update(task_devices)
+                    .where(
+                        task_devices.c.task_id == task_id,
+                        task_devices.c.device_name.in_(chunk),
+                        task_devices.c.outcome.in_(sorted(o.value for o in sources(outcome))),
+                    )
+                    .values(outcome=outcome.value, at_ms=now_ms)
+                    .returning(task_devices.c.device_name)
+                )
+                moved.update((await conn.execute(statement)).scalars())
+        return moved
+
+    async def with_outcome(self, task_id: str, device_names: Sequence[str], outcome: DeviceOutcome) -> list[str]:
+        having = await self._names(task_id, device_names, task_devices.c.outcome == outcome.value)
+        return [name for name in device_names if name in having]
+
+    async def existing(self, task_id: str, device_names: Sequence[str]) -> set[str]:
+        return await self._names(task_id, device_names, sa.true())
+
+    async def _names(self, task_id: str, device_names: Sequence[str], condition: sa.ColumnElement[bool]) -> set[str]:
+        found: set[str] = set()
+        async with self._db.connect() as conn:
+            for chunk in _chunks(device_names):
+                query = sa.select(task_devices.c.device_name).where(
+                    task_devices.c.task_id == task_id, task_devices.c.device_name.in_(chunk), condition
+                )
+                found.update((await conn.execute(query)).scalars())
+        return found
+
+
+def _chunks(names: Sequence[str], size: int = 500) -> list[Sequence[str]]:
+    """IN lists of a bounded length (SQLite limits the bound parameters of one statement)."""
+    return [names[i : i + size] for i in range(0, len(names), size)]
 
 
 def _record(row: Any, window_ms: int | None, now_ms: int) -> DeviceOutcomeRecord:

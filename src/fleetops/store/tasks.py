@@ -429,6 +429,17 @@ class TaskStore(TaskStorePort):
             )
         )
 
+    async def late_delivery_tasks(self, product_id: str, now_s: int) -> list[TaskRecord]:
+        """Started tasks of the product with extensions, within MaxExecutionTimeInSeconds of their start."""
+        query = sa.select(tasks).where(
+            tasks.c.product_id == product_id,
+            tasks.c.status.in_([TaskStatus.PROCESSING.value, TaskStatus.COMPLETED.value]),
+            tasks.c.extensions.is_not(None),
+            tasks.c.started_at + tasks.c.max_execution_s >= now_s,
+        )
+        async with self._db.connect() as conn:
+            return [_record(row) for row in await conn.execute(query)]
+
     async def read(self, task_id: str) -> TaskRecord | None:
         """A task by id alone (the engine, tests)."""
         async with self._db.connect() as conn:
