@@ -292,7 +292,7 @@ async def test_stop_ends_a_running_task_and_its_outcomes_say_who_was_reached(
     answer = call(common, "DescribeTaskDevices", {"Id": task_id, "Offset": 0, "Limit": 250})
     assert answer["TotalCount"] == done
     assert [d["DeviceName"] for d in answer["TaskDevices"]] == [f"unit-{i:03d}" for i in range(done)]
-    assert {d["ShadowVersion"] for d in answer["TaskDevices"]} == {1}
+    assert {d["WrittenVersion"] for d in answer["TaskDevices"]} == {1}
     shadow = models.DescribeDeviceShadowRequest()
     shadow.ProductId, shadow.DeviceName = pid, f"unit-{done:03d}"  # the first device not reached
     assert json.loads(client.DescribeDeviceShadow(shadow).Data)["payload"]["version"] == 0
@@ -364,7 +364,7 @@ def test_describe_task_devices_pages_and_filters(server: LiveServer, client: Any
     assert page["TotalCount"] == 30 and [d["DeviceName"] for d in page["TaskDevices"]] == [
         f"s-{i}" for i in range(25, 30)
     ]
-    assert {d["ShadowVersion"] for d in page["TaskDevices"]} == {None}
+    assert {d["WrittenVersion"] for d in page["TaskDevices"]} == {None}
     assert (
         call(common, "DescribeTaskDevices", {"Id": task_id, "Offset": 0, "Limit": 10, "Outcome": "Sent"})["TotalCount"]
         == 0

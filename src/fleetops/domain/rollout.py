@@ -42,8 +42,10 @@ class Rollout:
         if not self.growing:
             return float(self.max_per_s)
         assert self.base_per_s is not None and self.increment_every is not None
-        steps = done // self.increment_every
-        return min(float(self.max_per_s), self.base_per_s * self._factor() ** min(steps, _MAX_STEPS))
+        # the steps it takes to pass the maximum: a bigger power would only overflow a float
+        steps_to_max = math.ceil(math.log(self.max_per_s / self.base_per_s) / math.log(self._factor()))
+        steps = min(done // self.increment_every, steps_to_max)
+        return min(float(self.max_per_s), self.base_per_s * self._factor() ** steps)
 
     def seconds_until(self, done: int) -> float:
         """When device number ``done`` may be processed, in seconds after the first: the plan's time line.
@@ -73,9 +75,6 @@ class Rollout:
             to_next_step = self.increment_every - done % self.increment_every
             limit = min(limit, to_next_step)
         return limit
-
-
-_MAX_STEPS: Final = 10_000  # a factor of at least 1.01 passes any rate limit long before this
 
 
 class Pacer:

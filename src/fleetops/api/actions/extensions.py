@@ -47,7 +47,7 @@ def task_device(record: DeviceOutcomeRecord) -> dict[str, Any]:
     return {
         "DeviceName": record.device_name,
         "Outcome": record.outcome.value,
-        "ShadowVersion": record.version,
+        "WrittenVersion": record.version,
         "UpdateTime": record.at_ms // 1000,
     }
 
@@ -100,7 +100,7 @@ ACTIONS: tuple[Action[Any], ...] = (
         response=("TotalCount", "TaskDevices"),
         errors=(errors.InvalidParameterValue, errors.TaskNotExist),
         notes="For a task created with `TrackOutcomes` (or an option that implies it). `TaskDevices` is "
-        "`[{DeviceName, Outcome, ShadowVersion, UpdateTime}]`: `ShadowVersion` the version an UpdateShadow task "
+        "`[{DeviceName, Outcome, WrittenVersion, UpdateTime}]`: `WrittenVersion` the version an UpdateShadow task "
         "wrote (null for PublishMessage), `UpdateTime` when the outcome last changed (Unix s). `TotalCount` "
         "counts the devices of the `Outcome` asked for. A task without outcomes, or an outcome of the other "
         "task type: `InvalidParameterValue`. See docs/extensions.md#outcomes.",
