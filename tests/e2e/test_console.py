@@ -181,7 +181,7 @@ def test_a_task_over_1000_devices_fills_its_bar(
     console.fill_new_task(product_id, "^unit-", desired='{"firmware": "2.0"}', start_at_s=start_at_s)
     console.assert_unlabelled_controls()
 
-    # the preview says what the server says: the count, or that this server has no PreviewTask
+    # the preview says what the server's PreviewTask says: the 1000 matching devices, not the two spares
     params = {
         "TaskType": "UpdateShadow",
         "ProductId": product_id,
@@ -193,12 +193,9 @@ def test_a_task_over_1000_devices_fills_its_bar(
         console_server.url, console_server.endpoint, console_server.secret_id, console_server.secret_key,
         "PreviewTask", params,
     )  # fmt: skip
+    assert preview["MatchedDeviceCnt"] == 1000
     area = page.get_by_role("region", name="Matching devices")
-    if preview.get("Error", {}).get("Code") == "InvalidAction":
-        expect(area).to_contain_text("Preview not available on this server")
-    else:
-        assert preview["MatchedDeviceCnt"] == 1000
-        expect(area.locator(".matched-count")).to_have_text("1000")
+    expect(area.locator(".matched-count")).to_have_text("1000")
 
     page.get_by_role("button", name="Create task").click()
     flash = page.get_by_role("status").filter(has_text="created")
@@ -284,29 +281,26 @@ def test_cancel_a_scheduled_task(browser_context: Any, console_server: LiveServe
 
 
 def test_preview_shows_the_matched_count_and_first_names(browser_context: Any, console_server: LiveServer) -> None:
-    """The rendering of a PreviewTask answer (the documented shape). Until the server has PreviewTask, its answer
-    is injected by intercepting that one call in the browser; every other call goes to the real server."""
+    """The server's PreviewTask answer, rendered; the call carries exactly CreateTask's parameters."""
     product_id = new_product(sdk_client(console_server))
+    names = [f"unit-{i:04}" for i in range(1, 13)]
+    register(console_server, product_id, [*names, "other-1"])
     console = Console(browser_context, console_server)
     page = console.signed_in("#/tasks/new")
     sent: list[dict[str, Any]] = []
-    names = [f"unit-{i:04}" for i in range(1, 11)]
 
-    def answer_preview(route: Any) -> None:
-        if route.request.headers.get("x-tc-action") != "PreviewTask":
-            route.fallback()
-            return
-        sent.append(json.loads(route.request.post_data))
-        body = {"Response": {"MatchedDeviceCnt": 1000, "DeviceNames": names, "RequestId": "r-1"}}
-        route.fulfill(status=200, content_type="application/json", body=json.dumps(body))
+    def watch_preview(route: Any) -> None:
+        if route.request.headers.get("x-tc-action") == "PreviewTask":
+            sent.append(json.loads(route.request.post_data))
+        route.fallback()  # the real server answers
 
-    page.route("**/", answer_preview)
+    page.route("**/", watch_preview)
     console.fill_new_task(product_id, "^unit-", desired='{"a": 1}')
     area = page.get_by_role("region", name="Matching devices")
-    expect(area.locator(".matched-count")).to_have_text("1000")
+    expect(area.locator(".matched-count")).to_have_text("12")
     expect(area).to_contain_text("unit-0001")
     expect(area).to_contain_text("unit-0010")
-    # PreviewTask gets exactly CreateTask's parameters
+    expect(area).not_to_contain_text("unit-0011")  # the first ten names only
     assert sent[-1] == {
         "TaskType": "UpdateShadow",
         "ProductId": product_id,
@@ -314,6 +308,43 @@ def test_preview_shows_the_matched_count_and_first_names(browser_context: Any, c
         "ScheduleTimeInSeconds": 0,
         "Tasks": {"UpdateShadowTask": {"Desired": '{"a": 1}'}},
     }
+    listing = models.DescribeTasksRequest()
+    listing.Offset, listing.Limit = 0, 250
+    assert product_id not in {t.ProductId for t in sdk_client(console_server).DescribeTasks(listing).Tasks}
+    console.assert_no_errors()
+
+
+def test_a_task_with_extensions_shows_its_outcomes_and_can_be_stopped(
+    browser_context: Any, console_server: LiveServer
+) -> None:
+    product_id = new_product(sdk_client(console_server))
+    register(console_server, product_id, [f"bulb-{i:03}" for i in range(60)])
+    console = Console(browser_context, console_server)
+    page = console.signed_in("#/tasks/new")
+    console.fill_new_task(product_id, "^bulb-", topic_payload=("control", "blink"))
+    page.get_by_label("Track each device's outcome").check()
+    page.get_by_label("Max devices per second").fill("10")  # 6 s for 60 devices
+    page.get_by_label("Abort when more than % offline").fill("100")  # never: 100 %
+    console.assert_unlabelled_controls()
+    page.get_by_role("button", name="Create task").click()
+    flash = page.get_by_role("status").filter(has_text="created")
+    task_id = flash.inner_text().split()[1]
+
+    page.evaluate(f"location.hash = '#/tasks/{task_id}'")
+    offline = page.locator('li[data-outcome="Offline"] .outcome-count')
+    expect(offline).not_to_have_text("0", timeout=10_000)  # nobody is connected: offline, counted live
+    expect(page.locator('dd[data-field="CurrentDevicesPerSecond"]')).to_contain_text("10 devices/s")
+    page.get_by_role("button", name=f"Stop task {task_id}").click()
+    expect(page.locator('dd[data-field="Status"]')).to_contain_text("cancelled", timeout=10_000)
+    page.get_by_role("button", name="Offline").click()
+    expect(page.locator(".outcomes")).to_contain_text("bulb-000")
+
+    req = models.DescribeTaskRequest()
+    req.Id = task_id
+    answer = sdk_client(console_server).DescribeTask(req)
+    assert answer.Status == 5 and 0 < answer.DoneDeviceCnt < 60
+    assert answer.ErrMsg == f"stopped by StopTask after {answer.DoneDeviceCnt} of 60 devices"
+    expect(page.locator('li[data-outcome="Offline"] .outcome-count')).to_have_text(str(answer.DoneDeviceCnt))
     console.assert_no_errors()
 
 

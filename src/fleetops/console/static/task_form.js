@@ -1,5 +1,7 @@
 // Creating an UpdateShadow or PublishMessage task, with a preview of how many devices the filter matches now
-// (the PreviewTask extension action: CreateTask's parameters, CreateTask's validation, nothing written).
+// (the PreviewTask extension action: CreateTask's parameters, CreateTask's validation, nothing written), and
+// the fleetops extensions of CreateTask (docs/extensions.md): outcomes, a rollout rate, abort criteria, a
+// convergence window, late delivery. Left empty, the parameters are Tencent's CreateTask's exactly.
 
 import { ApiError } from "./api.js";
 import { html, useEffect, useRef, useState } from "./vendor/preact-htm.js";
@@ -20,6 +22,16 @@ const INITIAL = {
   when: "now",
   startAt: "",
   maxExecutionTimeS: "",
+  // extensions
+  trackOutcomes: false,
+  maxRate: "",
+  baseRate: "",
+  incrementPercent: "",
+  incrementEvery: "",
+  abortPercent: "",
+  abortMinDevices: "",
+  windowS: "",
+  deliverOnConnect: false,
 };
 
 /** An integer field as a number, anything else as typed: the API, not the console, says what is wrong with it. */
@@ -47,7 +59,52 @@ export function taskParams(form) {
         : { PublishMessageTask: { Topic: form.topic, Payload: form.payload } },
   };
   if (form.maxExecutionTimeS.trim() !== "") params.MaxExecutionTimeInSeconds = integerOrText(form.maxExecutionTimeS);
+  return withExtensions(params, form);
+}
+
+const given = (text) => text.trim() !== "";
+
+/** The extension parameters the form asks for (none when every extension field is empty). */
+function withExtensions(params, form) {
+  const shadow = form.taskType === "UpdateShadow";
+  if (form.trackOutcomes) params.TrackOutcomes = true;
+  if (given(form.maxRate)) {
+    params.Rollout = { MaxDevicesPerSecond: integerOrText(form.maxRate) };
+    if (given(form.baseRate) || given(form.incrementPercent) || given(form.incrementEvery)) {
+      // the API says what is missing when only some of the three are given
+      if (given(form.baseRate)) params.Rollout.BaseDevicesPerSecond = integerOrText(form.baseRate);
+      if (given(form.incrementPercent)) params.Rollout.IncrementPercent = integerOrText(form.incrementPercent);
+      if (given(form.incrementEvery)) params.Rollout.IncrementEveryDevices = integerOrText(form.incrementEvery);
+    }
+  }
+  if (given(form.abortPercent) || given(form.abortMinDevices)) {
+    params.AbortCriteria = [
+      {
+        Outcome: shadow ? "NotConverged" : "Offline",
+        ThresholdPercent: integerOrText(form.abortPercent),
+        MinProcessedDevices: given(form.abortMinDevices) ? integerOrText(form.abortMinDevices) : 1,
+      },
+    ];
+  }
+  if (shadow && given(form.windowS)) params.ConvergenceWindowInSeconds = integerOrText(form.windowS);
+  if (!shadow && form.deliverOnConnect) params.DeliverOnConnect = true;
   return params;
+}
+
+/**
+ * The ClientToken of a submission: kept while the form is unchanged and the task not created, so a retry after
+ * a lost answer (a network error) creates one task; a new one for the next task or after any edit.
+ */
+function useClientToken(params) {
+  const current = useRef({ key: null, token: null });
+  const key = params instanceof Error ? "" : JSON.stringify(params);
+  if (current.current.key !== key) current.current = { key, token: `console-${crypto.randomUUID()}` };
+  return {
+    token: () => current.current.token,
+    used: () => {
+      current.current = { key: null, token: null };
+    },
+  };
 }
 
 function Preview({ preview }) {
@@ -107,11 +164,17 @@ export function NewTask({ call, onCreated }) {
   const [submit, setSubmit] = useState({ busy: false, error: null });
   const params = taskParams(form);
   const preview = usePreview(call, params);
+  const submission = useClientToken(params);
   // functional updates: two inputs in a row must not build on the same (stale) form
   const set = (name) => (event) => {
     const value = event.currentTarget.value;
     setForm((f) => ({ ...f, [name]: value }));
   };
+  const check = (name) => (event) => {
+    const value = event.currentTarget.checked;
+    setForm((f) => ({ ...f, [name]: value }));
+  };
+  const shadow = form.taskType === "UpdateShadow";
   useEffect(() => {
     // preselect the first product, unless one was chosen before this effect ran (effects run after paint)
     const first = products.data && products.data[0];
@@ -125,7 +188,8 @@ export function NewTask({ call, onCreated }) {
     }
     setSubmit({ busy: true, error: null });
     try {
-      const answer = await call("CreateTask", params);
+      const answer = await call("CreateTask", { ...params, ClientToken: submission.token() });
+      submission.used();
       rememberTaskFilter(answer.TaskId, params.DeviceNameFilter);
       onCreated(answer.TaskId);
     } catch (error) {
@@ -176,6 +240,39 @@ export function NewTask({ call, onCreated }) {
       <label>Max execution time in seconds (0..${MAX_EXECUTION_TIME_S}; empty or 0: ${MAX_EXECUTION_TIME_S})
         <input inputmode="numeric" value=${form.maxExecutionTimeS} onInput=${set("maxExecutionTimeS")} autocomplete="off" />
       </label>
+      <fieldset class="extensions">
+        <legend>fleetops extensions (optional)</legend>
+        <label class="inline"><input type="checkbox" checked=${form.trackOutcomes} onChange=${check("trackOutcomes")} />
+          Track each device's outcome</label>
+        <label>Max devices per second (empty: as fast as possible)
+          <input inputmode="numeric" value=${form.maxRate} onInput=${set("maxRate")} autocomplete="off" />
+        </label>
+        <div class="inline-fields">
+          <label>Start at devices per second
+            <input inputmode="numeric" value=${form.baseRate} onInput=${set("baseRate")} autocomplete="off" />
+          </label>
+          <label>Grow by %
+            <input inputmode="numeric" value=${form.incrementPercent} onInput=${set("incrementPercent")} autocomplete="off" />
+          </label>
+          <label>every N devices
+            <input inputmode="numeric" value=${form.incrementEvery} onInput=${set("incrementEvery")} autocomplete="off" />
+          </label>
+        </div>
+        <div class="inline-fields">
+          <label>Abort when more than % ${shadow ? "not converged" : "offline"}
+            <input inputmode="numeric" value=${form.abortPercent} onInput=${set("abortPercent")} autocomplete="off" />
+          </label>
+          <label>of at least N processed devices
+            <input inputmode="numeric" value=${form.abortMinDevices} onInput=${set("abortMinDevices")} autocomplete="off" />
+          </label>
+        </div>
+        ${shadow
+          ? html`<label>Convergence window in seconds (a written device not reporting the values by then is not converged)
+              <input inputmode="numeric" value=${form.windowS} onInput=${set("windowS")} autocomplete="off" />
+            </label>`
+          : html`<label class="inline"><input type="checkbox" checked=${form.deliverOnConnect} onChange=${check("deliverOnConnect")} />
+              Deliver to devices that connect later (until the max execution time)</label>`}
+      </fieldset>
       <section class="preview" aria-live="polite" aria-label="Matching devices">
         <${Preview} preview=${preview} />
       </section>

@@ -1,4 +1,5 @@
-// Batch tasks: the list with a live progress bar per task, one task's detail, and cancelling a waiting task.
+// Batch tasks: the list with a live progress bar per task, one task's detail, cancelling a waiting task, and the
+// fleetops extensions on the detail: the counts per outcome, the devices of an outcome, StopTask.
 
 import { html, useState } from "./vendor/preact-htm.js";
 import { usePolling } from "./poll.js";
@@ -8,7 +9,9 @@ import { ErrorNotice, Loading, Pager, Success, formatTime, href, useLoad } from 
 const PAGE = 20; // DescribeTasks takes 1..250
 export const STATUS = { 1: "waiting", 2: "processing", 3: "completed", 4: "failed", 5: "cancelled" };
 const WAITING = 1;
+const PROCESSING = 2;
 const RUNNING = new Set([1, 2]); // statuses that still change: polled
+const OUTCOME_PAGE = 50;
 
 function statusLabel(status) {
   return STATUS[status] || `status ${status}`;
@@ -44,6 +47,50 @@ function CancelButton({ call, task, onDone }) {
   return html`<button type="button" class="danger" disabled=${busy} onClick=${cancel} aria-label=${`Cancel task ${task.Id}`}>
     Cancel
   </button>`;
+}
+
+function StopButton({ call, task, onDone }) {
+  const [busy, setBusy] = useState(false);
+  if (task.Status !== PROCESSING) return null;
+  const stop = async () => {
+    setBusy(true);
+    try {
+      await call("StopTask", { Id: task.Id });
+      onDone(null);
+    } catch (error) {
+      onDone(error);
+    } finally {
+      setBusy(false);
+    }
+  };
+  const label = task.StopRequested ? "Stopping…" : "Stop";
+  return html`<button type="button" class="danger" disabled=${busy || task.StopRequested} onClick=${stop}
+    aria-label=${`Stop task ${task.Id}`}>${label}</button>`;
+}
+
+/** The counts per outcome (DescribeTask IncludeOutcomeCounts) and the devices of the outcome chosen. */
+function Outcomes({ call, task }) {
+  const [chosen, setChosen] = useState(null);
+  const devices = useLoad(
+    () => (chosen ? call("DescribeTaskDevices", { Id: task.Id, Outcome: chosen, Offset: 0, Limit: OUTCOME_PAGE }) : null),
+    [chosen, task.DoneDeviceCnt],
+  );
+  if (!task.OutcomeCounts || task.OutcomeCounts.length === 0) return null;
+  return html`<section class="outcomes" aria-labelledby="outcomes-title">
+    <h2 id="outcomes-title">Outcomes</h2>
+    <ul class="outcome-counts">
+      ${task.OutcomeCounts.map(
+        (c) => html`<li data-outcome=${c.Outcome}>
+          <button type="button" class="link" aria-pressed=${chosen === c.Outcome} onClick=${() => setChosen(c.Outcome)}>
+            ${c.Outcome}</button> <strong class="outcome-count">${c.DeviceCnt}</strong>
+        </li>`,
+      )}
+    </ul>
+    <${ErrorNotice} error=${devices.error} />
+    ${chosen && devices.data &&
+    html`<p>${devices.data.TotalCount} ${chosen}${devices.data.TotalCount > OUTCOME_PAGE ? `, the first ${OUTCOME_PAGE}` : ""}:
+      ${devices.data.TaskDevices.map((d, i) => html`${i ? ", " : ""}<code>${d.DeviceName}</code>`)}</p>`}
+  </section>`;
 }
 
 export function TaskList({ call, flash }) {
@@ -135,14 +182,18 @@ const FIELDS = [
 const TIMES = new Set(["CreateTime", "UpdateTime", "ScheduleTime", "DoneTime"]);
 
 export function TaskDetail({ call, taskId }) {
-  const task = useLoad(() => call("DescribeTask", { Id: taskId }), [taskId]);
+  // with the extension members: outcome counts, a StopTask waiting, the rollout's rate
+  const describe = () => call("DescribeTask", { Id: taskId, IncludeOutcomeCounts: true });
+  const task = useLoad(describe, [taskId]);
   const [cancelError, setCancelError] = useState(null);
   const t = task.data;
+  // outcomes keep moving after the end (devices converge, connect, acknowledge): poll while any is tracked
+  const moving = Boolean(t && (RUNNING.has(t.Status) || (t.OutcomeCounts && t.OutcomeCounts.length > 0)));
   const pollError = usePolling(async () => {
-    const answer = await call("DescribeTask", { Id: taskId });
+    const answer = await describe();
     task.setData(answer);
-    return RUNNING.has(answer.Status);
-  }, Boolean(t && RUNNING.has(t.Status)));
+    return RUNNING.has(answer.Status) || answer.OutcomeCounts.length > 0;
+  }, moving);
   const filter = taskFilters()[taskId];
   const value = (key) => {
     if (key === "Status") return html`<${Status} status=${t.Status} /> (${t.Status})`;
@@ -163,9 +214,16 @@ export function TaskDetail({ call, taskId }) {
       <dl class="facts task-fields">
         ${FIELDS.map((key) => html`<dt>${key}</dt><dd data-field=${key}>${value(key)}</dd>`)}
         <dt>DeviceNameFilter</dt><dd>${filter === undefined ? "— (not returned by DescribeTask)" : html`<code>${filter}</code>`}</dd>
+        ${t.CurrentDevicesPerSecond !== undefined &&
+        html`<dt>Rollout rate</dt><dd data-field="CurrentDevicesPerSecond">${t.CurrentDevicesPerSecond} devices/s</dd>`}
       </dl>
+      <${Outcomes} call=${call} task=${t} />
       <div class="actions">
         <${CancelButton} call=${call} task=${t} onDone=${(error) => {
+          setCancelError(error);
+          task.reload();
+        }} />
+        <${StopButton} call=${call} task=${t} onDone=${(error) => {
           setCancelError(error);
           task.reload();
         }} />
