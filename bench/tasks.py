@@ -3,6 +3,8 @@
     .venv/bin/python bench/tasks.py --database sqlite --broker embedded               # 100,000 devices
     .venv/bin/python bench/tasks.py --database postgresql --broker mosquitto --count 1000000
     .venv/bin/python bench/tasks.py --profile tasks.prof ...                           # cProfile the tasks
+    .venv/bin/python bench/tasks.py --outcomes ...                  # the same tasks keeping per-device outcomes
+    .venv/bin/python bench/tasks.py --rollout-rate 5000 ...         # rate-limited: measured against asked
 
 ``--database`` is ``sqlite`` (a fresh file in a temp directory), ``postgresql`` (a fresh database on
 127.0.0.1:5432, dropped afterwards) or a database URL. ``--broker`` is ``embedded`` (the in-process broker:
@@ -14,6 +16,11 @@ without the HTTP side. Devices are registered straight through the store; the ta
 CreateTask use case and run by the node's task engine. For each task it prints the end-to-end time
 (CreateTask to status 3), devices per second, and the process's peak RSS while the task ran (psutil,
 sampled every 20 ms).
+
+``--outcomes`` creates both tasks with the extension TrackOutcomes (one outcome row per device, written in
+each batch's transaction; docs/extensions.md) and checks that every device has its row; ``--rollout-rate``
+gives both a Rollout of that many devices per second and prints the measured rate beside the asked one.
+Without either, the tasks are plain Tencent tasks.
 """
 
 from __future__ import annotations
@@ -36,6 +43,7 @@ from benchdb import bench_database
 
 from fleetops.backend.registration import register_devices
 from fleetops.backend.tasks import TaskDraft
+from fleetops.domain.rollout import Rollout
 from fleetops.domain.tasks import TaskStatus, TaskType
 from fleetops.node import Node
 from fleetops.settings import Settings
@@ -85,11 +93,15 @@ async def run_task(node: Node, account_id: int, rss: PeakRss, label: str, draft:
     elapsed = time.perf_counter() - started
     assert task.status is TaskStatus.COMPLETED, (task.status, task.err_msg)
     rate = task.done_device_cnt / elapsed
+    asked = f" (asked {draft.rollout.max_per_s:,}/s: {rate / draft.rollout.max_per_s:.3f}x)" if draft.rollout else ""
     print(
-        f"{label:<15} {task.done_device_cnt:>9,} devices in {elapsed:6.1f} s = {rate:>9,.0f} devices/s, "
+        f"{label:<15} {task.done_device_cnt:>9,} devices in {elapsed:6.1f} s = {rate:>9,.0f} devices/s{asked}, "
         f"peak RSS {rss.peak_mb:,.0f} MB",
         flush=True,
     )
+    if draft.track_outcomes:
+        counts = await node.stores.outcomes.counts(task_id, None, 0)
+        assert sum(counts.values()) == task.done_device_cnt, (counts, task.done_device_cnt)
 
 
 async def run(args: argparse.Namespace, url: str, data_dir: Path) -> None:
@@ -129,20 +141,41 @@ async def run(args: argparse.Namespace, url: str, data_dir: Path) -> None:
     try:
         if profiler is not None:
             profiler.enable()
-        await run_task(
-            node,
-            account_id,
-            rss,
-            "UpdateShadow",
-            TaskDraft(TaskType.UPDATE_SHADOW, PID, args.filter, 0, desired=args.desired),
-        )
-        await run_task(
-            node,
-            account_id,
-            rss,
-            "PublishMessage",
-            TaskDraft(TaskType.PUBLISH_MESSAGE, PID, args.filter, 0, topic="control", payload="reboot"),
-        )
+        track = args.outcomes or None
+        rollout = Rollout(args.rollout_rate) if args.rollout_rate else None
+        if "UpdateShadow" in args.tasks:
+            await run_task(
+                node,
+                account_id,
+                rss,
+                "UpdateShadow",
+                TaskDraft(
+                    TaskType.UPDATE_SHADOW,
+                    PID,
+                    args.filter,
+                    0,
+                    desired=args.desired,
+                    track_outcomes=track,
+                    rollout=rollout,
+                ),
+            )
+        if "PublishMessage" in args.tasks:
+            await run_task(
+                node,
+                account_id,
+                rss,
+                "PublishMessage",
+                TaskDraft(
+                    TaskType.PUBLISH_MESSAGE,
+                    PID,
+                    args.filter,
+                    0,
+                    topic="control",
+                    payload="reboot",
+                    track_outcomes=track,
+                    rollout=rollout,
+                ),
+            )
     finally:
         if profiler is not None:
             profiler.disable()
@@ -169,6 +202,11 @@ def main() -> None:
         help="Desired of the UpdateShadow task; one with a nested object takes the Python merge path",
     )
     parser.add_argument("--profile", default="", help="write a cProfile of the two tasks to this file")
+    parser.add_argument("--outcomes", action="store_true", help="both tasks keep per-device outcomes (extension)")
+    parser.add_argument("--rollout-rate", type=int, default=0, help="both tasks at most this many devices/s")
+    parser.add_argument(
+        "--tasks", default="UpdateShadow,PublishMessage", help="which tasks to run (default: both, in this order)"
+    )
     args = parser.parse_args()
     with bench_database(args.database) as url, tempfile.TemporaryDirectory(prefix="fleetops-bench-") as data_dir:
         asyncio.run(run(args, url, Path(data_dir)))

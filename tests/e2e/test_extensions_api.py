@@ -24,6 +24,7 @@ from tencentcloud.iotcloud.v20180614 import models
 from fleetops.backend.registration import register_devices
 from fleetops.messaging.embedded import EmbeddedBroker
 from fleetops.ports.messaging import DeviceCredentials
+from tests.e2e.test_tasks_api import create_devices
 from tests.mqtt_support import PahoDevice, Received
 from tests.support import LiveServer, common_client, new_product, sdk_client, server_on
 
@@ -65,15 +66,6 @@ def error_of(common: Any, action: str, params: dict[str, Any]) -> tuple[str, str
     except TencentCloudSDKException as exc:
         return str(exc.get_code()), str(exc.get_message())
     raise AssertionError(f"{action} succeeded but an error was expected")
-
-
-def create_devices(client: Any, pid: str, names: list[str]) -> dict[str, str]:
-    psks = {}
-    for name in names:
-        req = models.CreateDeviceRequest()
-        req.ProductId, req.DeviceName = pid, name
-        psks[name] = str(client.CreateDevice(req).DevicePsk)
-    return psks
 
 
 async def device(mqtt: EmbeddedBroker, pid: str, name: str, psk: str, *topics: tuple[str, int]) -> PahoDevice:

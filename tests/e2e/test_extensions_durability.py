@@ -1,48 +1,26 @@
 """Outcomes and rollout state survive a ``kill -9`` of ``fleetops serve`` (SQLite) in the middle of a
-rate-limited UpdateShadow task that keeps outcomes: the outcome rows are written in each batch's own
+rate-limited UpdateShadow task that keeps outcomes (the ``serve`` fixture of test_task_durability.py: batches of
+250, a stable node id): the outcome rows are written in each batch's own
 transaction, so at the kill there is one per device done; started again, the task resumes at its rate (no burst
 to catch up) and ends with exactly one outcome per device, each at the version the task wrote."""
 
 from __future__ import annotations
 
 import json
-import os
 import signal
 import sqlite3
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import cast
 
-import pytest
-
-from tests.e2e.test_task_durability import Endpoint, prepare_database, versions
+from tests.e2e.test_task_durability import Endpoint, prepare_database, serve, versions
 from tests.serve_process import ServeProcess
-from tests.support import LiveServer, common_client, free_port
+from tests.support import LiveServer, common_client
+
+__all__ = ["serve"]  # the fixture, used by name
 
 RATE_PER_S = 10_000
 DEVICES = 100_000  # prepare_database's
-
-
-@pytest.fixture
-def serve(tmp_path: Path) -> Iterator[ServeProcess]:
-    data_dir = tmp_path / "data"
-    data_dir.mkdir()
-    env = {
-        **os.environ,
-        "FLEETOPS_DATA_DIR": str(data_dir),
-        "FLEETOPS_DATABASE_URL": f"sqlite:///{tmp_path / 'fleetops.db'}",
-        "FLEETOPS_PORT": str(free_port()),
-        "FLEETOPS_MQTT_PORT": str(free_port()),
-        "FLEETOPS_TASK_POLL_INTERVAL_S": "0.1",
-        "FLEETOPS_NODE_ID": "durable-node",  # the restarted process takes its lease back at once
-        "FLEETOPS_LOG_LEVEL": "WARNING",
-    }
-    process = ServeProcess(data_dir, env)
-    try:
-        yield process
-    finally:
-        process.kill()
 
 
 def outcome_rows(db_path: Path, task_id: str) -> dict[str, tuple[str, int]]:

@@ -523,3 +523,34 @@ async def test_the_purge_deletes_old_outcomes_and_tokens(env: TaskEnv) -> None:
     assert await store.purge(now + 1, now + 1) == 1
     assert await outcomes(env).counts(task_id, None, 0) == {}
     assert await env.publish_task("^door-", "c", "x", client_token="old") != task_id
+
+
+REPORTED_STATES: list[dict[str, Any]] = [
+    {},
+    {"n": 1},
+    {"n": 1.0, "s": "on"},
+    {"n": True, "s": "on"},
+    {"n": 1, "s": "on", "a": [1, "x"]},
+    {"n": 1, "s": "on", "a": [1.0, "x"]},
+    {"n": 1, "s": "on", "a": ["x", 1]},
+    {"n": 2, "s": "on", "a": [1, "x"], "extra": {"deep": 1}},
+    {"n": 1, "s": "off", "a": [1, "x"]},
+    {"n": 1, "s": "on", "a": [1, "x"], "b": None},
+]
+
+
+@pytest.mark.parametrize("patch", [{"n": 1, "s": "on", "a": [1, "x"], "gone": None}, {"gone": None}, {"n": 1}])
+async def test_converged_at_write_is_the_domain_rule_on_both_databases(env: TaskEnv, patch: dict[str, Any]) -> None:
+    from fleetops.domain.outcomes import holds, tracked_values
+
+    names = DOORS[: len(REPORTED_STATES)]
+    for name, reported in zip(names, REPORTED_STATES, strict=True):
+        reported = {k: v for k, v in reported.items() if v is not None}
+        await device_reports(env, name, reported)
+    task_id = await env.update_shadow_task("^door-", patch, track_outcomes=True)  # a flat patch: merged in SQL
+    assert await env.worker().run_until_idle() == {task_id: Outcome.COMPLETED}
+    rows = await outcome_of(env, task_id)
+    for name, reported in zip(names, REPORTED_STATES, strict=True):
+        reported = {k: v for k, v in reported.items() if v is not None}
+        expected = C if holds(reported, tracked_values(patch)) else W
+        assert rows[name] is expected, (name, reported)

@@ -10,9 +10,9 @@ write (``store.tasks.progress_update``). If the fence does not hold, nothing of 
 
 A task that keeps outcomes (docs/extensions.md#outcomes) adds to the same transaction: the devices another
 tracking task watches are looked up first (that task's outcome for them becomes Superseded when this patch
-changes its values), the merge makes this task each written device's watch and reads its reported state, and
-one ``task_devices`` row per written device is inserted (Converged at once when the device reports the values
-already, else Written).
+changes its values), and the merge makes this task each written device's watch and inserts one
+``task_devices`` row per written device (Converged at once when the device reports the values already, else
+Written: ``store/shadows.py``).
 
 Neither merge path checks the 8 KB limit of the stored state after the merge per device (docs/tasks.md): the
 patch itself is within the limits, checked by CreateTask.
@@ -27,12 +27,12 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from fleetops.domain.name_filter import NameFilter
-from fleetops.domain.outcomes import DeviceOutcome, holds, tracked_values
+from fleetops.domain.outcomes import tracked_values
 from fleetops.domain.shadow import JSONObject
 from fleetops.ports.store import Committed, DesiredMerge, Progress
 from fleetops.ports.store import DeviceBatches as DeviceBatchesPort
 from fleetops.store.database import Database
-from fleetops.store.outcomes import TaskWatches, insert_outcomes, supersede_watches
+from fleetops.store.outcomes import TaskWatches, supersede_watches
 from fleetops.store.shadows import batch_bounds, merge_desired_each, merge_desired_flat
 from fleetops.store.tables import devices
 from fleetops.store.tasks import write_progress, write_transaction
@@ -146,14 +146,7 @@ class DeviceBatches(DeviceBatchesPort):
             if nested_merge is None:
                 rows = await merge_desired_flat(conn, bounds, names, patch, now_ms, watch)
             else:
-                rows = await merge_desired_each(conn, bounds, names, nested_merge, now_ms, watch)
-            if watch is not None:
-                values = tracked_values(patch)
-                outcomes = [
-                    (name, DeviceOutcome.CONVERGED if holds(reported, values) else DeviceOutcome.WRITTEN, version)
-                    for name, version, reported in rows
-                ]
-                await insert_outcomes(conn, watch, outcomes, now_ms)
+                rows = await merge_desired_each(conn, bounds, names, nested_merge, now_ms, watch, tracked_values(patch))
             fenced = Progress(
                 task_id=progress.task_id,
                 owner=progress.owner,
@@ -165,7 +158,7 @@ class DeviceBatches(DeviceBatchesPort):
                 unless_stopped=progress.unless_stopped,
             )
             stop_requested = await write_progress(conn, fenced)
-        return Committed([(name, version) for name, version, _ in rows], stop_requested)
+        return Committed(rows, stop_requested)
 
     @staticmethod
     async def _watched_by_others(

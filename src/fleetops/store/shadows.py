@@ -30,10 +30,11 @@ import sqlalchemy as sa
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from fleetops.domain.outcomes import DeviceOutcome, holds, tracked_values
 from fleetops.domain.shadow import JSONObject, Shadow
 from fleetops.ports.store import DesiredMerge, ShadowContention, ShadowMissing
 from fleetops.store.database import Database
-from fleetops.store.outcomes import TaskWatches, decide_watch
+from fleetops.store.outcomes import TaskWatches, decide_watch, insert_outcomes
 from fleetops.store.tables import devices, products
 
 T = TypeVar("T")
@@ -247,10 +248,37 @@ _POSTGRESQL_FLAT_MERGE: Final = (
 _POSTGRESQL_NAMES: Final = " AND name = ANY(CAST(:names AS text[]))"
 
 
-# A task that keeps outcomes also becomes the written devices' watch and reads their reported state (to tell
-# the devices that hold its values already: Converged at once).
+# A task that keeps outcomes also becomes the written devices' watch, and each written device gets its outcome
+# row: Converged at once when its reported state holds the task's values already, else Written. On SQLite the
+# merge reads the reported state back and the rows are inserted from Python (in-process, cheap); on PostgreSQL
+# one statement updates the shadows and inserts the rows (a data-modifying WITH), deciding convergence with
+# jsonb equality (numbers by value, true is not 1: domain.outcomes.holds for the scalar and array values a
+# flat patch has), so no reported state crosses the network and no row is sent back for a COPY.
 _TRACKING: Final = {"watch": ", watch_task = :watch", "reported": ", shadow_reported"}
 _PLAIN: Final = {"watch": "", "reported": ""}
+_POSTGRESQL_TRACKED_MERGE: Final = (
+    "WITH written AS ("
+    + _POSTGRESQL_FLAT_MERGE.replace("{reported}", ", {converged} AS converged")
+    + ") INSERT INTO task_devices (task_id, device_name, outcome, version, written_ms, at_ms) "
+    f"SELECT :watch, name, CASE WHEN converged THEN '{DeviceOutcome.CONVERGED.value}' "
+    f"ELSE '{DeviceOutcome.WRITTEN.value}' END, shadow_version, :now_ms, :now_ms FROM written "
+    "RETURNING device_name, version"
+)
+_tracked_statements: dict[tuple[bool, int], sa.TextClause] = {}
+
+
+def _postgresql_tracked(listed: bool, keys: int) -> sa.TextClause:
+    """The tracked merge for ``keys`` tracked values (their names and values are bound parameters)."""
+    statement = _tracked_statements.get((listed, keys))
+    if statement is None:
+        converged = " AND ".join(
+            f"(shadow_reported -> CAST(:k{i} AS text)) = CAST(:v{i} AS jsonb)" for i in range(keys)
+        )
+        text = _POSTGRESQL_TRACKED_MERGE.replace("{converged}", f"({converged or 'TRUE'})")
+        statement = _tracked_statements[listed, keys] = sa.text(
+            text.format(names=_POSTGRESQL_NAMES if listed else "", watch=_TRACKING["watch"])
+        )
+    return statement
 
 
 def _statements(template: str, names_clause: str) -> dict[tuple[bool, bool], sa.TextClause]:
@@ -308,9 +336,9 @@ async def merge_desired_flat(
     patch: JSONObject,
     now_ms: int,
     watch: str | None = None,
-) -> list[WrittenRow]:
-    """Merge a flat ``patch`` (``domain.shadow.is_flat``) in SQL: (name, new version, reported) per device
-    written; ``watch`` (a tracking task) also becomes each device's watch, and reported is read."""
+) -> list[tuple[str, int]]:
+    """Merge a flat ``patch`` (``domain.shadow.is_flat``) in SQL: (name, new version) per device written.
+    ``watch`` (a task that keeps outcomes) also becomes each device's watch and gets its outcome rows."""
     values = {key: value for key, value in patch.items() if value is not None}
     stamps = _dumps({key: {"timestamp": now_ms} for key in values})
     params: dict[str, Any] = {**bounds, "stamps": stamps, "now_ms": now_ms}
@@ -328,10 +356,30 @@ async def merge_desired_flat(
         )
         if names is not None:
             params["names"] = list(names)
-    result = await conn.execute(statements[names is not None, watch is not None], params)
     if watch is None:
-        return [(name, int(version), None) for name, version in result]
-    return [(name, int(version), _reported(reported)) for name, version, reported in result]
+        result = await conn.execute(statements[names is not None, False], params)
+        return [(name, int(version)) for name, version in result]
+    tracked = tracked_values(patch)
+    if conn.dialect.name == "sqlite":
+        result = await conn.execute(statements[names is not None, True], params)
+        rows = [(name, int(version), _reported(reported)) for name, version, reported in result]
+        return await _record_written(conn, watch, tracked, rows, now_ms)
+    for i, (key, value) in enumerate(tracked.items()):
+        params[f"k{i}"], params[f"v{i}"] = key, _dumps(value)
+    result = await conn.execute(_postgresql_tracked(names is not None, len(tracked)), params)
+    return [(name, int(version)) for name, version in result]
+
+
+async def _record_written(
+    conn: AsyncConnection, watch: str, tracked: JSONObject, rows: Sequence[WrittenRow], now_ms: int
+) -> list[tuple[str, int]]:
+    """The outcome rows of the devices a tracking task wrote (Converged when reported holds the values)."""
+    outcomes = [
+        (name, DeviceOutcome.CONVERGED if holds(reported, tracked) else DeviceOutcome.WRITTEN, version)
+        for name, version, reported in rows
+    ]
+    await insert_outcomes(conn, watch, outcomes, now_ms)
+    return [(name, version) for name, version, _ in rows]
 
 
 async def merge_desired_each(
@@ -341,7 +389,8 @@ async def merge_desired_each(
     merge: DesiredMerge,
     now_ms: int,
     watch: str | None = None,
-) -> list[WrittenRow]:
+    tracked: JSONObject | None = None,
+) -> list[tuple[str, int]]:
     """Merge row by row with ``merge``: the batch's rows are read under its lock (SQLite ``BEGIN IMMEDIATE``,
     PostgreSQL ``FOR UPDATE``) and written back with one ``executemany``.
 
@@ -384,4 +433,6 @@ async def merge_desired_each(
         written.append((row.name, version, None if watch is None else _reported(row.shadow_reported)))
     if updates:
         await conn.execute(_WRITE_BACK if watch is None else _WRITE_BACK_WATCHED, updates)
-    return written
+    if watch is None:
+        return [(name, version) for name, version, _ in written]
+    return await _record_written(conn, watch, tracked or {}, written, now_ms)

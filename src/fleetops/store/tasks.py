@@ -385,32 +385,16 @@ class TaskStore(TaskStorePort):
                 _held_by(task_id, owner),
                 tasks.c.applied_cursor.is_not_distinct_from(expected_cursor),
             )
-            .values(
-                status=target(TaskEvent.FINISH).value,
-                done_time=now_s,
-                updated_at=now_s,
-                pushed_cursor=tasks.c.applied_cursor,
-                lease_owner=None,
-                lease_until=None,
-            )
+            .values(**_ended(TaskEvent.FINISH, now_s, pushed_cursor=tasks.c.applied_cursor))
         )
 
     async def fail(self, task_id: str, owner: str, ret_code: int, err_msg: str, now_s: int) -> bool:
-        """Status 4 (the deadline passed) with RetCode/ErrMsg; DoneTime is the time it ended."""
+        """Status 4 (the deadline passed, or the abort criteria held) with RetCode/ErrMsg; DoneTime is the time
+        it ended."""
         return await self._write(
             sa.update(tasks)
-            .where(
-                _held_by(task_id, owner),
-            )
-            .values(
-                status=target(TaskEvent.DEADLINE).value,
-                ret_code=ret_code,
-                err_msg=err_msg,
-                done_time=now_s,
-                updated_at=now_s,
-                lease_owner=None,
-                lease_until=None,
-            )
+            .where(_held_by(task_id, owner))
+            .values(**_ended(TaskEvent.DEADLINE, now_s, ret_code=ret_code, err_msg=err_msg))
         )
 
     async def end_stopped(self, task_id: str, owner: str, err_msg: str, now_s: int) -> bool:
@@ -419,14 +403,7 @@ class TaskStore(TaskStorePort):
         return await self._write(
             sa.update(tasks)
             .where(_held_by(task_id, owner), tasks.c.stop_requested.is_(True))
-            .values(
-                status=target(TaskEvent.STOP).value,
-                err_msg=err_msg,
-                done_time=now_s,
-                updated_at=now_s,
-                lease_owner=None,
-                lease_until=None,
-            )
+            .values(**_ended(TaskEvent.STOP, now_s, err_msg=err_msg))
         )
 
     async def late_delivery_tasks(self, product_id: str, now_s: int) -> list[TaskRecord]:
@@ -460,6 +437,18 @@ class TaskStore(TaskStorePort):
                     sa.delete(task_client_tokens).where(task_client_tokens.c.created_at < tokens_created_before)
                 )
             return int(result.rowcount or 0)
+
+
+def _ended(event: TaskEvent, now_s: int, **values: Any) -> dict[str, Any]:
+    """The values of a task's last status change (completed, failed, stopped): DoneTime, no lease any more."""
+    return {
+        "status": target(event).value,
+        "done_time": now_s,
+        "updated_at": now_s,
+        "lease_owner": None,
+        "lease_until": None,
+        **values,
+    }
 
 
 async def _count_open(conn: AsyncConnection, account_id: int) -> int:
