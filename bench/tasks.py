@@ -17,7 +17,7 @@ CreateTask use case and run by the node's task engine. For each task it prints t
 (CreateTask to status 3), devices per second, and the process's peak RSS while the task ran (psutil,
 sampled every 20 ms).
 
-``--outcomes`` creates both tasks with the extension TrackOutcomes (one outcome row per device, written in
+``--preview FILTER`` times PreviewTask over the product's names first. ``--outcomes`` creates both tasks with the extension TrackOutcomes (one outcome row per device, written in
 each batch's transaction; docs/extensions.md) and checks that every device has its row; ``--rollout-rate``
 gives both a Rollout of that many devices per second and prints the measured rate beside the asked one.
 Without either, the tasks are plain Tencent tasks.
@@ -134,6 +134,18 @@ async def run(args: argparse.Namespace, url: str, data_dir: Path) -> None:
         async with db.begin() as conn:
             await conn.exec_driver_sql("ANALYZE devices")
 
+    if args.preview:
+        draft = TaskDraft(TaskType.UPDATE_SHADOW, PID, args.preview, 0, desired=args.desired)
+        for _ in range(3):
+            started = time.perf_counter()
+            preview = await node.backend.tasks.preview(account_id, draft)
+            elapsed = time.perf_counter() - started
+            print(
+                f"PreviewTask     {args.count:>9,} names through {args.preview!r} in {elapsed:6.2f} s: "
+                f"{preview.matched_device_cnt:,} match",
+                flush=True,
+            )
+
     rss = PeakRss()
     rss.start()
     await node.start()
@@ -207,6 +219,7 @@ def main() -> None:
     parser.add_argument(
         "--tasks", default="UpdateShadow,PublishMessage", help="which tasks to run (default: both, in this order)"
     )
+    parser.add_argument("--preview", default="", help="time PreviewTask with this filter (3 times) before the tasks")
     args = parser.parse_args()
     with bench_database(args.database) as url, tempfile.TemporaryDirectory(prefix="fleetops-bench-") as data_dir:
         asyncio.run(run(args, url, Path(data_dir)))

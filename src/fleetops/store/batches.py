@@ -29,12 +29,13 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from fleetops.domain.name_filter import NameFilter
 from fleetops.domain.outcomes import tracked_values
 from fleetops.domain.shadow import JSONObject
+from fleetops.domain.tasks import TaskType
 from fleetops.ports.store import Committed, DesiredMerge, Progress
 from fleetops.ports.store import DeviceBatches as DeviceBatchesPort
 from fleetops.store.database import Database
 from fleetops.store.outcomes import TaskWatches, supersede_watches
 from fleetops.store.shadows import batch_bounds, merge_desired_each, merge_desired_flat
-from fleetops.store.tables import devices
+from fleetops.store.tables import devices, tasks
 from fleetops.store.tasks import write_progress, write_transaction
 
 # The smallest device name is one character, so every name sorts after "": the first page's lower bound.
@@ -140,7 +141,7 @@ class DeviceBatches(DeviceBatchesPort):
         bounds = batch_bounds(product_pk, progress.expected_cursor or _BEFORE_ALL, through, snapshot_id)
         watch = progress.task_id if tracking else None
         async with write_transaction(self._db) as conn:
-            if watch is not None:
+            if watch is not None and await self._may_be_watched(conn, product_pk, watch):
                 others = await self._watched_by_others(conn, bounds, names, watch)
                 await supersede_watches(conn, self._watches, others, patch, now_ms)
             if nested_merge is None:
@@ -159,6 +160,22 @@ class DeviceBatches(DeviceBatchesPort):
             )
             stop_requested = await write_progress(conn, fenced)
         return Committed(rows, stop_requested)
+
+    @staticmethod
+    async def _may_be_watched(conn: AsyncConnection, product_pk: int, me: str) -> bool:
+        """Whether another UpdateShadow task with extensions exists for the product (only such a task can watch
+        its devices): one look at the small tasks table saves reading the batch's rows when none does."""
+        other = (
+            sa.select(tasks.c.id)
+            .where(
+                tasks.c.product_pk == product_pk,
+                tasks.c.type == TaskType.UPDATE_SHADOW.value,
+                tasks.c.extensions.is_not(None),
+                tasks.c.id != me,
+            )
+            .limit(1)
+        )
+        return (await conn.execute(other)).first() is not None
 
     @staticmethod
     async def _watched_by_others(
