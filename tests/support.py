@@ -353,6 +353,7 @@ class TaskEnv:
         lease_s: int = 30,
         concurrency: int = 1,
         publisher: Any = None,
+        deliveries: Any = None,
     ) -> Any:
         from fleetops.messaging.device_messages import DeviceMessenger
         from fleetops.node import build_engine
@@ -369,7 +370,13 @@ class TaskEnv:
         )
         messages = DeviceMessenger(publisher or self.publisher)
         return build_engine(
-            settings, TaskStore(self.db), DeviceBatches(self.db), TaskOutcomeStore(self.db), messages, self.clock
+            settings,
+            TaskStore(self.db),
+            DeviceBatches(self.db),
+            TaskOutcomeStore(self.db),
+            messages,
+            self.clock,
+            deliveries(messages) if deliveries is not None else None,
         )
 
     async def add_devices(self, names: Sequence[str]) -> None:

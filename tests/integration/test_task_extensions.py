@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 
 import pytest
@@ -554,3 +554,65 @@ async def test_converged_at_write_is_the_domain_rule_on_both_databases(env: Task
         reported = {k: v for k, v in reported.items() if v is not None}
         expected = C if holds(reported, tracked_values(patch)) else W
         assert rows[name] is expected, (name, reported)
+
+
+class AckingPublisher(PresencePublisher):
+    """A gateway-like publisher that acknowledges each QoS 1 message at once, before the task's batch commits
+    (as a fast device does), and queues the messages of ``queued`` devices (offline persistent sessions)."""
+
+    def __init__(self, online: set[str], queued: set[str]) -> None:
+        super().__init__(online)
+        self.queued = queued
+        self.acked: list[str] = []
+
+    async def publish_many_acked(
+        self, messages: Sequence[tuple[str, bytes]], on_puback: Callable[[int], None]
+    ) -> list[Delivery]:
+        deliveries: list[Delivery] = []
+        for index, (topic, _payload) in enumerate(messages):
+            name = topic.split("/")[1]
+            if name in self.connected:
+                on_puback(index)
+                self.acked.append(name)
+                deliveries.append(Delivery.SENT)
+            else:
+                deliveries.append(Delivery.QUEUED if name in self.queued else Delivery.DROPPED)
+        with self._lock:
+            self.messages.extend(messages)
+        return deliveries
+
+
+async def test_acknowledgements_before_the_commit_are_recorded_and_queued_devices_are_not_sent_twice(
+    env: TaskEnv,
+) -> None:
+    from fleetops.engine.deliveries import TaskDeliveries
+    from fleetops.store.tasks import TaskStore as Tasks
+
+    publisher = AckingPublisher({"door-000", "door-001"}, queued={"door-002"})
+    made: list[TaskDeliveries] = []
+
+    def deliveries(messages: Any) -> TaskDeliveries:
+        made.append(TaskDeliveries(Tasks(env.db), outcomes(env), messages, env.clock))
+        return made[0]
+
+    task_id = await env.publish_task("^door-00[0-3]$", "c", "x", deliver_on_connect=True)
+    worker = env.worker(publisher=publisher, deliveries=deliveries)
+    assert await worker.run_until_idle() == {task_id: Outcome.COMPLETED}
+    rows = await outcome_of(env, task_id)
+    assert rows == dict.fromkeys(["door-000", "door-001"], DeviceOutcome.SENT) | dict.fromkeys(
+        ["door-002", "door-003"], DeviceOutcome.OFFLINE
+    )
+    await made[0].flush()  # the acks came before the rows were committed: recorded now
+    rows = await outcome_of(env, task_id)
+    assert rows["door-000"] is rows["door-001"] is DeviceOutcome.ACKNOWLEDGED
+
+    # both offline devices connect: door-003 gets the message late, door-002's waits in its session's queue
+    publisher.connected |= {"door-002", "door-003"}
+    sent_before = len(publisher.messages)
+    await made[0].deliver_late(env.product_id, "door-002")
+    await made[0].deliver_late(env.product_id, "door-003")
+    await made[0].deliver_late(env.product_id, "door-003")  # a second SUBSCRIBE: still once
+    assert [topic.split("/")[1] for topic, _ in publisher.messages[sent_before:]] == ["door-003"]
+    await made[0].flush()
+    rows = await outcome_of(env, task_id)
+    assert rows["door-002"] is DeviceOutcome.OFFLINE and rows["door-003"] is DeviceOutcome.ACKNOWLEDGED

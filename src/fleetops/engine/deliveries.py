@@ -40,6 +40,7 @@ log = logging.getLogger("fleetops.engine")
 QOS_TENCENT: Final = 0  # what a task without outcomes sends (docs/tasks.md)
 OPEN_TASKS_TTL_S: Final = 1.0  # how long a product's list of late-delivery tasks is trusted
 ACK_RETRY_S: Final = 60.0  # an acknowledgement whose outcome row never appears is dropped after this
+QUEUED_TTL_S: Final = 86_400.0  # the gateway keeps an offline session's QoS 1 messages 24 h (docs/limits.md)
 EVENT_QUEUE_MAX: Final = 100_000  # events beyond are dropped (logged): a connect storm must not exhaust memory
 
 
@@ -103,9 +104,11 @@ class TaskDeliveries:
         self._inbox = inbox
         self._flush_interval_s = flush_interval_s
         self._acks: list[_Ack] = []
-        self._queued: set[tuple[str, str]] = set()  # (task, device): left to the session's replay
+        # (task, device) -> when queued: left to the session's replay; forgotten after the gateway's own limit
+        self._queued: dict[tuple[str, str], float] = {}
         self._in_flight: set[tuple[str, str]] = set()
         self._open: dict[str, tuple[float, list[TaskRecord]]] = {}
+        self._refreshing: dict[str, asyncio.Future[tuple[float, list[TaskRecord]]]] = {}
         self._services: list[asyncio.Task[None]] = []
         self._running: set[asyncio.Task[None]] = set()
 
@@ -181,7 +184,7 @@ class TaskDeliveries:
             # queued behind the messages a connected device has not taken yet, or kept for an offline session
             if self._messages.is_online(task.product_id, name):
                 return DeviceOutcome.SENT
-            self._queued.add((task.id, name))
+            self._queued[task.id, name] = self._clock()
         return DeviceOutcome.OFFLINE
 
     async def after_batch(self, task: TaskRecord, offline: Sequence[str]) -> None:
@@ -194,6 +197,7 @@ class TaskDeliveries:
 
     async def flush(self) -> None:
         """Record the acknowledgements noted so far; keep the ones whose row is not committed yet."""
+        self._forget_old_queued()
         acks, self._acks = self._acks, []
         if not acks:
             return
@@ -209,10 +213,19 @@ class TaskDeliveries:
                 await self._outcomes.existing(task_id, [ack.device_name for ack in unmoved]) if unmoved else set()
             )
             for ack in task_acks:
-                self._queued.discard((task_id, ack.device_name))
+                self._queued.pop((task_id, ack.device_name), None)
             for ack in unmoved:  # no row yet: its batch has not committed (a row that did not move stays)
                 if ack.device_name not in recorded and now_ms - ack.at_ms < ACK_RETRY_S * 1000:
                     self._acks.append(ack)
+
+    def _forget_old_queued(self) -> None:
+        """A queued message the gateway keeps at most QUEUED_TTL_S: past that, nobody replays it."""
+        cutoff = self._clock() - QUEUED_TTL_S
+        while self._queued:
+            key, queued_at = next(iter(self._queued.items()))  # oldest first (insertion order)
+            if queued_at >= cutoff:
+                return
+            del self._queued[key]
 
     # --- late delivery ------------------------------------------------------------------------------------
 
@@ -228,12 +241,22 @@ class TaskDeliveries:
             )
 
     async def _late_tasks(self, product_id: str) -> list[TaskRecord]:
+        """The product's late-delivery tasks, read at most once a second: the connects of a storm share one
+        read (they wait for the one in flight instead of each asking the database)."""
         now = self._clock()
         cached = self._open.get(product_id)
         if cached is None or now - cached[0] > OPEN_TASKS_TTL_S:
-            tasks = [t for t in await self._tasks.late_delivery_tasks(product_id, int(now)) if _late(t)]
-            cached = self._open[product_id] = (now, tasks)
+            refresh = self._refreshing.get(product_id)
+            if refresh is None:
+                refresh = self._refreshing[product_id] = asyncio.ensure_future(self._read_late_tasks(product_id, now))
+                refresh.add_done_callback(lambda _done: self._refreshing.pop(product_id, None))
+            cached = await asyncio.shield(refresh)
         return [t for t in cached[1] if _until_s(t) >= now]
+
+    async def _read_late_tasks(self, product_id: str, now: float) -> tuple[float, list[TaskRecord]]:
+        tasks = [t for t in await self._tasks.late_delivery_tasks(product_id, int(now)) if _late(t)]
+        self._open[product_id] = (now, tasks)
+        return now, tasks
 
     async def _deliver_to(self, task: TaskRecord, names: Sequence[str]) -> None:
         mine = [name for name in names if (task.id, name) not in self._in_flight]
