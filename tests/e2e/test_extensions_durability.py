@@ -1,8 +1,8 @@
 """Outcomes and rollout state survive a ``kill -9`` of ``fleetops serve`` (SQLite) in the middle of a
 rate-limited UpdateShadow task that keeps outcomes (the ``serve`` fixture of test_task_durability.py: batches of
-250, a stable node id): the outcome rows are written in each batch's own
-transaction, so at the kill there is one per device done; started again, the task resumes at its rate (no burst
-to catch up) and ends with exactly one outcome per device, each at the version the task wrote."""
+250, a stable node id): each batch's outcomes are written in its own transaction, so at the kill there is one
+per device done; started again, the task resumes at its rate (no burst to catch up) and ends with exactly one
+outcome per device, each at the version the task wrote."""
 
 from __future__ import annotations
 
@@ -24,11 +24,18 @@ DEVICES = 100_000  # prepare_database's
 
 
 def outcome_rows(db_path: Path, task_id: str) -> dict[str, tuple[str, int]]:
+    """(outcome, written version) per device, from the task's batch rows as stored (no later change here)."""
     with sqlite3.connect(db_path) as conn:
-        rows = conn.execute(
-            "SELECT device_name, outcome, version FROM task_devices WHERE task_id = ?", (task_id,)
-        ).fetchall()
-    return {name: (outcome, version) for name, outcome, version in rows}
+        batches = conn.execute("SELECT devices FROM task_batches WHERE task_id = ?", (task_id,)).fetchall()
+        (changes,) = conn.execute("SELECT count(*) FROM task_devices WHERE task_id = ?", (task_id,)).fetchone()
+    assert changes == 0
+    rows: dict[str, tuple[str, int]] = {}
+    for (devices,) in batches:
+        batch = json.loads(devices)
+        for name, version, outcome in zip(batch["n"], batch["v"], batch["o"], strict=True):
+            assert name not in rows, name  # each device in one batch only
+            rows[name] = (outcome, version)
+    return rows
 
 
 def test_kill_9_keeps_outcomes_and_the_rollout_exactly(serve: ServeProcess, tmp_path: Path) -> None:
@@ -62,7 +69,7 @@ def test_kill_9_keeps_outcomes_and_the_rollout_exactly(serve: ServeProcess, tmp_
         (done,) = conn.execute("SELECT done_device_cnt FROM tasks WHERE id = ?", (task_id,)).fetchone()
     killed = outcome_rows(db_path, task_id)
     assert 5_000 <= done < 50_000  # killed in the middle: a 50,000-device task at 10,000/s takes 5 s
-    assert len(killed) == done  # written in the batches' own transactions: one row per device done
+    assert len(killed) == done  # written in the batches' own transactions: one outcome per device done
 
     restarted = time.monotonic()
     serve.start()

@@ -207,15 +207,11 @@ class TaskDeliveries:
         now_ms = self.now_ms()
         for task_id, task_acks in by_task.items():
             names = [ack.device_name for ack in task_acks]
-            moved = await self._outcomes.mark_many(task_id, names, DeviceOutcome.ACKNOWLEDGED, now_ms)
-            unmoved = [ack for ack in task_acks if ack.device_name not in moved]
-            recorded = (
-                await self._outcomes.existing(task_id, [ack.device_name for ack in unmoved]) if unmoved else set()
-            )
+            result = await self._outcomes.move(task_id, names, DeviceOutcome.ACKNOWLEDGED, now_ms)
             for ack in task_acks:
                 self._queued.pop((task_id, ack.device_name), None)
-            for ack in unmoved:  # no row yet: its batch has not committed (a row that did not move stays)
-                if ack.device_name not in recorded and now_ms - ack.at_ms < ACK_RETRY_S * 1000:
+                # its batch has not committed yet: try again (a device that did not move stays as it is)
+                if ack.device_name in result.pending and now_ms - ack.at_ms < ACK_RETRY_S * 1000:
                     self._acks.append(ack)
 
     def _forget_old_queued(self) -> None:
@@ -265,13 +261,14 @@ class TaskDeliveries:
         keys = [(task.id, name) for name in mine]
         self._in_flight.update(keys)
         try:
-            pending = await self._outcomes.with_outcome(task.id, mine, DeviceOutcome.OFFLINE)
+            current = await self._outcomes.current(task.id, mine)
+            pending = [name for name in mine if current.get(name) is DeviceOutcome.OFFLINE]
             if not pending:
                 return
             deliveries = await self._publish(task, pending)
             sent = [name for name, d in zip(pending, deliveries, strict=True) if d is Delivery.SENT]
             if sent:
-                await self._outcomes.mark_many(task.id, sent, DeviceOutcome.SENT, self.now_ms())
+                await self._outcomes.move(task.id, sent, DeviceOutcome.SENT, self.now_ms())
                 log.debug("task %s: late delivery to %d device(s)", task.id, len(sent))
         finally:
             self._in_flight.difference_update(keys)

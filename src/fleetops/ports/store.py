@@ -463,6 +463,14 @@ class DeviceBatches(Protocol):
 
 
 @dataclass(frozen=True, slots=True)
+class Moved:
+    """What ``TaskOutcomes.move`` did: the devices moved, and those whose batch is not committed yet."""
+
+    moved: set[str]
+    pending: set[str]
+
+
+@dataclass(frozen=True, slots=True)
 class DeviceOutcomeRecord:
     """One device of a task's outcomes, as DescribeTaskDevices lists it."""
 
@@ -501,20 +509,15 @@ class TaskOutcomes(Protocol):
         """When the task last wrote or sent to a device (None: no device yet)."""
         ...
 
+    async def current(self, task_id: str, device_names: Sequence[str]) -> dict[str, DeviceOutcome]:
+        """Each device's stored outcome (its later change, else its batch's); devices of no committed batch, or
+        not reached, are left out."""
+        ...
+
+    async def move(self, task_id: str, device_names: Sequence[str], outcome: DeviceOutcome, now_ms: int) -> Moved:
+        """Move the devices' outcomes to ``outcome`` where ``domain.outcomes.NEXT`` allows it."""
+        ...
+
     async def mark(self, task_id: str, device_name: str, outcome: DeviceOutcome, now_ms: int) -> bool:
-        """Move one device's outcome on (only as ``domain.outcomes.NEXT`` allows); False when it did not move."""
-        ...
-
-    async def mark_many(
-        self, task_id: str, device_names: Sequence[str], outcome: DeviceOutcome, now_ms: int
-    ) -> set[str]:
-        """``mark`` for many devices at once; the names that moved."""
-        ...
-
-    async def with_outcome(self, task_id: str, device_names: Sequence[str], outcome: DeviceOutcome) -> list[str]:
-        """The names (in the order given) whose stored outcome is ``outcome``."""
-        ...
-
-    async def existing(self, task_id: str, device_names: Sequence[str]) -> set[str]:
-        """The names that have an outcome row (their batch has committed)."""
+        """``move`` for one device; True when it moved."""
         ...

@@ -1,25 +1,40 @@
-"""Per-device outcomes of tasks that keep them (``task_devices``; docs/extensions.md#outcomes).
+"""Per-device outcomes of tasks that keep them (docs/extensions.md#outcomes): what each batch did, and what
+changed for a device since.
 
-Rows are written in the task's own batch transaction (``store/batches.py``: one ``COPY`` on PostgreSQL, one
-``executemany`` on SQLite, so a million rows cost a few seconds), and moved on later, always by a conditional
-``UPDATE ... WHERE outcome IN (...)`` built from ``domain.outcomes.NEXT``, so no outcome moves backwards:
+Two tables, so that keeping outcomes costs a task almost nothing where it is hot - the batch:
 
-* the **watch**: an outcome-tracking UpdateShadow task records itself in each device it writes
-  (``devices.watch_task``); every later shadow write of that device (``store/shadows.py``: the device's own
-  reports, UpdateDeviceShadow) then decides, in the same transaction, whether the device has Converged or was
-  Superseded (:func:`decide_watch`). One watch per device: the newest tracking task that wrote it;
-* acknowledgements and late deliveries of PublishMessage tasks (:meth:`TaskOutcomeStore.mark`).
+* ``task_batches``: **one row per batch**, inserted in the batch's own transaction (``store/batches.py``,
+  ``store/tasks.py``): the names of the devices the batch reached, the shadow version an UpdateShadow task
+  wrote to each, each device's outcome then (Written or Converged; Sent, Offline or Published), and the counts.
+  A million devices are 200 rows, not a million: the outcomes and ``DoneDeviceCnt`` never disagree, across a
+  crash too, and a batch writes no more rows than before plus one.
+* ``task_devices``: one row per device whose outcome **changed after its batch** (``base`` the batch's
+  outcome, ``outcome`` the current one), always through a conditional write built from
+  ``domain.outcomes.NEXT``, so no outcome moves backwards:
 
-``NotConverged`` is never stored: it is a Written row whose convergence window has passed, derived when read
+  - the **watch**: an UpdateShadow task that keeps outcomes records itself in each device it wrote and that was
+    not Converged at once (``devices.watch_task``, set by the same UPDATE that merges the shadows); every later
+    shadow write of such a device (``store/shadows.py``: the device's own reports, UpdateDeviceShadow) then
+    decides, in the same transaction, whether it has Converged or was Superseded (:func:`decide_watch`). One
+    watch per device: the newest tracking task that wrote it (:func:`supersede_watches`);
+  - acknowledgements and late deliveries of PublishMessage tasks (:meth:`TaskOutcomeStore.move`).
+
+A device's outcome is its ``task_devices`` row if it has one, else its batch's. ``NotConverged`` is never
+stored: it is a Written device whose convergence window has passed, derived when read
 (``domain.outcomes.effective_outcome``), so nothing has to run when each device's window ends.
 """
 
 from __future__ import annotations
 
+from bisect import bisect_left
+from collections import Counter, OrderedDict
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any, Final, NamedTuple
 
+import orjson
 import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from fleetops.domain.outcomes import (
@@ -29,43 +44,88 @@ from fleetops.domain.outcomes import (
     shadow_verdict,
     sources,
     tracked_values,
+    window_passed,
 )
 from fleetops.domain.shadow import JSONObject, Shadow
 from fleetops.domain.tasks import TaskType, UpdateShadowSpec
-from fleetops.ports.store import DeviceOutcomeRecord
+from fleetops.ports.store import DeviceOutcomeRecord, Moved
 from fleetops.ports.store import TaskOutcomes as TaskOutcomesPort
 from fleetops.store.database import Database
-from fleetops.store.dialect import copy_rows
-from fleetops.store.tables import task_devices, tasks
+from fleetops.store.tables import task_batches, task_devices, tasks
 from fleetops.store.task_json import extensions_from_json, spec_from_json
 
-_COLUMNS: Final = ("task_id", "device_name", "outcome", "version", "written_ms", "at_ms")
 _WATCH_CACHE_SIZE: Final = 4096
+_BATCH_CACHE_SIZE: Final = 64  # parsed batches kept per store (a connect storm reads a few, many times)
+_CHUNK: Final = 500  # names per IN list (SQLite bounds the parameters of one statement)
+_WRITTEN: Final = DeviceOutcome.WRITTEN
 
 
-async def insert_outcomes(
-    conn: AsyncConnection, task_id: str, rows: Sequence[tuple[str, DeviceOutcome, int | None]], now_ms: int
+# --- one row per batch ------------------------------------------------------------------------------------
+
+
+async def insert_batch(
+    conn: AsyncConnection,
+    task_id: str,
+    through: str,
+    reached: Sequence[tuple[str, int | None, DeviceOutcome]],
+    now_ms: int,
 ) -> None:
-    """One row per device reached by a batch: (device name, outcome, shadow version or None)."""
-    await copy_rows(
-        conn,
-        task_devices,
-        _COLUMNS,
-        [(task_id, name, outcome.value, version, now_ms, now_ms) for name, outcome, version in rows],
-    )
-
-
-def _move(task_id: str, device_name: str, outcome: DeviceOutcome, now_ms: int) -> sa.Update:
-    """The conditional change of one device's outcome (``domain.outcomes.NEXT``)."""
-    return (
-        sa.update(task_devices)
-        .where(
-            task_devices.c.task_id == task_id,
-            task_devices.c.device_name == device_name,
-            task_devices.c.outcome.in_(sorted(o.value for o in sources(outcome))),
+    """The batch's devices (name, shadow version or None, outcome), in the batch's transaction."""
+    if not reached:
+        return
+    names, versions, outcomes = zip(*sorted(reached), strict=True)  # name order: readers bisect
+    devices = {"n": names, "o": [o.value for o in outcomes]}
+    if any(v is not None for v in versions):
+        devices["v"] = versions
+    counts = Counter(o.value for o in outcomes)
+    await conn.execute(
+        sa.insert(task_batches).values(
+            task_id=task_id,
+            through_name=through,
+            written_ms=now_ms,
+            devices=orjson.dumps(devices).decode(),
+            counts=orjson.dumps(counts).decode(),
         )
-        .values(outcome=outcome.value, at_ms=now_ms)
     )
+
+
+@dataclass(frozen=True, slots=True)
+class _Batch:
+    through: str
+    written_ms: int
+    names: list[str]
+    versions: list[int | None]
+    outcomes: list[DeviceOutcome]
+
+    def index(self, name: str) -> int | None:
+        at = bisect_left(self.names, name)
+        return at if at < len(self.names) and self.names[at] == name else None
+
+
+def _parse_batch(through: str, written_ms: int, devices: str) -> _Batch:
+    value = orjson.loads(devices)
+    names = value["n"]
+    versions = value.get("v") or [None] * len(names)
+    return _Batch(through, written_ms, names, versions, [DeviceOutcome(o) for o in value["o"]])
+
+
+async def _batch_of(conn: AsyncConnection, task_id: str, name: str) -> tuple[str, int] | None:
+    """(through, written_ms) of the batch that covers ``name`` (batches go in name order: the first whose last
+    name is at or after it), or None when no such batch is committed."""
+    row = (
+        await conn.execute(
+            sa.select(task_batches.c.through_name, task_batches.c.written_ms)
+            .where(task_batches.c.task_id == task_id, task_batches.c.through_name >= name)
+            .order_by(task_batches.c.task_id, task_batches.c.through_name)
+            .limit(1)
+        )
+    ).first()
+    return None if row is None else (row.through_name, int(row.written_ms))
+
+
+def _insert_change(conn: AsyncConnection) -> Any:
+    """INSERT ... ON CONFLICT of the dialect (both spell it alike)."""
+    return (postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert)(task_devices)
 
 
 # --- the watch: convergence decided by the device's later shadow writes ------------------------------------
@@ -101,16 +161,33 @@ class TaskWatches:
         return watched
 
 
-def _decided(task_id: str, device_name: str, verdict: DeviceOutcome, task: WatchedTask, now_ms: int) -> sa.Update:
-    statement = _move(task_id, device_name, verdict, now_ms)
-    if task.window_ms is not None:  # after the window the device is NotConverged, for good
-        statement = statement.where(task_devices.c.written_ms >= now_ms - task.window_ms)
-    return statement
+async def _decided(
+    conn: AsyncConnection, task_id: str, device_name: str, verdict: DeviceOutcome, task: WatchedTask, now_ms: int
+) -> Any | None:
+    """The change of a watched (Written) device to ``verdict``, or None when its window has passed (it is
+    NotConverged for good) or its batch is not there. Converged and Superseded are final: a device decided
+    already keeps its first verdict (ON CONFLICT DO NOTHING)."""
+    batch = await _batch_of(conn, task_id, device_name)
+    if batch is None or window_passed(batch[1], task.window_ms, now_ms):
+        return None
+    return (
+        _insert_change(conn)
+        .values(
+            task_id=task_id,
+            device_name=device_name,
+            base=_WRITTEN.value,
+            outcome=verdict.value,
+            batch=batch[0],
+            written_ms=batch[1],
+            at_ms=now_ms,
+        )
+        .on_conflict_do_nothing(index_elements=["task_id", "device_name"])
+    )
 
 
 async def decide_watch(
     conn: AsyncConnection, watches: TaskWatches, task_id: str, device_name: str, new: Shadow
-) -> tuple[str | None, sa.Update | None]:
+) -> tuple[str | None, Any | None]:
     """Before a shadow write of a watched device: the watch to keep (None: nothing more to decide), and the
     outcome change to run in the write's transaction once the write has won (Converged or Superseded)."""
     task = await watches.get(conn, task_id)
@@ -119,7 +196,7 @@ async def decide_watch(
     verdict = shadow_verdict(task.values, new.reported, new.desired)
     if verdict is None:
         return task_id, None
-    return None, _decided(task_id, device_name, verdict, task, new.timestamp_ms)
+    return None, await _decided(conn, task_id, device_name, verdict, task, new.timestamp_ms)
 
 
 async def supersede_watches(
@@ -131,27 +208,17 @@ async def supersede_watches(
     for device_name, task_id in others:
         task = await watches.get(conn, task_id)
         if task is not None and contradicts(written, task.values):
-            await conn.execute(_decided(task_id, device_name, DeviceOutcome.SUPERSEDED, task, now_ms))
+            change = await _decided(conn, task_id, device_name, DeviceOutcome.SUPERSEDED, task, now_ms)
+            if change is not None:
+                await conn.execute(change)
 
 
-# --- reading outcomes --------------------------------------------------------------------------------------
-
-_WRITTEN: Final = DeviceOutcome.WRITTEN.value
+# --- reading and moving outcomes ---------------------------------------------------------------------------
 
 
-def _expired(window_ms: int | None, now_ms: int) -> sa.ColumnElement[bool]:
-    """A Written row whose window has passed: effectively NotConverged."""
-    if window_ms is None:
-        return sa.false()
-    return sa.and_(task_devices.c.outcome == _WRITTEN, task_devices.c.written_ms < now_ms - window_ms)
-
-
-def _having(outcome: DeviceOutcome, window_ms: int | None, now_ms: int) -> sa.ColumnElement[bool]:
-    if outcome is DeviceOutcome.NOT_CONVERGED:
-        return _expired(window_ms, now_ms)
-    if outcome is DeviceOutcome.WRITTEN:
-        return sa.and_(task_devices.c.outcome == _WRITTEN, sa.not_(_expired(window_ms, now_ms)))
-    return task_devices.c.outcome == outcome.value
+class _Change(NamedTuple):
+    outcome: DeviceOutcome
+    at_ms: int
 
 
 class TaskOutcomeStore(TaskOutcomesPort):
@@ -159,22 +226,28 @@ class TaskOutcomeStore(TaskOutcomesPort):
 
     def __init__(self, db: Database) -> None:
         self._db = db
+        self._batches: OrderedDict[tuple[str, str], _Batch] = OrderedDict()
 
     async def counts(self, task_id: str, window_ms: int | None, now_ms: int) -> dict[DeviceOutcome, int]:
-        # without a window nothing expires (and a constant in GROUP BY would name a column position)
-        expired = _expired(window_ms, now_ms).label("expired") if window_ms is not None else sa.false()
-        grouping = [task_devices.c.outcome] if window_ms is None else [task_devices.c.outcome, expired]
-        query = (
-            sa.select(task_devices.c.outcome, expired, sa.func.count())
-            .where(task_devices.c.task_id == task_id)
-            .group_by(*grouping)
-        )
-        counts: dict[DeviceOutcome, int] = {}
+        """Devices per effective outcome: the batches' counts, NotConverged for the Written ones of the batches
+        whose window has passed, then each later change moved from its base to its outcome."""
+        counts: Counter[DeviceOutcome] = Counter()
         async with self._db.connect() as conn:
-            for outcome, is_expired, count in await conn.execute(query):
-                key = DeviceOutcome.NOT_CONVERGED if is_expired else DeviceOutcome(outcome)
-                counts[key] = counts.get(key, 0) + int(count)
-        return counts
+            batches = await conn.execute(
+                sa.select(task_batches.c.written_ms, task_batches.c.counts).where(task_batches.c.task_id == task_id)
+            )
+            for written_ms, batch_counts in batches:
+                for outcome, count in orjson.loads(batch_counts).items():
+                    counts[effective_outcome(DeviceOutcome(outcome), int(written_ms), window_ms, now_ms)] += count
+            changes = await conn.execute(
+                sa.select(task_devices.c.base, task_devices.c.outcome, task_devices.c.written_ms, sa.func.count())
+                .where(task_devices.c.task_id == task_id)
+                .group_by(task_devices.c.base, task_devices.c.outcome, task_devices.c.written_ms)
+            )
+            for base, outcome, written_ms, count in changes:
+                counts[effective_outcome(DeviceOutcome(base), int(written_ms), window_ms, now_ms)] -= int(count)
+                counts[DeviceOutcome(outcome)] += int(count)
+        return {outcome: count for outcome, count in counts.items() if count}
 
     async def page(
         self,
@@ -185,24 +258,67 @@ class TaskOutcomeStore(TaskOutcomesPort):
         offset: int,
         limit: int,
     ) -> tuple[int, list[DeviceOutcomeRecord]]:
-        where: list[sa.ColumnElement[bool]] = [task_devices.c.task_id == task_id]
-        if outcome is not None:
-            where.append(_having(outcome, window_ms, now_ms))
+        """The devices in name order, batch by batch, each with its change if it has one."""
+        counts = await self.counts(task_id, window_ms, now_ms)
+        total = sum(counts.values()) if outcome is None else counts.get(outcome, 0)
+        records: list[DeviceOutcomeRecord] = []
+        skip = offset
+        if total <= offset:
+            return total, records
         async with self._db.connect() as conn:
-            total = (await conn.execute(sa.select(sa.func.count()).select_from(task_devices).where(*where))).scalar()
             rows = await conn.execute(
-                sa.select(task_devices)
-                .where(*where)
-                .order_by(task_devices.c.task_id, task_devices.c.device_name)
-                .offset(offset)
-                .limit(limit)
+                sa.select(task_batches.c.through_name, task_batches.c.written_ms, task_batches.c.devices)
+                .where(task_batches.c.task_id == task_id)
+                .order_by(task_batches.c.task_id, task_batches.c.through_name)
             )
-            records = [_record(row, window_ms, now_ms) for row in rows]
-        return int(total or 0), records
+            after = ""
+            for through, written_ms, devices in rows:
+                batch = _parse_batch(through, int(written_ms), devices)
+                changes = await self._changes_between(conn, task_id, after, through)
+                after = through
+                for i, name in enumerate(batch.names):
+                    change = changes.get(name)
+                    if change is not None:
+                        current, at_ms = change.outcome, change.at_ms
+                    else:
+                        current = effective_outcome(batch.outcomes[i], batch.written_ms, window_ms, now_ms)
+                        at_ms = batch.written_ms
+                    if outcome is not None and current is not outcome:
+                        continue
+                    if skip:
+                        skip -= 1
+                        continue
+                    records.append(DeviceOutcomeRecord(name, current, batch.versions[i], at_ms))
+                    if len(records) == limit:
+                        return total, records
+        return total, records
+
+    @staticmethod
+    async def _changes_between(conn: AsyncConnection, task_id: str, after: str, through: str) -> dict[str, _Change]:
+        rows = await conn.execute(
+            sa.select(task_devices.c.device_name, task_devices.c.outcome, task_devices.c.at_ms).where(
+                task_devices.c.task_id == task_id,
+                task_devices.c.device_name > after,
+                task_devices.c.device_name <= through,
+            )
+        )
+        return {name: _Change(DeviceOutcome(outcome), int(at_ms)) for name, outcome, at_ms in rows}
 
     async def pending_between(self, task_id: str, after: str | None, through: str) -> int:
+        """Devices of the batches in ``(after, through]`` still Written: their Written count less the changes
+        from Written among them."""
         async with self._db.connect() as conn:
-            count = (
+            written = 0
+            batches = await conn.execute(
+                sa.select(task_batches.c.counts).where(
+                    task_batches.c.task_id == task_id,
+                    task_batches.c.through_name > (after or ""),
+                    task_batches.c.through_name <= through,
+                )
+            )
+            for (batch_counts,) in batches:
+                written += int(orjson.loads(batch_counts).get(_WRITTEN.value, 0))
+            changed = (
                 await conn.execute(
                     sa.select(sa.func.count())
                     .select_from(task_devices)
@@ -210,71 +326,122 @@ class TaskOutcomeStore(TaskOutcomesPort):
                         task_devices.c.task_id == task_id,
                         task_devices.c.device_name > (after or ""),
                         task_devices.c.device_name <= through,
-                        task_devices.c.outcome == _WRITTEN,
+                        task_devices.c.base == _WRITTEN.value,
                     )
                 )
             ).scalar()
-        return int(count or 0)
+        return written - int(changed or 0)
 
     async def newest_write_ms(self, task_id: str) -> int | None:
         async with self._db.connect() as conn:
             newest = (
                 await conn.execute(
-                    sa.select(sa.func.max(task_devices.c.written_ms)).where(task_devices.c.task_id == task_id)
+                    sa.select(sa.func.max(task_batches.c.written_ms)).where(task_batches.c.task_id == task_id)
                 )
             ).scalar()
         return None if newest is None else int(newest)
 
-    async def mark(self, task_id: str, device_name: str, outcome: DeviceOutcome, now_ms: int) -> bool:
-        return bool(await self.mark_many(task_id, [device_name], outcome, now_ms))
+    async def current(self, task_id: str, device_names: Sequence[str]) -> dict[str, DeviceOutcome]:
+        """Each device's stored outcome (its change, else its batch's); devices of no committed batch are left
+        out."""
+        async with self._db.connect() as conn:
+            return {name: state[0] for name, state in (await self._current(conn, task_id, device_names)).items()}
 
-    async def mark_many(
-        self, task_id: str, device_names: Sequence[str], outcome: DeviceOutcome, now_ms: int
-    ) -> set[str]:
+    async def _current(
+        self, conn: AsyncConnection, task_id: str, device_names: Sequence[str]
+    ) -> dict[str, tuple[DeviceOutcome, bool, _Batch]]:
+        """name -> (stored outcome, has a change row, its batch)."""
+        found: dict[str, tuple[DeviceOutcome, bool, _Batch]] = {}
+        changed: dict[str, DeviceOutcome] = {}
+        for chunk in _chunks(device_names):
+            rows = await conn.execute(
+                sa.select(task_devices.c.device_name, task_devices.c.outcome).where(
+                    task_devices.c.task_id == task_id, task_devices.c.device_name.in_(chunk)
+                )
+            )
+            changed.update({name: DeviceOutcome(outcome) for name, outcome in rows})
+        for name in device_names:
+            batch = await self._batch(conn, task_id, name)
+            if batch is None:
+                continue
+            index = batch.index(name)
+            if index is None:
+                continue  # in the batch's range but not reached by it (not matched, deleted)
+            if name in changed:
+                found[name] = (changed[name], True, batch)
+            else:
+                found[name] = (batch.outcomes[index], False, batch)
+        return found
+
+    async def _batch(self, conn: AsyncConnection, task_id: str, name: str) -> _Batch | None:
+        """The committed batch covering ``name``, parsed (a small cache: batches never change)."""
+        for key, cached in self._batches.items():
+            if key[0] == task_id and cached.names and cached.names[0] <= name <= cached.through:
+                self._batches.move_to_end(key)
+                return cached
+        row = (
+            await conn.execute(
+                sa.select(task_batches.c.through_name, task_batches.c.written_ms, task_batches.c.devices)
+                .where(task_batches.c.task_id == task_id, task_batches.c.through_name >= name)
+                .order_by(task_batches.c.task_id, task_batches.c.through_name)
+                .limit(1)
+            )
+        ).first()
+        if row is None:
+            return None
+        batch = _parse_batch(row.through_name, int(row.written_ms), row.devices)
+        self._batches[task_id, row.through_name] = batch
+        while len(self._batches) > _BATCH_CACHE_SIZE:
+            self._batches.popitem(last=False)
+        return batch
+
+    async def move(self, task_id: str, device_names: Sequence[str], outcome: DeviceOutcome, now_ms: int) -> Moved:
+        """Move the devices' outcomes to ``outcome`` where ``domain.outcomes.NEXT`` allows it. Devices whose
+        batch is not committed yet are ``pending`` (an acknowledgement can arrive before its batch commits)."""
+        allowed = sources(outcome)
         moved: set[str] = set()
         async with self._db.begin() as conn:
-            for chunk in _chunks(device_names):
+            state = await self._current(conn, task_id, device_names)
+            pending = {name for name in device_names if name not in state}
+            updates = [name for name, (current, has_row, _b) in state.items() if has_row and current in allowed]
+            inserts = [
+                (name, batch) for name, (current, has_row, batch) in state.items() if not has_row and current in allowed
+            ]
+            for chunk in _chunks(updates):
                 statement = (
                     sa.update(task_devices)
                     .where(
                         task_devices.c.task_id == task_id,
                         task_devices.c.device_name.in_(chunk),
-                        task_devices.c.outcome.in_(sorted(o.value for o in sources(outcome))),
+                        task_devices.c.outcome.in_(sorted(o.value for o in allowed)),
                     )
                     .values(outcome=outcome.value, at_ms=now_ms)
                     .returning(task_devices.c.device_name)
                 )
                 moved.update((await conn.execute(statement)).scalars())
-        return moved
-
-    async def with_outcome(self, task_id: str, device_names: Sequence[str], outcome: DeviceOutcome) -> list[str]:
-        having = await self._names(task_id, device_names, task_devices.c.outcome == outcome.value)
-        return [name for name in device_names if name in having]
-
-    async def existing(self, task_id: str, device_names: Sequence[str]) -> set[str]:
-        return await self._names(task_id, device_names, sa.true())
-
-    async def _names(self, task_id: str, device_names: Sequence[str], condition: sa.ColumnElement[bool]) -> set[str]:
-        found: set[str] = set()
-        async with self._db.connect() as conn:
-            for chunk in _chunks(device_names):
-                query = sa.select(task_devices.c.device_name).where(
-                    task_devices.c.task_id == task_id, task_devices.c.device_name.in_(chunk), condition
+            for name, batch in inserts:
+                index = batch.index(name)
+                assert index is not None
+                insert = (
+                    _insert_change(conn)
+                    .values(
+                        task_id=task_id,
+                        device_name=name,
+                        base=batch.outcomes[index].value,
+                        outcome=outcome.value,
+                        batch=batch.through,
+                        written_ms=batch.written_ms,
+                        at_ms=now_ms,
+                    )
+                    .on_conflict_do_nothing(index_elements=["task_id", "device_name"])
+                    .returning(task_devices.c.device_name)
                 )
-                found.update((await conn.execute(query)).scalars())
-        return found
+                moved.update((await conn.execute(insert)).scalars())
+        return Moved(moved=moved, pending=pending)
+
+    async def mark(self, task_id: str, device_name: str, outcome: DeviceOutcome, now_ms: int) -> bool:
+        return device_name in (await self.move(task_id, [device_name], outcome, now_ms)).moved
 
 
-def _chunks(names: Sequence[str], size: int = 500) -> list[Sequence[str]]:
-    """IN lists of a bounded length (SQLite limits the bound parameters of one statement)."""
+def _chunks(names: Sequence[str], size: int = _CHUNK) -> list[Sequence[str]]:
     return [names[i : i + size] for i in range(0, len(names), size)]
-
-
-def _record(row: Any, window_ms: int | None, now_ms: int) -> DeviceOutcomeRecord:
-    stored = DeviceOutcome(row.outcome)
-    return DeviceOutcomeRecord(
-        device_name=row.device_name,
-        outcome=effective_outcome(stored, int(row.written_ms), window_ms, now_ms),
-        version=None if row.version is None else int(row.version),
-        at_ms=int(row.at_ms),
-    )

@@ -34,7 +34,7 @@ from fleetops.domain.outcomes import DeviceOutcome, holds, tracked_values
 from fleetops.domain.shadow import JSONObject, Shadow
 from fleetops.ports.store import DesiredMerge, ShadowContention, ShadowMissing
 from fleetops.store.database import Database
-from fleetops.store.outcomes import TaskWatches, decide_watch, insert_outcomes
+from fleetops.store.outcomes import TaskWatches, decide_watch, insert_batch
 from fleetops.store.tables import devices, products
 
 T = TypeVar("T")
@@ -248,22 +248,14 @@ _POSTGRESQL_FLAT_MERGE: Final = (
 _POSTGRESQL_NAMES: Final = " AND name = ANY(CAST(:names AS text[]))"
 
 
-# A task that keeps outcomes also becomes the written devices' watch, and each written device gets its outcome
-# row: Converged at once when its reported state holds the task's values already, else Written. On SQLite the
-# merge reads the reported state back and the rows are inserted from Python (in-process, cheap); on PostgreSQL
-# one statement updates the shadows and inserts the rows (a data-modifying WITH), deciding convergence with
-# jsonb equality (numbers by value, true is not 1: domain.outcomes.holds for the scalar and array values a
-# flat patch has), so no reported state crosses the network and no row is sent back for a COPY.
+# A task that keeps outcomes also learns, for each device it writes, whether the device reports its values
+# already (Converged at once: store/outcomes.py records it with the batch) and becomes the watch of the others
+# (their later shadow writes decide). On PostgreSQL the UPDATE itself decides, with jsonb equality (numbers by
+# value, true is not 1: domain.outcomes.holds for the scalar and array values of a flat patch), so no reported
+# state crosses the network; on SQLite (in-process) the merge reads the reported state back and Python decides,
+# then clears the watch of the devices converged already.
 _TRACKING: Final = {"watch": ", watch_task = :watch", "reported": ", shadow_reported"}
 _PLAIN: Final = {"watch": "", "reported": ""}
-_POSTGRESQL_TRACKED_MERGE: Final = (
-    "WITH written AS ("
-    + _POSTGRESQL_FLAT_MERGE.replace("{reported}", ", {converged} AS converged")
-    + ") INSERT INTO task_devices (task_id, device_name, outcome, version, written_ms, at_ms) "
-    f"SELECT :watch, name, CASE WHEN converged THEN '{DeviceOutcome.CONVERGED.value}' "
-    f"ELSE '{DeviceOutcome.WRITTEN.value}' END, shadow_version, :now_ms, :now_ms FROM written "
-    "RETURNING device_name, version"
-)
 _tracked_statements: dict[tuple[bool, int], sa.TextClause] = {}
 
 
@@ -274,11 +266,20 @@ def _postgresql_tracked(listed: bool, keys: int) -> sa.TextClause:
         converged = " AND ".join(
             f"(shadow_reported -> CAST(:k{i} AS text)) = CAST(:v{i} AS jsonb)" for i in range(keys)
         )
-        text = _POSTGRESQL_TRACKED_MERGE.replace("{converged}", f"({converged or 'TRUE'})")
+        converged = f"({converged or 'TRUE'})"
         statement = _tracked_statements[listed, keys] = sa.text(
-            text.format(names=_POSTGRESQL_NAMES if listed else "", watch=_TRACKING["watch"])
+            _POSTGRESQL_FLAT_MERGE.format(
+                names=_POSTGRESQL_NAMES if listed else "",
+                watch=f", watch_task = CASE WHEN {converged} THEN NULL ELSE :watch END",
+                reported=f", {converged}",
+            )
         )
     return statement
+
+
+_SQLITE_UNWATCH: Final = sa.text(
+    "UPDATE devices SET watch_task = NULL WHERE product_pk = :pk AND name IN (SELECT value FROM json_each(:names))"
+)
 
 
 def _statements(template: str, names_clause: str) -> dict[tuple[bool, bool], sa.TextClause]:
@@ -307,9 +308,6 @@ _WRITE_BACK_WATCHED: Final = (
     .where(devices.c.id == sa.bindparam("b_id"))
     .values(**_WRITE_BACK_VALUES, watch_task=sa.bindparam("b_watch", type_=sa.String))
 )
-
-# (name, new version, reported state: only when the merge was asked to read it)
-WrittenRow = tuple[str, int, JSONObject | None]
 
 
 def _reported(value: Any) -> JSONObject | None:
@@ -362,23 +360,26 @@ async def merge_desired_flat(
     tracked = tracked_values(patch)
     if conn.dialect.name == "sqlite":
         result = await conn.execute(statements[names is not None, True], params)
-        rows = [(name, int(version), _reported(reported)) for name, version, reported in result]
-        return await _record_written(conn, watch, tracked, rows, now_ms)
-    for i, (key, value) in enumerate(tracked.items()):
-        params[f"k{i}"], params[f"v{i}"] = key, _dumps(value)
-    result = await conn.execute(_postgresql_tracked(names is not None, len(tracked)), params)
-    return [(name, int(version)) for name, version in result]
+        rows = [(name, int(version), holds(_reported(reported), tracked)) for name, version, reported in result]
+        converged = [name for name, _version, done in rows if done]
+        if converged:
+            await conn.execute(_SQLITE_UNWATCH, {"pk": bounds["pk"], "names": _dumps(converged)})
+    else:
+        for i, (key, value) in enumerate(tracked.items()):
+            params[f"k{i}"], params[f"v{i}"] = key, _dumps(value)
+        result = await conn.execute(_postgresql_tracked(names is not None, len(tracked)), params)
+        rows = [(name, int(version), bool(done)) for name, version, done in result]
+    return await _record_written(conn, watch, bounds["through"], rows, now_ms)
 
 
 async def _record_written(
-    conn: AsyncConnection, watch: str, tracked: JSONObject, rows: Sequence[WrittenRow], now_ms: int
+    conn: AsyncConnection, watch: str, through: str, rows: Sequence[tuple[str, int, bool]], now_ms: int
 ) -> list[tuple[str, int]]:
-    """The outcome rows of the devices a tracking task wrote (Converged when reported holds the values)."""
+    """The batch's outcomes (Converged when the device reported the values already, else Written)."""
     outcomes = [
-        (name, DeviceOutcome.CONVERGED if holds(reported, tracked) else DeviceOutcome.WRITTEN, version)
-        for name, version, reported in rows
+        (name, version, DeviceOutcome.CONVERGED if done else DeviceOutcome.WRITTEN) for name, version, done in rows
     ]
-    await insert_outcomes(conn, watch, outcomes, now_ms)
+    await insert_batch(conn, watch, through, outcomes, now_ms)
     return [(name, version) for name, version, _ in rows]
 
 
@@ -419,7 +420,7 @@ async def merge_desired_each(
         query = query.with_for_update()  # SQLite: BEGIN IMMEDIATE already excludes every other writer
     wanted = None if names is None else set(names)
     updates: list[dict[str, Any]] = []
-    written: list[WrittenRow] = []
+    written: list[tuple[str, int, bool]] = []
     for row in await conn.execute(query):
         if wanted is not None and row.name not in wanted:
             continue
@@ -427,12 +428,13 @@ async def merge_desired_each(
         desired, metadata = merge(old, row.shadow_meta_desired)
         version = int(row.shadow_version) + 1
         update = {"b_id": row.id, "b_desired": desired, "b_meta": metadata, "b_version": version, "b_ts_ms": now_ms}
+        done = watch is not None and holds(_reported(row.shadow_reported), tracked or {})
         if watch is not None:
-            update["b_watch"] = watch
+            update["b_watch"] = None if done else watch
         updates.append(update)
-        written.append((row.name, version, None if watch is None else _reported(row.shadow_reported)))
+        written.append((row.name, version, done))
     if updates:
         await conn.execute(_WRITE_BACK if watch is None else _WRITE_BACK_WATCHED, updates)
     if watch is None:
         return [(name, version) for name, version, _ in written]
-    return await _record_written(conn, watch, tracked or {}, written, now_ms)
+    return await _record_written(conn, watch, bounds["through"], written, now_ms)

@@ -106,18 +106,30 @@ tasks = sa.Table(
     sa.Index("ix_tasks_status_schedule", "status", "schedule_time"),
 )
 
-# One row per device a task with outcomes reached (docs/extensions.md#outcomes): written in the task's batch
-# transaction, moved on by the device's later shadow writes, acknowledgements and late deliveries. No foreign
-# key: a check per row would slow the batch insert, and the purge deletes a task's rows with the task.
+# The per-device outcomes of a task that keeps them (docs/extensions.md#outcomes, store/outcomes.py): one row per
+# batch, in the batch's transaction (the devices it reached, each one's version and outcome then, the counts),
+# and one row per device whose outcome changed after its batch. No foreign keys: the purge deletes both with
+# the task.
+task_batches = sa.Table(
+    "task_batches",
+    metadata,
+    sa.Column("task_id", sa.String(24), primary_key=True),
+    sa.Column("through_name", sa.String(48), primary_key=True),  # the batch's last device name
+    sa.Column("written_ms", sa.BigInteger, nullable=False),  # when it wrote or sent (the window's start)
+    # JSON text, not jsonb: written once and read whole ({"n": names, "v": versions, "o": outcomes})
+    sa.Column("devices", sa.Text, nullable=False),
+    sa.Column("counts", sa.Text, nullable=False),  # {outcome: devices}
+)
 task_devices = sa.Table(
     "task_devices",
     metadata,
     sa.Column("task_id", sa.String(24), primary_key=True),
     sa.Column("device_name", sa.String(48), primary_key=True),
-    sa.Column("outcome", sa.String(16), nullable=False),  # domain.outcomes.DeviceOutcome
-    sa.Column("version", sa.BigInteger, nullable=True),  # UpdateShadow: the shadow version the task wrote
-    sa.Column("written_ms", sa.BigInteger, nullable=False),  # when the task wrote or sent (the window's start)
-    sa.Column("at_ms", sa.BigInteger, nullable=False),  # when the outcome last changed
+    sa.Column("base", sa.String(16), nullable=False),  # its batch's outcome (domain.outcomes.DeviceOutcome)
+    sa.Column("outcome", sa.String(16), nullable=False),  # the outcome now
+    sa.Column("batch", sa.String(48), nullable=False),  # the through_name of its batch
+    sa.Column("written_ms", sa.BigInteger, nullable=False),  # its batch's
+    sa.Column("at_ms", sa.BigInteger, nullable=False),  # when the outcome changed
 )
 
 # ClientToken of CreateTask: the same token from the same account within 24 hours is the same task.

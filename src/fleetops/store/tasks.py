@@ -49,8 +49,8 @@ from fleetops.ports.store import (
 )
 from fleetops.ports.store import TaskStore as TaskStorePort
 from fleetops.store.database import Database
-from fleetops.store.outcomes import insert_outcomes
-from fleetops.store.tables import accounts, devices, task_client_tokens, task_devices, tasks
+from fleetops.store.outcomes import insert_batch
+from fleetops.store.tables import accounts, devices, task_batches, task_client_tokens, task_devices, tasks
 from fleetops.store.task_json import extensions_from_json, extensions_to_json, spec_from_json, spec_to_json
 
 
@@ -371,9 +371,9 @@ class TaskStore(TaskStorePort):
         outcome row of each device in ``results`` in the same transaction. Raises FenceLost."""
         async with self._db.begin() as conn:
             if results:
-                await insert_outcomes(
-                    conn, progress.task_id, [(r.device_name, r.outcome, None) for r in results], now_ms
-                )
+                assert progress.applied_cursor is not None  # a batch with results reached devices
+                reached = [(r.device_name, None, r.outcome) for r in results]
+                await insert_batch(conn, progress.task_id, progress.applied_cursor, reached, now_ms)
             stop_requested = await write_progress(conn, progress)
         return Committed(written=[], stop_requested=stop_requested)
 
@@ -428,9 +428,9 @@ class TaskStore(TaskStorePort):
         outcomes, and the client tokens recorded before ``tokens_created_before``."""
         old = sa.and_(tasks.c.created_at < created_before, tasks.c.status.in_(_statuses(FINISHED_STATUSES)))
         async with self._db.begin() as conn:
-            await conn.execute(
-                sa.delete(task_devices).where(task_devices.c.task_id.in_(sa.select(tasks.c.id).where(old)))
-            )
+            old_ids = sa.select(tasks.c.id).where(old)
+            for outcomes in (task_devices, task_batches):
+                await conn.execute(sa.delete(outcomes).where(outcomes.c.task_id.in_(old_ids)))
             result = await conn.execute(sa.delete(tasks).where(old))
             if tokens_created_before is not None:
                 await conn.execute(

@@ -1,4 +1,5 @@
-"""Task extensions: per-device outcomes, the device's outcome watch, client tokens, StopTask's request.
+"""Task extensions: per-device outcomes (a row per batch, a row per later change), the device's outcome watch,
+client tokens, StopTask's request.
 
 Revision ID: 0003_task_extensions
 Revises: 0002_device_change_notify
@@ -22,11 +23,20 @@ def upgrade() -> None:
     op.add_column("tasks", sa.Column("stop_requested", sa.Boolean, nullable=False, server_default=sa.false()))
     op.add_column("devices", sa.Column("watch_task", sa.String(24), nullable=True))
     op.create_table(
+        "task_batches",
+        sa.Column("task_id", sa.String(24), primary_key=True),
+        sa.Column("through_name", sa.String(48), primary_key=True),
+        sa.Column("written_ms", sa.BigInteger, nullable=False),
+        sa.Column("devices", sa.Text, nullable=False),
+        sa.Column("counts", sa.Text, nullable=False),
+    )
+    op.create_table(
         "task_devices",
         sa.Column("task_id", sa.String(24), primary_key=True),
         sa.Column("device_name", sa.String(48), primary_key=True),
+        sa.Column("base", sa.String(16), nullable=False),
         sa.Column("outcome", sa.String(16), nullable=False),
-        sa.Column("version", sa.BigInteger, nullable=True),
+        sa.Column("batch", sa.String(48), nullable=False),
         sa.Column("written_ms", sa.BigInteger, nullable=False),
         sa.Column("at_ms", sa.BigInteger, nullable=False),
     )
@@ -43,6 +53,7 @@ def upgrade() -> None:
 def downgrade() -> None:
     op.drop_table("task_client_tokens")
     op.drop_table("task_devices")
+    op.drop_table("task_batches")
     with op.batch_alter_table("devices") as batch:
         batch.drop_column("watch_task")
     with op.batch_alter_table("tasks") as batch:
