@@ -17,10 +17,10 @@ CreateTask use case and run by the node's task engine. For each task it prints t
 (CreateTask to status 3), devices per second, and the process's peak RSS while the task ran (psutil,
 sampled every 20 ms).
 
-``--preview FILTER`` times PreviewTask over the product's names first. ``--outcomes`` creates both tasks with the extension TrackOutcomes (one outcome row per device, written in
-each batch's transaction; docs/extensions.md) and checks that every device has its row; ``--rollout-rate``
-gives both a Rollout of that many devices per second and prints the measured rate beside the asked one.
-Without either, the tasks are plain Tencent tasks.
+``--preview FILTER`` times PreviewTask over the product's names first. ``--outcomes`` creates both tasks with
+the extension TrackOutcomes (each batch's outcomes written in its transaction; docs/extensions.md) and checks
+that every device has its outcome; ``--rollout-rate`` gives both a Rollout of that many devices per second and
+prints the measured rate beside the asked one. Without either, the tasks are plain Tencent tasks.
 """
 
 from __future__ import annotations
