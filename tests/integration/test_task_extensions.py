@@ -616,3 +616,22 @@ async def test_acknowledgements_before_the_commit_are_recorded_and_queued_device
     await made[0].flush()
     rows = await outcome_of(env, task_id)
     assert rows["door-002"] is DeviceOutcome.OFFLINE and rows["door-003"] is DeviceOutcome.ACKNOWLEDGED
+
+
+async def test_pages_of_outcomes_cross_batches_and_skip_whole_ones(env: TaskEnv) -> None:
+    task_id = await env.update_shadow_task("^lamp-", {"fw": 9}, track_outcomes=True)
+    assert await env.worker(batch_size=7).run_until_idle() == {task_id: Outcome.COMPLETED}  # many batches
+    converged = LAMPS[3::11]  # a few devices, spread over the batches
+    for name in converged:
+        await device_reports(env, name, {"fw": 9})
+    store = outcomes(env)
+    expected = {C: converged, W: [n for n in LAMPS if n not in converged]}
+    for outcome, names in expected.items():
+        for offset, limit in [(0, 3), (2, 4), (len(names) - 2, 10), (len(names), 5)]:
+            total, page = await store.page(task_id, outcome, None, 0, offset, limit)
+            assert total == len(names)
+            assert [r.device_name for r in page] == names[offset : offset + limit], (outcome, offset)
+            assert {r.outcome for r in page} <= {outcome}
+    total, everything = await store.page(task_id, None, None, 0, 0, 1000)
+    assert total == 60 and [r.device_name for r in everything] == LAMPS
+    assert {r.version for r in everything} == {1}

@@ -221,6 +221,11 @@ class _Change(NamedTuple):
     at_ms: int
 
 
+class _Counted(NamedTuple):
+    written_ms: int
+    counts: Counter[DeviceOutcome]
+
+
 class TaskOutcomeStore(TaskOutcomesPort):
     """:class:`fleetops.ports.store.TaskOutcomes` on SQLite / PostgreSQL."""
 
@@ -229,25 +234,43 @@ class TaskOutcomeStore(TaskOutcomesPort):
         self._batches: OrderedDict[tuple[str, str], _Batch] = OrderedDict()
 
     async def counts(self, task_id: str, window_ms: int | None, now_ms: int) -> dict[DeviceOutcome, int]:
-        """Devices per effective outcome: the batches' counts, NotConverged for the Written ones of the batches
-        whose window has passed, then each later change moved from its base to its outcome."""
-        counts: Counter[DeviceOutcome] = Counter()
+        """Devices per effective outcome: the batches' counts (NotConverged for the Written devices of a batch
+        whose window has passed), each later change moved from its base to its outcome."""
+        total: Counter[DeviceOutcome] = Counter()
         async with self._db.connect() as conn:
-            batches = await conn.execute(
-                sa.select(task_batches.c.written_ms, task_batches.c.counts).where(task_batches.c.task_id == task_id)
-            )
-            for written_ms, batch_counts in batches:
-                for outcome, count in orjson.loads(batch_counts).items():
-                    counts[effective_outcome(DeviceOutcome(outcome), int(written_ms), window_ms, now_ms)] += count
-            changes = await conn.execute(
-                sa.select(task_devices.c.base, task_devices.c.outcome, task_devices.c.written_ms, sa.func.count())
-                .where(task_devices.c.task_id == task_id)
-                .group_by(task_devices.c.base, task_devices.c.outcome, task_devices.c.written_ms)
-            )
-            for base, outcome, written_ms, count in changes:
-                counts[effective_outcome(DeviceOutcome(base), int(written_ms), window_ms, now_ms)] -= int(count)
-                counts[DeviceOutcome(outcome)] += int(count)
-        return {outcome: count for outcome, count in counts.items() if count}
+            for counted in (await self._per_batch(conn, task_id, window_ms, now_ms)).values():
+                total.update(counted.counts)
+        return {outcome: count for outcome, count in total.items() if count}
+
+    @staticmethod
+    async def _per_batch(
+        conn: AsyncConnection, task_id: str, window_ms: int | None, now_ms: int
+    ) -> dict[str, _Counted]:
+        """Each batch (by its last name, in name order) with its devices per effective outcome: two small reads,
+        whatever the number of devices (a batch's own counts, and the changes grouped by batch)."""
+        batches: dict[str, _Counted] = {}
+        rows = await conn.execute(
+            sa.select(task_batches.c.through_name, task_batches.c.written_ms, task_batches.c.counts)
+            .where(task_batches.c.task_id == task_id)
+            .order_by(task_batches.c.task_id, task_batches.c.through_name)
+        )
+        for through, written_ms, batch_counts in rows:
+            counts: Counter[DeviceOutcome] = Counter()
+            for outcome, count in orjson.loads(batch_counts).items():
+                counts[effective_outcome(DeviceOutcome(outcome), int(written_ms), window_ms, now_ms)] += count
+            batches[through] = _Counted(int(written_ms), counts)
+        changes = await conn.execute(
+            sa.select(task_devices.c.batch, task_devices.c.base, task_devices.c.outcome, sa.func.count())
+            .where(task_devices.c.task_id == task_id)
+            .group_by(task_devices.c.batch, task_devices.c.base, task_devices.c.outcome)
+        )
+        for through, base, outcome, count in changes:
+            counted = batches.get(through)
+            if counted is None:  # not possible: a change needs its batch; ignore rather than count twice
+                continue
+            counted.counts[effective_outcome(DeviceOutcome(base), counted.written_ms, window_ms, now_ms)] -= count
+            counted.counts[DeviceOutcome(outcome)] += count
+        return batches
 
     async def page(
         self,
@@ -258,24 +281,30 @@ class TaskOutcomeStore(TaskOutcomesPort):
         offset: int,
         limit: int,
     ) -> tuple[int, list[DeviceOutcomeRecord]]:
-        """The devices in name order, batch by batch, each with its change if it has one."""
-        counts = await self.counts(task_id, window_ms, now_ms)
-        total = sum(counts.values()) if outcome is None else counts.get(outcome, 0)
+        """The devices in name order. Whole batches before the page are skipped by their counts; only the
+        batches that hold the page are read, with their changes."""
         records: list[DeviceOutcomeRecord] = []
-        skip = offset
-        if total <= offset:
-            return total, records
         async with self._db.connect() as conn:
-            rows = await conn.execute(
-                sa.select(task_batches.c.through_name, task_batches.c.written_ms, task_batches.c.devices)
-                .where(task_batches.c.task_id == task_id)
-                .order_by(task_batches.c.task_id, task_batches.c.through_name)
-            )
-            after = ""
-            for through, written_ms, devices in rows:
-                batch = _parse_batch(through, int(written_ms), devices)
-                changes = await self._changes_between(conn, task_id, after, through)
-                after = through
+            batches = await self._per_batch(conn, task_id, window_ms, now_ms)
+            sizes = {
+                through: (sum(c.counts.values()) if outcome is None else c.counts.get(outcome, 0))
+                for through, c in batches.items()
+            }
+            total, skip, after = sum(sizes.values()), offset, ""
+            for through, size in sizes.items():
+                start, after = after, through
+                if skip >= size or size == 0:
+                    skip -= min(skip, size)
+                    continue
+                devices = (
+                    await conn.execute(
+                        sa.select(task_batches.c.devices).where(
+                            task_batches.c.task_id == task_id, task_batches.c.through_name == through
+                        )
+                    )
+                ).scalar_one()
+                batch = _parse_batch(through, batches[through].written_ms, devices)
+                changes = await self._changes_between(conn, task_id, start, through)
                 for i, name in enumerate(batch.names):
                     change = changes.get(name)
                     if change is not None:
