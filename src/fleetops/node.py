@@ -37,7 +37,7 @@ from fleetops.backend.device_shadows import DeviceShadowService
 from fleetops.backend.devices import DeviceService
 from fleetops.backend.keys import KeyService
 from fleetops.backend.messages import MessageService
-from fleetops.backend.products import ProductService
+from fleetops.backend.products import ProductNames, ProductService
 from fleetops.backend.shadows import ShadowService
 from fleetops.backend.tasks import TaskService
 from fleetops.console import console_routes
@@ -171,15 +171,24 @@ class Node:
             messaging = _messaging(settings, stores, shadow_handler, role)
         messages = DeviceMessenger(messaging.publisher)
         engine = build_engine(settings, stores.tasks, stores.batches, messages, clock)
+        product_names = ProductNames(stores.products)
         devices = DeviceService(
-            stores.devices, clock, sessions=messaging, max_devices_per_product=settings.max_devices_per_product
+            stores.devices,
+            clock,
+            sessions=messaging,
+            product_names=product_names,
+            max_devices_per_product=settings.max_devices_per_product,
         )
         backend = Backend(
             keys=KeyService(stores.accounts),
-            products=ProductService(stores.products, clock),
+            products=ProductService(stores.products, clock, product_names),
             devices=devices,
             shadows=ShadowService(
-                stores.shadows, messages, clock, delta_publish_timeout_s=settings.delta_publish_timeout_s
+                stores.shadows,
+                messages,
+                clock,
+                product_names=product_names,
+                delta_publish_timeout_s=settings.delta_publish_timeout_s,
             ),
             tasks=TaskService(
                 stores.tasks,

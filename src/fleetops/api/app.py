@@ -123,9 +123,10 @@ class ApiEndpoint:
         parsed = parse_request(raw)
         action = self._registry.get(parsed.action)
         if action is None:
+            supported = ", ".join(self._registry.names())
             raise errors.InvalidAction(
-                f"The action `{parsed.action}` does not exist in iotcloud 2018-06-14. "
-                f"Supported actions: {', '.join(self._registry.names())}."
+                f"The action `{parsed.action}` does not exist in iotcloud 2018-06-14. Supported actions: {supported}.",
+                message_zh=f"接口 `{parsed.action}` 在 iotcloud 2018-06-14 中不存在。支持的接口：{supported}。",
             )
         call.action = action.name
         now = int(self._clock())
@@ -134,14 +135,18 @@ class ApiEndpoint:
         if key is None:
             raise errors.SecretIdNotFound(
                 f"The SecretId `{parsed.secret_id}` does not exist or is disabled. "
-                "Check the key (fleetops keys list) and use an enabled one."
+                "Check the key (fleetops keys list) and use an enabled one.",
+                message_zh=f"SecretId `{parsed.secret_id}` 不存在或已被禁用。"
+                "请检查密钥（fleetops keys list）并使用已启用的密钥。",
             )
         call.account = key.account_name
         verify_signature(parsed, raw, key.secret_key, now=now, skew_s=self._config.clock_skew_s)
         if not self._limiter.allow(key.secret_id, action.name):
             raise errors.RequestLimitExceeded(
                 f"More than {self._limiter.per_second} {action.name} requests per second for this SecretId. "
-                "Slow down and retry."
+                "Slow down and retry.",
+                message_zh=f"该 SecretId 每秒的 {action.name} 请求超过 {self._limiter.per_second} 次，"
+                "请降低频率后重试。",
             )
         params = decode_request(action.request, parsed.params, from_strings=parsed.from_strings)
         ctx = ActionContext(
@@ -164,7 +169,8 @@ class _CallInfo:
 
 def _too_large(size: int, limit: int) -> errors.RequestSizeLimitExceeded:
     return errors.RequestSizeLimitExceeded(
-        f"The request body is at least {size} bytes; at most {limit} bytes are accepted for this signature method."
+        f"The request body is at least {size} bytes; at most {limit} bytes are accepted for this signature method.",
+        message_zh=f"请求体至少有 {size} 字节；此签名方式最多接受 {limit} 字节。",
     )
 
 

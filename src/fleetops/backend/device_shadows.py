@@ -18,7 +18,10 @@ _OWNER_CACHE_SIZE: Final = 10_000
 
 
 def _gone(product_id: str, device_name: str) -> errors.DeviceNotExist:
-    return errors.DeviceNotExist(f"The device {product_id}/{device_name} does not exist (deleted while connected?).")
+    return errors.DeviceNotExist(
+        f"The device {product_id}/{device_name} does not exist (deleted while connected?).",
+        message_zh=f"设备 {product_id}/{device_name} 不存在（是否在连接期间被删除？）。",
+    )
 
 
 class DeviceShadowService:

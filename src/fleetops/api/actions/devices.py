@@ -222,7 +222,9 @@ async def delete_device(ctx: ActionContext, req: DeleteDeviceRequest) -> dict[st
 
 async def update_devices_enable_state(ctx: ActionContext, req: UpdateDevicesEnableStateRequest) -> dict[str, Any]:
     if not req.device_names:
-        raise errors.InvalidParameterValue("DeviceNames must name at least one device.")
+        raise errors.InvalidParameterValue(
+            "DeviceNames must name at least one device.", message_zh="DeviceNames 至少需要包含一个设备名称。"
+        )
     await ctx.backend.devices.set_enabled(ctx.account_id, req.product_id, req.device_names, req.status == 1)
     return {}
 
