@@ -1,20 +1,23 @@
-"""fleetops command line: serve | worker | keys | devices | db.
+"""fleetops command line: serve | worker | keys | devices | db, and the API clients tasks | products | devices list.
 
-Options only parse and report here; every adapter is built by the composition root (``fleetops.node``). The
-options shared by all commands (``--data-dir``, ``--database``) may be given before the command or after it
-(``fleetops --data-dir D serve`` and ``fleetops serve --data-dir D``); both become Settings overrides on top of
-the ``FLEETOPS_*`` environment. A setup mistake (a database that cannot be reached, a port in use, a bad
-setting) ends the command with one line saying what is wrong and what to do, and exit status 2.
+Options only parse and report here; every adapter is built by the composition root (``fleetops.node``), and the
+API clients' work is done by ``fleetops.client``. The options shared by all commands (``--data-dir``,
+``--database``) may be given before the command or after it (``fleetops --data-dir D serve`` and
+``fleetops serve --data-dir D``); both become Settings overrides on top of the ``FLEETOPS_*`` environment. A
+setup mistake (a database that cannot be reached, a port in use, a bad setting, no credentials, a node that
+cannot be reached) ends the command with one line saying what is wrong and what to do, and exit status 2; an
+error the API answered is its Code and Message, exit status 1 (docs/operators.md#exit-status).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import sys
 import time
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -216,7 +219,7 @@ def keys_disable(ctx: click.Context, secret_id: str, as_json: bool) -> None:
 
 @main.group()
 def devices() -> None:
-    """Register devices in bulk (works without the server running)."""
+    """Devices: `create` registers in bulk on the database (no server needed); `list` asks the API."""
 
 
 @devices.command("create")
@@ -273,3 +276,311 @@ def db_upgrade(ctx: click.Context) -> None:
 
     _run(_with_stores(settings, noop))
     click.echo(f"schema is up to date ({_where(settings)})")
+
+
+# --- API clients (like tccli): they talk to a node over HTTP, local or remote, never to the database -------
+
+_API = "fleetops.api-options"
+
+
+def _remember_api(ctx: click.Context, param: click.Parameter, value: Any) -> Any:
+    if value is not None:
+        ctx.find_root().meta.setdefault(_API, {})[param.name or ""] = value
+    return value
+
+
+def api_options(command: F) -> F:
+    """``--endpoint``, the key pair, ``--timeout`` and ``--data-dir`` (where credentials.json is)."""
+    for option in reversed(
+        (
+            click.option(
+                "--endpoint",
+                envvar="FLEETOPS_ENDPOINT",
+                default=None,
+                expose_value=False,
+                callback=_remember_api,
+                help="the API, http://HOST:PORT [FLEETOPS_ENDPOINT, default the local node: FLEETOPS_HOST/PORT]",
+            ),
+            click.option(
+                "--secret-id", default=None, expose_value=False, callback=_remember_api, help="[FLEETOPS_SECRET_ID]"
+            ),
+            click.option(
+                "--secret-key", default=None, expose_value=False, callback=_remember_api, help="[FLEETOPS_SECRET_KEY]"
+            ),
+            click.option(
+                "--timeout",
+                "timeout_s",
+                type=float,
+                default=None,
+                expose_value=False,
+                callback=_remember_api,
+                help="seconds to wait for each answer [default 10]",
+            ),
+            click.option(
+                "--data-dir",
+                "data_dir",
+                type=click.Path(path_type=Path),
+                default=None,
+                expose_value=False,
+                callback=_remember,
+                help="where credentials.json is, when no key pair is given [FLEETOPS_DATA_DIR]",
+            ),
+        )
+    ):
+        command = option(command)
+    return command
+
+
+def _local_endpoint(settings: Settings) -> str:
+    """The node this machine would run: FLEETOPS_HOST / FLEETOPS_PORT, a wildcard address read as loopback."""
+    host = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(settings.host, settings.host)
+    return f"http://[{host}]:{settings.port}" if ":" in host else f"http://{host}:{settings.port}"
+
+
+def _api_client(ctx: click.Context) -> Any:
+    import os
+
+    from fleetops.client.api import DEFAULT_TIMEOUT_S, ApiClient, ClientSetupError, Endpoint
+    from fleetops.client.credentials import resolve_credentials
+
+    given = ctx.find_root().meta.get(_API, {})
+    settings = _settings(ctx)
+    try:
+        endpoint = Endpoint.parse(given.get("endpoint") or _local_endpoint(settings))
+        credentials = resolve_credentials(
+            given.get("secret_id"), given.get("secret_key"), os.environ, settings.data_dir
+        )
+    except ClientSetupError as exc:
+        raise SetupError(str(exc)) from exc
+    return ApiClient(endpoint, credentials, timeout_s=given.get("timeout_s") or DEFAULT_TIMEOUT_S)
+
+
+class ApiFailure(click.ClickException):
+    """The API answered with an error: its Code and Message on stderr, exit status 1."""
+
+    exit_code = 1
+
+
+@contextlib.contextmanager
+def _api_errors(client: Any) -> Iterator[None]:
+    """API errors (exit 1), setup problems (exit 2) and option values that mean nothing (usage, exit 2)."""
+    from fleetops.client.api import ApiCallError, ClientSetupError
+    from fleetops.client.tasks import OptionError
+
+    try:
+        yield
+    except ApiCallError as exc:
+        where = ""
+        if exc.code.startswith("AuthFailure"):
+            where = f"; signed with SecretId {client.credentials.secret_id} from {client.credentials.source}"
+        raise ApiFailure(f"{exc}{where}") from exc
+    except ClientSetupError as exc:
+        raise SetupError(str(exc)) from exc
+    except OptionError as exc:
+        raise click.UsageError(str(exc)) from exc
+
+
+def _window_note(noun: str, offset: int, shown: int, total: int, where: str) -> str:
+    """``tasks 1-20 of 135 at http://...; --offset 20 for more`` (on stderr, so stdout stays the rows)."""
+    window = f"{offset + 1:,}-{offset + shown:,}" if shown else "none"
+    more = f"; --offset {offset + shown} for more" if offset + shown < total else ""
+    return f"{noun} {window} of {total:,} {where}{more}"
+
+
+def _echo_json(value: Any) -> None:
+    click.echo(json.dumps(value, ensure_ascii=False))
+
+
+@main.group()
+def tasks() -> None:
+    """Batch tasks through the API: create, list, describe, cancel, and watch one's progress."""
+
+
+@tasks.command("create")
+@api_options
+@click.option("--product", "product_id", required=True, help="ProductId of the devices' product")
+@click.option(
+    "--filter",
+    "name_filter",
+    required=True,
+    help="RE2 expression searched in each device name, e.g. ^lamp- ; '' for every device (said explicitly)",
+)
+@click.option(
+    "--type",
+    "task_type",
+    type=click.Choice(["UpdateShadow", "PublishMessage"]),
+    default=None,
+    help="default: UpdateShadow with --desired, PublishMessage with --topic/--payload",
+)
+@click.option("--desired", default=None, help='UpdateShadow: the desired state, JSON, e.g. \'{"color":"red"}\'')
+@click.option("--topic", default=None, help="PublishMessage: the topic after ProductId/DeviceName/, e.g. control")
+@click.option("--payload", default=None, help="PublishMessage: the message (UTF-8)")
+@click.option(
+    "--at", default="now", show_default=True, help="start time: now, +15m, Unix seconds or 2025-06-01T14:00 (local)"
+)
+@click.option("--max-execution", default=None, help="deadline after the start: seconds or 30m, 2h [default 24 h]")
+@click.option("--watch", "follow", is_flag=True, help="follow the task's progress until it ends (as tasks watch)")
+@click.option("--interval", "interval_s", type=float, default=1.0, show_default=True, help="seconds between polls")
+@click.option("--json", "as_json", is_flag=True, help="print JSON")
+@click.pass_context
+def tasks_create(ctx: click.Context, /, follow: bool, interval_s: float, as_json: bool, **order: Any) -> None:
+    """Create a task over the devices of a product whose names match --filter; prints the TaskId."""
+    from fleetops.client.tasks import TaskOrder, create_task
+    from fleetops.domain.tasks import TaskType
+
+    client = _api_client(ctx)
+    chosen = order.pop("task_type")
+    task_type = TaskType(chosen) if chosen else None
+    with _api_errors(client):
+        task_id = create_task(client, TaskOrder(task_type=task_type, **order), int(time.time()))
+    if as_json:
+        _echo_json({"TaskId": task_id})
+    else:
+        click.echo(task_id)
+    if follow:
+        _watch(ctx, client, task_id, interval_s, as_json)
+
+
+@tasks.command("list")
+@api_options
+@click.option("--offset", type=click.IntRange(min=0), default=0, show_default=True, help="skip the newest N")
+@click.option("--limit", type=click.IntRange(min=1), default=20, show_default=True, help="how many")
+@click.option("--json", "as_json", is_flag=True, help="print JSON")
+@click.pass_context
+def tasks_list(ctx: click.Context, offset: int, limit: int, as_json: bool) -> None:
+    """The account's tasks of the last month, newest first."""
+    from fleetops.client.tasks import list_tasks, task_rows
+
+    client = _api_client(ctx)
+    with _api_errors(client):
+        total, found = list_tasks(client, offset, limit)
+    if as_json:
+        _echo_json({"TotalCount": total, "Tasks": found})
+        return
+    for line in task_rows(found) if found else ():
+        click.echo(line)
+    click.echo(_window_note("tasks", offset, len(found), total, f"at {client.endpoint}"), err=True)
+
+
+@tasks.command("describe")
+@api_options
+@click.argument("task_id")
+@click.option("--json", "as_json", is_flag=True, help="print JSON (the DescribeTask response)")
+@click.pass_context
+def tasks_describe(ctx: click.Context, task_id: str, as_json: bool) -> None:
+    """One task, with its progress."""
+    from fleetops.client.tasks import describe_task, task_lines
+
+    client = _api_client(ctx)
+    with _api_errors(client):
+        task = describe_task(client, task_id)
+    if as_json:
+        _echo_json(task)
+        return
+    for line in task_lines(task):
+        click.echo(line)
+
+
+@tasks.command("cancel")
+@api_options
+@click.argument("task_id")
+@click.option("--json", "as_json", is_flag=True, help="print JSON")
+@click.pass_context
+def tasks_cancel(ctx: click.Context, task_id: str, as_json: bool) -> None:
+    """Cancel a task that has not started yet (status 1 -> 5)."""
+    from fleetops.client.tasks import cancel_task
+
+    client = _api_client(ctx)
+    with _api_errors(client):
+        cancel_task(client, task_id)
+    if as_json:
+        _echo_json({"Id": task_id, "Status": 5})
+    else:
+        click.echo(f"cancelled {task_id}")
+
+
+@tasks.command("watch")
+@api_options
+@click.argument("task_id")
+@click.option("--interval", "interval_s", type=float, default=1.0, show_default=True, help="seconds between polls")
+@click.option("--json", "as_json", is_flag=True, help="one DescribeTask response per line as it changes")
+@click.pass_context
+def tasks_watch(ctx: click.Context, task_id: str, interval_s: float, as_json: bool) -> None:
+    """Follow a task until it ends: devices done of all, rate, time left.
+
+    Exit status 0 when it completed, 4 when it failed, 5 when it was cancelled; Ctrl-C (130) stops watching,
+    not the task.
+    """
+    _watch(ctx, _api_client(ctx), task_id, interval_s, as_json)
+
+
+def _watch(ctx: click.Context, client: Any, task_id: str, interval_s: float, as_json: bool) -> None:
+    from rich.console import Console
+
+    from fleetops.client.tasks import describe_task
+    from fleetops.client.watch import TaskWatch
+
+    if interval_s <= 0:
+        raise click.BadParameter("must be more than 0", param_hint="--interval")
+    watch = TaskWatch(lambda: describe_task(client, task_id), interval_s=interval_s)
+    console = Console()
+    try:
+        with _api_errors(client):
+            if console.is_terminal and not as_json:
+                outcome = watch.run_bar(task_id, console)
+            else:
+                outcome = watch.run_lines(task_id, sys.stdout, sys.stderr, as_json=as_json)
+    except KeyboardInterrupt:
+        click.echo(f"\nstopped watching; task {task_id} goes on (fleetops tasks watch {task_id})", err=True)
+        ctx.exit(130)
+    click.echo(outcome.summary, err=as_json)
+    ctx.exit(outcome.exit_status)
+
+
+@main.group()
+def products() -> None:
+    """Products through the API."""
+
+
+@products.command("list")
+@api_options
+@click.option("--json", "as_json", is_flag=True, help="print JSON (the Products of DescribeProducts)")
+@click.pass_context
+def products_list(ctx: click.Context, as_json: bool) -> None:
+    """Every product of the account."""
+    from fleetops.client.fleet import list_products, product_rows
+
+    client = _api_client(ctx)
+    with _api_errors(client):
+        found = list_products(client)
+    if as_json:
+        _echo_json(found)
+        return
+    if not found:
+        click.echo(f"no products at {client.endpoint} for SecretId {client.credentials.secret_id}", err=True)
+        return
+    for line in product_rows(found):
+        click.echo(line)
+
+
+@devices.command("list")
+@api_options
+@click.option("--product", "product_id", required=True, help="ProductId")
+@click.option("--name-contains", default=None, help="only devices whose name contains this (case-sensitive)")
+@click.option("--offset", type=click.IntRange(min=0), default=0, show_default=True, help="skip the first N")
+@click.option("--limit", type=click.IntRange(min=1), default=100, show_default=True, help="how many")
+@click.option("--json", "as_json", is_flag=True, help="print JSON")
+@click.pass_context
+def devices_list(ctx: click.Context, /, product_id: str, offset: int, limit: int, as_json: bool, **where: Any) -> None:
+    """The devices of a product, by name."""
+    from fleetops.client.fleet import device_rows, list_devices
+
+    client = _api_client(ctx)
+    with _api_errors(client):
+        total, found = list_devices(client, product_id, offset=offset, limit=limit, **where)
+    if as_json:
+        _echo_json({"TotalCount": total, "Devices": found})
+        return
+    for line in device_rows(found) if found else ():
+        click.echo(line)
+    click.echo(_window_note("devices", offset, len(found), total, f"in product {product_id}"), err=True)
