@@ -92,8 +92,11 @@ class Snapshot:
         return self.status in FINISHED_STATUSES
 
     def count_text(self) -> str:
-        """``1,250 of 4,000 devices``; ``waiting`` tasks and ones whose devices are not counted yet show none."""
-        return f"{self.done:,} of {self.all_devices:,} devices" if self.all_devices or self.finished else ""
+        """``1,250 of 4,000 devices``; nothing for a waiting task; ``counting devices`` for a task that has just
+        started (the engine counts the matching devices first; AllDeviceCnt is 0 until then)."""
+        if self.all_devices or self.finished:
+            return f"{self.done:,} of {self.all_devices:,} devices"
+        return "counting devices" if self.status is TaskStatus.PROCESSING else ""
 
     def rate_text(self) -> str:
         return "" if self.rate_per_s is None else f"{self.rate_per_s:,.0f} devices/s"
@@ -101,16 +104,17 @@ class Snapshot:
     def left_text(self) -> str:
         if self.status is TaskStatus.WAITING:
             return f"starts {local_time(self.task.get('ScheduleTime'))}"
-        if self.status is not TaskStatus.PROCESSING:
+        if self.status is not TaskStatus.PROCESSING or not self.all_devices:
             return ""
         return f"{duration_text(self.time_left_s)} left"
 
     def line(self) -> str:
         """``processing: 1,250 of 4,000 devices (31 %), 2,500 devices/s, 1 s left`` (the log view)."""
         head = self.status.name.lower()
-        count = self.count_text()
-        if count:
-            head += f": {count} ({self.task.get('Percent', 0)} %)"
+        if self.all_devices or self.finished:
+            head += f": {self.count_text()} ({self.task.get('Percent', 0)} %)"
+        elif self.count_text():
+            head += f": {self.count_text()}"
         return ", ".join(part for part in (head, self.rate_text(), self.left_text()) if part)
 
 
@@ -157,7 +161,7 @@ class TaskWatch:
         now = self._clock()
         done, all_devices = int(task.get("DoneDeviceCnt", 0)), int(task.get("AllDeviceCnt", 0))
         status = TaskStatus(int(task["Status"]))
-        if status is TaskStatus.PROCESSING:
+        if status is TaskStatus.PROCESSING and all_devices:  # counting the devices is not progress
             self._rate.observe(now, done)
         return Snapshot(
             status, done, all_devices, self._rate.rate_per_s, self._rate.time_left_s(all_devices - done), task
@@ -209,6 +213,7 @@ class TaskWatch:
             rate=snapshot.rate_text(),
             left=snapshot.left_text(),
         )
+        progress.refresh()  # each poll is drawn when it arrives, not at the next tick of rich's refresh thread
 
     def run_lines(self, task_id: str, out: TextIO, err: TextIO, *, as_json: bool) -> WatchOutcome:
         """The log view: a line (or a DescribeTask JSON object) on ``out`` each time the progress changes;
