@@ -100,6 +100,9 @@ def main() -> None:
 @click.option("--host", default=None, help="HTTP listen address [FLEETOPS_HOST, default 127.0.0.1]")
 @click.option("--port", type=int, default=None, help="HTTP listen port [FLEETOPS_PORT, default 8080]")
 @click.option("--mqtt-port", type=int, default=None, help="embedded MQTT port [FLEETOPS_MQTT_PORT, default 1883]")
+@click.option(
+    "--mqtt-tls-port", type=int, default=None, help="embedded MQTT TLS port, e.g. 8883 [FLEETOPS_MQTT_TLS_PORT, off]"
+)
 @click.option("--mqtt-url", default=None, help="external broker mqtt://user:pass@host:port [FLEETOPS_MQTT_URL]")
 @click.option("--node-id", default=None, help="stable name of this node in task leases [FLEETOPS_NODE_ID]")
 @click.option("--log-level", default=None, help="log level [FLEETOPS_LOG_LEVEL, default INFO]")

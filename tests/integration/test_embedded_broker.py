@@ -6,18 +6,17 @@ from __future__ import annotations
 import asyncio
 import socket
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Sequence
 
 import orjson
 import paho.mqtt.client as paho
 import pytest
 
 from fleetops.errors import BrokerUnavailable, ConfigurationError
-from fleetops.messaging.amqtt_broker import BrokerOptions
 from fleetops.messaging.device_auth import SignMethod, make_username, sign_password
-from fleetops.messaging.embedded import EmbeddedBroker
+from fleetops.messaging.embedded import BrokerOptions, EmbeddedBroker
 from fleetops.ports.messaging import DeviceCredentials
-from tests.integration.conftest_mqtt import (
+from tests.mqtt_support import (
     EchoShadowHandler,
     MemoryDirectory,
     PahoDevice,
@@ -142,6 +141,9 @@ class FailingDirectory(MemoryDirectory):
     async def device_credentials(self, product_id: str, device_name: str) -> DeviceCredentials | None:
         raise OSError("database down")
 
+    async def credentials_many(self, devices: Sequence[tuple[str, str]]) -> dict[tuple[str, str], DeviceCredentials]:
+        raise OSError("database down")
+
 
 async def test_a_directory_failure_answers_server_unavailable(devices: list[PahoDevice], pid: str) -> None:
     directory = FailingDirectory()
@@ -156,7 +158,8 @@ async def test_a_directory_failure_answers_server_unavailable(devices: list[Paho
 async def test_a_refused_connect_does_not_disturb_the_connected_device(
     broker: EmbeddedBroker, directory: MemoryDirectory, devices: list[PahoDevice], pid: str
 ) -> None:
-    """amqtt dropped the session of a client id before checking the password; fleetops checks first."""
+    """amqtt (the earlier embedded broker) dropped the session of a client id before checking the password; fleetops
+    checks first."""
     credentials = directory.add(pid, "lamp01")
     device = await connect(broker, devices, credentials)
     assert await device.subscribe(f"{pid}/lamp01/control", 1) == 1
@@ -350,10 +353,10 @@ async def test_simultaneous_connects_of_one_client_id_leave_one_connection(
     assert sum(device.disconnected.is_set() for device in contenders) == 4
     assert broker.broker is not None
     for _ in range(100):
-        if len(broker.broker.connection_tasks) == 1:
+        if len(broker.broker.connections) == 1:
             break
         await asyncio.sleep(0.01)
-    assert len(broker.broker.connection_tasks) == 1  # no connection left running unregistered
+    assert len(broker.broker.connections) == 1  # no connection left running unregistered
     assert directory.online_states(pid, "lamp01") == [True] * 5
     assert broker.publisher.online(pid, "lamp01") is True
 

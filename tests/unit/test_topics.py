@@ -6,6 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from fleetops.messaging.mqtt.codec import encode_publish, encode_remaining_length
 from fleetops.messaging.topics import (
     Access,
     DeviceId,
@@ -21,7 +22,6 @@ from fleetops.messaging.topics import (
     topic_matches,
     wildcard_prefix,
 )
-from fleetops.messaging.wire import encode_publish, encode_remaining_length
 
 LAMP = DeviceId("ABCDE12345", "lamp01")
 OTHER = DeviceId("ABCDE12345", "lamp02")
