@@ -7,11 +7,12 @@ parameters. Every response is HTTP 200 with the JSON envelope; a client's mistak
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Final
 
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -33,6 +34,7 @@ from fleetops.api.request import (
     verify_signature,
 )
 from fleetops.backend.container import Backend
+from fleetops.ports.telemetry import HealthCheck
 
 log = logging.getLogger("fleetops.access")
 error_log = logging.getLogger("fleetops.api")
@@ -53,6 +55,7 @@ class ApiEndpoint:
         backend: Backend,
         limiter: RateLimiter,
         config: ApiConfig,
+        metrics: ApiMetrics,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._registry = registry
@@ -60,7 +63,7 @@ class ApiEndpoint:
         self._limiter = limiter
         self._config = config
         self._clock = clock
-        self.metrics = ApiMetrics()
+        self.metrics = metrics
 
     async def __call__(self, request: Request) -> Response:
         started = time.perf_counter()
@@ -175,12 +178,45 @@ def _too_large(size: int, limit: int) -> errors.RequestSizeLimitExceeded:
 
 
 async def _healthz(_request: Request) -> Response:
+    """Liveness: the process serves HTTP (nothing else is asked, so a database outage does not get it killed)."""
     return PlainTextResponse("ok")
+
+
+READY_CHECK_TIMEOUT_S: Final = 2.0
+
+
+class Readiness:
+    """``GET /readyz``: 200 ``ready`` when every dependency answers, else 503 naming each one that does not.
+
+    The checks run at once, each bounded by ``timeout_s``, so a hung database answers within that time too.
+    A load balancer takes the node out of rotation on 503 while ``/healthz`` (liveness) stays 200.
+    """
+
+    def __init__(self, checks: Sequence[HealthCheck], timeout_s: float = READY_CHECK_TIMEOUT_S) -> None:
+        self._checks = tuple(checks)
+        self._timeout_s = timeout_s
+
+    async def _problem(self, check: HealthCheck) -> str | None:
+        try:
+            return await asyncio.wait_for(check.problem(), self._timeout_s)
+        except TimeoutError:
+            return f"no answer within {self._timeout_s:g} s"
+        except Exception as exc:  # a check that fails is a dependency that is not usable
+            return f"{type(exc).__name__}: {exc}"
+
+    async def __call__(self, _request: Request) -> Response:
+        problems = await asyncio.gather(*(self._problem(check) for check in self._checks))
+        down = [f"{check.name}: {problem}" for check, problem in zip(self._checks, problems, strict=True) if problem]
+        if down:
+            return PlainTextResponse("not ready\n" + "\n".join(down) + "\n", status_code=503)
+        return PlainTextResponse("ready\n" + "".join(f"{check.name}: ok\n" for check in self._checks))
 
 
 def create_app(
     endpoint: ApiEndpoint,
     *,
+    metrics: Callable[[Request], Awaitable[Response]],
+    readiness: Readiness,
     extra_routes: Sequence[BaseRoute] = (),
     lifespan: Any = None,
 ) -> Starlette:
@@ -189,7 +225,8 @@ def create_app(
         # a bound method: Starlette treats any other callable object as a raw ASGI app (scope, receive, send)
         Route("/", endpoint.__call__, methods=methods),
         Route("/healthz", _healthz, methods=["GET"]),
-        Route("/metrics", endpoint.metrics.endpoint, methods=["GET"]),
+        Route("/readyz", readiness.__call__, methods=["GET"]),
+        Route("/metrics", metrics, methods=["GET"]),
         *extra_routes,
     ]
     return Starlette(routes=routes, lifespan=lifespan)

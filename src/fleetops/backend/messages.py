@@ -9,15 +9,24 @@ from fleetops import errors
 from fleetops.backend.devices import DeviceService
 from fleetops.domain.messages import check_device_topic, decode_payload
 from fleetops.ports.messaging import DeviceMessages
+from fleetops.ports.telemetry import NO_TELEMETRY, Telemetry
 
 log = logging.getLogger(__name__)
 
 
 class MessageService:
-    def __init__(self, devices: DeviceService, messages: DeviceMessages, *, publish_timeout_s: float = 5.0) -> None:
+    def __init__(
+        self,
+        devices: DeviceService,
+        messages: DeviceMessages,
+        *,
+        publish_timeout_s: float = 5.0,
+        telemetry: Telemetry = NO_TELEMETRY,
+    ) -> None:
         self._devices = devices
         self._messages = messages
         self._publish_timeout_s = publish_timeout_s
+        self._telemetry = telemetry
 
     async def publish(
         self,
@@ -46,6 +55,7 @@ class MessageService:
             async with asyncio.timeout(self._publish_timeout_s):
                 await self._messages.publish(topic, data, qos)
         except (errors.BrokerUnavailable, TimeoutError) as exc:
+            self._telemetry.broker_error()
             reason = str(exc) or f"no answer within {self._publish_timeout_s:g} s"
             log.warning("PublishMessage to %s: broker unavailable (%s)", topic, reason)
             raise errors.FailedOperation(

@@ -29,6 +29,7 @@ from fleetops.domain.shadow import (
 )
 from fleetops.ports.messaging import DeviceMessages
 from fleetops.ports.store import ShadowContention, ShadowMissing, ShadowStore
+from fleetops.ports.telemetry import NO_TELEMETRY, ShadowSource, Telemetry
 
 log = logging.getLogger("fleetops.shadows")
 
@@ -73,8 +74,10 @@ class ShadowService:
         *,
         product_names: ProductNames,
         delta_publish_timeout_s: float = DEFAULT_DELTA_PUBLISH_TIMEOUT_S,
+        telemetry: Telemetry = NO_TELEMETRY,
     ) -> None:
         self._store = store
+        self._telemetry = telemetry
         self._product_names = product_names
         self._messages = messages
         self._clock = clock
@@ -123,6 +126,7 @@ class ShadowService:
                 "The shadow is being changed by many writers at once; retry the update.",
                 message_zh="影子正被多个写入方同时修改，请重试本次更新。",
             ) from exc
+        self._telemetry.shadows_written(ShadowSource.API, 1)
         if pushed:
             await self._push_delta(topic_prefix, product_id, device_name, new.version, pushed, now_ms)
         return ShadowWrite(new, patch)
@@ -141,6 +145,7 @@ class ShadowService:
             async with asyncio.timeout(self._delta_publish_timeout_s):
                 await self._messages.push_delta(prefix, product_id, device_name, version, pushed, now_ms)
         except Exception:  # the shadow is written; the device gets the delta on its next get
+            self._telemetry.broker_error()
             log.warning(
                 "delta push to %s/%s failed; the device will see it on its next get",
                 product_id,

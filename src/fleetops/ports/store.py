@@ -333,6 +333,9 @@ class TaskStore(Protocol):
 
     async def purge(self, created_before: int) -> int: ...
 
+    # operations
+    async def count_by_status(self) -> dict[TaskStatus, int]: ...
+
 
 # (old desired, old desired metadata) -> (new desired, new desired metadata): ``domain.shadow.merge_section``
 # bound to one patch, for the engine's row-by-row merge of a patch that is not flat

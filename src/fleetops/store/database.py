@@ -8,15 +8,18 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import Any
+from functools import partial
+from typing import Any, Final
 
 import orjson
+import sqlalchemy as sa
 from sqlalchemy import event
-from sqlalchemy.engine import make_url
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy.engine import ExceptionContext, make_url
+from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from fleetops.errors import ConfigurationError
+from fleetops.ports.telemetry import NO_TELEMETRY, Telemetry
 
 
 def _dumps(value: Any) -> str:
@@ -60,7 +63,8 @@ class Database:
         await self.engine.dispose()
 
 
-def open_database(url: str, *, pool_size: int = 10) -> Database:
+def open_database(url: str, *, pool_size: int = 10, telemetry: Telemetry = NO_TELEMETRY) -> Database:
+    """``telemetry`` hears of every failed database operation (``fleetops_database_errors_total``)."""
     aurl = async_url(url)
     kwargs: dict[str, Any] = {"json_serializer": _dumps, "json_deserializer": orjson.loads}
     if aurl.startswith("postgresql"):
@@ -68,7 +72,35 @@ def open_database(url: str, *, pool_size: int = 10) -> Database:
     engine = create_async_engine(aurl, **kwargs)
     if engine.dialect.name == "sqlite":
         event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
+    event.listen(engine.sync_engine, "handle_error", partial(_count_error, telemetry))
     return Database(engine)
+
+
+def _count_error(telemetry: Telemetry, context: ExceptionContext) -> None:
+    """SQLAlchemy's hook for every error of a statement or a connect. Not counted: a unique violation (the
+    stores turn it into a name-taken answer: a client's conflict, not a database fault) and the pool's
+    pre-ping of a stale connection (the pool replaces the connection and nothing fails)."""
+    if context.is_pre_ping or isinstance(context.sqlalchemy_exception, IntegrityError):
+        return
+    telemetry.database_error()
+
+
+class DatabaseHealth:
+    """:class:`~fleetops.ports.telemetry.HealthCheck` of the database: one ``SELECT 1`` on a pooled connection."""
+
+    name: Final = "database"
+
+    def __init__(self, db: Database, url: str) -> None:
+        self._db = db
+        self._url = url
+
+    async def problem(self) -> str | None:
+        try:
+            async with self._db.connect() as conn:
+                await conn.execute(sa.text("SELECT 1"))
+        except (DBAPIError, OSError) as exc:
+            return _explain(exc, self._url)
+        return None
 
 
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
@@ -106,12 +138,12 @@ def _explain(exc: BaseException, url: str) -> str:
     return f"cannot use the database {shown}: {text}"
 
 
-async def open_migrated_database(url: str) -> Database:
+async def open_migrated_database(url: str, *, telemetry: Telemetry = NO_TELEMETRY) -> Database:
     """Open the database and migrate it to the newest schema; ConfigurationError with one readable line when it
     cannot be reached or used (a setup mistake is never a traceback)."""
     from fleetops.store.migrate import upgrade  # migrate imports this module
 
-    db = open_database(url)
+    db = open_database(url, telemetry=telemetry)
     try:
         await upgrade(db)
     except (DBAPIError, OSError) as exc:
