@@ -17,12 +17,13 @@ import json
 import logging
 import sys
 import time
-from collections.abc import Awaitable, Callable, Coroutine, Iterator
+from collections.abc import Awaitable, Callable, Coroutine, Iterable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
 import click
 
+from fleetops.domain.tasks import TaskStatus, TaskType
 from fleetops.errors import ConfigurationError
 from fleetops.settings import Settings
 
@@ -62,16 +63,20 @@ def store_options(command: F) -> F:
         callback=_remember,
         help="database URL, sqlite:///PATH or postgresql://... [FLEETOPS_DATABASE_URL]",
     )(command)
-    command = click.option(
+    return data_dir_option("data directory (SQLite file, credentials.json)")(command)
+
+
+def data_dir_option(what: str) -> Callable[[F], F]:
+    """``--data-dir``: a Settings override, before the command or after it."""
+    return click.option(
         "--data-dir",
         "data_dir",
         type=click.Path(path_type=Path),
         default=None,
         expose_value=False,
         callback=_remember,
-        help="data directory (SQLite file, credentials.json) [FLEETOPS_DATA_DIR, default ./fleetops-data]",
-    )(command)
-    return command
+        help=f"{what} [FLEETOPS_DATA_DIR, default ./fleetops-data]",
+    )
 
 
 def _settings(ctx: click.Context, **overrides: Any) -> Settings:
@@ -319,15 +324,7 @@ def api_options(command: F) -> F:
                 callback=_remember_api,
                 help="seconds to wait for each answer [default 10]",
             ),
-            click.option(
-                "--data-dir",
-                "data_dir",
-                type=click.Path(path_type=Path),
-                default=None,
-                expose_value=False,
-                callback=_remember,
-                help="where credentials.json is, when no key pair is given [FLEETOPS_DATA_DIR]",
-            ),
+            data_dir_option("where credentials.json is, when no key pair is given"),
         )
     ):
         command = option(command)
@@ -383,15 +380,39 @@ def _api_errors(client: Any) -> Iterator[None]:
         raise click.UsageError(str(exc)) from exc
 
 
+def _ask(ctx: click.Context, work: Callable[[Any], T]) -> tuple[Any, T]:
+    """(the client, what ``work(client)`` returned), its failures turned into the commands' exits."""
+    client = _api_client(ctx)
+    with _api_errors(client):
+        return client, work(client)
+
+
+def _show(as_json: bool, value: Any, lines: Callable[[], Iterable[str]], note: str = "") -> None:
+    """``value`` as JSON, or ``lines()`` for a person with ``note`` on stderr (so stdout stays the rows)."""
+    if as_json:
+        click.echo(json.dumps(value, ensure_ascii=False))
+        return
+    for line in lines():
+        click.echo(line)
+    if note:
+        click.echo(note, err=True)
+
+
 def _window_note(noun: str, offset: int, shown: int, total: int, where: str) -> str:
-    """``tasks 1-20 of 135 at http://...; --offset 20 for more`` (on stderr, so stdout stays the rows)."""
+    """``tasks 1-20 of 135 at http://...; --offset 20 for more``."""
     window = f"{offset + 1:,}-{offset + shown:,}" if shown else "none"
     more = f"; --offset {offset + shown} for more" if offset + shown < total else ""
     return f"{noun} {window} of {total:,} {where}{more}"
 
 
-def _echo_json(value: Any) -> None:
-    click.echo(json.dumps(value, ensure_ascii=False))
+def json_option(help_text: str = "print JSON") -> Callable[[F], F]:
+    return click.option("--json", "as_json", is_flag=True, help=help_text)
+
+
+def interval_option(command: F) -> F:
+    return click.option(
+        "--interval", "interval_s", type=float, default=1.0, show_default=True, help="seconds between polls"
+    )(command)
 
 
 @main.group()
@@ -411,7 +432,7 @@ def tasks() -> None:
 @click.option(
     "--type",
     "task_type",
-    type=click.Choice(["UpdateShadow", "PublishMessage"]),
+    type=click.Choice([t.value for t in TaskType]),
     default=None,
     help="default: UpdateShadow with --desired, PublishMessage with --topic/--payload",
 )
@@ -423,23 +444,17 @@ def tasks() -> None:
 )
 @click.option("--max-execution", default=None, help="deadline after the start: seconds or 30m, 2h [default 24 h]")
 @click.option("--watch", "follow", is_flag=True, help="follow the task's progress until it ends (as tasks watch)")
-@click.option("--interval", "interval_s", type=float, default=1.0, show_default=True, help="seconds between polls")
-@click.option("--json", "as_json", is_flag=True, help="print JSON")
+@interval_option
+@json_option()
 @click.pass_context
 def tasks_create(ctx: click.Context, /, follow: bool, interval_s: float, as_json: bool, **order: Any) -> None:
     """Create a task over the devices of a product whose names match --filter; prints the TaskId."""
     from fleetops.client.tasks import TaskOrder, create_task
-    from fleetops.domain.tasks import TaskType
 
-    client = _api_client(ctx)
     chosen = order.pop("task_type")
-    task_type = TaskType(chosen) if chosen else None
-    with _api_errors(client):
-        task_id = create_task(client, TaskOrder(task_type=task_type, **order), int(time.time()))
-    if as_json:
-        _echo_json({"TaskId": task_id})
-    else:
-        click.echo(task_id)
+    task_order = TaskOrder(task_type=TaskType(chosen) if chosen else None, **order)
+    client, task_id = _ask(ctx, lambda client: create_task(client, task_order, int(time.time())))
+    _show(as_json, {"TaskId": task_id}, lambda: [task_id])
     if follow:
         _watch(ctx, client, task_id, interval_s, as_json)
 
@@ -448,65 +463,48 @@ def tasks_create(ctx: click.Context, /, follow: bool, interval_s: float, as_json
 @api_options
 @click.option("--offset", type=click.IntRange(min=0), default=0, show_default=True, help="skip the newest N")
 @click.option("--limit", type=click.IntRange(min=1), default=20, show_default=True, help="how many")
-@click.option("--json", "as_json", is_flag=True, help="print JSON")
+@json_option()
 @click.pass_context
 def tasks_list(ctx: click.Context, offset: int, limit: int, as_json: bool) -> None:
     """The account's tasks of the last month, newest first."""
     from fleetops.client.tasks import list_tasks, task_rows
 
-    client = _api_client(ctx)
-    with _api_errors(client):
-        total, found = list_tasks(client, offset, limit)
-    if as_json:
-        _echo_json({"TotalCount": total, "Tasks": found})
-        return
-    for line in task_rows(found) if found else ():
-        click.echo(line)
-    click.echo(_window_note("tasks", offset, len(found), total, f"at {client.endpoint}"), err=True)
+    client, (total, found) = _ask(ctx, lambda client: list_tasks(client, offset, limit))
+    note = _window_note("tasks", offset, len(found), total, f"at {client.endpoint}")
+    _show(as_json, {"TotalCount": total, "Tasks": found}, lambda: task_rows(found) if found else [], note)
 
 
 @tasks.command("describe")
 @api_options
 @click.argument("task_id")
-@click.option("--json", "as_json", is_flag=True, help="print JSON (the DescribeTask response)")
+@json_option("print JSON (the DescribeTask response)")
 @click.pass_context
 def tasks_describe(ctx: click.Context, task_id: str, as_json: bool) -> None:
     """One task, with its progress."""
     from fleetops.client.tasks import describe_task, task_lines
 
-    client = _api_client(ctx)
-    with _api_errors(client):
-        task = describe_task(client, task_id)
-    if as_json:
-        _echo_json(task)
-        return
-    for line in task_lines(task):
-        click.echo(line)
+    _, task = _ask(ctx, lambda client: describe_task(client, task_id))
+    _show(as_json, task, lambda: task_lines(task))
 
 
 @tasks.command("cancel")
 @api_options
 @click.argument("task_id")
-@click.option("--json", "as_json", is_flag=True, help="print JSON")
+@json_option()
 @click.pass_context
 def tasks_cancel(ctx: click.Context, task_id: str, as_json: bool) -> None:
     """Cancel a task that has not started yet (status 1 -> 5)."""
     from fleetops.client.tasks import cancel_task
 
-    client = _api_client(ctx)
-    with _api_errors(client):
-        cancel_task(client, task_id)
-    if as_json:
-        _echo_json({"Id": task_id, "Status": 5})
-    else:
-        click.echo(f"cancelled {task_id}")
+    _ask(ctx, lambda client: cancel_task(client, task_id))
+    _show(as_json, {"Id": task_id, "Status": TaskStatus.CANCELLED.value}, lambda: [f"cancelled {task_id}"])
 
 
 @tasks.command("watch")
 @api_options
 @click.argument("task_id")
-@click.option("--interval", "interval_s", type=float, default=1.0, show_default=True, help="seconds between polls")
-@click.option("--json", "as_json", is_flag=True, help="one DescribeTask response per line as it changes")
+@interval_option
+@json_option("one DescribeTask response per line as it changes")
 @click.pass_context
 def tasks_watch(ctx: click.Context, task_id: str, interval_s: float, as_json: bool) -> None:
     """Follow a task until it ends: devices done of all, rate, time left.
@@ -547,23 +545,15 @@ def products() -> None:
 
 @products.command("list")
 @api_options
-@click.option("--json", "as_json", is_flag=True, help="print JSON (the Products of DescribeProducts)")
+@json_option("print JSON (the Products of DescribeProducts)")
 @click.pass_context
 def products_list(ctx: click.Context, as_json: bool) -> None:
     """Every product of the account."""
     from fleetops.client.fleet import list_products, product_rows
 
-    client = _api_client(ctx)
-    with _api_errors(client):
-        found = list_products(client)
-    if as_json:
-        _echo_json(found)
-        return
-    if not found:
-        click.echo(f"no products at {client.endpoint} for SecretId {client.credentials.secret_id}", err=True)
-        return
-    for line in product_rows(found):
-        click.echo(line)
+    client, found = _ask(ctx, list_products)
+    note = "" if found else f"no products at {client.endpoint} for SecretId {client.credentials.secret_id}"
+    _show(as_json, found, lambda: product_rows(found) if found else [], note)
 
 
 @devices.command("list")
@@ -572,18 +562,12 @@ def products_list(ctx: click.Context, as_json: bool) -> None:
 @click.option("--name-contains", default=None, help="only devices whose name contains this (case-sensitive)")
 @click.option("--offset", type=click.IntRange(min=0), default=0, show_default=True, help="skip the first N")
 @click.option("--limit", type=click.IntRange(min=1), default=100, show_default=True, help="how many")
-@click.option("--json", "as_json", is_flag=True, help="print JSON")
+@json_option()
 @click.pass_context
 def devices_list(ctx: click.Context, /, product_id: str, offset: int, limit: int, as_json: bool, **where: Any) -> None:
     """The devices of a product, by name."""
     from fleetops.client.fleet import device_rows, list_devices
 
-    client = _api_client(ctx)
-    with _api_errors(client):
-        total, found = list_devices(client, product_id, offset=offset, limit=limit, **where)
-    if as_json:
-        _echo_json({"TotalCount": total, "Devices": found})
-        return
-    for line in device_rows(found) if found else ():
-        click.echo(line)
-    click.echo(_window_note("devices", offset, len(found), total, f"in product {product_id}"), err=True)
+    _, (total, found) = _ask(ctx, lambda client: list_devices(client, product_id, offset=offset, limit=limit, **where))
+    note = _window_note("devices", offset, len(found), total, f"in product {product_id}")
+    _show(as_json, {"TotalCount": total, "Devices": found}, lambda: device_rows(found) if found else [], note)

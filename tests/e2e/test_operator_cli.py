@@ -22,22 +22,18 @@ from pathlib import Path
 import pytest
 
 from fleetops.backend.registration import register_devices
-from tests.support import LiveServer, sdk_client, start_server
+from tests.support import LiveServer, sdk_client, server_on
 
 FLEETOPS = str(Path(sys.executable).parent / "fleetops")
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
-    data = tmp_path_factory.mktemp("operator-cli")
     # small batches: a task over 2,000 devices takes a hundred transactions, long enough to be watched
-    live = start_server(
-        data / "data", f"sqlite:///{data / 'fleetops.db'}", task_batch_size=20, task_poll_interval_s=0.1
-    )
-    try:
+    with server_on(
+        "sqlite", tmp_path_factory.mktemp("operator-cli"), task_batch_size=20, task_poll_interval_s=0.1
+    ) as live:
         yield live
-    finally:
-        live.stop()
 
 
 class Operator:
