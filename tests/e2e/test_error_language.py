@@ -188,3 +188,10 @@ def test_a_product_name_given_as_product_id_gets_its_product_id_in_both_language
     # no hint when the name is unknown
     _, plain = _error(en, "DescribeProduct", {"ProductId": "NOSUCHPROD"})
     assert plain == "The product `NOSUCHPROD` does not exist in this account."
+    # a name too long to be a ProductId is stopped by the length check, which says what a ProductId is
+    code, long_name = _error(en, "DescribeDevice", {"ProductID": "living-room-lamps", "DeviceName": "d"})
+    assert code == "InvalidParameterValue"
+    assert long_name.endswith("A ProductId is the 10-character id CreateProduct returned (e.g. `ABCDE12345`), "
+                              "not the ProductName; DescribeProducts (fleetops products list) shows both.")  # fmt: skip
+    _, long_zh = _error(_client(server, ClientProfile()), "DescribeProduct", {"ProductId": "living-room-lamps"})
+    assert "不是产品名称（ProductName）" in long_zh

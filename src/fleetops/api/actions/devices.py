@@ -27,7 +27,7 @@ def device_name(*, doc: str = "[a-zA-Z0-9:_-]{1,48}") -> Any:
 
 
 def product_id_upper() -> Any:
-    return wire("ProductID", required=True, max_length=10, doc="product id (note the vendor's upper-case ID)")
+    return product_id(name="ProductID", doc="product id (note the vendor's upper-case ID)")
 
 
 @dataclass(frozen=True, slots=True)
