@@ -14,6 +14,11 @@ Every adapter is built once, here, with values taken from Settings; nothing belo
 and nothing is attached after construction. The only cycle (the broker hands device shadow requests to the
 backend, the backend publishes through the broker) does not exist: a device's own shadow requests need no
 publisher (``backend.device_shadows``), so the broker is built first and the cloud-side use cases after it.
+
+Telemetry: one ``api.metrics.NodeMetrics`` per node, built first and handed to the database handle (its
+errors), the engine (batches, task ends) and the use cases (shadow writes, broker errors) as the
+``ports.telemetry.Telemetry`` port; ``api.metrics.StateMetrics`` reads the task table and the MQTT side when
+Prometheus scrapes; ``/readyz`` asks the database and the MQTT side (``ports.telemetry.HealthCheck``).
 """
 
 from __future__ import annotations
