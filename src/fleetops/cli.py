@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
 import sys
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Iterable, Iterator
@@ -338,8 +339,6 @@ def _local_endpoint(settings: Settings) -> str:
 
 
 def _api_client(ctx: click.Context) -> Any:
-    import os
-
     from fleetops.client.api import DEFAULT_TIMEOUT_S, ApiClient, ClientSetupError, Endpoint
     from fleetops.client.credentials import resolve_credentials
 
@@ -571,3 +570,27 @@ def devices_list(ctx: click.Context, /, product_id: str, offset: int, limit: int
     _, (total, found) = _ask(ctx, lambda client: list_devices(client, product_id, offset=offset, limit=limit, **where))
     note = _window_note("devices", offset, len(found), total, f"in product {product_id}")
     _show(as_json, {"TotalCount": total, "Devices": found}, lambda: device_rows(found) if found else [], note)
+
+
+@main.group()
+def mosquitto() -> None:
+    """The Mosquitto plugin: device authentication, the device ACL, shadow requests for several nodes."""
+
+
+@mosquitto.command("build")
+@click.option(
+    "--output",
+    type=click.Path(path_type=Path, file_okay=False),
+    default=Path("build/mosquitto"),
+    show_default=True,
+    help="directory for the .so",
+)
+@click.option("--checked", is_flag=True, help="UBSan build with debug info, to run under valgrind (docs/mosquitto.md)")
+def mosquitto_build(output: Path, checked: bool) -> None:
+    """Compile the plugin with the system cc ($CC) and print the path of the .so."""
+    from fleetops.mosquitto.build import BuildError, build_plugin
+
+    try:
+        click.echo(str(build_plugin(output, checked=checked, compiler=os.environ.get("CC", "cc"))))
+    except BuildError as exc:
+        raise SetupError(f"fleetops mosquitto build: {exc}") from exc

@@ -1,5 +1,5 @@
 """The embedded broker with real paho-mqtt devices: authentication, ACL, shadow requests, fleetops publishing,
-take-over, persistent sessions, online state (device-protocol §2-§5)."""
+take-over, persistent sessions, online state (docs/device-protocol.md)."""
 
 from __future__ import annotations
 
@@ -123,7 +123,7 @@ async def test_sdk_style_user_names_connect(
 async def test_refused_connects_get_the_spec_codes(
     broker: EmbeddedBroker, directory: MemoryDirectory, devices: list[PahoDevice], pid: str
 ) -> None:
-    """device-protocol §2.4: bad/expired/unknown -> 4, disabled -> 5, bad client id or keep-alive -> 2."""
+    """docs/device-protocol.md#connack: bad/expired/unknown -> 4, disabled -> 5, bad client id or keep-alive -> 2."""
     good = directory.add(pid, "good")
     disabled = directory.add(pid, "off", enabled=False)
     unknown = DeviceCredentials(pid, "ghost", good.psk, True)
@@ -237,7 +237,7 @@ async def test_a_publish_to_another_device_topic_is_not_delivered(
 async def test_devices_can_publish_to_their_own_topics(
     broker: EmbeddedBroker, directory: MemoryDirectory, devices: list[PahoDevice], pid: str
 ) -> None:
-    """Standard MQTT echo of a device's own publish on a topic it subscribes to (device-protocol §4.1)."""
+    """Standard MQTT echo of a device's own publish on a topic it subscribes to (docs/device-protocol.md#messaging)."""
     device = await connect(broker, devices, directory.add(pid, "lamp01"))
     assert await device.subscribe(f"{pid}/lamp01/data", 1) == 1
     device.publish(f"{pid}/lamp01/data", b"loop", 1)
@@ -248,7 +248,7 @@ async def test_devices_can_publish_to_their_own_topics(
 async def test_oversized_payloads_are_dropped_and_qos2_closes_the_connection(
     broker: EmbeddedBroker, directory: MemoryDirectory, devices: list[PahoDevice], pid: str
 ) -> None:
-    """device-protocol §4.2: payloads over 16 KB are dropped; QoS 2 is not supported."""
+    """docs/device-protocol.md#messaging: payloads over 16 KB are dropped; QoS 2 is not supported."""
     device = await connect(broker, devices, directory.add(pid, "lamp01"))
     assert await device.subscribe(f"{pid}/lamp01/data", 1) == 1
     device.publish(f"{pid}/lamp01/data", b"x" * (16 * 1024 + 1), 1)

@@ -7,8 +7,8 @@ of ``ports/messaging.py``) take the globally unique ProductId instead: the devic
 PSK, and has no account to speak of.
 
 A device and its shadow are one row (``devices.shadow_*``): deleting the device deletes the shadow, and a new
-device starts with the empty shadow at version 0 (docs/mqtt.md#device-shadow). The shadow columns are written
-only by ``store/shadows.py``.
+device starts with the empty shadow at version 0 (docs/device-protocol.md#document-model). The shadow columns are
+written only by ``store/shadows.py``.
 """
 
 from __future__ import annotations
