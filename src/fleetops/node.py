@@ -286,7 +286,7 @@ class Node:
 
     def _health_checks(self) -> list[HealthCheck]:
         """What ``/readyz`` asks: the database, and the broker when the MQTT side can tell."""
-        checks: list[HealthCheck] = [DatabaseHealth(self.stores.db, self.settings.effective_database_url)]
+        checks: list[HealthCheck] = [DatabaseHealth(self.stores.db)]
         if isinstance(self.messaging, HealthCheck):
             checks.append(self.messaging)
         return checks

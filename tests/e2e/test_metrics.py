@@ -159,7 +159,7 @@ def test_readyz_says_the_database_is_down_while_healthz_stays_up(tmp_path: Path)
         assert status == 503
         lines = body.splitlines()
         assert lines[0] == "not ready"
-        assert lines[1].startswith("database: ") and "does not exist" in lines[1]
+        assert lines[1] == "database: the database does not exist"  # no address: anyone may ask /readyz
         assert len(lines) == 2  # the broker is fine and is not listed
         assert requests.get(server.url + "healthz", timeout=5).text == "ok"
         # an API call fails on the database: counted
@@ -185,7 +185,7 @@ async def test_readyz_says_the_broker_is_down_until_it_is_back(
     status, body = await asyncio.to_thread(readyz, server)
     assert (status, body) == (
         503,
-        f"not ready\nbroker: not connected to the MQTT broker at 127.0.0.1:{broker.port} (reconnecting)\n",
+        "not ready\nbroker: not connected to the external MQTT broker (reconnecting)\n",
     )
     # a PublishMessage now cannot be taken by the broker: refused to the client, and counted
     message = {"ProductId": pid, "DeviceName": "d1", "Topic": f"{pid}/d1/data", "Payload": "hi"}

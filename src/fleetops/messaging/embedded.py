@@ -217,7 +217,7 @@ class EmbeddedBroker:
     async def problem(self) -> str | None:
         """:class:`~fleetops.ports.telemetry.HealthCheck`: the gateway is serving."""
         if self.broker is None:
-            return f"the embedded MQTT gateway on {self.host}:{self._port} is not running"
+            return "the embedded MQTT gateway is not running"
         return None
 
 

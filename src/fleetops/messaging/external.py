@@ -346,7 +346,8 @@ class ExternalBroker:
         """:class:`~fleetops.ports.telemetry.HealthCheck`: the connection to the broker is up."""
         if self.connected:
             return None
-        return f"not connected to the MQTT broker at {self.address.host}:{self.address.port} (reconnecting)"
+        # not the broker's address: /readyz answers anyone who can reach the API port (the log names it)
+        return "not connected to the external MQTT broker (reconnecting)"
 
     async def start(self) -> None:
         if self._supervisor is not None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from enum import StrEnum
 from functools import partial
 from typing import Any, Final
 
@@ -90,16 +91,17 @@ class DatabaseHealth:
 
     name: Final = "database"
 
-    def __init__(self, db: Database, url: str) -> None:
+    def __init__(self, db: Database) -> None:
         self._db = db
-        self._url = url
 
     async def problem(self) -> str | None:
+        """The kind of trouble only: ``/readyz`` answers anyone who can reach the port, and the database's
+        address and the driver's words are for the log (the operations that fail log them)."""
         try:
             async with self._db.connect() as conn:
                 await conn.execute(sa.text("SELECT 1"))
         except (DBAPIError, OSError) as exc:
-            return _explain(exc, self._url)
+            return _trouble(exc).value
         return None
 
 
@@ -122,18 +124,45 @@ def display_url(url: str) -> str:
         return url
 
 
-def _explain(exc: BaseException, url: str) -> str:
-    """One line saying what is wrong with the database and what to do."""
-    shown = display_url(url)
-    text = str(getattr(exc, "orig", None) or exc).splitlines()[0] if str(exc) else type(exc).__name__
+class _Trouble(StrEnum):
+    """What kind of database problem an exception shows (one classification for both ways of saying it)."""
+
+    MISSING = "the database does not exist"
+    UNREACHABLE = "cannot connect to the database server"
+    SQLITE_FILE = "cannot open the SQLite file"
+    CREDENTIALS = "the database refused the credentials"
+    OTHER = "the database cannot be used"
+
+
+def _first_line(exc: BaseException) -> str:
+    return str(getattr(exc, "orig", None) or exc).splitlines()[0] if str(exc) else type(exc).__name__
+
+
+def _trouble(exc: BaseException) -> _Trouble:
+    text = _first_line(exc)
     if "does not exist" in text and "database" in text:
+        return _Trouble.MISSING
+    if isinstance(exc, OSError) or "Connect call failed" in text or "could not connect" in text.lower():
+        return _Trouble.UNREACHABLE
+    if "unable to open database file" in text:
+        return _Trouble.SQLITE_FILE
+    if "password authentication failed" in text or "authentication" in text.lower():
+        return _Trouble.CREDENTIALS
+    return _Trouble.OTHER
+
+
+def _explain(exc: BaseException, url: str) -> str:
+    """One line saying what is wrong with the database and what to do (for the operator starting a command)."""
+    shown, text = display_url(url), _first_line(exc)
+    trouble = _trouble(exc)
+    if trouble is _Trouble.MISSING:
         name = make_url(url).database
         return f"the database {shown} does not exist: create it (createdb {name}) or use another --database URL"
-    if isinstance(exc, OSError) or "Connect call failed" in text or "could not connect" in text.lower():
+    if trouble is _Trouble.UNREACHABLE:
         return f"cannot connect to the database {shown} ({text}): is the server running and reachable?"
-    if "unable to open database file" in text:
+    if trouble is _Trouble.SQLITE_FILE:
         return f"cannot open the SQLite database {shown}: check that its directory exists and is writable"
-    if "password authentication failed" in text or "authentication" in text.lower():
+    if trouble is _Trouble.CREDENTIALS:
         return f"the database {shown} refused the credentials ({text}): check the user and password in the URL"
     return f"cannot use the database {shown}: {text}"
 
