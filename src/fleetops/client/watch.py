@@ -133,9 +133,11 @@ def outcome_of(task_id: str, final: Snapshot) -> WatchOutcome:
         summary = f"task {task_id} completed: {devices} in {duration_text(max(0, took))}"
     elif final.status is TaskStatus.FAILED:
         summary = f"task {task_id} failed: {task.get('ErrMsg') or 'no reason given'} (RetCode {task.get('RetCode')})"
-    else:
+    elif final.status is TaskStatus.CANCELLED:
         summary = f"task {task_id} was cancelled ({devices})"
-    return WatchOutcome(final.status, EXIT_STATUS[final.status], summary)
+    else:  # an ending added later (the status list may grow): its own number, as for failed and cancelled
+        summary = f"task {task_id} ended with status {final.status.value} ({final.status.name.lower()}, {devices})"
+    return WatchOutcome(final.status, EXIT_STATUS.get(final.status, final.status.value), summary)
 
 
 class TaskWatch:
