@@ -188,18 +188,21 @@ def task_spec(
     ``Tasks.PublishMessageTask.Topic`` and ``.Payload`` (None when absent). The member named after the task
     type is required; a member for the other type is ignored, as the vendor documents one member per type.
     """
+    if task_type is TaskType.UPDATE_SHADOW:
+        if desired is None:
+            raise _member_missing(task_type)
+        return UpdateShadowSpec(_desired(desired))
+    if topic is None and payload is None:
+        raise _member_missing(task_type)
+    return PublishMessageSpec(_topic(topic), _payload(payload))
+
+
+def _member_missing(task_type: TaskType) -> InvalidParameterValue:
     member = _MEMBER[task_type]
-    missing = InvalidParameterValue(
+    return InvalidParameterValue(
         f"Tasks.{member} is required when TaskType is {task_type.value}.",
         message_zh=f"TaskType 为 {task_type.value} 时必须提供 Tasks.{member}。",
     )
-    if task_type is TaskType.UPDATE_SHADOW:
-        if desired is None:
-            raise missing
-        return UpdateShadowSpec(_desired(desired))
-    if topic is None and payload is None:
-        raise missing
-    return PublishMessageSpec(_topic(topic), _payload(payload))
 
 
 def _desired(value: Any) -> JSONObject:
