@@ -638,8 +638,9 @@ class Gateway:
         return session is not None and session.connected
 
     def devices_online(self) -> int:
-        """Sessions with a connected device (one pass over the sessions: for a scrape, not a hot path)."""
-        return sum(1 for session in self.sessions.values() if session.connected)
+        """Connections past their CONNACK: one pass over the open connections (bounded by the listeners'
+        limits, unlike the sessions, which include the offline persistent ones); for a scrape, not a hot path."""
+        return sum(1 for connection in self.connections if connection.ready)
 
     def offline_room(self, client_id: str, topic: str) -> int | None:
         """Room in ``client_id``'s persistent session for a QoS 1 message on ``topic``; None if it keeps none."""
