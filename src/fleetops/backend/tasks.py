@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Final
 
 from fleetops import errors
+from fleetops.backend.products import ProductNames
 from fleetops.domain.extensions import (
     CLIENT_TOKEN_TTL_S,
     AbortCriterionDraft,
@@ -95,7 +96,10 @@ class Preview:
 
 
 def _not_found(task_id: str) -> errors.TaskNotExist:
-    return errors.TaskNotExist(f"The task `{task_id}` does not exist in this account (tasks are kept for one month).")
+    return errors.TaskNotExist(
+        f"The task `{task_id}` does not exist in this account (tasks are kept for one month).",
+        message_zh=f"该账号下不存在任务 `{task_id}`（任务保留一个月）。",
+    )
 
 
 class TaskService:
@@ -115,6 +119,7 @@ class TaskService:
         each new task (the node's worker: an immediate task starts at once)."""
         self._store = store
         self._products = products
+        self._product_names = ProductNames(products)
         self._clock = clock
         self._max_open_tasks = max_open_tasks
         self._retention_s = retention_s
@@ -142,13 +147,15 @@ class TaskService:
         max_execution_s = effective_max_execution_time(draft.max_execution_time_s)
         product = await self._products.get(account_id, draft.product_id)
         if product is None:
-            raise errors.ProductNotExist(f"The product `{draft.product_id}` does not exist in this account.")
+            raise await self._product_names.not_exist(account_id, draft.product_id)
         return _Checked(spec, name_filter, extensions, schedule_time, max_execution_s, product, now)
 
     def _at_the_cap(self, open_count: int) -> errors.PengingOrProcessingTasksExceedLimit:
         return errors.PengingOrProcessingTasksExceedLimit(
             f"The account has {open_count} tasks waiting or processing (status 1 or 2); at most "
-            f"{self._max_open_tasks} are allowed. Wait for one to finish, or cancel a waiting one (CancelTask)."
+            f"{self._max_open_tasks} are allowed. Wait for one to finish, or cancel a waiting one (CancelTask).",
+            message_zh=f"该账号有 {open_count} 个等待中或执行中的任务（状态 1 或 2），最多允许 "
+            f"{self._max_open_tasks} 个。请等待任务结束，或取消一个等待中的任务（CancelTask）。",
         )
 
     async def create(self, account_id: int, draft: TaskDraft) -> str:
@@ -182,7 +189,9 @@ class TaskService:
                 raise errors.InvalidParameterValue(
                     f"ClientToken `{token.token}` was used in the last 24 hours by a CreateTask with other "
                     f"parameters (task `{insertion.task_id}`): send exactly the same parameters to get that "
-                    "task again, or a new ClientToken for a new task."
+                    "task again, or a new ClientToken for a new task.",
+                    message_zh=f"ClientToken `{token.token}` 在过去 24 小时内已被参数不同的 CreateTask 使用"
+                    f"（任务 `{insertion.task_id}`）：发送完全相同的参数以取回该任务，或为新任务使用新的 ClientToken。",
                 )
             return insertion.task_id  # a retry: the first task's id, nothing created
         if self._on_created is not None:
@@ -254,12 +263,15 @@ class TaskService:
         if not task.tracks_outcomes or task.extensions is None:
             raise errors.InvalidParameterValue(
                 f"The task `{task_id}` keeps no per-device outcomes: it was created without TrackOutcomes (or "
-                "another option that needs them, docs/extensions.md#outcomes)."
+                "another option that needs them, docs/extensions.md#outcomes).",
+                message_zh=f"任务 `{task_id}` 没有记录每台设备的结果：它创建时未设置 TrackOutcomes"
+                "（或其他需要结果的选项，见 docs/extensions.md#outcomes）。",
             )
         if outcome is not None and outcome not in OUTCOMES_BY_TYPE[task.type]:
             allowed = ", ".join(o.value for o in OUTCOMES_BY_TYPE[task.type])
             raise errors.InvalidParameterValue(
-                f"Outcome {outcome.value} is not one of a {task.type.value} task's outcomes: {allowed}."
+                f"Outcome {outcome.value} is not one of a {task.type.value} task's outcomes: {allowed}.",
+                message_zh=f"Outcome {outcome.value} 不是 {task.type.value} 任务的结果之一：{allowed}。",
             )
         now_ms = int(self._clock() * 1000)
         window_ms = task.extensions.convergence_window_ms

@@ -79,10 +79,14 @@ def task_extensions(
     """
     if convergence_window_s is not None and task_type is not TaskType.UPDATE_SHADOW:
         raise InvalidParameterValue(
-            "ConvergenceWindowInSeconds applies to UpdateShadow tasks only (a message has nothing to converge)."
+            "ConvergenceWindowInSeconds applies to UpdateShadow tasks only (a message has nothing to converge).",
+            message_zh="ConvergenceWindowInSeconds 只适用于 UpdateShadow 任务（消息无所谓收敛）。",
         )
     if deliver_on_connect and task_type is not TaskType.PUBLISH_MESSAGE:
-        raise InvalidParameterValue("DeliverOnConnect applies to PublishMessage tasks only.")
+        raise InvalidParameterValue(
+            "DeliverOnConnect applies to PublishMessage tasks only.",
+            message_zh="DeliverOnConnect 只适用于 PublishMessage 任务。",
+        )
     if rollout is not None:
         _check_rollout(rollout)
     criteria = tuple(_criterion(task_type, i, c, convergence_window_s) for i, c in enumerate(abort_criteria))
@@ -102,12 +106,16 @@ def _check_rollout(rollout: Rollout) -> None:
     if any(given) and not all(given):
         raise InvalidParameterValue(
             "Rollout: BaseDevicesPerSecond, IncrementPercent and IncrementEveryDevices go together (an "
-            "exponential rollout); send all three, or none for a constant MaxDevicesPerSecond."
+            "exponential rollout); send all three, or none for a constant MaxDevicesPerSecond.",
+            message_zh="Rollout：BaseDevicesPerSecond、IncrementPercent 和 IncrementEveryDevices 须同时提供"
+            "（指数式发布）；三者都传，或都不传以使用固定的 MaxDevicesPerSecond。",
         )
     if rollout.base_per_s is not None and rollout.base_per_s > rollout.max_per_s:
         raise InvalidParameterValue(
             f"Rollout.BaseDevicesPerSecond ({rollout.base_per_s}) must not exceed Rollout.MaxDevicesPerSecond "
-            f"({rollout.max_per_s})."
+            f"({rollout.max_per_s}).",
+            message_zh=f"Rollout.BaseDevicesPerSecond（{rollout.base_per_s}）不能大于 "
+            f"Rollout.MaxDevicesPerSecond（{rollout.max_per_s}）。",
         )
 
 
@@ -122,12 +130,15 @@ def _criterion(
         outcome = None
     if outcome is None or outcome not in FAILURE_OUTCOMES[task_type]:
         raise InvalidParameterValue(
-            f"{where} must be {' or '.join(allowed)} for a {task_type.value} task; got {draft.outcome!r}."
+            f"{where} must be {' or '.join(allowed)} for a {task_type.value} task; got {draft.outcome!r}.",
+            message_zh=f"{task_type.value} 任务的 {where} 必须为 {' 或 '.join(allowed)}；收到的是 {draft.outcome!r}。",
         )
     if outcome is DeviceOutcome.NOT_CONVERGED and convergence_window_s is None:
         raise InvalidParameterValue(
             f"{where} NotConverged needs ConvergenceWindowInSeconds: a device is not converged once that window "
-            "has passed."
+            "has passed.",
+            message_zh=f"{where} 为 NotConverged 时需要 ConvergenceWindowInSeconds："
+            "设备在该时限过后仍未收敛即为未收敛。",
         )
     return AbortCriterion(outcome, draft.threshold_percent, draft.min_processed)
 

@@ -56,6 +56,7 @@ from fleetops.domain.shadow import is_flat, merge_section
 from fleetops.domain.tasks import (
     PublishMessageSpec,
     TaskStatus,
+    TaskType,
     UpdateShadowSpec,
     failure_message,
     is_overdue,
@@ -75,6 +76,7 @@ from fleetops.ports.store import (
     TaskRecord,
     TaskStore,
 )
+from fleetops.ports.telemetry import NO_TELEMETRY, ShadowSource, Telemetry
 
 log = logging.getLogger("fleetops.engine")
 
@@ -119,6 +121,7 @@ class TaskExecutor:
         clock: Callable[[], float],
         outcomes: TaskOutcomes,
         deliveries: TaskDeliveries,
+        telemetry: Telemetry = NO_TELEMETRY,
     ) -> None:
         self._tasks = tasks
         self._devices = devices
@@ -127,6 +130,7 @@ class TaskExecutor:
         self._deliveries = deliveries
         self._config = config
         self._clock = clock
+        self._telemetry = telemetry
 
     async def run(self, task: TaskRecord, stop: asyncio.Event, *, wait_for_broker: bool = True) -> Outcome:
         """Run ``task`` (leased to this node by its claim) until it ends, the worker stops or loses it."""
@@ -221,6 +225,7 @@ class _Run:
             message = stop_message(self.done, self.all_devices)
             if not await self.x._tasks.end_stopped(self.task.id, self.owner, message, now):
                 raise FenceLost(self.task.id)
+            self.x._telemetry.task_finished(self.task.type, TaskStatus.CANCELLED, now - self.started_at)
             log.info("task %s stopped by StopTask: %d of %d devices", self.task.id, self.done, self.all_devices)
             raise _Stop(Outcome.CANCELLED)
         if is_overdue(self.started_at, self.task.max_execution_s, now):
@@ -228,8 +233,10 @@ class _Run:
             await self.end_failed(ret_code, message, Outcome.FAILED)
 
     async def end_failed(self, ret_code: int, message: str, outcome: Outcome) -> None:
-        if not await self.x._tasks.fail(self.task.id, self.owner, ret_code, message, self.now_s()):
+        now = self.now_s()
+        if not await self.x._tasks.fail(self.task.id, self.owner, ret_code, message, now):
             raise FenceLost(self.task.id)
+        self.x._telemetry.task_finished(self.task.type, TaskStatus.FAILED, now - self.started_at)
         log.info("task %s failed: %s", self.task.id, message)
         raise _Stop(outcome)
 
@@ -277,8 +284,10 @@ class _Run:
                     await self.publish_messages(names, matched, spec)
                 await self.check_abort()
             if last_page:
-                if not await self.x._tasks.complete(self.task.id, self.owner, self.cursor, self.now_s()):
+                now = self.now_s()
+                if not await self.x._tasks.complete(self.task.id, self.owner, self.cursor, now):
                     raise FenceLost(self.task.id)
+                self.x._telemetry.task_finished(self.task.type, TaskStatus.COMPLETED, now - self.started_at)
                 log.info("task %s completed: %d of %d devices", self.task.id, self.done, self.all_devices)
                 return Outcome.COMPLETED
 
@@ -381,6 +390,8 @@ class _Run:
             return
         self.committed(commit)
         self.cursor, self.done = through, self.done + len(commit.written)
+        self.x._telemetry.devices_processed(TaskType.UPDATE_SHADOW, len(commit.written))
+        self.x._telemetry.shadows_written(ShadowSource.TASK, len(commit.written))
         if self.window_ms is not None and commit.written:
             self.windows.append((through, now_ms))
         await self.push_deltas(commit.written, spec, now_ms)
@@ -429,6 +440,7 @@ class _Run:
             send = self.x._messages.publish_to_devices
             await self.deliver(partial(send, self.task.product_id, matched, spec.topic, spec.payload, QOS))
         await self.advance(names[-1], names[-1], len(matched), results, now_ms)
+        self.x._telemetry.devices_processed(TaskType.PUBLISH_MESSAGE, len(matched))
         await self.x._deliveries.after_batch(self.task, offline)
 
     async def deliver(self, send: Callable[[], Awaitable[T]]) -> T:
@@ -441,6 +453,7 @@ class _Run:
                     log.info("task %s: the broker took the batch again; going on", self.task.id)
                 return sent
             except BrokerUnavailable as exc:
+                self.x._telemetry.broker_error()
                 if not self.wait_for_broker:
                     raise _Stop(Outcome.BLOCKED) from exc
                 now = self.x._clock()
