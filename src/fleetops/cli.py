@@ -416,46 +416,104 @@ def interval_option(command: F) -> F:
 
 @main.group()
 def tasks() -> None:
-    """Batch tasks through the API: create, list, describe, cancel, and watch one's progress."""
+    """Batch tasks through the API: create, list, describe, cancel, watch; preview, stop, devices (extensions)."""
+
+
+def task_options(command: F) -> F:
+    """What a task is (``tasks create`` and ``tasks preview``): the Tencent parameters, then the extensions."""
+    options = [
+        click.option("--product", "product_id", required=True, help="ProductId of the devices' product"),
+        click.option(
+            "--filter",
+            "name_filter",
+            required=True,
+            help="RE2 expression searched in each device name, e.g. ^lamp- ; '' for every device (said explicitly)",
+        ),
+        click.option(
+            "--type",
+            "task_type",
+            type=click.Choice([t.value for t in TaskType]),
+            default=None,
+            help="default: UpdateShadow with --desired, PublishMessage with --topic/--payload",
+        ),
+        click.option("--desired", default=None, help='UpdateShadow: the desired state, JSON, e.g. \'{"color":"red"}\''),
+        click.option(
+            "--topic", default=None, help="PublishMessage: the topic after ProductId/DeviceName/, e.g. control"
+        ),
+        click.option("--payload", default=None, help="PublishMessage: the message (UTF-8)"),
+        click.option(
+            "--at",
+            default="now",
+            show_default=True,
+            help="start time: now, +15m, Unix seconds or 2025-06-01T14:00 (local)",
+        ),
+        click.option(
+            "--max-execution", default=None, help="deadline after the start: seconds or 30m, 2h [default 24 h]"
+        ),
+        # fleetops extensions (docs/extensions.md)
+        click.option("--track-outcomes", is_flag=True, help="keep each device's outcome (tasks devices)"),
+        click.option(
+            "--max-rate", type=click.IntRange(min=1), default=None, help="at most this many devices per second"
+        ),
+        click.option("--start-rate", type=click.IntRange(min=1), default=None, help="a growing rate: start here ..."),
+        click.option("--grow-percent", type=click.IntRange(min=1), default=None, help="... grow by this many % ..."),
+        click.option("--grow-every", type=click.IntRange(min=1), default=None, help="... after every N devices"),
+        click.option(
+            "--abort",
+            default=None,
+            help="PERCENT:MIN: fail the task when more than PERCENT % of at least MIN processed devices are offline "
+            "(PublishMessage) or not converged (UpdateShadow, with --convergence-window)",
+        ),
+        click.option("--convergence-window", default=None, help="UpdateShadow: not converged after this (60, 10m)"),
+        click.option("--deliver-on-connect", is_flag=True, help="PublishMessage: send to devices that connect later"),
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return command
 
 
 @tasks.command("create")
 @api_options
-@click.option("--product", "product_id", required=True, help="ProductId of the devices' product")
-@click.option(
-    "--filter",
-    "name_filter",
-    required=True,
-    help="RE2 expression searched in each device name, e.g. ^lamp- ; '' for every device (said explicitly)",
-)
-@click.option(
-    "--type",
-    "task_type",
-    type=click.Choice([t.value for t in TaskType]),
-    default=None,
-    help="default: UpdateShadow with --desired, PublishMessage with --topic/--payload",
-)
-@click.option("--desired", default=None, help='UpdateShadow: the desired state, JSON, e.g. \'{"color":"red"}\'')
-@click.option("--topic", default=None, help="PublishMessage: the topic after ProductId/DeviceName/, e.g. control")
-@click.option("--payload", default=None, help="PublishMessage: the message (UTF-8)")
-@click.option(
-    "--at", default="now", show_default=True, help="start time: now, +15m, Unix seconds or 2025-06-01T14:00 (local)"
-)
-@click.option("--max-execution", default=None, help="deadline after the start: seconds or 30m, 2h [default 24 h]")
+@task_options
+@click.option("--client-token", default=None, help="the same token within 24 h returns the first task, creates nothing")
 @click.option("--watch", "follow", is_flag=True, help="follow the task's progress until it ends (as tasks watch)")
 @interval_option
 @json_option()
 @click.pass_context
 def tasks_create(ctx: click.Context, /, follow: bool, interval_s: float, as_json: bool, **order: Any) -> None:
     """Create a task over the devices of a product whose names match --filter; prints the TaskId."""
-    from fleetops.client.tasks import TaskOrder, create_task
+    from fleetops.client.tasks import create_task
 
-    chosen = order.pop("task_type")
-    task_order = TaskOrder(task_type=TaskType(chosen) if chosen else None, **order)
+    task_order = _task_order(order)
     client, task_id = _ask(ctx, lambda client: create_task(client, task_order, int(time.time())))
     _show(as_json, {"TaskId": task_id}, lambda: [task_id])
     if follow:
         _watch(ctx, client, task_id, interval_s, as_json)
+
+
+def _task_order(order: dict[str, Any]) -> Any:
+    from fleetops.client.tasks import TaskOrder
+
+    chosen = order.pop("task_type")
+    return TaskOrder(task_type=TaskType(chosen) if chosen else None, **order)
+
+
+@tasks.command("preview")
+@api_options
+@task_options
+@json_option("print JSON (the PreviewTask response)")
+@click.pass_context
+def tasks_preview(ctx: click.Context, /, as_json: bool, **order: Any) -> None:
+    """How many devices the task would match now, and the first names; creates nothing (PreviewTask)."""
+    from fleetops.client.tasks import preview_task
+
+    task_order = _task_order(order)
+    _, preview = _ask(ctx, lambda client: preview_task(client, task_order, int(time.time())))
+    names = preview["DeviceNames"]
+    lines = [f"{preview['MatchedDeviceCnt']:,} devices match now", *(f"  {name}" for name in names)]
+    if len(names) < preview["MatchedDeviceCnt"]:
+        lines.append("  ...")
+    _show(as_json, preview, lambda: lines)
 
 
 @tasks.command("list")
@@ -482,7 +540,7 @@ def tasks_describe(ctx: click.Context, task_id: str, as_json: bool) -> None:
     """One task, with its progress."""
     from fleetops.client.tasks import describe_task, task_lines
 
-    _, task = _ask(ctx, lambda client: describe_task(client, task_id))
+    _, task = _ask(ctx, lambda client: describe_task(client, task_id, with_outcomes=True))
     _show(as_json, task, lambda: task_lines(task))
 
 
@@ -497,6 +555,39 @@ def tasks_cancel(ctx: click.Context, task_id: str, as_json: bool) -> None:
 
     _ask(ctx, lambda client: cancel_task(client, task_id))
     _show(as_json, {"Id": task_id, "Status": TaskStatus.CANCELLED.value}, lambda: [f"cancelled {task_id}"])
+
+
+@tasks.command("stop")
+@api_options
+@click.argument("task_id")
+@json_option()
+@click.pass_context
+def tasks_stop(ctx: click.Context, task_id: str, as_json: bool) -> None:
+    """Stop a task: a waiting one is cancelled now, a running one ends after the batch in flight (StopTask)."""
+    from fleetops.client.tasks import stop_task
+
+    _, status = _ask(ctx, lambda client: stop_task(client, task_id))
+    said = f"cancelled {task_id}" if status == TaskStatus.CANCELLED.value else f"stopping {task_id} after its batch"
+    _show(as_json, {"Id": task_id, "Status": status}, lambda: [said])
+
+
+@tasks.command("devices")
+@api_options
+@click.argument("task_id")
+@click.option("--outcome", default=None, help="only this outcome: Written, Converged, Sent, Offline, ...")
+@click.option("--offset", type=click.IntRange(min=0), default=0, show_default=True, help="skip the first N")
+@click.option("--limit", type=click.IntRange(min=1), default=100, show_default=True, help="how many")
+@json_option("print JSON (TotalCount and TaskDevices)")
+@click.pass_context
+def tasks_devices(
+    ctx: click.Context, task_id: str, outcome: str | None, offset: int, limit: int, as_json: bool
+) -> None:
+    """A task's devices and their outcomes, by name (a task created with --track-outcomes)."""
+    from fleetops.client.tasks import device_rows, task_devices
+
+    _, (total, found) = _ask(ctx, lambda client: task_devices(client, task_id, outcome, offset, limit))
+    note = _window_note("devices", offset, len(found), total, f"of task {task_id}")
+    _show(as_json, {"TotalCount": total, "TaskDevices": found}, lambda: device_rows(found) if found else [], note)
 
 
 @tasks.command("watch")

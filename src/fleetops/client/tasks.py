@@ -1,4 +1,5 @@
-"""``fleetops tasks create | list | describe | cancel``: the task actions from a terminal.
+"""``fleetops tasks create | list | describe | cancel | preview | stop | devices``: the task actions from a
+terminal, the fleetops extensions included (docs/extensions.md).
 
 ``tasks create`` takes the task as options and builds CreateTask's parameters; the server checks them (one
 rule in one place: the filter, the JSON, the schedule and the deadline are validated by the node, whose
@@ -42,6 +43,47 @@ class TaskOrder:
     payload: str | None = None
     at: str = "now"
     max_execution: str | None = None
+    # fleetops extensions (docs/extensions.md); none given: a Tencent CreateTask
+    client_token: str | None = None
+    track_outcomes: bool = False
+    max_rate: int | None = None
+    start_rate: int | None = None
+    grow_percent: int | None = None
+    grow_every: int | None = None
+    abort: str | None = None  # PERCENT:MIN, e.g. 20:100
+    convergence_window: str | None = None
+    deliver_on_connect: bool = False
+
+
+_ABORT: Final = re.compile(r"([0-9]+)%?:([0-9]+)")
+
+
+def _extensions(order: TaskOrder, task_type: TaskType) -> dict[str, Any]:
+    """CreateTask's extension parameters for the options given (the node checks them together)."""
+    params: dict[str, Any] = {}
+    if order.client_token is not None:
+        params["ClientToken"] = order.client_token
+    if order.track_outcomes:
+        params["TrackOutcomes"] = True
+    growth = {"BaseDevicesPerSecond": order.start_rate, "IncrementPercent": order.grow_percent}
+    growth["IncrementEveryDevices"] = order.grow_every
+    if order.max_rate is not None:
+        params["Rollout"] = {"MaxDevicesPerSecond": order.max_rate} | {k: v for k, v in growth.items() if v is not None}
+    elif any(v is not None for v in growth.values()):
+        raise OptionError("--max-rate", "a growing rate needs its maximum: give --max-rate too")
+    if order.abort is not None:
+        match = _ABORT.fullmatch(order.abort.strip())
+        if match is None:
+            raise OptionError("--abort", f"{order.abort!r} is not PERCENT:MIN, e.g. 20:100 (more than 20 % of 100)")
+        outcome = "NotConverged" if task_type is TaskType.UPDATE_SHADOW else "Offline"
+        params["AbortCriteria"] = [
+            {"Outcome": outcome, "ThresholdPercent": int(match.group(1)), "MinProcessedDevices": int(match.group(2))}
+        ]
+    if order.convergence_window is not None:
+        params["ConvergenceWindowInSeconds"] = parse_duration_s(order.convergence_window, "--convergence-window")
+    if order.deliver_on_connect:
+        params["DeliverOnConnect"] = True
+    return params
 
 
 def parse_duration_s(text: str, option: str) -> int:
@@ -107,7 +149,7 @@ def create_task_params(order: TaskOrder, now_s: int) -> dict[str, Any]:
         params["Tasks"] = {"PublishMessageTask": {"Topic": order.topic, "Payload": order.payload}}
     if order.max_execution is not None:
         params["MaxExecutionTimeInSeconds"] = parse_duration_s(order.max_execution, "--max-execution")
-    return params
+    return params | _extensions(order, task_type)
 
 
 def create_task(client: ApiClient, order: TaskOrder, now_s: int) -> str:
@@ -115,8 +157,44 @@ def create_task(client: ApiClient, order: TaskOrder, now_s: int) -> str:
     return str(client.call("CreateTask", create_task_params(order, now_s))["TaskId"])
 
 
-def describe_task(client: ApiClient, task_id: str) -> dict[str, Any]:
-    return client.call("DescribeTask", {"Id": task_id})
+def describe_task(client: ApiClient, task_id: str, *, with_outcomes: bool = False) -> dict[str, Any]:
+    """DescribeTask; ``with_outcomes``: with the extension members (IncludeOutcomeCounts)."""
+    params: dict[str, Any] = {"Id": task_id}
+    if with_outcomes:
+        params["IncludeOutcomeCounts"] = True
+    return client.call("DescribeTask", params)
+
+
+def preview_task(client: ApiClient, order: TaskOrder, now_s: int) -> dict[str, Any]:
+    """PreviewTask: how many devices the filter matches now, and the first names; nothing is created."""
+    return client.call("PreviewTask", create_task_params(order, now_s))
+
+
+def stop_task(client: ApiClient, task_id: str) -> int:
+    """StopTask; the task's status after the call (5 cancelled, 2 stopping after the batch in flight)."""
+    return int(client.call("StopTask", {"Id": task_id})["Status"])
+
+
+def task_devices(
+    client: ApiClient, task_id: str, outcome: str | None, offset: int, limit: int
+) -> tuple[int, list[dict[str, Any]]]:
+    """DescribeTaskDevices from ``offset``, page by page (250 a page)."""
+    params: dict[str, Any] = {"Id": task_id}
+    if outcome is not None:
+        params["Outcome"] = outcome
+    return client.collect(
+        "DescribeTaskDevices", params, "TaskDevices", page_limit=MAX_TASKS_PAGE, offset=offset, count=limit
+    )
+
+
+def device_rows(devices: list[dict[str, Any]]) -> list[str]:
+    header = ("DEVICE", "OUTCOME", "VERSION", "UPDATED")
+    rows = [
+        (d["DeviceName"], d["Outcome"], "" if d["WrittenVersion"] is None else str(d["WrittenVersion"]),
+         local_time(d["UpdateTime"]))
+        for d in devices
+    ]  # fmt: skip
+    return columns(header, rows)
 
 
 def cancel_task(client: ApiClient, task_id: str) -> None:
@@ -159,4 +237,13 @@ def task_lines(task: dict[str, Any]) -> list[str]:
     ]
     if task.get("RetCode"):
         lines.append(f"error      RetCode {task['RetCode']}: {task.get('ErrMsg', '')}")
+    elif task.get("ErrMsg"):
+        lines.append(f"note       {task['ErrMsg']}")
+    counts = task.get("OutcomeCounts") or []
+    if counts:
+        lines.append("outcomes   " + ", ".join(f"{c['Outcome']} {c['DeviceCnt']:,}" for c in counts))
+    if "CurrentDevicesPerSecond" in task:
+        lines.append(f"rollout    {task['CurrentDevicesPerSecond']:,} devices/s now")
+    if task.get("StopRequested") and task.get("Status") == 2:
+        lines.append("stopping   after the batch in flight (StopTask)")
     return lines
