@@ -245,15 +245,20 @@ def sdk_client(
     return iotcloud_client.IotcloudClient(cred, "ap-guangzhou", cp)
 
 
-def sdk_error_code(call: Any) -> str:
-    """Run an SDK call that must fail; return the Tencent error code it raised."""
+def sdk_error(call: Any) -> tuple[str, str]:
+    """Run an SDK call that must fail; return the Tencent error code and message it raised."""
     from tencentcloud.common.exception.tencent_cloud_sdk_exception import TencentCloudSDKException
 
     try:
         call()
     except TencentCloudSDKException as exc:
-        return str(exc.get_code())
+        return str(exc.get_code()), str(exc.get_message())
     raise AssertionError("the call succeeded but an error was expected")
+
+
+def sdk_error_code(call: Any) -> str:
+    """Run an SDK call that must fail; return the Tencent error code it raised."""
+    return sdk_error(call)[0]
 
 
 # --- batch tasks: a database with one product, a fake clock and a recording publisher ----------------------
