@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
-import uvicorn
 
 from fleetops.backend.tasks import TaskService
 from fleetops.node import Node
@@ -132,7 +131,7 @@ class LiveServer:
     loop: asyncio.AbstractEventLoop
     secret_id: str
     secret_key: str
-    _server: uvicorn.Server
+    _server: Any  # fleetops.server.HttpServer
     _thread: threading.Thread
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -141,8 +140,17 @@ class LiveServer:
         return f"127.0.0.1:{self.settings.port}"
 
     @property
+    def scheme(self) -> str:
+        return "https" if self.settings.tls_cert_file else "http"
+
+    @property
     def url(self) -> str:
-        return f"http://{self.endpoint}/"
+        return f"{self.scheme}://{self.endpoint}/"
+
+    @property
+    def connections(self) -> Any:
+        """The API listener's ConnectionTable (fleetops.http_limits): open and waiting connections, evictions."""
+        return self._server.table
 
     def run(self, coro: Coroutine[Any, Any, T], timeout_s: float = 60) -> T:
         """Run a coroutine on the server's loop (for setup and inspection)."""
@@ -165,7 +173,7 @@ class LiveServer:
 
 def start_server(data_dir: Path, database_url: str, *, messaging_factory: Any = None, **overrides: Any) -> LiveServer:
     """A live node; ``messaging_factory`` replaces its MQTT side (``fleetops.node.Node.open``)."""
-    from fleetops.server import bind_http
+    from fleetops.server import HttpServer, bind_http, http_limits
 
     # Bound here, on port 0, and handed to uvicorn: no other process can take the port between choosing and
     # binding it (the MQTT side binds port 0 itself: read node.messaging.port).
@@ -188,7 +196,8 @@ def start_server(data_dir: Path, database_url: str, *, messaging_factory: Any = 
             created = await bootstrap_default_account(node.stores.accounts, data_dir, int(time.time()))
             assert created is not None
             key = created.key
-            server = uvicorn.Server(uvicorn.Config(node.app(), log_config=None, lifespan="on"))
+            # the same uvicorn construction as `fleetops serve`: the listener limits and TLS of server.py
+            server = HttpServer(node.app(), http_limits(settings), lifespan="on")
             state.update(node=node, key=key, server=server)
             task = asyncio.create_task(server.serve(sockets=[listener]))
             # uvicorn exposes `started` as a plain flag, with no event to wait on
@@ -230,15 +239,26 @@ SDK_MODES = ("TC3-POST", "TC3-GET", "HmacSHA256", "HmacSHA1")
 
 
 def sdk_client(
-    server: LiveServer, mode: str = "TC3-POST", secret_id: str | None = None, secret_key: str | None = None
+    server: LiveServer,
+    mode: str = "TC3-POST",
+    secret_id: str | None = None,
+    secret_key: str | None = None,
+    *,
+    ca_file: str | None = None,
 ) -> Any:
-    """An official tencentcloud-sdk-python iotcloud client pointed at the live server."""
+    """An official tencentcloud-sdk-python iotcloud client pointed at the live server (over HTTPS when it serves
+    it, trusting ``ca_file``)."""
     from tencentcloud.common import credential
     from tencentcloud.common.profile.client_profile import ClientProfile
     from tencentcloud.common.profile.http_profile import HttpProfile
     from tencentcloud.iotcloud.v20180614 import iotcloud_client
 
-    hp = HttpProfile(endpoint=server.endpoint, protocol="http", reqMethod="GET" if mode == "TC3-GET" else "POST")
+    hp = HttpProfile(
+        endpoint=server.endpoint,
+        protocol=server.scheme,
+        reqMethod="GET" if mode == "TC3-GET" else "POST",
+        certification=ca_file,
+    )
     sign_method = "TC3-HMAC-SHA256" if mode.startswith("TC3") else mode
     cp = ClientProfile(httpProfile=hp, signMethod=sign_method, language="en-US")
     cred = credential.Credential(secret_id or server.secret_id, secret_key or server.secret_key)
@@ -493,3 +513,43 @@ def new_product(client: Any) -> str:
     req = models.CreateProductRequest()
     req.ProductName = "p" + secrets.token_hex(6)
     return str(client.CreateProduct(req).ProductId)
+
+
+# --- TLS: a CA and certificates made for the test (the openssl CLI) -----------------------------------------
+
+
+def _openssl(*args: str) -> None:
+    import subprocess
+
+    subprocess.run(["openssl", *args], check=True, capture_output=True)
+
+
+def make_test_pki(root: Path) -> dict[str, Path]:
+    """A CA (``ca.pem``), a server certificate it signed for 127.0.0.1 / localhost (``server.pem``,
+    ``server.key``) and a second CA nobody uses (``other.pem``), made with the openssl command."""
+    import shutil
+
+    if shutil.which("openssl") is None:
+        message = "the openssl command is needed to make the test certificates (apt-get install -y openssl)"
+        if IN_CI:
+            pytest.fail(message)
+        pytest.skip(message)
+    root.mkdir(parents=True, exist_ok=True)
+    paths = {name: root / name for name in ("ca.key", "ca.pem", "other.key", "other.pem", "server.key", "server.pem")}
+    for ca in ("ca", "other"):
+        _openssl(
+            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", f"/CN=fleetops test {ca}",
+            "-keyout", str(paths[f"{ca}.key"]), "-out", str(paths[f"{ca}.pem"]),
+        )  # fmt: skip
+    csr = root / "server.csr"
+    _openssl(
+        "req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=127.0.0.1",
+        "-keyout", str(paths["server.key"]), "-out", str(csr),
+    )  # fmt: skip
+    extensions = root / "san.cnf"
+    extensions.write_text("subjectAltName = IP:127.0.0.1, DNS:localhost\n")
+    _openssl(
+        "x509", "-req", "-in", str(csr), "-CA", str(paths["ca.pem"]), "-CAkey", str(paths["ca.key"]),
+        "-CAcreateserial", "-days", "2", "-extfile", str(extensions), "-out", str(paths["server.pem"]),
+    )  # fmt: skip
+    return paths

@@ -11,24 +11,67 @@ import socket
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
+from typing import Final, Literal
 
 import uvicorn
+from starlette.types import ASGIApp
 
 from fleetops.credentials import bootstrap_default_account
 from fleetops.errors import ConfigurationError
+from fleetops.http_limits import (
+    ConnectionTable,
+    HttpLimits,
+    LimitedLog,
+    LimitedLogFilter,
+    install_accept_error_handler,
+    limited_protocol,
+    raise_file_limit,
+    server_tls_context,
+)
 from fleetops.node import Node, Role
 from fleetops.settings import Settings
 from fleetops.store.database import display_url
 
 log = logging.getLogger("fleetops")
 
+LOG_INTERVAL_S: Final = 10.0  # a repeated log line (refused connections, accept() errors) at most this often
+# File descriptors kept for everything but API connections (the database, the MQTT side's own, logs).
+RESERVED_FILES: Final = 1024
+# uvicorn's warnings per bad request, let through once per LOG_INTERVAL_S
+_PER_REQUEST_WARNINGS: Final = frozenset({"Invalid HTTP request received.", "Unsupported upgrade request."})
 
-class _Server(uvicorn.Server):
-    """uvicorn, except that SIGINT/SIGTERM end the process with status 0 once fleetops has stopped.
 
-    uvicorn re-raises the captured signal when it has shut down, which would kill the process before the node
-    stops its MQTT side and releases its task leases; here the signal only asks for a graceful stop.
+class HttpServer(uvicorn.Server):
+    """uvicorn serving the API with fleetops' listener limits (``http_limits``), and a clean stop.
+
+    SIGINT/SIGTERM end the process with status 0 once fleetops has stopped: uvicorn re-raises the captured signal
+    when it has shut down, which would kill the process before the node stops its MQTT side and releases its task
+    leases; here the signal only asks for a graceful stop.
     """
+
+    def __init__(self, app: ASGIApp, limits: HttpLimits, *, lifespan: Literal["on", "off"] = "off") -> None:
+        self.limits = limits
+        self.table = ConnectionTable(
+            "HTTPS" if limits.tls is not None else "HTTP", limits.max_connections, LimitedLog(log, LOG_INTERVAL_S)
+        )
+        config = uvicorn.Config(
+            app,
+            http=limited_protocol(limits, self.table),
+            ws="none",  # an upgraded connection would leave the protocol, and with it the listener's limits
+            log_config=None,
+            access_log=False,
+            lifespan=lifespan,
+            timeout_graceful_shutdown=10,
+        )
+        super().__init__(config)
+
+    async def serve(self, sockets: list[socket.socket] | None = None) -> None:
+        assert sockets, "fleetops binds its listening socket itself (bind_http)"
+        loop = asyncio.get_running_loop()
+        install_accept_error_handler(loop, {sock.fileno(): self.table for sock in sockets}, self.table.limited_log)
+        _limit_uvicorn_warnings()
+        await super().serve(sockets=sockets)
 
     @contextlib.contextmanager
     def capture_signals(self) -> Iterator[None]:
@@ -42,6 +85,54 @@ class _Server(uvicorn.Server):
         finally:
             for sig, handler in original.items():
                 signal.signal(sig, handler)
+
+
+def _limit_uvicorn_warnings() -> None:
+    """uvicorn logs a warning per malformed request; a client sending millions would fill the log."""
+    uvicorn_log = logging.getLogger("uvicorn.error")
+    if not any(isinstance(f, LimitedLogFilter) for f in uvicorn_log.filters):
+        uvicorn_log.addFilter(LimitedLogFilter(LimitedLog(uvicorn_log, LOG_INTERVAL_S), _PER_REQUEST_WARNINGS))
+
+
+def http_limits(settings: Settings) -> HttpLimits:
+    """The API listener's limits from Settings, with its TLS context when a certificate is configured."""
+    if settings.http_max_connections < 1:
+        raise ConfigurationError(
+            "http_max_connections (FLEETOPS_HTTP_MAX_CONNECTIONS) must be at least 1, "
+            f"got {settings.http_max_connections}"
+        )
+    if settings.http_request_timeout_s <= 0:
+        raise ConfigurationError(
+            "http_request_timeout_s (FLEETOPS_HTTP_REQUEST_TIMEOUT_S) must be more than 0 seconds, "
+            f"got {settings.http_request_timeout_s:g}"
+        )
+    tls = None
+    if settings.tls_cert_file or settings.tls_key_file:
+        if not (settings.tls_cert_file and settings.tls_key_file):
+            raise ConfigurationError(
+                "HTTPS needs both a certificate and its key: give --tls-cert and --tls-key "
+                "(FLEETOPS_TLS_CERT_FILE, FLEETOPS_TLS_KEY_FILE)"
+            )
+        tls = server_tls_context(
+            Path(settings.tls_cert_file),
+            Path(settings.tls_key_file),
+            settings_hint="--tls-cert / --tls-key (FLEETOPS_TLS_CERT_FILE, FLEETOPS_TLS_KEY_FILE)",
+        )
+    return HttpLimits(
+        max_connections=settings.http_max_connections, request_timeout_s=settings.http_request_timeout_s, tls=tls
+    )
+
+
+def check_file_limit(file_limit: int, connections: int) -> None:
+    """Warn when the API's connection cap does not fit the process's file limit (accept() would fail first)."""
+    if connections > file_limit - RESERVED_FILES:
+        log.warning(
+            "the HTTP API allows %d connections but the process may open only %d files (ulimit -n), %d of them "
+            "kept for everything else: raise the limit or lower FLEETOPS_HTTP_MAX_CONNECTIONS",
+            connections,
+            file_limit,
+            RESERVED_FILES,
+        )
 
 
 def bind_http(host: str, port: int) -> socket.socket:
@@ -71,6 +162,8 @@ def _where(settings: Settings) -> str:
 
 
 async def run_server(settings: Settings) -> None:
+    check_file_limit(raise_file_limit(), settings.http_max_connections)
+    limits = http_limits(settings)  # a certificate that cannot be read stops the start before anything binds
     listener = bind_http(settings.host, settings.port)
     try:
         node = await Node.open(settings)
@@ -92,15 +185,9 @@ async def run_server(settings: Settings) -> None:
             # start the MQTT side and the engine before serving HTTP, so a bad configuration (MQTT port taken,
             # broker refusing our credentials) stops the command with one clear message instead of a traceback
             await node.start()
-            config = uvicorn.Config(
-                node.app(manage_services=False),
-                log_config=None,
-                access_log=False,
-                lifespan="on",
-                timeout_graceful_shutdown=10,
-            )
-            server = _Server(config)
-            log.info("fleetops API on http://%s:%d (%s)", settings.host, settings.port, _where(settings))
+            server = HttpServer(node.app(manage_services=False), limits, lifespan="on")
+            scheme = "https" if limits.tls is not None else "http"
+            log.info("fleetops API on %s://%s:%d (%s)", scheme, settings.host, settings.port, _where(settings))
             try:
                 await server.serve(sockets=[listener])
             finally:
