@@ -17,8 +17,8 @@ run: install
 	$(BIN)/fleetops serve
 
 lint: install
-	$(BIN)/ruff check src tests bench
-	$(BIN)/ruff format --check src tests bench
+	$(BIN)/ruff check src tests bench fuzz
+	$(BIN)/ruff format --check src tests bench fuzz
 
 typecheck: install
 	$(BIN)/mypy
