@@ -48,6 +48,13 @@ class Settings:
     mqtt_url: str = field(
         default="", metadata={"doc": "external broker (mqtt://user:pass@host:port); empty = embedded broker"}
     )
+    mqtt_hooks_secret: str = field(
+        default="",
+        metadata={
+            "doc": "shared secret EMQX sends to /mqtt/auth and /mqtt/acl (Authorization: Bearer ...); "
+            "empty = the hooks are off"
+        },
+    )
     mqtt_client_id: str = field(default="", metadata={"doc": "client id of this node on an external broker"})
     rate_limit_per_s: int = field(default=100, metadata={"doc": "requests per second per SecretId per action"})
     max_body_bytes: int = field(
