@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN = $(VENV)/bin
 
-.PHONY: install run test check lint typecheck layers unit docs docs-check bench console
+.PHONY: install run test check lint typecheck layers unit docs docs-check bench console fuzz
 
 install: $(VENV)/.installed
 
@@ -51,3 +51,12 @@ test: check
 # result with package.json and package-lock.json. Needs Node 20 and npm; `make run` and `make test` do not.
 console:
 	cd src/fleetops/console && npm ci --no-audit --no-fund && npm run build
+
+# The long fuzz runs (the short ones are part of `make test`): 1,000,000 signed HTTP requests split between SQLite
+# and PostgreSQL (fuzz/http_fuzz.py; about an hour on two shared cores), then malformed MQTT against a live
+# `fleetops serve` (fuzz/mqtt_fuzz.py). Each prints what it tried and exits non-zero on any failure.
+FUZZ_REQUESTS ?= 1000000
+FUZZ_MQTT_PACKETS ?= 100000
+fuzz: install
+	$(BIN)/python fuzz/http_fuzz.py --requests $(FUZZ_REQUESTS)
+	$(BIN)/python fuzz/mqtt_fuzz.py --packets $(FUZZ_MQTT_PACKETS)
