@@ -51,7 +51,8 @@ def main() -> None:
     while pending and time.monotonic() < deadline:
         for key, _ in selector.select(timeout=1):
             sock = key.fileobj
-            assert isinstance(sock, socket.socket)
+            if not isinstance(sock, socket.socket):
+                continue
             selector.unregister(sock)
             pending -= 1
             try:
