@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN = $(VENV)/bin
 
-.PHONY: install run test check lint typecheck layers unit docs docs-check bench console fuzz
+.PHONY: install run test check lint typecheck layers unit docs docs-check bench console plugin fuzz
 
 install: $(VENV)/.installed
 
@@ -35,6 +35,10 @@ docs-check: install
 	$(BIN)/python -m fleetops.api.docs --check docs/api.md
 	$(BIN)/python -m fleetops.settings | diff -q - docs/configuration.md >/dev/null || \
 		{ echo "docs/configuration.md is stale: run make docs"; exit 1; }
+
+# The Mosquitto plugin (docs/mosquitto.md): build/mosquitto/fleetops_plugin.so
+plugin: install
+	$(BIN)/fleetops mosquitto build --output build/mosquitto
 
 # pure tests only: seconds
 unit: install

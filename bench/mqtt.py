@@ -1,12 +1,26 @@
-"""Publish rates of ``Publisher.publish_many``: the embedded broker and an external Mosquitto, QoS 0 and 1.
+"""MQTT figures: connect rate, delivery rate and reconnect after a restart, embedded gateway beside Mosquitto.
 
-    .venv/bin/python bench/mqtt.py [--messages 50000] [--devices 200] [--payload-bytes 64] [--uvloop]
+    .venv/bin/python bench/mqtt.py                                  # 2,000 and 10,000 devices, both brokers
+    .venv/bin/python bench/mqtt.py --sizes 2000 --skip-reconnect     # quicker
+    .venv/bin/python bench/mqtt.py --database postgresql             # the reconnect run on PostgreSQL
 
-For each path it prints the rate at which ``publish_many`` returned ("taken": written to the device sockets or
-queued by the embedded broker, handed to / acknowledged by Mosquitto) and, with subscribed devices, the rate
-at which every message reached them ("delivered"). The devices are paho-mqtt clients in a child process, so
-that they do not share the benchmark's core; they subscribe with the QoS of the run. Messages go round-robin
-to the devices' ``{pid}/{dn}/control`` topics; "no subscribers" uses topics nobody subscribes to.
+For each size it prints, per broker:
+
+* **connect**: the time from "go" until every device has its CONNACK and its SUBACK (and the rate);
+* **delivery**: ``publish_many`` of ``--messages-per-device`` messages per device (round-robin over the devices'
+  ``{pid}/{dn}/control`` topics, QoS 0 and QoS 1): "taken" is when ``publish_many`` returned, "delivered" when
+  the devices had every message;
+* **no subscribers**: the ``publish_many`` rate for topics nobody subscribes to (what a batch task costs when
+  no device listens).
+
+Then **reconnect**: the embedded gateway on a real store (SQLite by default, ``--database``) with 10,000
+registered devices connected; the gateway is stopped (every device recorded offline), a new one starts on the
+same port, every device reconnects at once, and the time until the store shows all of them online (what
+DescribeDevices ``Online`` reads) is printed.
+
+The devices are paho-mqtt clients without a thread each: ``--device-processes`` child processes each drive
+their share through paho's ``socket()`` / ``loop_read`` / ``loop_write`` / ``loop_misc`` from one selector
+loop. Devices and brokers share the machine's cores, so the figures are those of the whole setup.
 """
 
 from __future__ import annotations
@@ -14,37 +28,50 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
+import secrets
+import selectors
 import subprocess
 import sys
-import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from fleetops.messaging.amqtt_broker import BrokerOptions
 from fleetops.messaging.device_auth import make_username, sign_password
-from fleetops.messaging.embedded import EmbeddedBroker
+from fleetops.messaging.embedded import BrokerOptions, EmbeddedBroker
 from fleetops.messaging.external import ExternalBroker, ExternalOptions
-from fleetops.ports.messaging import DeviceCredentials, Publisher
+from fleetops.ports.messaging import DeviceCredentials, DeviceDirectory, PresenceChange, Publisher
 
-PRODUCT_ID = "BENCH00001"
 PSK = "MDEyMzQ1Njc4OWFiY2RlZg=="
 
 
-class Directory:
-    def __init__(self, device_names: list[str]) -> None:
-        self.devices = {name: DeviceCredentials(PRODUCT_ID, name, PSK, True) for name in device_names}
+class MemoryDirectory:
+    """Every device of ``product_id`` exists with the bench PSK; presence is not recorded."""
+
+    def __init__(self, product_id: str) -> None:
+        self.product_id = product_id
 
     async def device_credentials(self, product_id: str, device_name: str) -> DeviceCredentials | None:
-        return self.devices.get(device_name) if product_id == PRODUCT_ID else None
+        return DeviceCredentials(product_id, device_name, PSK, True) if product_id == self.product_id else None
 
     async def set_online(
         self, product_id: str, device_name: str, online: bool, client_ip: str | None, now_s: int
     ) -> None:
         return None
+
+    async def credentials_many(self, devices: Sequence[tuple[str, str]]) -> dict[tuple[str, str], DeviceCredentials]:
+        return {(p, d): DeviceCredentials(p, d, PSK, True) for p, d in devices if p == self.product_id}
+
+    async def record_presence(self, changes: Sequence[PresenceChange]) -> None:
+        return None
+
+    async def set_all_offline(self, now_s: int) -> int:
+        return 0
 
 
 class NoShadow:
@@ -52,189 +79,421 @@ class NoShadow:
         return None
 
 
-# --- the subscribing devices, in a child process ---------------------------------------------------------
+# --- the devices, in child processes ----------------------------------------------------------------------
 
 
 def run_devices(config: dict[str, Any]) -> None:
-    """Child process: connect the devices, subscribe, then count messages until each expected total."""
+    """Child process: paho clients on one selector loop; commands on stdin, answers on stdout."""
     import paho.mqtt.client as paho
     from paho.mqtt.enums import CallbackAPIVersion
 
-    received = 0
-    lock = threading.Lock()
-    subscribed = threading.Semaphore(0)
+    selector = selectors.DefaultSelector()
+    want_write: set[Any] = set()
+    state = {"subscribed": 0, "received": 0, "connected": 0, "retry": 1}
+    clients: list[Any] = []
+    lost: list[Any] = []
+    fds: dict[Any, int] = {}
+    qos = config["qos"]
 
-    def on_message(client: paho.Client, userdata: Any, message: paho.MQTTMessage) -> None:
-        nonlocal received
-        with lock:
-            received += 1
+    def on_connect(client: Any, userdata: Any, flags: Any, reason: Any, props: Any) -> None:
+        if not reason.is_failure:
+            state["connected"] += 1
+            client.subscribe(userdata, qos)
 
-    def on_subscribe(client: paho.Client, userdata: Any, mid: int, codes: Any, props: Any) -> None:
-        subscribed.release()
+    def on_subscribe(client: Any, userdata: Any, mid: int, codes: Any, props: Any) -> None:
+        state["subscribed"] += 1
 
-    clients = []
+    def on_message(client: Any, userdata: Any, message: Any) -> None:
+        state["received"] += 1
+
+    def on_disconnect(client: Any, userdata: Any, flags: Any, reason: Any, props: Any) -> None:
+        state["connected"] -= 1
+        if state["retry"]:  # as a device would: connect again (e.g. closed while the gateway was full)
+            lost.append(client)
+
+    def register(client: Any, userdata: Any, sock: Any) -> None:
+        want_write.add(client)
+
+    def unregister(client: Any, userdata: Any, sock: Any) -> None:
+        want_write.discard(client)
+
     for device in config["devices"]:
-        client = paho.Client(CallbackAPIVersion.VERSION2, client_id=device["client_id"], protocol=paho.MQTTv311)
+        client = paho.Client(
+            CallbackAPIVersion.VERSION2, client_id=device["client_id"], protocol=paho.MQTTv311, userdata=device["topic"]
+        )
         if device["username"]:
             client.username_pw_set(device["username"], device["password"])
-        client.on_message = on_message
+        client.on_connect = on_connect
         client.on_subscribe = on_subscribe
-        client.on_connect = lambda c, u, f, rc, p, topic=device["topic"]: c.subscribe(topic, config["qos"])
-        client.connect(config["host"], config["port"], 60)
-        client.loop_start()
+        client.on_message = on_message
+        client.on_disconnect = on_disconnect
+        client.on_socket_register_write = register
+        client.on_socket_unregister_write = unregister
         clients.append(client)
-    for _ in clients:
-        if not subscribed.acquire(timeout=30):
-            raise SystemExit("devices did not subscribe")
+
+    def connect_one(client: Any) -> None:
+        while True:
+            try:
+                client.connect(config["host"], config["port"], 120)
+                break
+            except OSError:
+                time.sleep(0.05)  # refused while the broker restarts: retry
+        client.loop_write()  # CONNECT now, as a device does
+        forget(client)
+        fds[client] = client.socket().fileno()
+        selector.register(fds[client], selectors.EVENT_READ, client)
+
+    def forget(client: Any) -> None:
+        fd = fds.pop(client, None)
+        if fd is not None:
+            selector.unregister(fd)
+
+    def connect_all() -> None:
+        for client in clients:
+            connect_one(client)
+
+    def serve_until(done: Any, timeout_s: float) -> bool:
+        deadline = time.monotonic() + timeout_s
+        last_misc = time.monotonic()
+        while not done():
+            if time.monotonic() > deadline:
+                return False
+            for client in list(want_write):
+                client.loop_write()
+            for key, _ in selector.select(0.05):
+                client = key.data
+                if client is None:
+                    continue
+                if client.loop_read() != 0 and fds.get(client) == key.fd:
+                    forget(client)
+            while lost:
+                connect_one(lost.pop())
+            if time.monotonic() - last_misc > 1:
+                for client in clients:
+                    client.loop_misc()
+                last_misc = time.monotonic()
+        return True
+
+    count = len(clients)
     print("ready", flush=True)
     for line in sys.stdin:
-        expected, timeout_s = int(line.split()[0]), float(line.split()[1])
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            with lock:
-                if received >= expected:
-                    break
-            time.sleep(0.001)
-        with lock:
-            print(f"received {received}", flush=True)
-            received = 0
+        command = line.split()
+        if command[0] == "connect":
+            state["subscribed"] = 0
+            started = time.perf_counter()
+            connect_all()
+            ok = serve_until(lambda: state["subscribed"] >= count, float(command[1]))
+            print(f"subscribed {state['subscribed']} {time.perf_counter() - started:.3f} {ok}", flush=True)
+        elif command[0] == "count":
+            expected, timeout_s = int(command[1]), float(command[2])
+            serve_until(lambda expected=expected: state["received"] >= expected, timeout_s)
+            print(f"received {state['received']}", flush=True)
+            state["received"] = 0
+        elif command[0] == "idle":  # keep the connections serviced for a while
+            serve_until(lambda: False, float(command[1]))
+            print("idle", flush=True)
+        elif command[0] == "wait-lost":
+            state["retry"] = 0  # the gateway is stopping: the devices reconnect when told
+            ok = serve_until(lambda: state["connected"] <= 0, float(command[1]))
+            state["retry"] = 1
+            lost.clear()
+            for client in list(fds):
+                forget(client)
+            print(f"lost {ok}", flush=True)
+        elif command[0] == "quit":
+            break
     for client in clients:
-        client.disconnect()
-        client.loop_stop()
+        try:
+            client.disconnect()
+            client.loop_write()
+        except Exception:  # the broker may be gone
+            pass
 
 
-@dataclass
-class Devices:
-    process: subprocess.Popen[str]
+class DeviceProcesses:
+    """``count`` devices split over child processes, commanded together."""
 
-    @classmethod
-    def start(cls, host: str, port: int, qos: int, devices: list[dict[str, str]]) -> Devices:
-        process = subprocess.Popen(
-            [sys.executable, __file__, "--child"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
-        )
-        assert process.stdin is not None and process.stdout is not None
-        process.stdin.write(json.dumps({"host": host, "port": port, "qos": qos, "devices": devices}) + "\n")
-        process.stdin.flush()
-        return cls(process)
+    def __init__(self, host: str, port: int, qos: int, logins: list[dict[str, str]], processes: int) -> None:
+        self.processes: list[subprocess.Popen[str]] = []
+        share = (len(logins) + processes - 1) // processes
+        for start in range(0, len(logins), share):
+            config = {"host": host, "port": port, "qos": qos, "devices": logins[start : start + share]}
+            process = subprocess.Popen(
+                [sys.executable, __file__, "--child"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+            )
+            assert process.stdin is not None
+            process.stdin.write(json.dumps(config) + "\n")
+            process.stdin.flush()
+            self.processes.append(process)
 
     async def ready(self) -> None:
-        assert self.process.stdout is not None
-        line = await asyncio.to_thread(self.process.stdout.readline)
-        if line.strip() != "ready":
-            raise RuntimeError(f"devices: {line!r}")
+        for line in await self._answers():
+            if line != "ready":
+                raise RuntimeError(f"devices: {line!r}")
 
-    async def received(self, expected: int, timeout_s: float = 30) -> int:
-        assert self.process.stdin is not None and self.process.stdout is not None
-        self.process.stdin.write(f"{expected} {timeout_s}\n")
-        self.process.stdin.flush()
-        line = await asyncio.to_thread(self.process.stdout.readline)
-        return int(line.split()[1])
+    async def command(self, text: str) -> list[str]:
+        for process in self.processes:
+            assert process.stdin is not None
+            process.stdin.write(text + "\n")
+            process.stdin.flush()
+        return await self._answers()
+
+    async def _answers(self) -> list[str]:
+        async def one(process: subprocess.Popen[str]) -> str:
+            assert process.stdout is not None
+            return (await asyncio.to_thread(process.stdout.readline)).strip()
+
+        return list(await asyncio.gather(*(one(process) for process in self.processes)))
+
+    async def connect(self, timeout_s: float) -> tuple[int, float]:
+        """Connect and subscribe every device; (devices subscribed, seconds)."""
+        started = time.perf_counter()
+        answers = await self.command(f"connect {timeout_s}")
+        elapsed = time.perf_counter() - started
+        return sum(int(answer.split()[1]) for answer in answers), elapsed
+
+    def start_count(self, expected: int, timeout_s: float = 120) -> None:
+        """Tell the devices to count messages (they read their sockets, and acknowledge, only meanwhile)."""
+        share = (expected + len(self.processes) - 1) // len(self.processes)
+        for process in self.processes:
+            assert process.stdin is not None
+            process.stdin.write(f"count {share} {timeout_s}\n")
+            process.stdin.flush()
+
+    async def received(self) -> int:
+        """The messages counted since :meth:`start_count`."""
+        return sum(int(answer.split()[1]) for answer in await self._answers())
 
     def stop(self) -> None:
-        assert self.process.stdin is not None
-        self.process.stdin.close()
-        self.process.wait(30)
+        for process in self.processes:
+            assert process.stdin is not None
+            try:
+                process.stdin.write("quit\n")
+                process.stdin.close()
+            except BrokenPipeError:
+                pass
+        for process in self.processes:
+            try:
+                process.wait(30)
+            except subprocess.TimeoutExpired:
+                process.kill()
 
 
-def device_logins(count: int, *, signed: bool) -> list[dict[str, str]]:
+def device_logins(product_id: str, count: int, *, signed: bool) -> list[dict[str, str]]:
     logins = []
     for index in range(count):
-        name = f"dev{index:04d}"
-        client_id = PRODUCT_ID + name
+        name = f"dev{index:05d}"
+        client_id = product_id + name
         username = make_username(client_id, 4_000_000_000) if signed else ""
         password = sign_password(username, PSK) if signed else ""
-        topic = f"{PRODUCT_ID}/{name}/control"
+        topic = f"{product_id}/{name}/control"
         logins.append({"client_id": client_id, "username": username, "password": password, "topic": topic})
     return logins
 
 
-# --- runs ------------------------------------------------------------------------------------------------
+def workload(product_id: str, messages: int, device_count: int, payload: bytes) -> list[tuple[str, bytes]]:
+    return [(f"{product_id}/dev{n % device_count:05d}/control", payload) for n in range(messages)]
 
 
-async def measure(
-    label: str, publisher: Publisher, messages: list[tuple[str, bytes]], qos: int, devices: Devices | None
-) -> None:
-    started = time.perf_counter()
-    await publisher.publish_many(messages, qos)
-    taken_s = time.perf_counter() - started
-    line = f"{label:<44} QoS {qos}: taken {len(messages) / taken_s:>9,.0f} msg/s"
-    if devices is not None:
-        received = await devices.received(len(messages))
-        delivered_s = time.perf_counter() - started
-        line += f"   delivered {received / delivered_s:>9,.0f} msg/s ({received}/{len(messages)})"
-    print(line, flush=True)
+def new_product_id() -> str:
+    return "BENCH" + secrets.token_hex(3).upper()[:5]
 
 
-def workload(count: int, device_count: int, payload: bytes, *, subscribed: bool) -> list[tuple[str, bytes]]:
-    product = PRODUCT_ID if subscribed else "NOBODY0000"
-    return [(f"{product}/dev{n % device_count:04d}/control", payload) for n in range(count)]
+# --- runs ----------------------------------------------------------------------------------------------------
 
 
-async def bench_embedded(args: argparse.Namespace, payload: bytes) -> None:
-    names = [login["client_id"][10:] for login in device_logins(args.devices, signed=False)]
-    service = EmbeddedBroker(Directory(names), NoShadow(), port=0, options=BrokerOptions())
+@dataclass
+class Broker:
+    label: str
+    host: str
+    port: int
+    publisher: Publisher
+    signed: bool
+
+
+async def measure_broker(args: argparse.Namespace, broker: Broker, size: int, product_id: str) -> None:
+    payload = b"x" * args.payload_bytes
+    label = f"{broker.label}, {size:,} devices"
+    for qos in (0, 1):
+        logins = device_logins(product_id, size, signed=broker.signed)
+        devices = DeviceProcesses(broker.host, broker.port, qos, logins, args.device_processes)
+        try:
+            await devices.ready()
+            subscribed, elapsed = await devices.connect(args.connect_timeout_s)
+            if qos == 0:
+                print(
+                    f"{label:<36} connect+subscribe: {subscribed:,}/{size:,} in {elapsed:6.2f} s "
+                    f"= {subscribed / elapsed:>8,.0f} devices/s",
+                    flush=True,
+                )
+            if subscribed < size:
+                print(f"{label}: only {subscribed} devices subscribed; delivery skipped", flush=True)
+                continue
+            messages = workload(product_id, size * args.messages_per_device, size, payload)
+            devices.start_count(len(messages))
+            started = time.perf_counter()
+            await broker.publisher.publish_many(messages, qos)
+            taken_s = time.perf_counter() - started
+            received = await devices.received()
+            delivered_s = time.perf_counter() - started
+            print(
+                f"{label:<36} delivery QoS {qos}: taken {len(messages) / taken_s:>9,.0f} msg/s, "
+                f"delivered {received / delivered_s:>9,.0f} msg/s ({received:,}/{len(messages):,})",
+                flush=True,
+            )
+        finally:
+            devices.stop()
+    # last: a broker such as Mosquitto is still busy with these for a while after publish_many returned
+    nobody = workload("NOBODY" + product_id[5:9], args.no_subscriber_messages, size, payload)
+    for qos in (0, 1):
+        started = time.perf_counter()
+        await broker.publisher.publish_many(nobody, qos)
+        rate = len(nobody) / (time.perf_counter() - started)
+        print(f"{label:<36} no subscribers QoS {qos}: taken {rate:>10,.0f} msg/s", flush=True)
+
+
+async def bench_embedded(args: argparse.Namespace, size: int) -> None:
+    product_id = new_product_id()
+    service = EmbeddedBroker(MemoryDirectory(product_id), NoShadow(), port=0, options=gateway_options(args))
     await service.start()
     try:
-        empty = workload(args.messages, args.devices, payload, subscribed=False)
-        full = workload(args.messages, args.devices, payload, subscribed=True)
-        for qos in (0, 1):
-            await measure("embedded broker, no subscribers", service.publisher, empty, qos, None)
-        for qos in (0, 1):
-            devices = Devices.start("127.0.0.1", service.port, qos, device_logins(args.devices, signed=True))
-            try:
-                await devices.ready()
-                label = f"embedded broker, {args.devices} subscribed devices"
-                await measure(label, service.publisher, full, qos, devices)
-            finally:
-                devices.stop()
+        await measure_broker(
+            args, Broker("embedded", "127.0.0.1", service.port, service.publisher, True), size, product_id
+        )
     finally:
         await service.stop()
 
 
-async def bench_external(args: argparse.Namespace, payload: bytes) -> None:
-    options = ExternalOptions(share_group="")
-    service = ExternalBroker(args.mosquitto_url, NoShadow(), options=options)
+async def bench_mosquitto(args: argparse.Namespace, size: int) -> None:
+    service = ExternalBroker(args.mosquitto_url, NoShadow(), options=ExternalOptions(share_group=""))
     await service.start()
     if not service.connected:
-        print(f"no broker at {args.mosquitto_url}: external runs skipped")
+        print(f"no broker at {args.mosquitto_url}: Mosquitto runs skipped")
         await service.stop()
         return
     try:
         address = service.address
-        empty = workload(args.messages, args.devices, payload, subscribed=False)
-        for qos in (0, 1):
-            await measure("Mosquitto (external), no subscribers", service.publisher, empty, qos, None)
-        for qos in (0, 1):
-            logins = device_logins(args.devices, signed=False)
-            devices = Devices.start(address.host, address.port, qos, logins)
-            try:
-                await devices.ready()
-                full = workload(args.messages, args.devices, payload, subscribed=True)
-                label = f"Mosquitto (external), {args.devices} subscribed devices"
-                await measure(label, service.publisher, full, qos, devices)
-            finally:
-                devices.stop()
+        broker = Broker("Mosquitto", address.host, address.port, service.publisher, False)
+        await measure_broker(args, broker, size, new_product_id())
     finally:
         await service.stop()
 
 
+def gateway_options(args: argparse.Namespace) -> BrokerOptions:
+    options = BrokerOptions()
+    if hasattr(options, "max_connections"):
+        options.max_connections = max(options.max_connections, args.reconnect_devices + 100, max(args.sizes) + 100)
+    return options
+
+
+async def bench_reconnect(args: argparse.Namespace) -> None:
+    """10,000 registered devices on a real store: stop the gateway, start a new one, all reconnect at once."""
+    from benchdb import bench_database
+
+    from fleetops.backend.registration import register_devices
+    from fleetops.store.accounts import AccountStore
+    from fleetops.store.database import open_database
+    from fleetops.store.devices import DeviceStore
+    from fleetops.store.migrate import upgrade
+    from fleetops.store.products import ProductStore
+
+    size = args.reconnect_devices
+    product_id = new_product_id()
+    with bench_database(args.database) as url:
+        db = open_database(url, pool_size=10)
+        await upgrade(db)
+        account_id = await AccountStore(db).create_account("bench-" + secrets.token_hex(3), 0)
+        await ProductStore(db).insert(account_id, product_id, "bench" + secrets.token_hex(3), {}, 0, 10)
+        names = [f"dev{i:05d}" for i in range(size)]
+        await register_devices(DeviceStore(db), account_id, product_id, names, now_s=int(time.time()), max_devices=size)
+        store = DeviceStore(db)
+        # every device gets the bench PSK, so the children can sign without reading the store
+        async with db.begin() as conn:
+            await conn.exec_driver_sql(f"UPDATE devices SET psk = '{PSK}'")
+
+        async def online_count() -> int:
+            async with db.connect() as conn:
+                result = await conn.exec_driver_sql("SELECT count(*) FROM devices WHERE online")
+                return int(result.scalar_one())
+
+        directory: DeviceDirectory = store
+        service = EmbeddedBroker(directory, NoShadow(), port=0, options=gateway_options(args))
+        await service.start()
+        port = service.port
+        devices = DeviceProcesses(
+            "127.0.0.1", port, 0, device_logins(product_id, size, signed=True), args.device_processes
+        )
+        try:
+            await devices.ready()
+            subscribed, elapsed = await devices.connect(args.connect_timeout_s)
+            await wait_for(lambda: online_count(), size, args.connect_timeout_s)
+            print(
+                f"reconnect ({db.engine.dialect.name}): {subscribed:,} devices connected in {elapsed:.2f} s, "
+                f"{await online_count():,} online in the store",
+                flush=True,
+            )
+            started = time.perf_counter()
+            await service.stop()
+            stopped_s = time.perf_counter() - started
+            lost = await devices.command(f"wait-lost {args.connect_timeout_s}")
+            print(f"  stop: {stopped_s:.2f} s, {await online_count():,} online after it, devices {lost}", flush=True)
+            service = EmbeddedBroker(directory, NoShadow(), port=port, options=gateway_options(args))
+            await service.start()
+            started = time.perf_counter()
+            command = asyncio.create_task(devices.command(f"connect {args.connect_timeout_s}"))
+            online = await wait_for(lambda: online_count(), size, args.connect_timeout_s)
+            all_online_s = time.perf_counter() - started
+            answers = await command
+            resubscribed = sum(int(answer.split()[1]) for answer in answers)
+            print(
+                f"  restart: {online:,}/{size:,} online in the store {all_online_s:.2f} s after the new gateway "
+                f"started ({resubscribed:,} subscribed again)",
+                flush=True,
+            )
+        finally:
+            devices.stop()
+            await service.stop()
+            await db.dispose()
+
+
+async def wait_for(read: Any, target: int, timeout_s: float) -> int:
+    deadline = time.monotonic() + timeout_s
+    value = await read()
+    while value < target and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
+        value = await read()
+    return int(value)
+
+
 async def main(args: argparse.Namespace) -> None:
-    payload = b"x" * args.payload_bytes
-    print(f"{args.messages:,} messages of {args.payload_bytes} bytes, {args.devices} devices", flush=True)
-    if not args.skip_embedded:
-        await bench_embedded(args, payload)
-    if not args.skip_external:
-        await bench_external(args, payload)
+    print(
+        f"sizes {args.sizes}, {args.messages_per_device} messages of {args.payload_bytes} bytes per device, "
+        f"{args.device_processes} device processes, {os.cpu_count()} cores",
+        flush=True,
+    )
+    for size in args.sizes:
+        if not args.skip_embedded:
+            await bench_embedded(args, size)
+        if not args.skip_mosquitto:
+            await bench_mosquitto(args, size)
+    if not args.skip_reconnect:
+        await bench_reconnect(args)
 
 
 def parse_args() -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.add_argument("--messages", type=int, default=50_000)
-    parser.add_argument("--devices", type=int, default=200)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sizes", type=lambda text: [int(s) for s in text.split(",")], default=[2000, 10000])
+    parser.add_argument("--messages-per-device", type=int, default=5)
+    parser.add_argument("--no-subscriber-messages", type=int, default=100_000)
     parser.add_argument("--payload-bytes", type=int, default=64)
+    parser.add_argument("--device-processes", type=int, default=2)
+    parser.add_argument("--connect-timeout-s", type=float, default=120)
+    parser.add_argument("--reconnect-devices", type=int, default=10_000)
+    parser.add_argument("--database", default="sqlite", help="reconnect run: sqlite | postgresql | a URL")
     parser.add_argument("--mosquitto-url", default="mqtt://127.0.0.1:1883")
     parser.add_argument("--skip-embedded", action="store_true")
-    parser.add_argument("--skip-external", action="store_true")
+    parser.add_argument("--skip-mosquitto", action="store_true")
+    parser.add_argument("--skip-reconnect", action="store_true")
     parser.add_argument("--uvloop", action="store_true", help="run on uvloop (as uvicorn does)")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     return parser.parse_args()

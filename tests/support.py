@@ -18,6 +18,7 @@ import pytest
 
 from fleetops.backend.tasks import TaskService
 from fleetops.node import Node
+from fleetops.ports.messaging import Delivery
 from fleetops.settings import Settings
 
 T = TypeVar("T")
@@ -315,7 +316,7 @@ class TaskPublisher:
     async def publish(self, topic: str, payload: bytes, qos: int) -> None:
         await self.publish_many([(topic, payload)], qos)
 
-    async def publish_many(self, messages: Sequence[tuple[str, bytes]], qos: int) -> None:
+    async def publish_many(self, messages: Sequence[tuple[str, bytes]], qos: int) -> list[Delivery]:
         from fleetops.errors import BrokerUnavailable
 
         assert qos == 0, "batch tasks publish with QoS 0"
@@ -327,6 +328,7 @@ class TaskPublisher:
             raise BrokerUnavailable("the test broker is down")
         with self._lock:
             self.messages.extend(messages)
+        return [Delivery.UNKNOWN] * len(messages)
 
     def subscribed(self, topic: str) -> bool | None:
         return None

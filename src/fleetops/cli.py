@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import sys
 import time
 from collections.abc import Awaitable, Callable, Coroutine
@@ -104,6 +105,9 @@ def main() -> None:
 )
 @click.option("--tls-key", "tls_key_file", default=None, help="PEM private key of --tls-cert [FLEETOPS_TLS_KEY_FILE]")
 @click.option("--mqtt-port", type=int, default=None, help="embedded MQTT port [FLEETOPS_MQTT_PORT, default 1883]")
+@click.option(
+    "--mqtt-tls-port", type=int, default=None, help="embedded MQTT TLS port, e.g. 8883 [FLEETOPS_MQTT_TLS_PORT, off]"
+)
 @click.option("--mqtt-url", default=None, help="external broker mqtt://user:pass@host:port [FLEETOPS_MQTT_URL]")
 @click.option("--node-id", default=None, help="stable name of this node in task leases [FLEETOPS_NODE_ID]")
 @click.option("--log-level", default=None, help="log level [FLEETOPS_LOG_LEVEL, default INFO]")
@@ -280,3 +284,27 @@ def db_upgrade(ctx: click.Context) -> None:
 
     _run(_with_stores(settings, noop))
     click.echo(f"schema is up to date ({_where(settings)})")
+
+
+@main.group()
+def mosquitto() -> None:
+    """The Mosquitto plugin: device authentication, the device ACL, shadow requests for several nodes."""
+
+
+@mosquitto.command("build")
+@click.option(
+    "--output",
+    type=click.Path(path_type=Path, file_okay=False),
+    default=Path("build/mosquitto"),
+    show_default=True,
+    help="directory for the .so",
+)
+@click.option("--checked", is_flag=True, help="UBSan build with debug info, to run under valgrind (docs/mosquitto.md)")
+def mosquitto_build(output: Path, checked: bool) -> None:
+    """Compile the plugin with the system cc ($CC) and print the path of the .so."""
+    from fleetops.mosquitto.build import BuildError, build_plugin
+
+    try:
+        click.echo(str(build_plugin(output, checked=checked, compiler=os.environ.get("CC", "cc"))))
+    except BuildError as exc:
+        raise SetupError(f"fleetops mosquitto build: {exc}") from exc

@@ -229,6 +229,7 @@ class _LimitedHttpToolsProtocol(HttpToolsProtocol):
         self._fo_raw = transport
         self._fo_loop = loop
         self._fo_started = False  # uvicorn's connection_made has run (after the TLS handshake, with TLS)
+        self._fo_early: list[bytes] = []  # data that arrived before it had
         self._fo_begun = self._fo_completed = self._fo_answered = 0  # requests begun / arrived whole / answered
         self._fo_header_bytes = 0  # of the request line and headers being received
         self._fo_tail = b""  # the last bytes of them, for a CRLF CRLF split across two chunks
@@ -274,8 +275,16 @@ class _LimitedHttpToolsProtocol(HttpToolsProtocol):
             return
         self._fo_started = True
         super().connection_made(tls)
+        early, self._fo_early = self._fo_early, []
+        for data in early:
+            self.data_received(data)
 
     def data_received(self, data: bytes) -> None:
+        if not self._fo_started:
+            # The client's first request can come in the same segment as its last handshake message: asyncio's
+            # TLS layer hands it over before start_tls() has returned to us, so before uvicorn has a transport.
+            self._fo_early.append(data)
+            return
         if self._fo_in_headers and self._fo_handle is not None:
             # the bytes of this chunk up to the end of the headers (CRLF CRLF, which may straddle two chunks)
             window = self._fo_tail + data
@@ -314,8 +323,14 @@ class _LimitedHttpToolsProtocol(HttpToolsProtocol):
             self._fo_arm()
         super().on_response_complete()
 
+    def eof_received(self) -> None:
+        if self._fo_started:
+            super().eof_received()
+
     def pause_writing(self) -> None:
         # the client does not read what it asked for: it has request_timeout_s to start reading again
+        if not self._fo_started:
+            return
         super().pause_writing()
         if self._fo_handle is not None and self._fo_stalled is None:
             self._fo_stalled = self._fo_loop.call_later(self.limits.request_timeout_s, self._fo_stalled_reader)
@@ -324,7 +339,8 @@ class _LimitedHttpToolsProtocol(HttpToolsProtocol):
         if self._fo_stalled is not None:
             self._fo_stalled.cancel()
             self._fo_stalled = None
-        super().resume_writing()
+        if self._fo_started:
+            super().resume_writing()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._fo_release()

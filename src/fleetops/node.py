@@ -24,6 +24,7 @@ import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from enum import StrEnum
+from pathlib import Path
 
 from starlette.applications import Starlette
 from starlette.routing import BaseRoute, Mount
@@ -44,8 +45,9 @@ from fleetops.console import console_routes
 from fleetops.engine.executor import ExecutorConfig, TaskExecutor
 from fleetops.engine.scheduler import Scheduler
 from fleetops.engine.worker import TaskWorker, default_node_id
+from fleetops.errors import ConfigurationError
 from fleetops.messaging.device_messages import DeviceMessenger
-from fleetops.messaging.embedded import EmbeddedBroker
+from fleetops.messaging.embedded import BrokerOptions, EmbeddedBroker, TlsListener
 from fleetops.messaging.external import BrokerAddress, ExternalBroker, ExternalOptions
 from fleetops.messaging.http_auth import mqtt_auth_router
 from fleetops.messaging.shadow_protocol import DeviceShadowProtocol
@@ -101,6 +103,18 @@ async def open_stores(settings: Settings) -> Stores:
     )
 
 
+def _tls_listener(settings: Settings) -> TlsListener | None:
+    """The embedded broker's TLS listener, if ``mqtt_tls_port`` asks for one."""
+    if not settings.mqtt_tls_port:
+        return None
+    if not settings.mqtt_tls_cert_file or not settings.mqtt_tls_key_file:
+        raise ConfigurationError(
+            "the MQTT TLS listener (--mqtt-tls-port, FLEETOPS_MQTT_TLS_PORT) needs a certificate and its key: "
+            "set FLEETOPS_MQTT_TLS_CERT_FILE and FLEETOPS_MQTT_TLS_KEY_FILE"
+        )
+    return TlsListener(settings.mqtt_tls_port, Path(settings.mqtt_tls_cert_file), Path(settings.mqtt_tls_key_file))
+
+
 def _messaging(
     settings: Settings, stores: Stores, shadow_handler: ShadowRequestHandler, role: Role
 ) -> MessagingService:
@@ -109,7 +123,16 @@ def _messaging(
         return ExternalBroker(
             settings.mqtt_url, shadow_handler, client_id=settings.mqtt_client_id or None, options=options
         )
-    return EmbeddedBroker(stores.devices, shadow_handler, host=settings.mqtt_host, port=settings.mqtt_port)
+    return EmbeddedBroker(
+        stores.devices,
+        shadow_handler,
+        host=settings.mqtt_host,
+        port=settings.mqtt_port,
+        tls=_tls_listener(settings),
+        options=BrokerOptions(
+            max_connections=settings.mqtt_max_connections, connect_timeout_s=settings.mqtt_connect_timeout_s
+        ),
+    )
 
 
 def node_id(settings: Settings) -> str:

@@ -45,6 +45,20 @@ class Settings:
     )
     mqtt_host: str = field(default="127.0.0.1", metadata={"doc": "embedded MQTT broker listen address"})
     mqtt_port: int = field(default=1883, metadata={"doc": "embedded MQTT broker listen port"})
+    mqtt_tls_port: int = field(
+        default=0, metadata={"doc": "embedded MQTT broker TLS listen port (devices use 8883); 0 = no TLS listener"}
+    )
+    mqtt_tls_cert_file: str = field(
+        default="", metadata={"doc": "PEM certificate (chain) of the TLS listener; needed with mqtt_tls_port"}
+    )
+    mqtt_tls_key_file: str = field(default="", metadata={"doc": "PEM private key of the TLS listener"})
+    mqtt_max_connections: int = field(
+        default=10_000,
+        metadata={"doc": "connections per embedded MQTT listener (keep well below the process's file limit)"},
+    )
+    mqtt_connect_timeout_s: float = field(
+        default=10.0, metadata={"doc": "embedded MQTT broker: time from TCP accept to a completed CONNECT"}
+    )
     mqtt_url: str = field(
         default="", metadata={"doc": "external broker (mqtt://user:pass@host:port); empty = embedded broker"}
     )

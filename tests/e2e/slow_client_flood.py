@@ -50,15 +50,15 @@ def main() -> None:
     deadline = time.monotonic() + args.timeout_s
     while pending and time.monotonic() < deadline:
         for key, _ in selector.select(timeout=1):
-            sock = key.fileobj
-            if not isinstance(sock, socket.socket):
+            ready = key.fileobj
+            if not isinstance(ready, socket.socket):
                 continue
-            selector.unregister(sock)
+            selector.unregister(ready)
             pending -= 1
             try:
-                error = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+                error = ready.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
                 if error == 0:
-                    sock.send(HALF_REQUEST)
+                    ready.send(HALF_REQUEST)
                 else:
                     failed += 1
                     reasons[errno.errorcode.get(error, str(error))] = (

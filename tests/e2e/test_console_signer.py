@@ -1,5 +1,6 @@
-"""The console's browser-side code run in Chromium: the TC3 signer against the spec's vectors and the Python
-signer, and the pure helpers of the views (shadow merge patch, polling back-off, task parameters)."""
+"""The console's browser-side code run in Chromium: the TC3 signer against the documented vectors
+(docs/protocol.md#test-vectors) and the Python signer, and the pure helpers of the views (shadow merge patch,
+polling back-off, task parameters)."""
 
 from __future__ import annotations
 

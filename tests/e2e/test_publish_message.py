@@ -16,8 +16,8 @@ from tencentcloud.iotcloud.v20180614 import models
 
 from fleetops.errors import BrokerUnavailable
 from fleetops.messaging.embedded import EmbeddedBroker
-from fleetops.ports.messaging import DeviceCredentials
-from tests.integration.conftest_mqtt import PahoDevice
+from fleetops.ports.messaging import Delivery, DeviceCredentials
+from tests.mqtt_support import PahoDevice
 from tests.support import LiveServer, new_product, sdk_client, sdk_error_code, server_on
 
 
@@ -205,7 +205,7 @@ class _UnreachableBroker:
     async def publish(self, topic: str, payload: bytes, qos: int) -> None:
         await self.publish_many([(topic, payload)], qos)
 
-    async def publish_many(self, messages: Sequence[tuple[str, bytes]], qos: int) -> None:
+    async def publish_many(self, messages: Sequence[tuple[str, bytes]], qos: int) -> list[Delivery]:
         self.attempts += 1
         if self.hang:
             await asyncio.Event().wait()

@@ -17,6 +17,7 @@ import pytest
 from tencentcloud.iotcloud.v20180614 import models
 
 from fleetops.errors import BrokerUnavailable
+from fleetops.ports.messaging import Delivery
 from tests.support import LiveServer, sdk_client, sdk_error_code, server_on
 
 
@@ -31,11 +32,12 @@ class RecordingPublisher:
     async def publish(self, topic: str, payload: bytes, qos: int) -> None:
         await self.publish_many([(topic, payload)], qos)
 
-    async def publish_many(self, messages: Sequence[tuple[str, bytes]], qos: int) -> None:
+    async def publish_many(self, messages: Sequence[tuple[str, bytes]], qos: int) -> list[Delivery]:
         if self.down:
             raise BrokerUnavailable("broker is down")
         with self._lock:
             self.messages.extend((topic, orjson.loads(payload), qos) for topic, payload in messages)
+        return [Delivery.UNKNOWN] * len(messages)
 
     def subscribed(self, topic: str) -> bool | None:
         return None

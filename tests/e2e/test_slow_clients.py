@@ -21,7 +21,7 @@ from tencentcloud.common.profile.http_profile import HttpProfile
 from tencentcloud.iotcloud.v20180614 import iotcloud_client
 
 from fleetops.ports.messaging import DeviceCredentials
-from tests.integration.conftest_mqtt import PahoDevice
+from tests.mqtt_support import PahoDevice
 from tests.serve_process import ServeProcess
 from tests.support import free_port
 

@@ -26,9 +26,9 @@ from tencentcloud.iotcloud.v20180614 import models
 from fleetops.domain.tasks import TaskStatus
 from fleetops.errors import BrokerUnavailable
 from fleetops.messaging.external import ExternalBroker, ExternalOptions
-from fleetops.ports.messaging import DeviceCredentials, Publisher
+from fleetops.ports.messaging import Delivery, DeviceCredentials, Publisher
 from fleetops.store.tasks import TaskStore
-from tests.integration.conftest_mqtt import EchoShadowHandler, MosquittoProcess, PahoDevice, random_psk
+from tests.mqtt_support import EchoShadowHandler, MosquittoProcess, PahoDevice, random_psk
 from tests.serve_process import ServeProcess
 from tests.support import LiveServer, TaskEnv, free_port, open_task_env, sdk_client, wait_until
 
@@ -176,7 +176,7 @@ class OutagePublisher:
     async def publish(self, topic: str, payload: bytes, qos: int) -> None:
         await self.publish_many([(topic, payload)], qos)
 
-    async def publish_many(self, messages: Sequence[tuple[str, bytes]], qos: int) -> None:
+    async def publish_many(self, messages: Sequence[tuple[str, bytes]], qos: int) -> list[Delivery]:
         if self.restarted is None:
             self.batches += 1
             if self.batches == self.outage_at:
@@ -184,11 +184,12 @@ class OutagePublisher:
                 await self.mosquitto.stop(signal.SIGTERM)
                 self.restarted = asyncio.create_task(self._restart())
         try:
-            await self.inner.publish_many(messages, qos)
+            statuses = await self.inner.publish_many(messages, qos)
         except BrokerUnavailable:
             self.unavailable += 1
             raise
         self.published += len(messages)
+        return statuses
 
     async def _all_delivered(self) -> bool:
         return await self.delivered() == self.published

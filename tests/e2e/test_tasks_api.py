@@ -20,7 +20,7 @@ from tencentcloud.iotcloud.v20180614 import models
 from fleetops.backend.registration import register_devices
 from fleetops.messaging.embedded import EmbeddedBroker
 from fleetops.ports.messaging import DeviceCredentials
-from tests.integration.conftest_mqtt import PahoDevice, Received
+from tests.mqtt_support import PahoDevice, Received
 from tests.support import LiveServer, new_product, sdk_client, sdk_error_code, start_server
 
 WAITING, PROCESSING, COMPLETED, FAILED, CANCELLED = 1, 2, 3, 4, 5

@@ -12,6 +12,7 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from fleetops.domain.shadow import DeviceUpdate, Shadow, apply_desired, apply_device_update
+from fleetops.ports.messaging import PresenceChange
 from fleetops.ports.store import (
     DeviceLimitReached,
     DeviceMissing,
@@ -226,7 +227,53 @@ async def test_device_directory_credentials_and_online_state(env: Env) -> None:
     d = await env.devices.get(env.owner, PID, "lamp")
     assert (d.online, d.login_time, d.first_online_time, d.client_ip) == (True, 40, 20, "10.0.0.8")
     await env.devices.set_online(PID, "ghost", True, "10.0.0.9", 50)  # deleted meanwhile: ignored
-    assert (await env.devices.get(env.owner, PID, "lamp")).login_time == 40
+    assert await env.devices.set_all_offline(60) == 1
+    assert not (await env.devices.get(env.owner, PID, "lamp")).online
+
+
+async def test_batched_credentials_and_presence_for_the_gateway(env: Env) -> None:
+    """credentials_many answers a whole batch of CONNECTs; record_presence applies the latest change per device."""
+    for name in ("a", "b", "c"):
+        await env.devices.insert(env.owner, PID, NewDevice(name, "cHNr"), 10, BIG)
+    await env.devices.insert(env.stranger, OTHER_PID, NewDevice("a", "b3RoZXI="), 10, BIG)
+    wanted = [(PID, "a"), (PID, "c"), (PID, "ghost"), (OTHER_PID, "a"), ("NOPE000000", "a"), (PID, "a")]
+    found = await env.devices.credentials_many(wanted)
+    assert sorted(found) == [(PID, "a"), (PID, "c"), (OTHER_PID, "a")]
+    assert found[(OTHER_PID, "a")].psk == "b3RoZXI=" and found[(PID, "c")].device_name == "c"
+    names = [f"bulk-{n:04d}" for n in range(2500)]  # more than one IN chunk
+    await env.devices.insert_many(env.owner, PID, [NewDevice(n, "cHNr") for n in names], 10, None)
+    assert len(await env.devices.credentials_many([(PID, n) for n in names])) == 2500
+
+    await env.devices.record_presence(
+        [
+            PresenceChange(PID, "a", True, "10.0.0.1", 20),  # a: online, then offline, then online again
+            PresenceChange(PID, "b", True, "10.0.0.2", 21),  # b: online, then offline
+            PresenceChange(PID, "a", False, None, 22),
+            PresenceChange(PID, "b", False, None, 23),
+            PresenceChange(PID, "a", True, "10.0.0.3", 24),
+            PresenceChange(PID, "ghost", True, "10.0.0.9", 25),  # deleted meanwhile: ignored
+        ]
+    )
+    a, b, c = [await env.devices.get(env.owner, PID, name) for name in "abc"]
+    assert (a.online, a.login_time, a.first_online_time, a.client_ip, a.last_offline_time) == (
+        True,
+        24,
+        20,
+        "10.0.0.3",
+        22,
+    )
+    assert (b.online, b.login_time, b.first_online_time, b.client_ip, b.last_offline_time) == (
+        False,
+        21,
+        21,
+        "10.0.0.2",
+        23,
+    )
+    assert (c.online, c.login_time, c.first_online_time, c.last_offline_time) == (False, 0, None, None)
+    await env.devices.record_presence([PresenceChange(PID, n, True, "10.1.1.1", 30) for n in names])
+    async with env.db.connect() as conn:
+        online = (await conn.execute(sa.text("SELECT count(*) FROM devices WHERE online"))).scalar_one()
+    assert online == 2501
 
 
 async def test_concurrent_shadow_writers_lose_no_update(env: Env) -> None:

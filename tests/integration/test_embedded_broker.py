@@ -1,23 +1,22 @@
 """The embedded broker with real paho-mqtt devices: authentication, ACL, shadow requests, fleetops publishing,
-take-over, persistent sessions, online state (device-protocol §2-§5)."""
+take-over, persistent sessions, online state (docs/device-protocol.md)."""
 
 from __future__ import annotations
 
 import asyncio
 import socket
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Sequence
 
 import orjson
 import paho.mqtt.client as paho
 import pytest
 
 from fleetops.errors import BrokerUnavailable, ConfigurationError
-from fleetops.messaging.amqtt_broker import BrokerOptions
 from fleetops.messaging.device_auth import SignMethod, make_username, sign_password
-from fleetops.messaging.embedded import EmbeddedBroker
+from fleetops.messaging.embedded import BrokerOptions, EmbeddedBroker
 from fleetops.ports.messaging import DeviceCredentials
-from tests.integration.conftest_mqtt import (
+from tests.mqtt_support import (
     EchoShadowHandler,
     MemoryDirectory,
     PahoDevice,
@@ -124,7 +123,7 @@ async def test_sdk_style_user_names_connect(
 async def test_refused_connects_get_the_spec_codes(
     broker: EmbeddedBroker, directory: MemoryDirectory, devices: list[PahoDevice], pid: str
 ) -> None:
-    """device-protocol §2.4: bad/expired/unknown -> 4, disabled -> 5, bad client id or keep-alive -> 2."""
+    """docs/device-protocol.md#connack: bad/expired/unknown -> 4, disabled -> 5, bad client id or keep-alive -> 2."""
     good = directory.add(pid, "good")
     disabled = directory.add(pid, "off", enabled=False)
     unknown = DeviceCredentials(pid, "ghost", good.psk, True)
@@ -142,6 +141,9 @@ class FailingDirectory(MemoryDirectory):
     async def device_credentials(self, product_id: str, device_name: str) -> DeviceCredentials | None:
         raise OSError("database down")
 
+    async def credentials_many(self, devices: Sequence[tuple[str, str]]) -> dict[tuple[str, str], DeviceCredentials]:
+        raise OSError("database down")
+
 
 async def test_a_directory_failure_answers_server_unavailable(devices: list[PahoDevice], pid: str) -> None:
     directory = FailingDirectory()
@@ -156,7 +158,8 @@ async def test_a_directory_failure_answers_server_unavailable(devices: list[Paho
 async def test_a_refused_connect_does_not_disturb_the_connected_device(
     broker: EmbeddedBroker, directory: MemoryDirectory, devices: list[PahoDevice], pid: str
 ) -> None:
-    """amqtt dropped the session of a client id before checking the password; fleetops checks first."""
+    """amqtt (the earlier embedded broker) dropped the session of a client id before checking the password; fleetops
+    checks first."""
     credentials = directory.add(pid, "lamp01")
     device = await connect(broker, devices, credentials)
     assert await device.subscribe(f"{pid}/lamp01/control", 1) == 1
@@ -234,7 +237,7 @@ async def test_a_publish_to_another_device_topic_is_not_delivered(
 async def test_devices_can_publish_to_their_own_topics(
     broker: EmbeddedBroker, directory: MemoryDirectory, devices: list[PahoDevice], pid: str
 ) -> None:
-    """Standard MQTT echo of a device's own publish on a topic it subscribes to (device-protocol §4.1)."""
+    """Standard MQTT echo of a device's own publish on a topic it subscribes to (docs/device-protocol.md#messaging)."""
     device = await connect(broker, devices, directory.add(pid, "lamp01"))
     assert await device.subscribe(f"{pid}/lamp01/data", 1) == 1
     device.publish(f"{pid}/lamp01/data", b"loop", 1)
@@ -245,7 +248,7 @@ async def test_devices_can_publish_to_their_own_topics(
 async def test_oversized_payloads_are_dropped_and_qos2_closes_the_connection(
     broker: EmbeddedBroker, directory: MemoryDirectory, devices: list[PahoDevice], pid: str
 ) -> None:
-    """device-protocol §4.2: payloads over 16 KB are dropped; QoS 2 is not supported."""
+    """docs/device-protocol.md#messaging: payloads over 16 KB are dropped; QoS 2 is not supported."""
     device = await connect(broker, devices, directory.add(pid, "lamp01"))
     assert await device.subscribe(f"{pid}/lamp01/data", 1) == 1
     device.publish(f"{pid}/lamp01/data", b"x" * (16 * 1024 + 1), 1)
@@ -350,10 +353,10 @@ async def test_simultaneous_connects_of_one_client_id_leave_one_connection(
     assert sum(device.disconnected.is_set() for device in contenders) == 4
     assert broker.broker is not None
     for _ in range(100):
-        if len(broker.broker.connection_tasks) == 1:
+        if len(broker.broker.connections) == 1:
             break
         await asyncio.sleep(0.01)
-    assert len(broker.broker.connection_tasks) == 1  # no connection left running unregistered
+    assert len(broker.broker.connections) == 1  # no connection left running unregistered
     assert directory.online_states(pid, "lamp01") == [True] * 5
     assert broker.publisher.online(pid, "lamp01") is True
 

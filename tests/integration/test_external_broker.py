@@ -27,7 +27,7 @@ from fleetops.messaging.external import (
     ExternalPublisher,
 )
 from fleetops.messaging.http_auth import FAILURE_WINDOW_S, MAX_BODY_BYTES, MAX_FAILURES, mqtt_auth_router
-from tests.integration.conftest_mqtt import (
+from tests.mqtt_support import (
     EchoShadowHandler,
     MemoryDirectory,
     MosquittoProcess,

@@ -17,6 +17,7 @@ from fleetops.domain.shadow import Shadow, apply_desired
 from fleetops.domain.tasks import TaskStatus
 from fleetops.engine.executor import Outcome
 from fleetops.messaging.shadow_protocol import render_delta_push
+from fleetops.ports.messaging import Delivery
 from tests.support import TaskEnv, TaskPublisher, open_task_env, wait_until
 
 LAMPS = [f"lamp-{i:03d}" for i in range(150)]
@@ -335,12 +336,13 @@ class HoldingPublisher(TaskPublisher):
         super().__init__()
         self.door_published = asyncio.Event()
 
-    async def publish_many(self, messages: Sequence[tuple[str, bytes]], qos: int) -> None:
+    async def publish_many(self, messages: Sequence[tuple[str, bytes]], qos: int) -> list[Delivery]:
         if any("/lamp-" in topic for topic, _ in messages):
             await asyncio.wait_for(self.door_published.wait(), 5)
-        await super().publish_many(messages, qos)
+        statuses = await super().publish_many(messages, qos)
         if any("/door-" in topic for topic, _ in messages):
             self.door_published.set()
+        return statuses
 
 
 async def test_a_long_task_does_not_delay_the_start_of_another(env: TaskEnv) -> None:

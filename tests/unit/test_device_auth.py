@@ -1,6 +1,6 @@
-"""Device authentication at CONNECT (device-protocol §2): user name, signatures, CONNACK codes.
+"""Device authentication at CONNECT (docs/device-protocol.md#connect): user name, signatures, CONNACK codes.
 
-The test vectors are the spec's §2.3 table: DevicePsk ``MDEyMzQ1Njc4OWFiY2RlZg==`` (the ASCII key
+The test vectors are docs/device-protocol.md#password's table: DevicePsk ``MDEyMzQ1Njc4OWFiY2RlZg==`` (the ASCII key
 ``0123456789abcdef``), client id ``ABCDE12345dev1``.
 """
 
@@ -133,7 +133,7 @@ def _connect(
 
 
 def test_connack_codes() -> None:
-    """The §2.4 proposal: malformed id or keep-alive > 900 -> 2; unknown/bad/expired -> 4; disabled -> 5."""
+    """docs/device-protocol.md#connack: bad id or keep-alive > 900 -> 2; unknown/bad/expired -> 4; disabled -> 5."""
     assert _connect() is ConnackCode.ACCEPTED
     assert _connect(method=SignMethod.HMAC_SHA1) is ConnackCode.ACCEPTED
     # expiry: refused only when strictly before now (seconds)

@@ -187,6 +187,7 @@ def test_the_adapters_implement_the_ports(tmp_path: Path) -> None:
             (products, "get"),
             (tasks, "claim_next"),
             (batches, "merge_desired"),
+            (directory, "record_presence"),
             (handler, "handle_shadow_request"),
             (service, "start"),
             (sessions, "disconnect_device"),

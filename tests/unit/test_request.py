@@ -396,7 +396,7 @@ def test_signed_header_absent_from_the_request() -> None:
 
 
 def test_authorization_is_checked_before_common_parameters() -> None:
-    # Spec order: the Authorization format first, then Action/Version/Timestamp.
+    # The order of docs/protocol.md#verification: the Authorization format first, then Action/Version/Timestamp.
     assert isinstance(error_of(tc3(authorization="Bearer x", x_tc_action="<absent>")), InvalidAuthorization)
 
 

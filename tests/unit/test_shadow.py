@@ -435,7 +435,7 @@ def test_device_update_replies_only_with_what_changed() -> None:
     assert outcome.accepted
     assert outcome.changed == {"reported": {"updateCount": 1}}
     assert outcome.shadow.reported == {"updateCount": 1, "updateCount12": "shadow", "other": 1}
-    # Metadata stamps every written key, changed or not (section 6.4 step 7); untouched keys keep theirs.
+    # Metadata stamps every written key, changed or not (docs/device-protocol.md#update); untouched keys keep theirs.
     assert outcome.shadow.metadata_reported == {
         "updateCount": {"timestamp": 9},
         "updateCount12": {"timestamp": 9},

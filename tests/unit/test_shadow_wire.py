@@ -1,7 +1,7 @@
 """The wire shapes of shadows: the MQTT requests and replies (messaging/shadow_protocol.py) and the API's
 ``Data`` documents (api/actions/shadows.py), byte for byte.
 
-The example messages are the ones of docs/mqtt.md#device-shadow and docs/api.md, copied here because a test
+The example messages are the ones of docs/device-protocol.md#device-shadow and docs/api.md, copied here because a test
 must not depend on a document's prose.
 """
 
@@ -143,7 +143,7 @@ def test_bad_requests_carry_the_result_and_what_could_be_read(
     assert (caught.value.request_type, caught.value.client_token) == (request_type, client_token)
 
 
-# --- wire shapes: the spec's example sequence, byte for byte -----------------------------------------------
+# --- wire shapes: the documented example sequence, byte for byte -----------------------------------------------
 
 
 def test_never_modified_shadow_get_reply() -> None:

@@ -1,4 +1,4 @@
-"""Client id split, topic syntax and matching, the device ACL (device-protocol §2.1, §3), PUBLISH encoding."""
+"""Client id split, topic syntax and matching, the device ACL (docs/device-protocol.md#topics), PUBLISH encoding."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from fleetops.messaging.mqtt.codec import encode_publish, encode_remaining_length
 from fleetops.messaging.topics import (
     Access,
     DeviceId,
@@ -21,7 +22,6 @@ from fleetops.messaging.topics import (
     topic_matches,
     wildcard_prefix,
 )
-from fleetops.messaging.wire import encode_publish, encode_remaining_length
 
 LAMP = DeviceId("ABCDE12345", "lamp01")
 OTHER = DeviceId("ABCDE12345", "lamp02")
@@ -188,7 +188,7 @@ def test_wildcard_filters(topic_filter: str, allowed: bool) -> None:
 
 
 def test_topic_limits() -> None:
-    """255 UTF-8 bytes at most (device-protocol §3.1); the RRPC message id is the only free-length level."""
+    """255 UTF-8 bytes at most (docs/device-protocol.md#topics); the RRPC message id is the only free-length level."""
     base = "$rrpc/txd/ABCDE12345/lamp01/"
     assert may_publish(LAMP, base + "x" * (255 - len(base)))
     assert not may_publish(LAMP, base + "x" * (256 - len(base)))

@@ -1,6 +1,6 @@
 """Signatures of Tencent Cloud API 3.0: TC3-HMAC-SHA256 (v3) and HmacSHA1/HmacSHA256 (v1).
 
-Pure functions over plain data, pinned by the vectors of cloud-api.md section 10 in
+Pure functions over plain data, pinned by the vectors of docs/protocol.md#test-vectors in
 ``tests/unit/test_signing.py``. :func:`fleetops.api.request.verify_signature` applies them to a parsed
 request.
 Signatures are compared with :func:`hmac.compare_digest`; neither keys nor signatures are logged.

@@ -1,4 +1,5 @@
-"""Device use cases: create, describe, list, delete, enable/disable (iotcloud-actions.md section 3).
+"""Device use cases: create, describe, list, delete, enable/disable (docs/api.md#describedevices,
+docs/decisions.md#devices-and-shadows).
 
 Everything is scoped by the calling account: another account's product is reported as not existing.
 """

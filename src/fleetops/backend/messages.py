@@ -1,4 +1,8 @@
-"""PublishMessage: one message from the cloud to one device (iotcloud-actions.md section 5.1)."""
+"""PublishMessage: one message from the cloud to one device.
+
+The action: docs/api.md#publishmessage; what fleetops decided where the vendor is silent:
+docs/decisions.md#publishmessage.
+"""
 
 from __future__ import annotations
 

@@ -6,7 +6,7 @@ with the store's compare-and-set, so a cloud write and a device write to one sha
 After a successful UpdateDeviceShadow the delta is pushed (QoS 0) on ``{Prefix}/operation/result/{pid}/{dn}``.
 The shadow in the database is the truth and the push is only a hint: if the broker is down or slow the API call
 still succeeds (the failure is logged, the wait is bounded by ``delta_publish_timeout_s``), and the device learns
-the desired values from the ``delta`` of its next ``get`` (pushes are never stored: docs/mqtt.md#delta).
+the desired values from the ``delta`` of its next ``get`` (pushes are never stored: docs/device-protocol.md#delta).
 """
 
 from __future__ import annotations

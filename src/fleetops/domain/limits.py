@@ -1,14 +1,14 @@
 """Numeric limits shared by the API, the device protocol and the task engine.
 
-Where the vendor's documents disagree, the value is the proposal of the spec and the comment says so; every
-limit here is a product decision that docs/ should list.
+Where the vendor's documents disagree, the value is fleetops' choice (docs/decisions.md#device-protocol) and the
+comment says so; every limit here is a product decision that docs/ should list.
 """
 
 from __future__ import annotations
 
 from typing import Final
 
-# --- device shadow (device protocol section 6.7, iotcloud actions section 4.2) ---------------------------
+# --- device shadow (docs/device-protocol.md#shadow-limits) ---------------------------
 
 # 8 KB is the oldest API page and the SDK's JSONSizeExceedLimit text; later pages say 16 KB or 64 KB.
 # Measured as the compact UTF-8 JSON of the incoming state and of the stored state after an update.
@@ -18,7 +18,7 @@ SHADOW_STATE_MAX_BYTES: Final = 8192
 # `state` object is level 1: {"reported": {"a": {"b": {"c": {"d": {}}}}}} is exactly 6 levels.
 SHADOW_MAX_DEPTH: Final = 6
 
-# --- batch tasks (iotcloud actions section 1.1) ----------------------------------------------------------
+# --- batch tasks (docs/tasks.md#the-vendors-rules) ----------------------------------------------------------
 
 # Both MaxExecutionTimeInSeconds (default and maximum) and how far ahead ScheduleTimeInSeconds may point.
 TASK_MAX_EXECUTION_TIME_S: Final = 86_400

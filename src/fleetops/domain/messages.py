@@ -1,4 +1,4 @@
-"""Cloud-to-device message rules (PublishMessage; iotcloud-actions.md section 5.1). Pure."""
+"""Cloud-to-device message rules (PublishMessage; docs/api.md#publishmessage). Pure."""
 
 from __future__ import annotations
 

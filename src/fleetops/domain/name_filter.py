@@ -1,6 +1,6 @@
 """``DeviceNameFilter`` of CreateTask: an RE2 regular expression searched (unanchored) in each device name.
 
-The docs' examples ``door$`` and ``^door`` imply search semantics (iotcloud-actions section 1.1); an empty
+The docs' examples ``door$`` and ``^door`` imply search semantics (docs/tasks.md#devicenamefilter); an empty
 filter matches every device. RE2 guarantees time linear in the name length, so a filter such as ``(a+)+$``
 cannot stall the engine the way a backtracking engine would (Python's ``re`` takes > 30 s on a 30-character
 name). RE2 refuses backreferences and lookaround assertions; such filters are rejected with the RE2 error.

@@ -1,4 +1,4 @@
-"""Device shadow documents: the pure rules of a shadow (docs/mqtt.md#device-shadow, docs/api.md).
+"""Device shadow documents: the pure rules of a shadow (docs/device-protocol.md#device-shadow, docs/api.md).
 
 A shadow holds ``reported`` (written by the device), ``desired`` (written by applications; the device may
 clear it or write to it), a metadata mirror of both sections, a version and the time of the last change.
@@ -256,7 +256,10 @@ def parse_state_json(text: str) -> JSONObject:
 
 
 def check_version(shadow: Shadow, expected: int) -> None:
-    """The API's ``ShadowVersion``: must equal the current version; 0 skips the check (spec proposal)."""
+    """The API's ``ShadowVersion``: must equal the current version; 0 skips the check.
+
+    docs/decisions.md#devices-and-shadows says why 0 means "no check".
+    """
     if expected != 0 and expected != shadow.version:
         raise UpdateVersionNotMatch(
             f"ShadowVersion {expected} does not match the shadow's current version {shadow.version}."
@@ -330,7 +333,7 @@ class UpdateResult:
 
 
 def apply_device_update(shadow: Shadow, update: DeviceUpdate, now_ms: int) -> UpdateResult:
-    """An ``update`` from the device, checked in the order of docs/mqtt.md#update.
+    """An ``update`` from the device, checked in the order of docs/device-protocol.md#update.
 
     Nodes (JSONHasInvalidNode), then the version (UpdateVersionNotMatch: ``version`` absent or 0 skips the
     check), then depth and size (also for the stored state after the merge). ``desired`` from the device is

@@ -1,4 +1,4 @@
-"""Device authentication at MQTT CONNECT (device-protocol §2), as pure functions.
+"""Device authentication at MQTT CONNECT (docs/device-protocol.md#connect), as pure functions.
 
 A key-authenticated device sends
 
@@ -11,7 +11,7 @@ A key-authenticated device sends
   UserName, exactly as sent, keyed with the Base64-decoded DevicePsk. The method is what follows the *last*
   ``;``, matched case-insensitively; the token is compared case-insensitively in constant time.
 
-CONNACK return codes (the vendor leaves the mapping open; fleetops follows the spec's proposal, §2.4):
+CONNACK return codes (the vendor leaves the mapping open; fleetops' choice, docs/device-protocol.md#connack):
 
 ===========================================================  ===========================================
 cause                                                         CONNACK
@@ -115,7 +115,7 @@ def sign_password(username: str, psk: str, method: SignMethod = SignMethod.HMAC_
 
 
 def verify_password(username: str, password: str | bytes | None, psk: str) -> bool:
-    """Whether ``password`` is a valid signature of ``username`` (§2.3, server verification steps 4-5)."""
+    """Whether ``password`` is a valid signature of ``username`` (docs/device-protocol.md#password, steps 4-5)."""
     if password is None:
         return False
     if isinstance(password, bytes):
@@ -157,8 +157,8 @@ def check_connect(
 ) -> ConnectDecision:
     """The CONNACK for a CONNECT; ``credentials`` are the looked-up credentials of the client id's device.
 
-    The order of the checks is the spec's (§2.3): client id and keep-alive, device exists, user name, expiry,
-    signature, enabled.
+    The order of the checks (docs/device-protocol.md#connack): client id and keep-alive, device exists, user name,
+    expiry, signature, enabled.
     """
     refused = precheck_connect(client_id, keepalive_s)
     if refused is not None:

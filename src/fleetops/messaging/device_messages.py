@@ -1,7 +1,7 @@
 """Cloud-to-device messages in the device protocol's terms, over any broker's :class:`Publisher`.
 
 The backend and the task engine say *what* to send (a delta after a desired write, a task's message to a set of
-devices); this module knows *where* and *how* (docs/mqtt.md#topics): ``{pid}/{dn}/{suffix}`` for messages,
+devices); this module knows *where* and *how* (docs/device-protocol.md#topics): ``{pid}/{dn}/{suffix}`` for messages,
 ``{prefix}/operation/result/{pid}/{dn}`` for deltas, and the delta payload (``shadow_protocol.DeltaPush``).
 """
 
@@ -17,7 +17,7 @@ from fleetops.messaging.shadow_protocol import DeltaPush, render_delta_push
 from fleetops.messaging.topics import SHADOW_PREFIX, device_topic, shadow_result_topic
 from fleetops.ports.messaging import DeliveryView, DeviceMessages, OfflineQueues, Publisher
 
-DELTA_QOS: Final = 0  # deltas are hints: the device reads desired with its next get (docs/mqtt.md#delta)
+DELTA_QOS: Final = 0  # deltas are hints: the device reads desired with its next get (docs/device-protocol.md#delta)
 
 
 class DeviceMessenger(DeviceMessages):

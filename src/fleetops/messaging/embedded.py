@@ -1,34 +1,39 @@
 """The embedded broker service: ``fleetops serve`` without ``--mqtt-url``.
 
-An MQTT 3.1.1 broker (amqtt, see ``amqtt_broker``) on 127.0.0.1:1883 by default, with device authentication
-and the ACL of the IoT Hub device protocol. fleetops publishes in-process, without a loopback client::
+fleetops' own MQTT 3.1.1 device gateway (``mqtt.gateway``) on 127.0.0.1:1883 by default, optionally with a TLS
+listener beside it, with device authentication and the ACL of the IoT Hub device protocol. fleetops publishes
+in-process, without a loopback client::
 
     service = EmbeddedBroker(directory, shadow_handler, host="127.0.0.1", port=1883)
     await service.start()          # ConfigurationError if the port is taken
-    await service.publisher.publish_many([("ABCDE12345/lamp01/control", b"on")], qos=1)
+    statuses = await service.publisher.publish_many([("ABCDE12345/lamp01/control", b"on")], qos=1)
     await service.disconnect_device("ABCDE12345", "lamp01")
     await service.stop()
 """
 
 from __future__ import annotations
 
-import asyncio
 import errno
 import logging
+import resource
 import socket
+import ssl
 import time
 from collections.abc import Callable, Sequence
-
-from amqtt.errors import BrokerError
+from dataclasses import dataclass
+from pathlib import Path
 
 from fleetops.errors import BrokerUnavailable, ConfigurationError
-from fleetops.messaging.amqtt_broker import BrokerOptions, FleetopsBroker
+from fleetops.messaging.mqtt.gateway import BrokerOptions, Gateway
 from fleetops.messaging.topics import is_valid_topic_name
-from fleetops.ports.messaging import DeviceDirectory, ShadowRequestHandler
+from fleetops.ports.messaging import Delivery, DeviceDirectory, DeviceEvents, ShadowRequestHandler
+
+__all__ = ["BrokerOptions", "EmbeddedBroker", "EmbeddedPublisher", "TlsListener"]
 
 log = logging.getLogger("fleetops.messaging.embedded")
 
-_YIELD_EVERY = 1000  # messages between event-loop yields in publish_many
+# File descriptors kept for everything but device connections (the HTTP API, the database, logs).
+_RESERVED_FILES = 1024
 
 
 def check_qos(qos: int) -> None:
@@ -41,8 +46,28 @@ def check_topic(topic: str) -> None:
         raise ValueError(f"not a valid topic name to publish to: {topic!r}")
 
 
+@dataclass(frozen=True)
+class TlsListener:
+    """A second listener with TLS (devices' convention: port 8883); server authentication only."""
+
+    port: int
+    cert_file: Path  # PEM, the server certificate (and its chain)
+    key_file: Path  # PEM, its private key
+
+    def context(self) -> ssl.SSLContext:
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)  # TLS 1.2 or later
+        try:
+            context.load_cert_chain(self.cert_file, self.key_file)
+        except (OSError, ssl.SSLError) as exc:
+            raise ConfigurationError(
+                f"cannot load the MQTT TLS certificate {self.cert_file} / key {self.key_file}: {exc}; "
+                "check FLEETOPS_MQTT_TLS_CERT_FILE and FLEETOPS_MQTT_TLS_KEY_FILE"
+            ) from exc
+        return context
+
+
 class EmbeddedPublisher:
-    """:class:`~fleetops.ports.messaging.Publisher` of the embedded broker: routes in-process."""
+    """:class:`~fleetops.ports.messaging.Publisher` of the embedded gateway: routes in-process."""
 
     def __init__(self, service: EmbeddedBroker) -> None:
         self._service = service
@@ -50,38 +75,41 @@ class EmbeddedPublisher:
     async def publish(self, topic: str, payload: bytes, qos: int) -> None:
         await self.publish_many(((topic, payload),), qos)
 
-    async def publish_many(self, messages: Sequence[tuple[str, bytes]], qos: int) -> None:
+    async def publish_many(self, messages: Sequence[tuple[str, bytes]], qos: int) -> list[Delivery]:
         """Deliver to every connected subscriber (written to its socket) or persistent session (queued).
 
-        Topics nobody subscribes to are skipped: with no subscriber MQTT routing drops a message, and
-        persistent sessions count as subscribers. QoS 1: each PUBLISH is written before this returns; the
-        device's PUBACK is awaited in the background (a failed delivery to a persistent session is queued
-        for its next connection).
+        Topics nobody subscribes to are skipped (``DROPPED``): with no subscriber MQTT routing drops a message,
+        and persistent sessions count as subscribers. QoS 1: each PUBLISH is written before this returns; the
+        device's PUBACK is awaited in the background (a failed delivery to a persistent session is queued for
+        its next connection). At most ``max_qos1_in_flight`` deliveries await a PUBACK: beyond, this waits.
         """
         check_qos(qos)
-        broker = self._service.running_broker()
-        for index, (topic, payload) in enumerate(messages):
-            check_topic(topic)
-            await broker.route(topic, payload, qos)
-            if index % _YIELD_EVERY == _YIELD_EVERY - 1:
-                await asyncio.sleep(0)
+        return await self._service.running_gateway().publish_many(messages, qos, check_topic=check_topic)
+
+    async def publish_many_acked(
+        self, messages: Sequence[tuple[str, bytes]], on_puback: Callable[[int], None]
+    ) -> list[Delivery]:
+        """:class:`~fleetops.ports.messaging.DeviceAcks`: QoS 1, ``on_puback(index)`` per device PUBACK."""
+        return await self._service.running_gateway().publish_many(
+            messages, 1, on_puback=on_puback, check_topic=check_topic
+        )
 
     def subscribed(self, topic: str) -> bool | None:
-        broker = self._service.broker
-        return broker.subscribed(topic) if broker is not None else False
+        gateway = self._service.broker
+        return gateway.subscribed(topic) if gateway is not None else False
 
     def online(self, product_id: str, device_name: str) -> bool | None:
-        broker = self._service.broker
-        return broker.online(product_id + device_name) if broker is not None else False
+        gateway = self._service.broker
+        return gateway.online(product_id + device_name) if gateway is not None else False
 
     def offline_room(self, product_id: str, device_name: str, topic: str) -> int | None:
         """:class:`~fleetops.ports.messaging.OfflineQueues`: room for a QoS 1 message kept for the device."""
-        broker = self._service.broker
-        return broker.offline_room(product_id + device_name, topic) if broker is not None else None
+        gateway = self._service.broker
+        return gateway.offline_room(product_id + device_name, topic) if gateway is not None else None
 
 
 class EmbeddedBroker:
-    """:class:`~fleetops.ports.messaging.MessagingService` running the broker in this process."""
+    """:class:`~fleetops.ports.messaging.MessagingService` running the gateway in this process."""
 
     def __init__(
         self,
@@ -90,25 +118,39 @@ class EmbeddedBroker:
         *,
         host: str = "127.0.0.1",
         port: int = 1883,
+        tls: TlsListener | None = None,
         clock: Callable[[], float] = time.time,
         options: BrokerOptions | None = None,
+        events: DeviceEvents | None = None,
     ) -> None:
-        """``port`` 0 picks a free port (read it from :attr:`port` after :meth:`start`)."""
+        """``port`` 0 picks a free port (read it from :attr:`port` after :meth:`start`); ``tls`` adds a TLS
+        listener; ``events`` is told of connects, subscriptions and disconnects."""
         self.host = host
         self._port = port
+        self._tls = tls
         self._directory = directory
         self._shadow_handler = shadow_handler
         self._clock = clock
         self._options = options or BrokerOptions()
-        self.broker: FleetopsBroker | None = None
+        self._events = events
+        self.broker: Gateway | None = None
         self.publisher = EmbeddedPublisher(self)
 
     @property
     def port(self) -> int:
-        """The listening port (the bound one once started)."""
-        return self.broker.bound_port if self.broker is not None else self._port
+        """The plain listening port (the bound one once started)."""
+        return self.broker.listeners[0].port if self.broker is not None else self._port
 
-    def running_broker(self) -> FleetopsBroker:
+    @property
+    def tls_port(self) -> int | None:
+        """The TLS listening port (the bound one once started), or None without TLS."""
+        if self._tls is None:
+            return None
+        if self.broker is not None and len(self.broker.listeners) > 1:
+            return self.broker.listeners[1].port
+        return self._tls.port
+
+    def running_gateway(self) -> Gateway:
         if self.broker is None:
             raise BrokerUnavailable("the embedded MQTT broker is not running")
         return self.broker
@@ -116,30 +158,35 @@ class EmbeddedBroker:
     async def start(self) -> None:
         if self.broker is not None:
             return
-        _check_port_free(self.host, self._port)
-        _quiet_third_party_loggers()
-        bind_host = f"[{self.host}]" if ":" in self.host else self.host
-        broker = FleetopsBroker(
-            host=bind_host,
-            port=self._port,
-            directory=self._directory,
-            shadow_handler=self._shadow_handler,
-            clock=self._clock,
-            options=self._options,
+        options = self._options
+        context = self._tls.context() if self._tls is not None else None  # before binding anything
+        gateway = Gateway(
+            self._directory, self._shadow_handler, clock=self._clock, options=options, events=self._events
         )
-        try:
-            await broker.start()
-        except BrokerError as exc:
-            raise ConfigurationError(f"cannot start the MQTT broker on {self.host}:{self._port}: {exc}") from exc
-        self.broker = broker
-        log.info("MQTT broker listening on %s:%d", self.host, self.port)
+        sockets = _bind(self.host, self._port, options.listen_backlog)
+        gateway.add_listener("plain", sockets)
+        if self._tls is not None:
+            try:
+                tls_sockets = _bind(self.host, self._tls.port, options.listen_backlog)
+            except ConfigurationError:
+                for sock in sockets:
+                    sock.close()
+                raise
+            gateway.add_listener("TLS", tls_sockets, context)
+        _warn_about_file_limit(options.max_connections * len(gateway.listeners))
+        await gateway.start()
+        self.broker = gateway
+        log.info(
+            "MQTT gateway listening on %s:%d%s",
+            self.host,
+            self.port,
+            f" and TLS {self.tls_port}" if self._tls is not None else "",
+        )
 
     async def stop(self) -> None:
-        broker, self.broker = self.broker, None
-        if broker is None:
-            return
-        await broker.close_all_connections()
-        await broker.shutdown()
+        gateway, self.broker = self.broker, None
+        if gateway is not None:
+            await gateway.stop()
 
     async def disconnect_device(self, product_id: str, device_name: str) -> bool:
         if self.broker is None:
@@ -147,29 +194,37 @@ class EmbeddedBroker:
         return await self.broker.disconnect_client(product_id + device_name)
 
 
-def _quiet_third_party_loggers() -> None:
-    """amqtt logs every connection at INFO and its state machines (transitions) every state change; at the
-    level of ``fleetops serve`` that is several lines per device connect. Raised to WARNING unless the
-    operator configured those loggers."""
-    for name in ("amqtt", "transitions"):
-        logger = logging.getLogger(name)
-        if logger.level == logging.NOTSET:
-            logger.setLevel(logging.WARNING)
+def _warn_about_file_limit(connections: int) -> None:
+    soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and connections > soft - _RESERVED_FILES:
+        log.warning(
+            "the MQTT listeners allow %d connections but the process may open only %d files (ulimit -n); "
+            "raise the limit or lower FLEETOPS_MQTT_MAX_CONNECTIONS, or accept() will fail under load",
+            connections,
+            soft,
+        )
 
 
-def _check_port_free(host: str, port: int) -> None:
-    """A readable error for a taken port, before amqtt logs a traceback for it."""
-    if port == 0:
-        return
+def _bind(host: str, port: int, backlog: int) -> list[socket.socket]:
+    """Listening sockets on every address of ``host`` (one if ``port`` is 0), with readable errors."""
     try:
-        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+        infos = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
     except socket.gaierror as exc:
         raise ConfigurationError(f"cannot listen on {host}:{port}: {exc.strerror}") from exc
-    for family, kind, proto, _name, address in infos:
-        with socket.socket(family, kind, proto) as probe:
-            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as asyncio's server does
+    sockets: list[socket.socket] = []
+    seen: set[tuple[int, object]] = set()
+    try:
+        for family, kind, proto, _name, address in infos:
+            if (family, address) in seen:
+                continue
+            seen.add((family, address))
+            sock = socket.socket(family, kind, proto)
+            sockets.append(sock)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
             try:
-                probe.bind(address)
+                sock.bind(address)
             except OSError as exc:
                 if exc.errno == errno.EADDRINUSE:
                     raise ConfigurationError(
@@ -177,3 +232,12 @@ def _check_port_free(host: str, port: int) -> None:
                         "choose another port (--mqtt-port, FLEETOPS_MQTT_PORT) or use it (--mqtt-url)"
                     ) from exc
                 raise ConfigurationError(f"cannot listen on {host}:{port}: {exc.strerror}") from exc
+            sock.listen(backlog)
+            sock.setblocking(False)
+            if port == 0:
+                break  # one ephemeral port; several addresses would each get another
+    except BaseException:
+        for sock in sockets:
+            sock.close()
+        raise
+    return sockets

@@ -1,8 +1,8 @@
 """fleetops as a client of an external MQTT broker (``--mqtt-url mqtt://user:pass@host:port``).
 
 Devices connect to the broker (EMQX 5 in production: it asks fleetops' ``http_auth`` endpoints who may
-connect, publish and subscribe). Each fleetops node connects with gmqtt, MQTT 3.1.1, a clean session and
-the URL's credentials, and
+connect, publish and subscribe). Each fleetops node connects with its own MQTT 3.1.1 client
+(``mqtt.client``, over the gateway's codec), a clean session and the URL's credentials, and
 
 * subscribes to ``$share/fleetops/$shadow/operation/+/+`` (QoS 1): with a shared subscription the broker
   hands each device shadow request to one node only. A broker that does not deliver ``$`` topics to shared
@@ -12,7 +12,7 @@ the URL's credentials, and
 * hands the requests to the :class:`~fleetops.ports.messaging.ShadowRequestHandler` - those of one device in
   arrival order (workers are sharded by device) - and publishes each reply (QoS 0);
 * publishes for the backend and the task engine (:class:`ExternalPublisher`), encoding PUBLISH packets
-  itself and writing them in chunks through gmqtt's connection; QoS 1 keeps ``max_in_flight`` PUBLISHes
+  itself and writing them in chunks; QoS 1 keeps ``max_in_flight`` PUBLISHes
   per call awaiting their PUBACK.
 
 The connection recovers by itself: when it drops, a supervisor makes a new one (backing off from
@@ -21,9 +21,9 @@ up to ``broker_wait_s`` for it and then raises :class:`~fleetops.errors.BrokerUn
 that were not acknowledged on the lost connection are sent again on the new one (at least once), QoS 0
 messages already written to the lost socket are not (at most once).
 
-Each connection is a fresh gmqtt client: gmqtt's own reconnect resumes with ``clean_session=False``, which
-on a 3.1.1 broker creates a persistent session that never expires and that, as a member of a share group,
-would swallow QoS 0 requests whenever it is offline.
+Each connection is a new client with a clean session: resuming with ``clean_session=False`` would, on a 3.1.1
+broker, create a persistent session that never expires and that, as a member of a share group, would swallow
+QoS 0 requests whenever it is offline.
 """
 
 from __future__ import annotations
@@ -33,28 +33,24 @@ import logging
 import os
 import secrets
 import socket
+import ssl
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Final
+from typing import Final
 from urllib.parse import unquote, urlsplit
-
-import gmqtt
-from gmqtt.mqtt.constants import MQTTv311
-from gmqtt.mqtt.handler import MQTTConnectError
 
 from fleetops.errors import BrokerUnavailable, ConfigurationError
 from fleetops.messaging.embedded import check_qos, check_topic
+from fleetops.messaging.mqtt.client import ConnectRefused, MqttClient
+from fleetops.messaging.mqtt.codec import SUBACK_FAILURE, encode_publish
 from fleetops.messaging.topics import DeviceId, parse_shadow_request_topic, shadow_result_topic
-from fleetops.messaging.wire import encode_publish
-from fleetops.ports.messaging import ShadowRequestHandler
+from fleetops.ports.messaging import Delivery, ShadowRequestHandler
 
 log = logging.getLogger("fleetops.messaging.external")
 
 SHADOW_FILTER: Final = "$shadow/operation/+/+"
 _CHUNK_BYTES: Final = 64 * 1024
-_HIGH_WATER_BYTES: Final = 1024 * 1024
-_SUBACK_FAILURE: Final = 0x80
 
 
 @dataclass(frozen=True)
@@ -116,39 +112,8 @@ class _Batch:
             self.progress.set()
 
 
-class _OneConnectionClient(gmqtt.Client):  # type: ignore[misc]  # gmqtt is untyped
-    async def reconnect(self, delay: bool = False) -> None:
-        """Never: the supervisor replaces the client (module docstring)."""
-
-
-class _AckStorage:
-    """Stands in for gmqtt's PersistentStorage (same methods): gmqtt reports each PUBACK here."""
-
-    def __init__(self, link: _Link) -> None:
-        self._link = link
-
-    def push_message(self, mid: int, raw_package: bytes) -> None:
-        pass  # only gmqtt's own publish() stores packets; fleetops writes its own
-
-    def remove_message_by_mid(self, mid: int) -> None:
-        self._link.acknowledged(mid)
-
-    @property
-    def is_empty(self) -> bool:
-        return True
-
-    async def wait_empty(self) -> None:
-        return None
-
-    def clear(self) -> None:
-        pass
-
-    def get_all(self) -> list[tuple[int, bytes]]:
-        return []
-
-
 class _Link:
-    """One connection to the broker; typed adapter over the gmqtt client (and the private parts it needs)."""
+    """One connection to the broker (an :class:`MqttClient`), in the shape the publisher needs."""
 
     def __init__(
         self,
@@ -158,6 +123,7 @@ class _Link:
         on_message: Callable[[str, bytes], None],
         on_lost: Callable[[_Link], None],
     ) -> None:
+        self.client_id = client_id
         self.address = address
         self.options = options
         self.alive = False
@@ -165,81 +131,60 @@ class _Link:
         self._on_message = on_message
         self._on_lost = on_lost
         self._owners: dict[int, _Batch] = {}
-        self._subacks: dict[int, asyncio.Future[int]] = {}
-        client = _OneConnectionClient(
-            client_id,
-            clean_session=True,
-            optimistic_acknowledgement=True,
-            persistent_storage=_AckStorage(self),
-        )
-        if address.username is not None:
-            client.set_auth_credentials(address.username, address.password)
-        client.on_message = self._message
-        client.on_subscribe = self._suback
-        client.on_disconnect = self._disconnected
-        self._client = client
+        self._client: MqttClient | None = None
 
     async def open(self) -> None:
+        address = self.address
         try:
-            await asyncio.wait_for(
-                self._client.connect(
-                    self.address.host,
-                    self.address.port,
-                    ssl=self.address.tls,
-                    keepalive=self.options.keepalive_s,
-                    version=MQTTv311,
-                ),
-                self.options.connect_timeout_s,
+            self._client = await MqttClient.connect(
+                address.host,
+                address.port,
+                client_id=self.client_id,
+                on_message=lambda topic, payload, _qos: self._on_message(topic, payload),
+                on_lost=self._mark_lost,
+                username=address.username,
+                password=address.password.encode("utf-8") if address.password is not None else None,
+                keepalive_s=self.options.keepalive_s,
+                ssl_context=ssl.create_default_context() if address.tls else None,
+                timeout_s=self.options.connect_timeout_s,
             )
-        except MQTTConnectError as exc:
-            await self.close()
+        except ConnectRefused as exc:
             raise _Refused(str(exc)) from exc
-        except BaseException:
-            await self.close()
-            raise
-        if self.lost.is_set():
+        if self._client.lost.is_set():
             raise ConnectionError("the connection dropped right after CONNACK")
         self.alive = True
-        self._client._connection._transport.set_write_buffer_limits(high=_HIGH_WATER_BYTES)
 
     async def close(self) -> None:
         was_alive, self.alive = self.alive, False
-        try:
-            await self._client.disconnect()
-        except Exception as exc:  # closing a half-open connection
-            log.debug("closing the MQTT connection: %r", exc)
+        if self._client is not None:
+            await self._client.close()
         if was_alive:
             self._mark_lost()
 
     async def subscribe(self, topic_filter: str, qos: int) -> int:
         """Subscribe and return the SUBACK code (0x80 = refused)."""
-        mid: int = self._client.subscribe(topic_filter, qos=qos)
-        future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
-        self._subacks[mid] = future
-        lost: asyncio.Future[Any] = asyncio.ensure_future(self.lost.wait())
+        if self._client is None or not self._client.alive:
+            raise ConnectionError(f"no connection to subscribe to {topic_filter}")
         try:
-            waiters: set[asyncio.Future[Any]] = {future, lost}
-            done, _ = await asyncio.wait(
-                waiters, timeout=self.options.connect_timeout_s, return_when=asyncio.FIRST_COMPLETED
-            )
-        finally:
-            lost.cancel()
-            self._subacks.pop(mid, None)
-        if future not in done:
-            raise ConnectionError(f"no SUBACK for {topic_filter}")
-        return future.result()
+            return await self._client.subscribe(topic_filter, qos, self.options.connect_timeout_s)
+        except TimeoutError:
+            raise ConnectionError(f"no SUBACK for {topic_filter}") from None
 
-    def unsubscribe(self, topic_filter: str) -> None:
-        if self.alive:
-            self._client.unsubscribe(topic_filter)
+    async def unsubscribe(self, topic_filter: str) -> None:
+        if self.alive and self._client is not None:
+            try:
+                await self._client.unsubscribe(topic_filter, self.options.connect_timeout_s)
+            except (ConnectionError, TimeoutError) as exc:
+                log.debug("unsubscribing from %s: %r", topic_filter, exc)
 
     def next_packet_id(self) -> int:
-        # gmqtt's allocator, so that fleetops' PUBLISHes never reuse an id of gmqtt's own SUBSCRIBEs.
-        packet_id: int = self._client._package_handler.id_generator.next_id()
-        return packet_id
+        assert self._client is not None
+        return self._client.next_packet_id()
 
     def track(self, packet_id: int, batch: _Batch) -> None:
+        assert self._client is not None
         self._owners[packet_id] = batch
+        self._client.track_puback(packet_id, self.acknowledged)
 
     def acknowledged(self, packet_id: int) -> None:
         batch = self._owners.pop(packet_id, None)
@@ -248,41 +193,17 @@ class _Link:
 
     def write(self, data: bytes) -> bool:
         """Hand bytes to the socket; False if this connection is gone."""
-        if not self.alive:
+        if not self.alive or self._client is None:
             return False
-        connection = self._client._connection
-        if connection is None or connection.is_closing():
-            return False
-        connection.send_package(data)  # transport.write, and gmqtt's keep-alive bookkeeping
-        return True
+        return self._client.write(data)
 
     async def drain(self) -> None:
         """Wait while the socket's send buffer is over its high-water mark (back-pressure)."""
-        connection = self._client._connection
-        if not self.alive or connection is None or connection.is_closing():
-            return
-        try:
-            # asyncio's flow control, what StreamWriter.drain() awaits (gmqtt's protocol is a stream protocol)
-            await connection._protocol._drain_helper()
-        except ConnectionError:
-            pass  # the connection is gone; its loss is reported through on_disconnect
-
-    # gmqtt callbacks (the client is passed first)
-
-    def _message(self, client: Any, topic: str, payload: bytes, qos: int, properties: Any) -> int:
-        self._on_message(topic, payload)
-        return 0
-
-    def _suback(self, client: Any, mid: int, granted: Sequence[int], properties: Any) -> None:
-        future = self._subacks.get(mid)
-        if future is not None and not future.done():
-            future.set_result(granted[0] if granted else _SUBACK_FAILURE)
-
-    def _disconnected(self, client: Any, packet: Any, exc: Any = None) -> None:
-        self.alive = False
-        self._mark_lost()
+        if self.alive and self._client is not None:
+            await self._client.drain()
 
     def _mark_lost(self) -> None:
+        self.alive = False
         if not self.lost.is_set():
             self.lost.set()
             self._on_lost(self)
@@ -297,18 +218,21 @@ class ExternalPublisher:
     async def publish(self, topic: str, payload: bytes, qos: int) -> None:
         await self.publish_many(((topic, payload),), qos)
 
-    async def publish_many(self, messages: Sequence[tuple[str, bytes]], qos: int) -> None:
+    async def publish_many(self, messages: Sequence[tuple[str, bytes]], qos: int) -> list[Delivery]:
+        """Every message handed to the broker (QoS 1: acknowledged by it); each ``UNKNOWN``: the broker does
+        not say whether anyone subscribes."""
         check_qos(qos)
         encoded: list[tuple[bytes, bytes]] = []
         for topic, payload in messages:
             check_topic(topic)
             encoded.append((topic.encode("utf-8"), payload))
         if not encoded:
-            return
+            return []
         if qos == 0:
             await self._publish_qos0(encoded)
         else:
             await self._publish_qos1(encoded)
+        return [Delivery.UNKNOWN] * len(encoded)
 
     def subscribed(self, topic: str) -> bool | None:
         return None  # an external broker does not tell
@@ -468,7 +392,7 @@ class ExternalBroker:
             if self.options.serve_shadow_requests:
                 if self.shadow_filter is None:
                     self.shadow_filter = await self._choose_shadow_filter(link)
-                if await link.subscribe(self.shadow_filter, 1) >= _SUBACK_FAILURE:
+                if await link.subscribe(self.shadow_filter, 1) >= SUBACK_FAILURE:
                     raise _Refused(f"the subscription to {self.shadow_filter} was refused")
         except BaseException:
             await link.close()
@@ -503,7 +427,7 @@ class ExternalBroker:
                 log.error("the MQTT broker refused fleetops: %s", exc)
             except (OSError, TimeoutError) as exc:
                 log.info("MQTT broker still unreachable: %s", exc or type(exc).__name__)
-            except Exception:  # keep supervising whatever gmqtt raises
+            except Exception:  # keep supervising whatever the connection raises
                 log.exception("connecting to the MQTT broker failed")
             else:
                 continue
@@ -522,14 +446,14 @@ class ExternalBroker:
         self._probe = (probe_topic, arrived)
         try:
             works = False
-            if await link.subscribe(probe_filter, 0) < _SUBACK_FAILURE:
+            if await link.subscribe(probe_filter, 0) < SUBACK_FAILURE:
                 link.write(encode_publish(probe_topic.encode("utf-8"), b"probe"))
                 try:
                     await asyncio.wait_for(asyncio.shield(arrived), self.options.probe_timeout_s)
                     works = True
                 except TimeoutError:
                     pass
-            link.unsubscribe(probe_filter)
+            await link.unsubscribe(probe_filter)
         finally:
             self._probe = None
         if works:

@@ -3,17 +3,24 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Protocol
 
 from fleetops.messaging import device_auth
 from fleetops.messaging.device_auth import ConnectDecision
 from fleetops.messaging.topics import split_client_id
-from fleetops.ports.messaging import DeviceDirectory
+from fleetops.ports.messaging import DeviceCredentials
+
+
+class CredentialSource(Protocol):
+    """A ``DeviceDirectory``, or the gateway's batching :class:`~fleetops.messaging.batching.CredentialLookup`."""
+
+    async def device_credentials(self, product_id: str, device_name: str) -> DeviceCredentials | None: ...
 
 
 class DeviceGate:
-    """Decides a CONNECT: used by the embedded broker's auth plugin and by the HTTP auth endpoint."""
+    """Decides a CONNECT: used by the embedded gateway and by the HTTP auth endpoint."""
 
-    def __init__(self, directory: DeviceDirectory, clock: Callable[[], float]) -> None:
+    def __init__(self, directory: CredentialSource, clock: Callable[[], float]) -> None:
         self.directory = directory
         self.clock = clock
 

@@ -1,12 +1,12 @@
 """The device shadow protocol on the wire: ``$shadow/operation/{pid}/{dn}`` requests and their replies.
 
-docs/mqtt.md#device-shadow describes every message. A device publishes ``get`` and ``update`` requests (JSON)
+docs/device-protocol.md#device-shadow describes every message. A device publishes ``get`` and ``update`` requests (JSON)
 on its ``$shadow/operation`` topic; fleetops answers on ``$shadow/operation/result/{pid}/{dn}`` and pushes a
 ``delta`` there after a cloud-side change of desired. The rules (merge, delta, version, limits) are
 ``fleetops.domain.shadow``; this module parses and renders, and :class:`DeviceShadowProtocol` is the
 :class:`~fleetops.ports.messaging.ShadowRequestHandler` both brokers call.
 
-Timestamps follow the vendor's recorded traffic (docs/mqtt.md#timestamps): a ``get`` reply's top-level
+Timestamps follow the vendor's recorded traffic (docs/device-protocol.md#timestamps): a ``get`` reply's top-level
 ``timestamp`` is in seconds, everything else in milliseconds, and a never-modified shadow's payload timestamp
 is the reply time in seconds.
 """
@@ -57,7 +57,7 @@ class ShadowOp(StrEnum):
 
 
 class ResultCode(IntEnum):
-    """The ``result`` of shadow replies (docs/mqtt.md#result-codes; the vendor's legacy shadow-API numbers)."""
+    """The ``result`` of shadow replies (docs/device-protocol.md#result-codes: the vendor's shadow-API numbers)."""
 
     SUCCESS = 0
     MISSING_INFORMATION = 5000
@@ -181,7 +181,7 @@ def _with_token(client_token: str | None, reply: JSONObject) -> JSONObject:
 
 def _document_payload(shadow: Shadow, now_ms: int) -> JSONObject:
     # payload.timestamp is the last change in ms; for a never-modified shadow the service showed the reply
-    # time in seconds (docs/mqtt.md#timestamps).
+    # time in seconds (docs/device-protocol.md#timestamps).
     timestamp = shadow.timestamp_ms if shadow.version else now_ms // 1000
     return {"state": state_view(shadow), "timestamp": timestamp, "version": shadow.version}
 
@@ -292,7 +292,7 @@ class DeviceShadowProtocol:
 
         ``get``: the whole document (no metadata). ``update``: merged with the same compare-and-set as the
         API; the reply holds what changed, or result 5005 with the full current document on a version
-        mismatch. Malformed requests get their result code (docs/mqtt.md#result-codes).
+        mismatch. Malformed requests get their result code (docs/device-protocol.md#result-codes).
         """
         now_ms = int(self._clock() * 1000)
         try:

@@ -2,7 +2,9 @@
 
 A device connects with client id ``${productId}${deviceName}``: the product id is the first 10 characters
 (``[A-Z0-9]{10}``), the device name the rest (``[a-zA-Z0-9:_-]{1,48}``). It may use only topics carrying its
-own ids (device-protocol §3.1):
+own ids (docs/device-protocol.md#topics). The rules are not written here: they are the rule file ``device_acl.rules``
+next to this module (read by :mod:`fleetops.messaging.topic_rules`), which the Mosquitto plugin is compiled
+from too, so every broker fleetops supports applies the same ACL. In short:
 
 =============================================  =============  ==========================================
 topic                                          device may     use
@@ -26,41 +28,28 @@ Custom topics: the vendor grants publish/subscribe per topic class (CreateTopicP
 policies yet, so every custom suffix of the device's own namespace is allowed both ways (it can only reach
 the device's own topics). Topics are limited to 255 UTF-8 bytes and 10 levels.
 
-Wildcards (§3.2): a filter is granted only if *every* topic it can match is subscribable. With the table
-above that holds for exactly one shape, ``$rrpc/rxd/{pid}/{dn}/+``; any other wildcard filter - every ``#``
-(it also matches deeper levels, which no row allows), ``{pid}/{dn}/+`` (it matches the publish-only
-``event``), or a wildcard before the last level - is refused (SUBACK 0x80). Shared subscriptions
-(``$share/...``) are refused too.
-"""
+Wildcards (docs/device-protocol.md#authorization): a filter is granted only if *every* topic it can match is
+subscribable. With the table above that holds for exactly one shape, ``$rrpc/rxd/{pid}/{dn}/+``, which the rule
+file spells as its own rule; any other wildcard filter - every ``#`` (it also matches deeper levels, which no row
+allows), ``{pid}/{dn}/+`` (it matches the publish-only ``event``), or a wildcard before the last level - is
+refused (SUBACK 0x80). Shared subscriptions (``$share/...``) are refused too."""
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
-from enum import IntFlag
 
-PRODUCT_ID_LENGTH = 10
-TOPIC_MAX_BYTES = 255
-TOPIC_MAX_LEVELS = 10
+from fleetops.messaging.topic_rules import Access as Access  # re-exported: callers import it from here
+from fleetops.messaging.topic_rules import load_rules
 
-_PRODUCT_ID = re.compile(r"[A-Z0-9]{10}")
-_DEVICE_NAME = re.compile(r"[a-zA-Z0-9:_-]{1,48}")
-_CUSTOM_SUFFIX = re.compile(r"[a-zA-Z0-9:_-]{1,128}")
+RULES = load_rules()
+PRODUCT_ID_LENGTH = RULES.product_id.max_length
+TOPIC_MAX_BYTES = RULES.topic_max_bytes
+TOPIC_MAX_LEVELS = RULES.topic_max_levels
 
-# System topic families shaped ``{prefix}/operation/{pid}/{dn}`` (device → cloud) and
-# ``{prefix}/operation/result/{pid}/{dn}`` (cloud → device).
-_OPERATION_PREFIXES = frozenset({"$shadow", "$template", "$sys", "$log", "$config", "$gateway"})
+_PRODUCT_ID = RULES.product_id.pattern
+_DEVICE_NAME = RULES.device_name.pattern
 
 SHADOW_PREFIX = "$shadow"
-
-
-class Access(IntFlag):
-    """What a device may do with a topic."""
-
-    NONE = 0
-    PUBLISH = 1
-    SUBSCRIBE = 2
-    BOTH = 3
 
 
 @dataclass(frozen=True)
@@ -178,45 +167,14 @@ def wildcard_prefix(topic_filter: str) -> str | None:
     return None
 
 
-# --- the device ACL -----------------------------------------------------------------------------------
-
-
-def _within_limits(topic: str) -> bool:
-    return len(topic.encode("utf-8")) <= TOPIC_MAX_BYTES and topic.count("/") < TOPIC_MAX_LEVELS
+# --- the device ACL (the rules: device_acl.rules) -------------------------------------------------------
 
 
 def topic_access(device: DeviceId, topic: str) -> Access:
-    """What ``device`` may do with the concrete topic ``topic`` (module docstring table)."""
-    if not is_valid_topic_name(topic) or not _within_limits(topic):
+    """What ``device`` may do with the concrete topic ``topic`` (the first matching rule of the rule file)."""
+    if not is_valid_topic_name(topic) or not RULES.within_limits(topic):
         return Access.NONE
-    levels = topic.split("/")
-    pid, dn = device.product_id, device.device_name
-    count = len(levels)
-    if count == 3 and levels[0] == pid and levels[1] == dn:
-        suffix = levels[2]
-        if suffix == "control":
-            return Access.SUBSCRIBE
-        if suffix == "event":
-            return Access.PUBLISH
-        if _CUSTOM_SUFFIX.fullmatch(suffix):  # "data" and the custom topics
-            return Access.BOTH
-        return Access.NONE
-    head = levels[0]
-    if head in _OPERATION_PREFIXES and count >= 4 and levels[1] == "operation":
-        if count == 4 and levels[2] == pid and levels[3] == dn:
-            return Access.PUBLISH
-        if count == 5 and levels[2] == "result" and levels[3] == pid and levels[4] == dn:
-            return Access.SUBSCRIBE
-        return Access.NONE
-    if count == 4 and levels[2] == pid and levels[3] == dn:
-        if head == "$ota":
-            return {"report": Access.PUBLISH, "update": Access.SUBSCRIBE}.get(levels[1], Access.NONE)
-        if head == "$broadcast" and levels[1] == "rxd":
-            return Access.SUBSCRIBE
-        return Access.NONE
-    if count == 5 and head == "$rrpc" and levels[2] == pid and levels[3] == dn and levels[4]:
-        return {"rxd": Access.SUBSCRIBE, "txd": Access.PUBLISH}.get(levels[1], Access.NONE)
-    return Access.NONE
+    return RULES.topic_access(device.product_id, device.device_name, topic)
 
 
 def may_publish(device: DeviceId, topic: str) -> bool:
@@ -229,5 +187,6 @@ def may_subscribe(device: DeviceId, topic_filter: str) -> bool:
         return False
     if "+" not in topic_filter and "#" not in topic_filter:
         return Access.SUBSCRIBE in topic_access(device, topic_filter)
-    # The only wildcard filter whose every match is subscribable: a "+" for the RRPC message id.
-    return topic_filter == f"$rrpc/rxd/{device.product_id}/{device.device_name}/+" and _within_limits(topic_filter)
+    return RULES.within_limits(topic_filter) and RULES.filter_granted(
+        device.product_id, device.device_name, topic_filter
+    )

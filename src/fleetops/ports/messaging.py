@@ -10,8 +10,9 @@ composition root (``fleetops.node``) wires them.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from enum import IntEnum
 from typing import Protocol, runtime_checkable
 
 from fleetops.domain.shadow import DeviceUpdate, JSONObject, Shadow, UpdateResult
@@ -28,17 +29,42 @@ class DeviceCredentials:
     enabled: bool
 
 
+@dataclass(frozen=True, slots=True)
+class PresenceChange:
+    """A device connected (``online``, from ``client_ip``) or its connection ended, at ``at_s`` (Unix s)."""
+
+    product_id: str
+    device_name: str
+    online: bool
+    client_ip: str | None
+    at_s: int
+
+
 class DeviceDirectory(Protocol):
-    """Device credentials and online state, implemented by the store."""
+    """Device credentials and online state, implemented by the store.
+
+    The gateway asks in batches: the CONNECTs that arrive while a lookup runs are looked up together in the
+    next one, and presence changes are written the same way (docs/mqtt.md#connects-in-batches).
+    """
 
     async def device_credentials(self, product_id: str, device_name: str) -> DeviceCredentials | None:
         """The device's credentials, or None if the product or the device does not exist."""
         ...
 
-    async def set_online(
-        self, product_id: str, device_name: str, online: bool, client_ip: str | None, now_s: int
-    ) -> None:
-        """Record a connect (``online``, with the peer address) or a disconnect."""
+    async def credentials_many(self, devices: Sequence[tuple[str, str]]) -> Mapping[tuple[str, str], DeviceCredentials]:
+        """The credentials of every ``(product_id, device_name)`` that exists, in one query (per 1000)."""
+        ...
+
+    async def record_presence(self, changes: Sequence[PresenceChange]) -> None:
+        """Apply connects and disconnects, given in the order they happened, in one transaction.
+
+        The latest change of a device decides its ``Online``; an earlier connect still sets ``LoginTime`` and
+        ``ClientIP``, an earlier disconnect ``LastOfflineTime``. Devices deleted meanwhile are ignored.
+        """
+        ...
+
+    async def set_all_offline(self, now_s: int) -> int:
+        """Mark every online device offline (a gateway that starts knows no connection yet); how many."""
         ...
 
 
@@ -110,6 +136,15 @@ class ShadowRequestHandler(Protocol):
         ...
 
 
+class Delivery(IntEnum):
+    """What became of one message of ``publish_many`` (the best outcome over its subscribers)."""
+
+    DROPPED = 0  # nobody subscribes, or only offline sessions that keep nothing (QoS 0, full queue)
+    SENT = 1  # written to a connected session subscribed to the topic
+    QUEUED = 2  # kept in a persistent session's queue, sent when the device is back (or its replay goes on)
+    UNKNOWN = 3  # handed to an external broker, which does not say
+
+
 class Publisher(Protocol):
     """Cloud-to-device publishing (PublishMessage, delta pushes, batch tasks)."""
 
@@ -117,8 +152,8 @@ class Publisher(Protocol):
         """``publish_many([(topic, payload)], qos)``."""
         ...
 
-    async def publish_many(self, messages: Sequence[tuple[str, bytes]], qos: int) -> None:
-        """Publish every message with QoS 0 or 1.
+    async def publish_many(self, messages: Sequence[tuple[str, bytes]], qos: int) -> list[Delivery]:
+        """Publish every message with QoS 0 or 1; the :class:`Delivery` of each, in order.
 
         Returns only when the broker has taken every message: on an external broker, QoS 1 = every PUBACK
         received and QoS 0 = written to the socket; on the embedded broker, every message has been written to
@@ -126,7 +161,7 @@ class Publisher(Protocol):
         subscribes to are skipped, as MQTT routing would drop them). Raises
         :class:`fleetops.errors.BrokerUnavailable` when the broker cannot take them within the configured
         wait; nothing is dropped silently, so the caller can retry (QoS 1 is at least once: a retry may repeat
-        some).
+        some). An external broker's statuses are all ``UNKNOWN``.
         """
         ...
 
@@ -145,6 +180,35 @@ class OfflineQueues(Protocol):
 
     def offline_room(self, product_id: str, device_name: str, topic: str) -> int | None:
         """Room left in the device's offline queue for a QoS 1 message on ``topic``; None if none keeps it."""
+        ...
+
+
+@runtime_checkable
+class DeviceAcks(Protocol):
+    """A publisher that learns when the device itself acknowledged a QoS 1 message (the embedded gateway)."""
+
+    async def publish_many_acked(
+        self, messages: Sequence[tuple[str, bytes]], on_puback: Callable[[int], None]
+    ) -> list[Delivery]:
+        """``publish_many(messages, 1)``; ``on_puback(index)`` is called once for each message whose device
+        sent its PUBACK - later for a ``QUEUED`` one, when the device is back; never for a message that was
+        dropped or whose session expired. The callback runs in the event loop and must not block."""
+        ...
+
+
+class DeviceEvents(Protocol):
+    """Told by the embedded gateway about devices' sessions (optional; the callbacks must not block)."""
+
+    def device_connected(self, product_id: str, device_name: str, session_present: bool) -> None:
+        """CONNACK 0 was sent (``session_present``: a persistent session was resumed)."""
+        ...
+
+    def device_subscribed(self, product_id: str, device_name: str, topic_filter: str, granted_qos: int) -> None:
+        """A subscription was granted (QoS 0 or 1)."""
+        ...
+
+    def device_disconnected(self, product_id: str, device_name: str) -> None:
+        """The device's connection ended (not told for a connection taken over by a newer one)."""
         ...
 
 

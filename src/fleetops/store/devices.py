@@ -7,8 +7,8 @@ of ``ports/messaging.py``) take the globally unique ProductId instead: the devic
 PSK, and has no account to speak of.
 
 A device and its shadow are one row (``devices.shadow_*``): deleting the device deletes the shadow, and a new
-device starts with the empty shadow at version 0 (docs/mqtt.md#device-shadow). The shadow columns are written
-only by ``store/shadows.py``.
+device starts with the empty shadow at version 0 (docs/device-protocol.md#document-model). The shadow columns are
+written only by ``store/shadows.py``.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from fleetops.ports.messaging import DeviceCredentials
+from fleetops.ports.messaging import DeviceCredentials, PresenceChange
 from fleetops.ports.store import (
     DeviceLimitReached,
     DeviceMissing,
@@ -332,27 +332,56 @@ class DeviceStore:
             return None
         return DeviceCredentials(product_id=product_id, device_name=device_name, psk=row.psk, enabled=bool(row.enabled))
 
+    async def credentials_many(self, wanted: Sequence[tuple[str, str]]) -> dict[tuple[str, str], DeviceCredentials]:
+        """The credentials of each ``(product_id, device_name)`` that exists (``DeviceDirectory``): one query
+        per product and 1000 names, for the CONNECTs the gateway coalesced."""
+        by_product: dict[str, list[str]] = {}
+        for product_id, device_name in dict.fromkeys(wanted):
+            by_product.setdefault(product_id, []).append(device_name)
+        found: dict[tuple[str, str], DeviceCredentials] = {}
+        async with self._db.connect() as conn:
+            for product_id, names in by_product.items():
+                for start in range(0, len(names), _IN_CHUNK):
+                    rows = await conn.execute(
+                        sa.select(devices.c.name, devices.c.psk, devices.c.enabled).where(
+                            devices.c.product_pk == _product_pk_by_id(product_id),
+                            devices.c.name.in_(names[start : start + _IN_CHUNK]),
+                        )
+                    )
+                    for row in rows:
+                        found[(product_id, row.name)] = DeviceCredentials(
+                            product_id=product_id, device_name=row.name, psk=row.psk, enabled=bool(row.enabled)
+                        )
+        return found
+
     async def set_online(
         self, product_id: str, device_name: str, online: bool, client_ip: str | None, now_s: int
     ) -> None:
-        """Record a CONNECT (Online 1, LoginTime, FirstOnlineTime once, ClientIP) or a lost connection
-        (Online 0, LastOfflineTime) (``DeviceDirectory``). A device deleted meanwhile is ignored."""
-        values: dict[str, Any]
-        if online:
-            values = {
-                "online": True,
-                "login_time": now_s,
-                "first_online_time": sa.func.coalesce(devices.c.first_online_time, now_s),
-                "client_ip": client_ip,
-            }
-        else:
-            values = {"online": False, "last_offline_time": now_s}
+        """One presence change (:meth:`record_presence`)."""
+        await self.record_presence([PresenceChange(product_id, device_name, online, client_ip, now_s)])
+
+    async def record_presence(self, changes: Sequence[PresenceChange]) -> None:
+        """Connects (Online 1, LoginTime, FirstOnlineTime once, ClientIP) and lost connections (Online 0,
+        LastOfflineTime), in the order they happened, in one transaction (``DeviceDirectory``).
+
+        Reduced to one row per device first (the latest state wins; an earlier connect of the same batch
+        still sets LoginTime and ClientIP, an earlier disconnect LastOfflineTime), then written with two
+        statements, each executed for many rows. A device deleted meanwhile is ignored.
+        """
+        came_online, went_offline = _latest_presence(changes)
         async with self._db.begin() as conn:
-            await conn.execute(
-                sa.update(devices)
-                .where(devices.c.product_pk == _product_pk_by_id(product_id), devices.c.name == device_name)
-                .values(**values)
+            if came_online:
+                await conn.execute(_ONLINE_UPDATE, came_online)
+            if went_offline:
+                await conn.execute(_OFFLINE_UPDATE, went_offline)
+
+    async def set_all_offline(self, now_s: int) -> int:
+        """Mark every online device offline (a broker that starts knows no connection yet)."""
+        async with self._db.begin() as conn:
+            result = await conn.execute(
+                sa.update(devices).where(devices.c.online == sa.true()).values(online=False, last_offline_time=now_s)
             )
+            return int(result.rowcount or 0)
 
 
 async def _product_pk(conn: AsyncConnection, account_id: int, product_id: str) -> int:
@@ -368,6 +397,71 @@ async def _product_pk(conn: AsyncConnection, account_id: int, product_id: str) -
 
 def _product_pk_by_id(product_id: str) -> sa.ScalarSelect[int]:
     return sa.select(products.c.id).where(products.c.product_id == product_id).scalar_subquery()
+
+
+def _device_row(product_id_param: str, name_param: str) -> Any:
+    return sa.and_(
+        devices.c.product_pk
+        == sa.select(products.c.id).where(products.c.product_id == sa.bindparam(product_id_param)).scalar_subquery(),
+        devices.c.name == sa.bindparam(name_param),
+    )
+
+
+# Presence, one statement each for many rows (executemany). Parameters: ``p_pid``, ``p_name`` and the values; a
+# None ``p_login`` / ``p_offline`` keeps the stored value (no connect / disconnect of that kind in the batch).
+_ONLINE_UPDATE = (
+    sa.update(devices)
+    .where(_device_row("p_pid", "p_name"))
+    .values(
+        online=True,
+        login_time=sa.bindparam("p_login"),
+        first_online_time=sa.func.coalesce(devices.c.first_online_time, sa.bindparam("p_login_first")),
+        client_ip=sa.bindparam("p_ip"),
+        last_offline_time=sa.func.coalesce(sa.bindparam("p_offline", type_=sa.BigInteger), devices.c.last_offline_time),
+    )
+)
+_OFFLINE_UPDATE = (
+    sa.update(devices)
+    .where(_device_row("p_pid", "p_name"))
+    .values(
+        online=False,
+        last_offline_time=sa.bindparam("p_offline"),
+        login_time=sa.func.coalesce(sa.bindparam("p_login", type_=sa.BigInteger), devices.c.login_time),
+        first_online_time=sa.func.coalesce(
+            devices.c.first_online_time, sa.bindparam("p_login_first", type_=sa.BigInteger)
+        ),
+        client_ip=sa.func.coalesce(sa.bindparam("p_ip", type_=sa.String), devices.c.client_ip),
+    )
+)
+
+
+def _latest_presence(changes: Iterable[PresenceChange]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Parameter rows for ``_ONLINE_UPDATE`` and ``_OFFLINE_UPDATE``: one per device, its latest state."""
+    latest: dict[tuple[str, str], dict[str, Any]] = {}
+    for change in changes:
+        row = latest.setdefault(
+            (change.product_id, change.device_name),
+            {
+                "p_pid": change.product_id,
+                "p_name": change.device_name,
+                "p_login": None,
+                "p_login_first": None,
+                "p_ip": None,
+                "p_offline": None,
+            },
+        )
+        row["online"] = change.online
+        if change.online:
+            row["p_login"], row["p_ip"] = change.at_s, change.client_ip
+            if row["p_login_first"] is None:  # FirstOnlineTime: the earliest connect, if none is stored
+                row["p_login_first"] = change.at_s
+        else:
+            row["p_offline"] = change.at_s
+    came_online: list[dict[str, Any]] = []
+    went_offline: list[dict[str, Any]] = []
+    for row in latest.values():
+        (came_online if row.pop("online") else went_offline).append(row)
+    return came_online, went_offline
 
 
 async def _count(conn: AsyncConnection, product_pk: int) -> int:

@@ -5,7 +5,8 @@ Everything else in ``fleetops.store`` is shared SQLAlchemy Core. The differences
 * a case-sensitive substring test (SQLite's ``LIKE`` ignores ASCII case, PostgreSQL's does not; and ``_``, a
   legal device-name character, is a ``LIKE`` wildcard), so both use a plain position function instead;
 * bulk insert of devices: SQLite ``executemany`` in the caller's transaction, PostgreSQL ``COPY`` through the
-  asyncpg connection under SQLAlchemy's adapter (perf-notes: COPY 79k rows/s against 46k for batched INSERT).
+  asyncpg connection under SQLAlchemy's adapter (docs/decisions.md#measured-choices: COPY 79k rows/s against 46k
+  for batched INSERT).
 """
 
 from __future__ import annotations

@@ -98,3 +98,13 @@ tasks = sa.Table(
     sa.Index("ix_tasks_account_created", "account_id", "created_at"),
     sa.Index("ix_tasks_status_schedule", "status", "schedule_time"),
 )
+
+# Passwords of broker identities: the Mosquitto plugin reads the one named by its service_user option (default
+# "fleetops"), and every fleetops node sharing the database reads the same row (docs/mosquitto.md).
+broker_credentials = sa.Table(
+    "broker_credentials",
+    metadata,
+    sa.Column("name", sa.String(64), primary_key=True),
+    sa.Column("secret", sa.String(128), nullable=False),
+    sa.Column("created_at", sa.BigInteger, nullable=False),
+)

@@ -113,7 +113,7 @@ def _conn_ip(client_ip: str | None) -> int:
     return int(address) if address.version == 4 else 0
 
 
-# The fields of DeviceInfo (section 6), in the vendor's order; device_info() renders exactly these.
+# The fields of DeviceInfo (docs/api.md#describedevice), in the vendor's order; device_info() renders exactly these.
 DEVICE_INFO_FIELDS = (
     "DeviceName",
     "Online",

@@ -10,6 +10,7 @@ import asyncio
 import base64
 import os
 import queue
+import random
 import secrets
 import shutil
 import signal
@@ -18,7 +19,7 @@ import string
 import subprocess
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,8 +31,8 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 from paho.mqtt.reasoncodes import ReasonCode
 
 from fleetops.messaging.device_auth import SignMethod, make_username, sign_password
-from fleetops.messaging.wire import encode_remaining_length
-from fleetops.ports.messaging import DeviceCredentials
+from fleetops.messaging.mqtt.codec import encode_publish, encode_remaining_length, encode_subscribe
+from fleetops.ports.messaging import DeviceCredentials, PresenceChange
 
 WAIT_S = 5.0
 T = TypeVar("T")
@@ -64,7 +65,7 @@ def free_port() -> int:
 
 @dataclass
 class MemoryDirectory:
-    """:class:`~fleetops.ports.messaging.DeviceDirectory` over a dict; records every ``set_online``."""
+    """:class:`~fleetops.ports.messaging.DeviceDirectory` over a dict; records every presence change."""
 
     devices: dict[tuple[str, str], DeviceCredentials] = field(default_factory=dict)
     online_calls: list[tuple[str, str, bool, str | None]] = field(default_factory=list)
@@ -77,10 +78,14 @@ class MemoryDirectory:
     async def device_credentials(self, product_id: str, device_name: str) -> DeviceCredentials | None:
         return self.devices.get((product_id, device_name))
 
-    async def set_online(
-        self, product_id: str, device_name: str, online: bool, client_ip: str | None, now_s: int
-    ) -> None:
-        self.online_calls.append((product_id, device_name, online, client_ip))
+    async def credentials_many(self, devices: Sequence[tuple[str, str]]) -> dict[tuple[str, str], DeviceCredentials]:
+        return {key: self.devices[key] for key in devices if key in self.devices}
+
+    async def record_presence(self, changes: Sequence[PresenceChange]) -> None:
+        self.online_calls.extend((c.product_id, c.device_name, c.online, c.client_ip) for c in changes)
+
+    async def set_all_offline(self, now_s: int) -> int:
+        return 0
 
     def online_states(self, product_id: str, device_name: str) -> list[bool]:
         return [online for pid, dn, online, _ in self.online_calls if (pid, dn) == (product_id, device_name)]
@@ -123,9 +128,10 @@ class PahoDevice:
         protocol: MQTTProtocolVersion = paho.MQTTv311,
         reconnect: bool = False,
         resubscribe: tuple[tuple[str, int], ...] = (),
+        tls_ca: Path | None = None,
     ) -> None:
         """``reconnect``: paho reconnects after a lost connection (every second); ``resubscribe``: subscribed
-        on every successful connection."""
+        on every successful connection; ``tls_ca``: connect with TLS, trusting this CA certificate (PEM)."""
         self.client_id = credentials.product_id + credentials.device_name
         username = make_username(self.client_id, expiry if expiry is not None else int(time.time()) + 3600)
         self.client = paho.Client(
@@ -136,6 +142,8 @@ class PahoDevice:
             reconnect_on_failure=reconnect,
         )
         self.client.reconnect_delay_set(min_delay=1, max_delay=1)
+        if tls_ca is not None:
+            self.client.tls_set(ca_certs=str(tls_ca))
         self.client.username_pw_set(username, password or sign_password(username, credentials.psk, method))
         self.keepalive_s = keepalive_s
         self.resubscribe = resubscribe
@@ -290,3 +298,58 @@ async def raw_connect(
     await writer.drain()
     connack = await asyncio.wait_for(reader.readexactly(4), WAIT_S)
     return reader, writer, connack
+
+
+def mqtt_packet(first_byte: int, body: bytes) -> bytes:
+    return bytes((first_byte,)) + encode_remaining_length(len(body)) + body
+
+
+def raw_subscribe(packet_id: int, topic_filter: str, qos: int) -> bytes:
+    return mqtt_packet(0x82, packet_id.to_bytes(2, "big") + _mqtt_string(topic_filter) + bytes((qos,)))
+
+
+def signed_connect(credentials: DeviceCredentials, *, keepalive_s: int = 60, password: str | None = None) -> bytes:
+    """A CONNECT packet with the device's valid signature (or ``password``)."""
+    client_id = credentials.product_id + credentials.device_name
+    username = make_username(client_id, int(time.time()) + 3600)
+    variable = _mqtt_string("MQTT") + bytes((4, 0xC2)) + keepalive_s.to_bytes(2, "big")
+    signature = password if password is not None else sign_password(username, credentials.psk)
+    return mqtt_packet(0x10, variable + _mqtt_string(client_id) + _mqtt_string(username) + _mqtt_string(signature))
+
+
+async def closed_by_peer(reader: asyncio.StreamReader, timeout_s: float = WAIT_S) -> bool:
+    """Whether the other side closes the connection within ``timeout_s`` (whatever it sent before)."""
+    try:
+        async with asyncio.timeout(timeout_s):
+            while await reader.read(65536):
+                pass
+    except TimeoutError:
+        return False
+    except ConnectionError:
+        return True
+    return True
+
+
+def junk_streams(valid_connect: bytes, seed: int, count: int) -> Iterator[bytes]:
+    """Byte streams a gateway must survive: random bytes, mutated CONNECTs, and a valid CONNECT followed by
+    mutated PUBLISH / SUBSCRIBE packets or an endless remaining length (also used by fuzz/mqtt_fuzz.py)."""
+    rng = random.Random(seed)
+    publish = encode_publish(b"$shadow/operation/ABCDE12345/x", b'{"type":"get"}', 1, 7)
+    subscribe = encode_subscribe(3, [("a/b", 1)])
+
+    def mutate(data: bytes) -> bytes:
+        mutated = bytearray(data)
+        for _ in range(rng.randint(1, 4)):
+            mutated[rng.randrange(len(mutated))] = rng.randrange(256)
+        return bytes(mutated[: rng.randint(1, len(mutated))] if rng.random() < 0.3 else mutated)
+
+    for index in range(count):
+        kind = index % 4
+        if kind == 0:
+            yield rng.randbytes(rng.randint(1, 300))
+        elif kind == 1:
+            yield mutate(valid_connect)
+        elif kind == 2:
+            yield valid_connect + mutate(publish) + mutate(subscribe)
+        else:
+            yield valid_connect + mqtt_packet(0x30, b"\x00\x05a/b\xffx") + b"\xff\xff\xff\xff\xff"

@@ -1,0 +1,242 @@
+"""A TCP (or TLS) listener with a connection limit that half-open connections cannot exhaust.
+
+fleetops accepts connections itself (``loop.add_reader`` on the listening socket, then
+``loop.connect_accepted_socket``) instead of ``loop.create_server``, because asyncio's own accept loop logs a
+full traceback each time ``accept()`` fails for lack of file descriptors (EMFILE) - once a second for as long
+as the process is out of them - and offers no hook to refuse or evict before the protocol exists.
+
+Rules (docs/limits.md):
+
+* at most ``max_connections`` open connections on this listener, TLS handshakes included;
+* a connection counts as *pending* until the application calls :meth:`Listener.established` (the gateway does
+  at CONNACK 0). When the listener is full, the oldest pending connection is closed to make room; only if none
+  is pending is the new one refused. A flood of connections that never send CONNECT cannot lock devices out;
+* ``accept()`` errors are logged at most once per ``log_interval_s`` with a count, never with a traceback; on
+  EMFILE/ENFILE the listener also closes its oldest pending connection and pauses accepting briefly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import logging
+import socket
+import ssl
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from typing import Final, Protocol
+
+log = logging.getLogger("fleetops.messaging.gateway")
+
+_OUT_OF_RESOURCES: Final = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
+_ACCEPTS_PER_WAKEUP: Final = 256
+_ACCEPT_PAUSE_S: Final = 0.2
+
+
+class LimitedLog:
+    """A log line at most once per interval, with the number of occurrences it stands for."""
+
+    def __init__(self, interval_s: float) -> None:
+        self.interval_s = interval_s
+        self._last: dict[str, float] = {}
+        self._counts: dict[str, int] = {}
+
+    def __call__(self, key: str, level: int, message: str, *args: object) -> None:
+        self._counts[key] = self._counts.get(key, 0) + 1
+        now = time.monotonic()
+        if now - self._last.get(key, -self.interval_s) < self.interval_s:
+            return
+        count, self._counts[key] = self._counts[key], 0
+        self._last[key] = now
+        suffix = f" ({count} times in the last {self.interval_s:g} s)" if count > 1 else ""
+        log.log(level, message + suffix, *args)
+
+
+class Evictable(Protocol):
+    opened_at: float  # time.monotonic() when accepted
+
+    def evict(self) -> None:
+        """Close the connection (it has not completed CONNECT and the listener needs room)."""
+        ...
+
+
+class _Handshake:
+    """An accepted socket whose transport (and TLS handshake) is being set up."""
+
+    __slots__ = ("opened_at", "task")
+
+    def __init__(self) -> None:
+        self.task: asyncio.Task[None] | None = None
+        self.opened_at = time.monotonic()
+
+    def evict(self) -> None:
+        if self.task is not None:
+            self.task.cancel()
+
+
+class Listener:
+    """Accepts on ``sockets`` and hands each connection to ``protocol_factory`` (a protocol per connection)."""
+
+    def __init__(
+        self,
+        name: str,
+        sockets: list[socket.socket],
+        protocol_factory: Callable[[Listener], asyncio.Protocol],
+        *,
+        max_connections: int,
+        handshake_timeout_s: float,
+        ssl_context: ssl.SSLContext | None = None,
+        log_interval_s: float = 10.0,
+    ) -> None:
+        self.name = name
+        self.sockets = sockets
+        self.max_connections = max_connections
+        self._factory = protocol_factory
+        self._ssl = ssl_context
+        self._handshake_timeout_s = handshake_timeout_s
+        self._open = 0
+        self._pending: OrderedDict[Evictable, None] = OrderedDict()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._serving = False
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.limited_log = LimitedLog(log_interval_s)
+        self.refused = 0
+        self.evicted = 0
+
+    @property
+    def port(self) -> int:
+        return int(self.sockets[0].getsockname()[1])
+
+    @property
+    def open_connections(self) -> int:
+        return self._open
+
+    def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._serving = True
+        for sock in self.sockets:
+            self._loop.add_reader(sock.fileno(), self._accept_ready, sock)
+
+    async def stop(self) -> None:
+        """Stop accepting and close the listening sockets (open connections are the application's)."""
+        self._serving = False
+        for sock in self.sockets:
+            if self._loop is not None:
+                self._loop.remove_reader(sock.fileno())
+            sock.close()
+        for task in list(self._tasks):
+            task.cancel()
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    # --- what the connections tell the listener -------------------------------------------------------------
+
+    def pending(self, connection: Evictable) -> None:
+        """A new connection (its transport exists); pending until :meth:`established`."""
+        self._open += 1
+        self._pending[connection] = None
+
+    def established(self, connection: Evictable) -> None:
+        self._pending.pop(connection, None)
+
+    def closed(self, connection: Evictable) -> None:
+        self._pending.pop(connection, None)
+        self._open -= 1
+
+    def oldest_pending(self) -> Evictable | None:
+        return next(iter(self._pending), None)
+
+    # --- accepting ------------------------------------------------------------------------------------------
+
+    def _accept_ready(self, listening: socket.socket) -> None:
+        for _ in range(_ACCEPTS_PER_WAKEUP):
+            try:
+                sock, _address = listening.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except ConnectionAbortedError:
+                continue
+            except OSError as exc:
+                self._accept_failed(listening, exc)
+                return
+            self._admit(sock)
+
+    def _accept_failed(self, listening: socket.socket, exc: OSError) -> None:
+        if exc.errno in _OUT_OF_RESOURCES:
+            self.limited_log(
+                "accept",
+                logging.ERROR,
+                "MQTT %s listener: accept() failed: %s; new connections wait. Raise the process's file limit "
+                "(ulimit -n) or lower FLEETOPS_MQTT_MAX_CONNECTIONS",
+                self.name,
+                exc.strerror,
+            )
+            victim = self.oldest_pending()
+            if victim is not None:  # a device may be waiting behind a half-open connection
+                self._pending.pop(victim, None)
+                victim.evict()
+                self.evicted += 1
+        else:
+            self.limited_log("accept-other", logging.WARNING, "MQTT %s listener: accept() failed: %s", self.name, exc)
+        assert self._loop is not None
+        self._loop.remove_reader(listening.fileno())
+        self._loop.call_later(_ACCEPT_PAUSE_S, self._resume, listening)
+
+    def _resume(self, listening: socket.socket) -> None:
+        if self._serving and self._loop is not None:
+            self._loop.add_reader(listening.fileno(), self._accept_ready, listening)
+
+    def _admit(self, sock: socket.socket) -> None:
+        if self._open >= self.max_connections:
+            victim = self.oldest_pending()
+            if victim is None:
+                sock.close()
+                self.refused += 1
+                self.limited_log(
+                    "full",
+                    logging.WARNING,
+                    "MQTT %s listener full (%d connections, FLEETOPS_MQTT_MAX_CONNECTIONS): refused a connection",
+                    self.name,
+                    self.max_connections,
+                )
+                return
+            self._pending.pop(victim, None)
+            victim.evict()
+            self.evicted += 1
+            self.limited_log(
+                "evict",
+                logging.INFO,
+                "MQTT %s listener full: closed the oldest connection that had not completed CONNECT",
+                self.name,
+            )
+        sock.setblocking(False)
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        except OSError:  # the peer is already gone; the transport will notice
+            pass
+        handshake = _Handshake()
+        self.pending(handshake)
+        assert self._loop is not None
+        task = self._loop.create_task(self._start(sock, handshake))
+        handshake.task = task
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _start(self, sock: socket.socket, handshake: _Handshake) -> None:
+        assert self._loop is not None
+        try:
+            await self._loop.connect_accepted_socket(
+                lambda: self._factory(self),
+                sock,
+                ssl=self._ssl,
+                ssl_handshake_timeout=self._handshake_timeout_s if self._ssl is not None else None,
+            )
+        except asyncio.CancelledError:
+            sock.close()  # evicted or stopping; asyncio closed the transport if it had made one
+        except (OSError, ssl.SSLError, TimeoutError, ConnectionError) as exc:
+            sock.close()
+            what = "TLS handshake" if self._ssl is not None else "connection setup"
+            self.limited_log("handshake", logging.INFO, "MQTT %s listener: %s failed: %s", self.name, what, exc)
+        finally:
+            self.closed(handshake)
