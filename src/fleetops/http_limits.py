@@ -38,29 +38,21 @@ from __future__ import annotations
 import asyncio
 import errno
 import logging
-import resource
 import ssl
-import time
 from collections import OrderedDict
-from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, ClassVar, Final, Protocol
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-from fleetops.errors import ConfigurationError
+from fleetops.listeners import LimitedLog
 
 __all__ = [
     "MAX_HEADER_BYTES",
     "ConnectionTable",
     "HttpLimits",
-    "LimitedLog",
-    "LimitedLogFilter",
     "install_accept_error_handler",
     "limited_protocol",
-    "raise_file_limit",
-    "server_tls_context",
 ]
 
 log = logging.getLogger("fleetops.http")
@@ -74,59 +66,6 @@ _REFUSED: Final = (
 )
 _TIMED_OUT: Final = b"HTTP/1.1 408 Request Timeout\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
 _TOO_LARGE: Final = b"HTTP/1.1 431 Request Header Fields Too Large\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
-
-
-class LimitedLog:
-    """A log line at most once per interval per key, with the number of occurrences it stands for."""
-
-    def __init__(self, logger: logging.Logger, interval_s: float, clock: Callable[[], float] = time.monotonic) -> None:
-        self.interval_s = interval_s
-        self._logger = logger
-        self._clock = clock
-        self._last: dict[str, float] = {}
-        self._counts: dict[str, int] = {}
-
-    def due(self, key: str) -> int:
-        """Count one occurrence of ``key``; the occurrences to report if a line is due now, else 0."""
-        self._counts[key] = self._counts.get(key, 0) + 1
-        now = self._clock()
-        last = self._last.get(key)
-        if last is not None and now - last < self.interval_s:
-            return 0
-        count, self._counts[key] = self._counts[key], 0
-        self._last[key] = now
-        return count
-
-    def suffix(self, count: int) -> str:
-        return f" ({count} times in the last {self.interval_s:g} s)" if count > 1 else ""
-
-    def __call__(self, key: str, level: int, message: str, *args: object) -> bool:
-        """Log ``message`` unless ``key`` was logged less than an interval ago; True when it was logged."""
-        count = self.due(key)
-        if count:
-            self._logger.log(level, message + self.suffix(count), *args)
-        return bool(count)
-
-
-class LimitedLogFilter(logging.Filter):
-    """Lets a message through at most once per interval (keyed by its text), with the count appended.
-
-    For uvicorn's per-request warnings ("Invalid HTTP request received.", "Unsupported upgrade request."): a
-    client can send any number of bad requests, and the log must not grow with them.
-    """
-
-    def __init__(self, limited: LimitedLog, messages: frozenset[str]) -> None:
-        super().__init__()
-        self._limited = limited
-        self._messages = messages
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        if not isinstance(record.msg, str) or record.msg not in self._messages:
-            return True
-        count = self._limited.due(record.msg)
-        if count:
-            record.msg = record.msg + self._limited.suffix(count)
-        return bool(count)
 
 
 class Evictable(Protocol):
@@ -456,28 +395,3 @@ def install_accept_error_handler(
         table.evict_oldest_waiting()  # a legitimate client may be waiting behind a half-open connection
 
     loop.set_exception_handler(handle)
-
-
-def raise_file_limit() -> int:
-    """Raise the soft RLIMIT_NOFILE to the hard limit (a process may); the soft limit now in force."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft != hard:
-        try:
-            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-            soft = hard
-        except (ValueError, OSError):
-            pass
-    return soft
-
-
-def server_tls_context(cert_file: Path, key_file: Path, *, settings_hint: str) -> ssl.SSLContext:
-    """A server-side TLS context (TLS 1.2 or later, the default ciphers) from PEM files, or a one-line
-    ConfigurationError naming them and the settings that set them."""
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    try:
-        context.load_cert_chain(cert_file, key_file)
-    except (OSError, ssl.SSLError) as exc:
-        raise ConfigurationError(
-            f"cannot load the TLS certificate {cert_file} / key {key_file}: {exc}; check {settings_hint}"
-        ) from exc
-    return context

@@ -19,15 +19,13 @@ from starlette.types import ASGIApp
 
 from fleetops.credentials import bootstrap_default_account
 from fleetops.errors import ConfigurationError
-from fleetops.http_limits import (
-    ConnectionTable,
-    HttpLimits,
+from fleetops.http_limits import ConnectionTable, HttpLimits, install_accept_error_handler, limited_protocol
+from fleetops.listeners import (
     LimitedLog,
     LimitedLogFilter,
-    install_accept_error_handler,
-    limited_protocol,
     raise_file_limit,
     server_tls_context,
+    warn_if_over_file_limit,
 )
 from fleetops.node import Node, Role
 from fleetops.settings import Settings
@@ -36,8 +34,6 @@ from fleetops.store.database import display_url
 log = logging.getLogger("fleetops")
 
 LOG_INTERVAL_S: Final = 10.0  # a repeated log line (refused connections, accept() errors) at most this often
-# File descriptors kept for everything but API connections (the database, the MQTT side's own, logs).
-RESERVED_FILES: Final = 1024
 # uvicorn's warnings per bad request, let through once per LOG_INTERVAL_S
 _PER_REQUEST_WARNINGS: Final = frozenset({"Invalid HTTP request received.", "Unsupported upgrade request."})
 
@@ -116,6 +112,7 @@ def http_limits(settings: Settings) -> HttpLimits:
         tls = server_tls_context(
             Path(settings.tls_cert_file),
             Path(settings.tls_key_file),
+            what="HTTPS",
             settings_hint="--tls-cert / --tls-key (FLEETOPS_TLS_CERT_FILE, FLEETOPS_TLS_KEY_FILE)",
         )
     return HttpLimits(
@@ -123,16 +120,13 @@ def http_limits(settings: Settings) -> HttpLimits:
     )
 
 
-def check_file_limit(file_limit: int, connections: int) -> None:
-    """Warn when the API's connection cap does not fit the process's file limit (accept() would fail first)."""
-    if connections > file_limit - RESERVED_FILES:
-        log.warning(
-            "the HTTP API allows %d connections but the process may open only %d files (ulimit -n), %d of them "
-            "kept for everything else: raise the limit or lower FLEETOPS_HTTP_MAX_CONNECTIONS",
-            connections,
-            file_limit,
-            RESERVED_FILES,
-        )
+def listener_caps(settings: Settings) -> dict[str, int]:
+    """The connection caps of this process's listeners, by the setting that sets them (the file-limit check)."""
+    caps = {"FLEETOPS_HTTP_MAX_CONNECTIONS": settings.http_max_connections}
+    if not settings.mqtt_url:  # the embedded gateway: a plain listener, and a TLS one when asked for
+        listeners = 2 if settings.mqtt_tls_port else 1
+        caps[f"FLEETOPS_MQTT_MAX_CONNECTIONS x {listeners}"] = settings.mqtt_max_connections * listeners
+    return caps
 
 
 def bind_http(host: str, port: int) -> socket.socket:
@@ -162,7 +156,7 @@ def _where(settings: Settings) -> str:
 
 
 async def run_server(settings: Settings) -> None:
-    check_file_limit(raise_file_limit(), settings.http_max_connections)
+    warn_if_over_file_limit(raise_file_limit(), listener_caps(settings))
     limits = http_limits(settings)  # a certificate that cannot be read stops the start before anything binds
     listener = bind_http(settings.host, settings.port)
     try:

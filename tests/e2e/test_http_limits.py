@@ -175,7 +175,7 @@ def test_tls_settings_mistakes_are_one_line_configuration_errors(tmp_path: Path,
     with pytest.raises(ConfigurationError, match="needs both a certificate and its key"):
         http_limits(Settings(tls_cert_file=str(pki["server.pem"])))
     missing = tmp_path / "missing.pem"
-    with pytest.raises(ConfigurationError, match=f"cannot load the TLS certificate {missing}") as refused:
+    with pytest.raises(ConfigurationError, match=f"cannot load the HTTPS certificate {missing}") as refused:
         http_limits(Settings(tls_cert_file=str(missing), tls_key_file=str(pki["server.key"])))
     assert "\n" not in str(refused.value) and "--tls-cert" in str(refused.value)
     wrong_key: Any = pki["other.key"]

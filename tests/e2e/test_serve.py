@@ -93,5 +93,5 @@ def test_an_unreadable_tls_certificate_is_one_line_and_exit_2(tmp_path: Path) ->
     )
     assert done.returncode == 2
     lines = [ln for ln in done.stderr.splitlines() if "Error" in ln or "cannot" in ln]
-    assert len(lines) == 1 and f"cannot load the TLS certificate {missing}" in lines[0], done.stderr
+    assert len(lines) == 1 and f"cannot load the HTTPS certificate {missing}" in lines[0], done.stderr
     assert "Traceback" not in done.stderr

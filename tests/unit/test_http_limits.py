@@ -1,5 +1,5 @@
 """The HTTP listener's bookkeeping (fleetops.http_limits): which connection is evicted, when one is refused, and
-log lines that stay one per interval however often their event repeats."""
+accept() errors as one line per interval."""
 
 from __future__ import annotations
 
@@ -10,7 +10,8 @@ import socket
 
 import pytest
 
-from fleetops.http_limits import ConnectionTable, LimitedLog, LimitedLogFilter, install_accept_error_handler
+from fleetops.http_limits import ConnectionTable, install_accept_error_handler
+from fleetops.listeners import LimitedLog
 
 
 class Conn:
@@ -83,40 +84,6 @@ def test_closed_and_evicted_connections_are_forgotten() -> None:
     t.admit(b)
     assert t.evict_oldest_waiting() and b.evicted
     assert not t.evict_oldest_waiting()
-
-
-def test_limited_log_says_once_per_interval_how_often(caplog: pytest.LogCaptureFixture) -> None:
-    clock = Clock()
-    limited = LimitedLog(logging.getLogger("test.limited"), 10, clock)
-    with caplog.at_level(logging.INFO, logger="test.limited"):
-        assert limited("k", logging.WARNING, "full %s", "x")
-        for _ in range(499):
-            assert not limited("k", logging.WARNING, "full %s", "x")
-        assert limited("other", logging.WARNING, "other")  # another key has its own interval
-        clock.now += 10
-        assert limited("k", logging.WARNING, "full %s", "x")
-    assert [r.getMessage() for r in caplog.records] == ["full x", "other", "full x (500 times in the last 10 s)"]
-
-
-def test_the_filter_lets_a_repeated_uvicorn_warning_through_once_per_interval(caplog: pytest.LogCaptureFixture) -> None:
-    clock = Clock()
-    logger = logging.getLogger("test.uvicorn")
-    f = LimitedLogFilter(LimitedLog(logger, 10, clock), frozenset({"Invalid HTTP request received."}))
-    logger.addFilter(f)
-    try:
-        with caplog.at_level(logging.INFO, logger="test.uvicorn"):
-            for _ in range(1000):
-                logger.warning("Invalid HTTP request received.")
-            logger.warning("something else")
-            clock.now += 11
-            logger.warning("Invalid HTTP request received.")
-    finally:
-        logger.removeFilter(f)
-    assert [r.getMessage() for r in caplog.records] == [
-        "Invalid HTTP request received.",
-        "something else",
-        "Invalid HTTP request received. (1000 times in the last 10 s)",
-    ]
 
 
 async def test_accept_errors_are_one_line_without_traceback_and_free_a_descriptor(

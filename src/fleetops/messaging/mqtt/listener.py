@@ -27,30 +27,13 @@ from collections import OrderedDict
 from collections.abc import Callable
 from typing import Final, Protocol
 
+from fleetops.listeners import LimitedLog
+
 log = logging.getLogger("fleetops.messaging.gateway")
 
 _OUT_OF_RESOURCES: Final = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
 _ACCEPTS_PER_WAKEUP: Final = 256
 _ACCEPT_PAUSE_S: Final = 0.2
-
-
-class LimitedLog:
-    """A log line at most once per interval, with the number of occurrences it stands for."""
-
-    def __init__(self, interval_s: float) -> None:
-        self.interval_s = interval_s
-        self._last: dict[str, float] = {}
-        self._counts: dict[str, int] = {}
-
-    def __call__(self, key: str, level: int, message: str, *args: object) -> None:
-        self._counts[key] = self._counts.get(key, 0) + 1
-        now = time.monotonic()
-        if now - self._last.get(key, -self.interval_s) < self.interval_s:
-            return
-        count, self._counts[key] = self._counts[key], 0
-        self._last[key] = now
-        suffix = f" ({count} times in the last {self.interval_s:g} s)" if count > 1 else ""
-        log.log(level, message + suffix, *args)
 
 
 class Evictable(Protocol):
@@ -100,7 +83,7 @@ class Listener:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._serving = False
         self._tasks: set[asyncio.Task[None]] = set()
-        self.limited_log = LimitedLog(log_interval_s)
+        self.limited_log = LimitedLog(log, log_interval_s)
         self.refused = 0
         self.evicted = 0
 
