@@ -39,17 +39,15 @@ import asyncio
 import errno
 import logging
 import ssl
-from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Any, ClassVar, Final, Protocol
+from typing import Any, ClassVar, Final
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-from fleetops.listeners import LimitedLog
+from fleetops.listeners import ConnectionTable, LimitedLog
 
 __all__ = [
     "MAX_HEADER_BYTES",
-    "ConnectionTable",
     "HttpLimits",
     "install_accept_error_handler",
     "limited_protocol",
@@ -68,82 +66,6 @@ _TIMED_OUT: Final = b"HTTP/1.1 408 Request Timeout\r\nContent-Length: 0\r\nConne
 _TOO_LARGE: Final = b"HTTP/1.1 431 Request Header Fields Too Large\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
 
 
-class Evictable(Protocol):
-    """What the table needs of a connection: a way to close it."""
-
-    def evict(self) -> None: ...
-
-
-class ConnectionTable:
-    """The open connections of one listener, and which of them are waiting for a request, oldest first."""
-
-    def __init__(self, name: str, max_connections: int, limited_log: LimitedLog) -> None:
-        if max_connections < 1:
-            raise ValueError("max_connections must be at least 1")
-        self.name = name
-        self.max_connections = max_connections
-        self.limited_log = limited_log
-        self._open: set[Evictable] = set()
-        self._waiting: OrderedDict[Evictable, None] = OrderedDict()
-        self.refused = 0
-        self.evicted = 0
-        self.timed_out = 0
-
-    @property
-    def open_connections(self) -> int:
-        return len(self._open)
-
-    @property
-    def waiting_connections(self) -> int:
-        return len(self._waiting)
-
-    def admit(self, connection: Evictable) -> bool:
-        """Count a new connection (waiting); False when the listener is full and nothing can be evicted."""
-        if len(self._open) >= self.max_connections and not self.evict_oldest_waiting():
-            self.refused += 1
-            self.limited_log(
-                f"{self.name}-full",
-                logging.WARNING,
-                "%s listener full (%d connections, each with a request in progress): refused a connection",
-                self.name,
-                self.max_connections,
-            )
-            return False
-        self._open.add(connection)
-        self._waiting[connection] = None
-        return True
-
-    def evict_oldest_waiting(self) -> bool:
-        """Close the connection that has waited longest for its request; False if none is waiting."""
-        if not self._waiting:
-            return False
-        victim, _ = self._waiting.popitem(last=False)
-        self._open.discard(victim)
-        self.evicted += 1
-        self.limited_log(
-            f"{self.name}-evict",
-            logging.INFO,
-            "%s listener full: closed the connection that had waited longest for its request",
-            self.name,
-        )
-        victim.evict()
-        return True
-
-    def waiting(self, connection: Evictable) -> None:
-        """The connection owes us a request again (its responses are complete): evictable, newest."""
-        if connection in self._open:
-            self._waiting.pop(connection, None)
-            self._waiting[connection] = None
-
-    def busy(self, connection: Evictable) -> None:
-        """A request arrived whole: the connection is not evicted until its response is complete."""
-        self._waiting.pop(connection, None)
-
-    def closed(self, connection: Evictable) -> None:
-        self._waiting.pop(connection, None)
-        self._open.discard(connection)
-
-
 @dataclass(frozen=True)
 class HttpLimits:
     """The limits of one listener (Settings: ``http_max_connections``, ``http_request_timeout_s``)."""
@@ -160,7 +82,7 @@ class _LimitedHttpToolsProtocol(HttpToolsProtocol):
     """
 
     limits: ClassVar[HttpLimits]
-    table: ClassVar[ConnectionTable]
+    table: ClassVar[ConnectionTable[_Handle]]
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:  # type: ignore[override]
         assert isinstance(transport, asyncio.Transport)
@@ -359,13 +281,13 @@ class _Handle:
         self._protocol._fo_evicted()
 
 
-def limited_protocol(limits: HttpLimits, table: ConnectionTable) -> type[asyncio.Protocol]:
+def limited_protocol(limits: HttpLimits, table: ConnectionTable[Any]) -> type[asyncio.Protocol]:
     """The protocol class to pass as ``uvicorn.Config(http=...)`` for one listener."""
     return type("LimitedHttpProtocol", (_LimitedHttpToolsProtocol,), {"limits": limits, "table": table})
 
 
 def install_accept_error_handler(
-    loop: asyncio.AbstractEventLoop, tables: dict[int, ConnectionTable], limited_log: LimitedLog
+    loop: asyncio.AbstractEventLoop, tables: dict[int, ConnectionTable[Any]], limited_log: LimitedLog
 ) -> None:
     """Log accept() failures of the listeners in ``tables`` (by listening socket fd) once per interval.
 

@@ -1,5 +1,6 @@
-"""What every listening socket of fleetops shares (the HTTP API, the MQTT gateway's listeners): TLS contexts from
-PEM files, log lines limited to one per interval, and the process's file limit."""
+"""What every listening socket of fleetops shares (the HTTP API, the MQTT gateway's listeners): the connection
+table with its eviction rule, TLS contexts from PEM files, log lines limited to one per interval, and the
+process's file limit."""
 
 from __future__ import annotations
 
@@ -7,14 +8,17 @@ import logging
 import resource
 import ssl
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from pathlib import Path
-from typing import Final
+from typing import Final, Generic, Protocol, TypeVar
 
 from fleetops.errors import ConfigurationError
 
 __all__ = [
     "RESERVED_FILES",
+    "ConnectionTable",
+    "Evictable",
     "LimitedLog",
     "LimitedLogFilter",
     "raise_file_limit",
@@ -79,6 +83,112 @@ class LimitedLogFilter(logging.Filter):
         if count:
             record.msg = record.msg + self._limited.suffix(count)
         return bool(count)
+
+
+class Evictable(Protocol):
+    """What the table needs of a connection: a way to close it."""
+
+    def evict(self) -> None: ...
+
+
+C = TypeVar("C", bound=Evictable)
+
+
+class ConnectionTable(Generic[C]):
+    """The open connections of one listener, and which of them are *waiting* (they owe the server something: an
+    HTTP request, an MQTT CONNECT), oldest first.
+
+    The one rule of every fleetops listener: when it is full, the connection that has waited longest is closed
+    to make room, and only when none is waiting is a new connection refused. A flood of half-open connections
+    therefore cannot lock out clients that do what the protocol asks of them.
+    """
+
+    def __init__(self, name: str, max_connections: int, limited_log: LimitedLog, *, setting: str, owed: str) -> None:
+        """``setting`` names what sets ``max_connections`` and ``owed`` what a waiting connection owes, for the
+        log lines."""
+        if max_connections < 1:
+            raise ValueError("max_connections must be at least 1")
+        self.name = name
+        self.max_connections = max_connections
+        self.limited_log = limited_log
+        self._setting = setting
+        self._owed = owed
+        self._open: set[C] = set()
+        self._waiting: OrderedDict[C, None] = OrderedDict()
+        self.refused = 0
+        self.evicted = 0
+        self.timed_out = 0
+
+    @property
+    def open_connections(self) -> int:
+        return len(self._open)
+
+    @property
+    def waiting_connections(self) -> int:
+        return len(self._waiting)
+
+    def make_room(self) -> bool:
+        """Room for one more connection, evicting the one waiting longest if the listener is full; False (and
+        the refusal counted and logged) when it is full and none is waiting."""
+        if len(self._open) < self.max_connections or self.evict_oldest_waiting():
+            return True
+        self.refused += 1
+        self.limited_log(
+            f"{self.name}-full",
+            logging.WARNING,
+            "%s listener full (%d connections, %s, none waiting for its %s): refused a connection",
+            self.name,
+            self.max_connections,
+            self._setting,
+            self._owed,
+        )
+        return False
+
+    def add(self, connection: C) -> None:
+        """Count a connection, waiting (room was made for it)."""
+        self._open.add(connection)
+        self._waiting[connection] = None
+
+    def admit(self, connection: C) -> bool:
+        """:meth:`make_room` and :meth:`add`; False when the connection is refused."""
+        if not self.make_room():
+            return False
+        self.add(connection)
+        return True
+
+    def oldest_waiting(self) -> C | None:
+        return next(iter(self._waiting), None)
+
+    def evict_oldest_waiting(self) -> bool:
+        """Close the connection that has waited longest for its request; False if none is waiting."""
+        if not self._waiting:
+            return False
+        victim, _ = self._waiting.popitem(last=False)
+        self._open.discard(victim)
+        self.evicted += 1
+        self.limited_log(
+            f"{self.name}-evict",
+            logging.INFO,
+            "%s listener full: closed the connection that had waited longest for its %s",
+            self.name,
+            self._owed,
+        )
+        victim.evict()
+        return True
+
+    def waiting(self, connection: C) -> None:
+        """The connection owes the server something again (an HTTP connection whose responses are done)."""
+        if connection in self._open:
+            self._waiting.pop(connection, None)
+            self._waiting[connection] = None
+
+    def busy(self, connection: C) -> None:
+        """The connection did what it owed (a whole request, a CONNECT): it is not evicted."""
+        self._waiting.pop(connection, None)
+
+    def closed(self, connection: C) -> None:
+        self._waiting.pop(connection, None)
+        self._open.discard(connection)
 
 
 def raise_file_limit() -> int:

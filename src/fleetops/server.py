@@ -12,15 +12,16 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Final, Literal
+from typing import Any, Final, Literal
 
 import uvicorn
 from starlette.types import ASGIApp
 
 from fleetops.credentials import bootstrap_default_account
 from fleetops.errors import ConfigurationError
-from fleetops.http_limits import ConnectionTable, HttpLimits, install_accept_error_handler, limited_protocol
+from fleetops.http_limits import HttpLimits, install_accept_error_handler, limited_protocol
 from fleetops.listeners import (
+    ConnectionTable,
     LimitedLog,
     LimitedLogFilter,
     raise_file_limit,
@@ -48,8 +49,12 @@ class HttpServer(uvicorn.Server):
 
     def __init__(self, app: ASGIApp, limits: HttpLimits, *, lifespan: Literal["on", "off"] = "off") -> None:
         self.limits = limits
-        self.table = ConnectionTable(
-            "HTTPS" if limits.tls is not None else "HTTP", limits.max_connections, LimitedLog(log, LOG_INTERVAL_S)
+        self.table: ConnectionTable[Any] = ConnectionTable(
+            "HTTPS" if limits.tls is not None else "HTTP",
+            limits.max_connections,
+            LimitedLog(log, LOG_INTERVAL_S),
+            setting="FLEETOPS_HTTP_MAX_CONNECTIONS",
+            owed="request",
         )
         config = uvicorn.Config(
             app,

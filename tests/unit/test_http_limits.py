@@ -1,5 +1,5 @@
-"""The HTTP listener's bookkeeping (fleetops.http_limits): which connection is evicted, when one is refused, and
-accept() errors as one line per interval."""
+"""The HTTP listener (fleetops.http_limits): accept() errors as one line per interval that frees a descriptor.
+Its deadlines, caps and TLS against a live server: tests/e2e/test_http_limits.py."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ import socket
 
 import pytest
 
-from fleetops.http_limits import ConnectionTable, install_accept_error_handler
-from fleetops.listeners import LimitedLog
+from fleetops.http_limits import install_accept_error_handler
+from fleetops.listeners import ConnectionTable, LimitedLog
 
 
 class Conn:
@@ -22,68 +22,10 @@ class Conn:
     def evict(self) -> None:
         self.evicted = True
 
-    def __repr__(self) -> str:
-        return self.name
 
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 100.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
-def table(max_connections: int, clock: Clock | None = None) -> ConnectionTable:
-    return ConnectionTable("HTTP", max_connections, LimitedLog(logging.getLogger("test"), 10, clock or Clock()))
-
-
-def test_a_full_listener_evicts_the_connection_waiting_longest() -> None:
-    t = table(3)
-    a, b, c, d = Conn("a"), Conn("b"), Conn("c"), Conn("d")
-    for conn in (a, b, c):
-        assert t.admit(conn)
-    t.busy(a)  # a's request arrived whole: it is not evicted
-    assert t.admit(d)
-    assert (a.evicted, b.evicted, c.evicted) == (False, True, False)
-    assert (t.open_connections, t.waiting_connections, t.evicted) == (3, 2, 1)
-
-
-def test_a_connection_waiting_again_goes_to_the_back() -> None:
-    t = table(2)
-    a, b, c = Conn("a"), Conn("b"), Conn("c")
-    t.admit(a)
-    t.admit(b)
-    t.busy(a)
-    t.waiting(a)  # its response is done: it waits for the next request, as the newest
-    assert t.admit(c)
-    assert (a.evicted, b.evicted) == (False, True)
-
-
-def test_a_listener_full_of_requests_in_progress_refuses() -> None:
-    t = table(2)
-    a, b, c = Conn("a"), Conn("b"), Conn("c")
-    for conn in (a, b):
-        t.admit(conn)
-        t.busy(conn)
-    assert not t.admit(c)
-    assert (t.refused, t.open_connections) == (1, 2)
-    assert not a.evicted and not b.evicted
-    t.closed(a)
-    assert t.admit(c)
-
-
-def test_closed_and_evicted_connections_are_forgotten() -> None:
-    t = table(2)
-    a, b = Conn("a"), Conn("b")
-    t.admit(a)
-    t.closed(a)
-    t.closed(a)  # twice (a TLS failure and the connection's loss both report it): counted once
-    t.waiting(a)  # a late call for a closed connection does not bring it back
-    assert (t.open_connections, t.waiting_connections) == (0, 0)
-    t.admit(b)
-    assert t.evict_oldest_waiting() and b.evicted
-    assert not t.evict_oldest_waiting()
+def table(max_connections: int) -> ConnectionTable[Conn]:
+    limited = LimitedLog(logging.getLogger("test"), 10)
+    return ConnectionTable("HTTP", max_connections, limited, setting="FLEETOPS_HTTP_MAX_CONNECTIONS", owed="request")
 
 
 async def test_accept_errors_are_one_line_without_traceback_and_free_a_descriptor(

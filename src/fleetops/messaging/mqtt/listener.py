@@ -23,11 +23,10 @@ import logging
 import socket
 import ssl
 import time
-from collections import OrderedDict
 from collections.abc import Callable
 from typing import Final, Protocol
 
-from fleetops.listeners import LimitedLog
+from fleetops.listeners import ConnectionTable, LimitedLog
 
 log = logging.getLogger("fleetops.messaging.gateway")
 
@@ -37,6 +36,8 @@ _ACCEPT_PAUSE_S: Final = 0.2
 
 
 class Evictable(Protocol):
+    """A connection of this listener (``fleetops.listeners.Evictable``) that knows when it was accepted."""
+
     opened_at: float  # time.monotonic() when accepted
 
     def evict(self) -> None:
@@ -78,14 +79,14 @@ class Listener:
         self._factory = protocol_factory
         self._ssl = ssl_context
         self._handshake_timeout_s = handshake_timeout_s
-        self._open = 0
-        self._pending: OrderedDict[Evictable, None] = OrderedDict()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._serving = False
         self._tasks: set[asyncio.Task[None]] = set()
         self.limited_log = LimitedLog(log, log_interval_s)
-        self.refused = 0
-        self.evicted = 0
+        # pending = waiting for its CONNECT: the table's one eviction rule, shared with the HTTP API
+        self._table: ConnectionTable[Evictable] = ConnectionTable(
+            f"MQTT {name}", max_connections, self.limited_log, setting="FLEETOPS_MQTT_MAX_CONNECTIONS", owed="CONNECT"
+        )
 
     @property
     def port(self) -> int:
@@ -93,7 +94,15 @@ class Listener:
 
     @property
     def open_connections(self) -> int:
-        return self._open
+        return self._table.open_connections
+
+    @property
+    def refused(self) -> int:
+        return self._table.refused
+
+    @property
+    def evicted(self) -> int:
+        return self._table.evicted
 
     def start(self) -> None:
         self._loop = asyncio.get_running_loop()
@@ -117,18 +126,16 @@ class Listener:
 
     def pending(self, connection: Evictable) -> None:
         """A new connection (its transport exists); pending until :meth:`established`."""
-        self._open += 1
-        self._pending[connection] = None
+        self._table.add(connection)
 
     def established(self, connection: Evictable) -> None:
-        self._pending.pop(connection, None)
+        self._table.busy(connection)
 
     def closed(self, connection: Evictable) -> None:
-        self._pending.pop(connection, None)
-        self._open -= 1
+        self._table.closed(connection)
 
     def oldest_pending(self) -> Evictable | None:
-        return next(iter(self._pending), None)
+        return self._table.oldest_waiting()
 
     # --- accepting ------------------------------------------------------------------------------------------
 
@@ -155,11 +162,7 @@ class Listener:
                 self.name,
                 exc.strerror,
             )
-            victim = self.oldest_pending()
-            if victim is not None:  # a device may be waiting behind a half-open connection
-                self._pending.pop(victim, None)
-                victim.evict()
-                self.evicted += 1
+            self._table.evict_oldest_waiting()  # a device may be waiting behind a half-open connection
         else:
             self.limited_log("accept-other", logging.WARNING, "MQTT %s listener: accept() failed: %s", self.name, exc)
         assert self._loop is not None
@@ -171,28 +174,9 @@ class Listener:
             self._loop.add_reader(listening.fileno(), self._accept_ready, listening)
 
     def _admit(self, sock: socket.socket) -> None:
-        if self._open >= self.max_connections:
-            victim = self.oldest_pending()
-            if victim is None:
-                sock.close()
-                self.refused += 1
-                self.limited_log(
-                    "full",
-                    logging.WARNING,
-                    "MQTT %s listener full (%d connections, FLEETOPS_MQTT_MAX_CONNECTIONS): refused a connection",
-                    self.name,
-                    self.max_connections,
-                )
-                return
-            self._pending.pop(victim, None)
-            victim.evict()
-            self.evicted += 1
-            self.limited_log(
-                "evict",
-                logging.INFO,
-                "MQTT %s listener full: closed the oldest connection that had not completed CONNECT",
-                self.name,
-            )
+        if not self._table.make_room():
+            sock.close()
+            return
         sock.setblocking(False)
         try:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
