@@ -11,21 +11,7 @@ import socket
 import pytest
 
 from fleetops.http_limits import install_accept_error_handler
-from fleetops.listeners import ConnectionTable, LimitedLog
-
-
-class Conn:
-    def __init__(self, name: str) -> None:
-        self.name = name
-        self.evicted = False
-
-    def evict(self) -> None:
-        self.evicted = True
-
-
-def table(max_connections: int) -> ConnectionTable[Conn]:
-    limited = LimitedLog(logging.getLogger("test"), 10)
-    return ConnectionTable("HTTP", max_connections, limited, setting="FLEETOPS_HTTP_MAX_CONNECTIONS", owed="request")
+from tests.unit.test_listeners import Conn, table
 
 
 async def test_accept_errors_are_one_line_without_traceback_and_free_a_descriptor(
