@@ -256,7 +256,7 @@ def sdk_client(
 
     hp = HttpProfile(
         endpoint=server.endpoint,
-        protocol=server.scheme,
+        protocol=getattr(server, "scheme", "http"),  # a LiveServer, or any object with its endpoint and key
         reqMethod="GET" if mode == "TC3-GET" else "POST",
         certification=ca_file,
     )
