@@ -6,6 +6,7 @@ trust that CA is refused."""
 
 from __future__ import annotations
 
+import logging
 import socket
 import ssl
 import time
@@ -15,6 +16,8 @@ from typing import Any
 
 import pytest
 import requests
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from fleetops.errors import ConfigurationError
 from fleetops.server import http_limits
@@ -181,3 +184,41 @@ def test_tls_settings_mistakes_are_one_line_configuration_errors(tmp_path: Path,
     wrong_key: Any = pki["other.key"]
     with pytest.raises(ConfigurationError, match="cannot load"):
         http_limits(Settings(tls_cert_file=str(pki["server.pem"]), tls_key_file=str(wrong_key)))
+
+
+_REQUEST_PARTS = st.sampled_from(
+    [
+        b"GET / HTTP/1.1\r\n",
+        b"POST / HTTP/1.1\r\n",
+        b"CONNECT / HTTP/1.1\r\n",
+        b"GET /healthz HTTP/1.0\r\n",
+        b"Host: x\r\n",
+        b"Content-Length: 5\r\n",
+        b"Content-Length: -1\r\n",
+        b"Content-Length: 99999999999999999999\r\n",
+        b"Transfer-Encoding: chunked\r\n",
+        b"Connection: upgrade\r\nUpgrade: websocket\r\n",
+        b"Expect: 100-continue\r\n",
+        b"\r\n",
+        b"zz\r\n0\r\n\r\n",
+        b"5\r\nhello\r\n0\r\n\r\n",
+        b"\x00\xff\x16\x03\x01",
+        b" ",
+        b":\r\n",
+    ]
+)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(stream=st.lists(st.one_of(_REQUEST_PARTS, st.binary(max_size=64)), max_size=12).map(b"".join))
+def test_junk_streams_never_break_the_listener(
+    server: LiveServer, caplog: pytest.LogCaptureFixture, stream: bytes
+) -> None:
+    """Whatever bytes a client sends, the connection ends (answered, refused or timed out) and the listener keeps
+    serving; nothing is logged with a traceback."""
+    with caplog.at_level(logging.INFO):
+        with _connect(server, stream) as sock:
+            sock.shutdown(socket.SHUT_WR)
+            _closed_within(sock, 5)
+        assert requests.get(f"http://{server.endpoint}/healthz", timeout=5).text == "ok"
+    assert not [r for r in caplog.records if r.exc_info], [r.getMessage() for r in caplog.records if r.exc_info]
