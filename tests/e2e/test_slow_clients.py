@@ -31,8 +31,7 @@ FLOOD_PROCESSES = 2  # this machine's file limit is 20,000 per process: each hol
 HTTP_CAP = 1000
 
 
-@pytest.fixture
-def serve(tmp_path: Path) -> Iterator[ServeProcess]:
+def _serve(tmp_path: Path, file_limit: int | None = None) -> Iterator[ServeProcess]:
     for attempt in range(3):  # a child process needs its ports named; on a shared machine one may be taken meanwhile
         data_dir = tmp_path / f"data{attempt}"
         data_dir.mkdir()
@@ -43,7 +42,7 @@ def serve(tmp_path: Path) -> Iterator[ServeProcess]:
             "FLEETOPS_MQTT_PORT": str(free_port()),
             "FLEETOPS_HTTP_MAX_CONNECTIONS": str(HTTP_CAP),
         }
-        process = ServeProcess(data_dir, env)
+        process = ServeProcess(data_dir, env, file_limit=file_limit)
         try:
             process.start()
         except AssertionError as exc:
@@ -56,6 +55,38 @@ def serve(tmp_path: Path) -> Iterator[ServeProcess]:
         finally:
             process.kill()
         return
+
+
+@pytest.fixture
+def serve(tmp_path: Path) -> Iterator[ServeProcess]:
+    yield from _serve(tmp_path)
+
+
+@pytest.fixture
+def starved_serve(tmp_path: Path) -> Iterator[ServeProcess]:
+    """A node whose process may open only 400 files, fewer than its connection caps allow."""
+    yield from _serve(tmp_path, file_limit=400)
+
+
+async def _flood(port: int, count: int, source: str) -> asyncio.subprocess.Process:
+    return await asyncio.create_subprocess_exec(
+        sys.executable,
+        str(FLOOD),
+        "--port",
+        str(port),
+        "--count",
+        str(count),
+        "--source",
+        source,
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+    )
+
+
+async def _stop(flood: asyncio.subprocess.Process) -> None:
+    if flood.stdin:
+        flood.stdin.close()
+    await asyncio.wait_for(flood.wait(), 30)
 
 
 def _client(serve: ServeProcess) -> Any:
@@ -95,21 +126,7 @@ async def test_twenty_thousand_half_sent_requests_do_not_take_the_node_down(serv
         return time.perf_counter() - started
 
     per_flood = FLOOD_CONNECTIONS // FLOOD_PROCESSES
-    floods = [
-        await asyncio.create_subprocess_exec(
-            sys.executable,
-            str(FLOOD),
-            "--port",
-            str(serve.port),
-            "--count",
-            str(per_flood),
-            "--source",
-            f"127.0.0.{2 + index}",
-            stdin=asyncio.subprocess.PIPE,
-            stdout=asyncio.subprocess.PIPE,
-        )
-        for index in range(FLOOD_PROCESSES)
-    ]
+    floods = [await _flood(serve.port, per_flood, f"127.0.0.{2 + index}") for index in range(FLOOD_PROCESSES)]
     api_s: list[float] = []
     shadow_s: list[float] = []
     try:
@@ -130,10 +147,7 @@ async def test_twenty_thousand_half_sent_requests_do_not_take_the_node_down(serv
         server_files = server.num_fds()
     finally:
         for flood in floods:
-            if flood.stdin:
-                flood.stdin.close()
-        for flood in floods:
-            await asyncio.wait_for(flood.wait(), 30)
+            await _stop(flood)
         device.close()
     print(
         f"flood held {held} descriptors, server {server_files}; API p99 {_p99(api_s) * 1000:.0f} ms over "
@@ -146,4 +160,39 @@ async def test_twenty_thousand_half_sent_requests_do_not_take_the_node_down(serv
     assert _p99(shadow_s) < 1.0, sorted(shadow_s)[-5:]
     log = (serve.data_dir / "serve.log").read_text()
     assert "Traceback" not in log
+    assert serve.process is not None and serve.process.poll() is None
+
+
+async def test_out_of_file_descriptors_is_one_line_per_interval_and_the_node_recovers(
+    starved_serve: ServeProcess,
+) -> None:
+    """accept() failing with EMFILE (caps above the file limit, which the start-up warned about) is logged once
+    per interval with a count and no traceback, and the API answers again once the flood is gone."""
+    serve = starved_serve
+    client = _client(serve)
+    flood = await _flood(serve.port, 1500, "127.0.0.4")
+    try:
+        assert flood.stdout is not None
+        assert (await flood.stdout.readline()).startswith(b"opened 1500 failed 0 ")
+        log_path = serve.data_dir / "serve.log"
+        deadline = time.monotonic() + 20
+        while "HTTP listener: accept() failed" not in log_path.read_text():
+            assert time.monotonic() < deadline, log_path.read_text()[-2000:]
+            await asyncio.sleep(0.1)
+    finally:
+        await _stop(flood)
+    # the held connections are gone: the API serves again
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            await asyncio.to_thread(client.call_json, "DescribeProducts", {"Offset": 0, "Limit": 10})
+            break
+        except Exception:
+            assert time.monotonic() < deadline, "the API did not recover"
+            await asyncio.sleep(0.2)
+    log = (serve.data_dir / "serve.log").read_text()
+    assert "may open only 400 files" in log  # the start-up warning named the problem
+    assert "Traceback" not in log
+    accept_lines = [line for line in log.splitlines() if "HTTP listener: accept() failed" in line]
+    assert 1 <= len(accept_lines) <= 5, accept_lines  # one per 10 s interval, however many failures
     assert serve.process is not None and serve.process.poll() is None
