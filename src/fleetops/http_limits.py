@@ -36,7 +36,6 @@ Rules:
 from __future__ import annotations
 
 import asyncio
-import errno
 import logging
 import ssl
 from dataclasses import dataclass
@@ -44,7 +43,7 @@ from typing import Any, ClassVar, Final
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-from fleetops.listeners import ConnectionTable, LimitedLog
+from fleetops.listeners import OUT_OF_RESOURCES, ConnectionTable, LimitedLog
 
 __all__ = [
     "MAX_HEADER_BYTES",
@@ -53,11 +52,8 @@ __all__ = [
     "limited_protocol",
 ]
 
-log = logging.getLogger("fleetops.http")
-
 # Request line and headers: the GET query limit (32 KB) plus room for the headers a client sends.
 MAX_HEADER_BYTES: Final = 64 * 1024
-_OUT_OF_RESOURCES: Final = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
 
 _REFUSED: Final = (
     b"HTTP/1.1 503 Service Unavailable\r\nRetry-After: 1\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
@@ -300,7 +296,7 @@ def install_accept_error_handler(
         exc = context.get("exception")
         sock = context.get("socket")
         table = tables.get(sock.fileno()) if sock is not None else None
-        if table is None or not isinstance(exc, OSError) or exc.errno not in _OUT_OF_RESOURCES:
+        if table is None or not isinstance(exc, OSError) or exc.errno not in OUT_OF_RESOURCES:
             if previous is not None:
                 previous(loop, context)
             else:

@@ -4,6 +4,7 @@ process's file limit."""
 
 from __future__ import annotations
 
+import errno
 import logging
 import resource
 import ssl
@@ -16,6 +17,7 @@ from typing import Final, Generic, Protocol, TypeVar
 from fleetops.errors import ConfigurationError
 
 __all__ = [
+    "OUT_OF_RESOURCES",
     "RESERVED_FILES",
     "ConnectionTable",
     "Evictable",
@@ -30,6 +32,8 @@ log = logging.getLogger("fleetops")
 
 # File descriptors kept for everything but listener connections (the database, logs, outgoing connections).
 RESERVED_FILES: Final = 1024
+# accept() errors that mean the process (or the system) is out of descriptors or memory for now, not a bad client
+OUT_OF_RESOURCES: Final = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
 
 
 class LimitedLog:

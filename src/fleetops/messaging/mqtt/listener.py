@@ -18,7 +18,6 @@ Rules (docs/limits.md):
 from __future__ import annotations
 
 import asyncio
-import errno
 import logging
 import socket
 import ssl
@@ -26,11 +25,10 @@ import time
 from collections.abc import Callable
 from typing import Final, Protocol
 
-from fleetops.listeners import ConnectionTable, LimitedLog
+from fleetops.listeners import OUT_OF_RESOURCES, ConnectionTable, LimitedLog
 
 log = logging.getLogger("fleetops.messaging.gateway")
 
-_OUT_OF_RESOURCES: Final = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
 _ACCEPTS_PER_WAKEUP: Final = 256
 _ACCEPT_PAUSE_S: Final = 0.2
 
@@ -153,7 +151,7 @@ class Listener:
             self._admit(sock)
 
     def _accept_failed(self, listening: socket.socket, exc: OSError) -> None:
-        if exc.errno in _OUT_OF_RESOURCES:
+        if exc.errno in OUT_OF_RESOURCES:
             self.limited_log(
                 "accept",
                 logging.ERROR,
