@@ -26,7 +26,14 @@ from fleetops.messaging.external import (
     ExternalOptions,
     ExternalPublisher,
 )
-from fleetops.messaging.http_auth import FAILURE_WINDOW_S, MAX_BODY_BYTES, MAX_FAILURES, mqtt_auth_router
+from fleetops.messaging.http_auth import (
+    FAILURE_WINDOW_S,
+    MAX_BODY_BYTES,
+    MAX_FAILURES,
+    MAX_TRACKED_ADDRESSES,
+    FailureLimiter,
+    mqtt_auth_router,
+)
 from tests.mqtt_support import (
     EchoShadowHandler,
     MemoryDirectory,
@@ -404,6 +411,19 @@ async def test_http_hooks_rate_limit_failures_per_address() -> None:
     assert (await post(router, "/auth", body, authorization="Bearer emqx-token", client=("10.0.0.2", 1)))[0] == 200
     clock.advance(FAILURE_WINDOW_S)
     assert (await post(router, "/auth", body, authorization="Bearer emqx-token"))[0] == 200
+
+
+def test_failures_are_counted_for_a_bounded_number_of_addresses() -> None:
+    clock = FakeClock()
+    limiter = FailureLimiter(2, 60, clock)
+    addresses = [f"2001:db8::{n:x}" for n in range(MAX_TRACKED_ADDRESSES + 100)]  # a spray from many addresses
+    for address in addresses:
+        limiter.failed(address)
+        limiter.failed(address)
+    assert limiter.blocked(addresses[0])  # counted
+    assert not limiter.blocked(addresses[-1])  # past the bound: not counted, so memory stays bounded
+    clock.advance(60)
+    assert not limiter.blocked(addresses[0])  # a new window forgets everything
 
 
 async def test_http_hooks_refuse_an_oversize_body() -> None:

@@ -54,6 +54,9 @@ DENY = "deny"
 MAX_FAILURES: Final = 10  # requests without the right secret, per source address and window
 FAILURE_WINDOW_S: Final = 60.0
 MAX_BODY_BYTES: Final = 16 * 1024  # EMQX sends a few hundred bytes
+# Addresses counted per window: memory stays bounded against a spray from many (IPv6) addresses. Past it a new
+# address is not counted (it still gets 401: the secret, not the counter, is what keeps it out).
+MAX_TRACKED_ADDRESSES: Final = 10_000
 
 
 class FailureLimiter:
@@ -79,6 +82,8 @@ class FailureLimiter:
 
     def failed(self, address: str) -> None:
         self._roll()
+        if address not in self._failures and len(self._failures) >= MAX_TRACKED_ADDRESSES:
+            return
         self._failures[address] = self._failures.get(address, 0) + 1
 
 
