@@ -7,7 +7,10 @@ import json
 import os
 import re
 import signal
+import socket
 import stat
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -79,9 +82,6 @@ def test_first_start_then_clean_shutdown_then_restart(serve: ServeProcess, stop_
 
 
 def test_an_unreadable_tls_certificate_is_one_line_and_exit_2(tmp_path: Path) -> None:
-    import subprocess
-    import sys
-
     missing = tmp_path / "missing.pem"
     env = {**os.environ, "FLEETOPS_DATA_DIR": str(tmp_path / "data"), "FLEETOPS_PORT": "0"}
     done = subprocess.run(
@@ -95,3 +95,32 @@ def test_an_unreadable_tls_certificate_is_one_line_and_exit_2(tmp_path: Path) ->
     lines = [ln for ln in done.stderr.splitlines() if "Error" in ln or "cannot" in ln]
     assert len(lines) == 1 and f"cannot load the HTTPS certificate {missing}" in lines[0], done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_a_taken_http_port_is_one_line_and_exit_2_before_anything_starts(tmp_path: Path) -> None:
+    # a listening socket of our own holds the port for the whole test: no race with other processes
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        env = {
+            **os.environ,
+            "FLEETOPS_DATA_DIR": str(tmp_path / "data"),
+            "FLEETOPS_PORT": str(port),
+            "FLEETOPS_MQTT_PORT": "0",  # were it ever reached, the broker would take a free port
+        }
+        result = subprocess.run(
+            [str(Path(sys.executable).parent / "fleetops"), "serve"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    assert result.returncode == 2, result.stderr
+    lines = [line for line in (result.stdout + result.stderr).splitlines() if line.strip()]
+    assert len(lines) == 1, lines
+    assert f"cannot listen on 127.0.0.1:{port} for the HTTP API: the address is already in use" in lines[0]
+    assert "--port" in lines[0]
+    # nothing claimed to have started, and nothing was created: the port is checked before the database
+    assert "startup complete" not in lines[0].lower() and "Traceback" not in lines[0]
+    assert not (tmp_path / "data" / "fleetops.db").exists()

@@ -46,6 +46,7 @@ from fleetops.messaging.mqtt.client import ConnectRefused, MqttClient
 from fleetops.messaging.mqtt.codec import SUBACK_FAILURE, encode_publish
 from fleetops.messaging.topics import DeviceId, parse_shadow_request_topic, shadow_result_topic
 from fleetops.ports.messaging import Delivery, ShadowRequestHandler
+from fleetops.ports.telemetry import MqttStats
 
 log = logging.getLogger("fleetops.messaging.external")
 
@@ -214,6 +215,7 @@ class ExternalPublisher:
 
     def __init__(self, service: ExternalBroker) -> None:
         self._service = service
+        self.published = 0  # messages the broker has taken since start (the metrics read it)
 
     async def publish(self, topic: str, payload: bytes, qos: int) -> None:
         await self.publish_many(((topic, payload),), qos)
@@ -232,6 +234,7 @@ class ExternalPublisher:
             await self._publish_qos0(encoded)
         else:
             await self._publish_qos1(encoded)
+        self.published += len(encoded)
         return [Delivery.UNKNOWN] * len(encoded)
 
     def subscribed(self, topic: str) -> bool | None:
@@ -327,6 +330,24 @@ class ExternalBroker:
     @property
     def connected(self) -> bool:
         return self._link is not None and self._link.alive
+
+    # --- what the metrics and /readyz read (ports/telemetry.py) ----------------------------------------------
+
+    def mqtt_stats(self) -> MqttStats:
+        """:class:`~fleetops.ports.telemetry.MqttStatsSource`: what fleetops published; the devices'
+        connections are the broker's to report (its own metrics)."""
+        return MqttStats(None, None, self.publisher.published, None, None)
+
+    @property
+    def name(self) -> str:
+        return "broker"
+
+    async def problem(self) -> str | None:
+        """:class:`~fleetops.ports.telemetry.HealthCheck`: the connection to the broker is up."""
+        if self.connected:
+            return None
+        # not the broker's address: /readyz answers anyone who can reach the API port (the log names it)
+        return "not connected to the external MQTT broker (reconnecting)"
 
     async def start(self) -> None:
         if self._supervisor is not None:
