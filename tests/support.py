@@ -28,10 +28,23 @@ MOSQUITTO_HOST, MOSQUITTO_PORT = "127.0.0.1", 1883
 IN_CI = bool(os.environ.get("CI"))
 
 
+# Ports for servers that must be told their port before they start (child processes). Taken below the kernel's
+# ephemeral range (/proc/sys/net/ipv4/ip_local_port_range, 32768-60999 here), so that no outgoing connection of
+# another process can take one between this check and the server's bind, however many connections a benchmark
+# on the same machine holds. In-process servers bind port 0 instead (start_server).
+_FIXED_PORTS = range(20_000, 32_000)
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    for _ in range(200):
+        port = secrets.choice(_FIXED_PORTS)
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError("no free port in 20000-31999")
 
 
 def port_open(host: str, port: int) -> bool:
@@ -73,7 +86,7 @@ def _migrated_template(kind: str) -> str:
         name = "fleetops_template_" + secrets.token_hex(6)
         with psycopg.connect(_ADMIN, autocommit=True) as conn:
             conn.execute(f'CREATE DATABASE "{name}"')
-        asyncio.run(migrate(f"postgresql://postgres@{PG_HOST}:{PG_PORT}/{name}"))
+        _run_outside_any_loop(migrate(f"postgresql://postgres@{PG_HOST}:{PG_PORT}/{name}"))
         _templates[kind] = name
     else:
         if not template_dir:
@@ -81,9 +94,26 @@ def _migrated_template(kind: str) -> str:
 
             template_dir.append(Path(tempfile.mkdtemp(prefix="fleetops-templates-")))
         path = template_dir[0] / "template.db"
-        asyncio.run(migrate(f"sqlite:///{path}"))
+        _run_outside_any_loop(migrate(f"sqlite:///{path}"))
         _templates[kind] = str(path)
     return _templates[kind]
+
+
+def _run_outside_any_loop(coro: Coroutine[Any, Any, None]) -> None:
+    """``asyncio.run`` in a thread of its own: the first test to need a template may be an async one."""
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            asyncio.run(coro)
+        except BaseException as exc:
+            errors.append(exc)
+
+    thread = threading.Thread(target=run, name="fleetops-template")
+    thread.start()
+    thread.join()
+    if errors:
+        raise errors[0]
 
 
 def drop_templates() -> None:
