@@ -278,6 +278,12 @@ class Node:
         """EMQX 5 HTTP authentication / authorization endpoints, served when an external broker is used."""
         if not self.settings.mqtt_url:
             return []
+        if not self.settings.mqtt_hooks_secret:
+            log.warning(
+                "the EMQX hooks /mqtt/auth and /mqtt/acl are off: set FLEETOPS_MQTT_HOOKS_SECRET and send it from "
+                "EMQX as an Authorization: Bearer header (docs/mqtt.md#emqx-5)"
+            )
+            return []
         address = BrokerAddress.parse(self.settings.mqtt_url)
         if not address.password:
             log.warning("the external broker URL has no password: the /mqtt/auth endpoints are off (see docs/mqtt.md)")
@@ -286,6 +292,7 @@ class Node:
             self.stores.devices,
             internal_username=address.username or "",
             internal_password=address.password,
+            shared_secret=self.settings.mqtt_hooks_secret,
             clock=self.clock,
         )
         return [Mount("/mqtt", app=router)]
