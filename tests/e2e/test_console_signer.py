@@ -154,8 +154,11 @@ def test_the_views_pure_helpers(browser_context: Any, console_server: LiveServer
             const { taskParams } = await import(url);
             const form = { productId: "P", taskType: "PublishMessage", filter: "^a", desired: "", topic: "t",
                            payload: "p", when: "at", startAt: "2030-01-02T03:04:05", maxExecutionTimeS: " 60 " };
+            const extended = { ...form, trackOutcomes: true, maxRate: "10", abortPercent: "20", abortMinDevices: "50",
+                               deliverOnConnect: true, windowS: "60" };
             return [taskParams(form), taskParams({ ...form, maxExecutionTimeS: "1.5" }).MaxExecutionTimeInSeconds,
-                    taskParams({ ...form, startAt: "" }).message, taskParams({ ...form, productId: "" }).message];
+                    taskParams({ ...form, startAt: "" }).message, taskParams({ ...form, productId: "" }).message,
+                    taskParams(extended)];
         }""",
         f"{modules}/task_form.js",
     )
@@ -171,4 +174,16 @@ def test_the_views_pure_helpers(browser_context: Any, console_server: LiveServer
         "1.5",  # not an integer: sent as typed, for the API to refuse with its own message
         "Choose the start time, or start now.",
         "Choose a product.",
+        {  # the extensions asked for (docs/extensions.md); a window only for UpdateShadow, so not sent here
+            "TaskType": "PublishMessage",
+            "ProductId": "P",
+            "DeviceNameFilter": "^a",
+            "ScheduleTimeInSeconds": 1893553445,
+            "Tasks": {"PublishMessageTask": {"Topic": "t", "Payload": "p"}},
+            "MaxExecutionTimeInSeconds": 60,
+            "TrackOutcomes": True,
+            "Rollout": {"MaxDevicesPerSecond": 10},
+            "AbortCriteria": [{"Outcome": "Offline", "ThresholdPercent": 20, "MinProcessedDevices": 50}],
+            "DeliverOnConnect": True,
+        },
     ]

@@ -62,7 +62,8 @@ export function taskParams(form) {
   return withExtensions(params, form);
 }
 
-const given = (text) => text.trim() !== "";
+// a form of an older shape (or a caller's own) may lack the extension fields: absent is not given
+const given = (text) => typeof text === "string" && text.trim() !== "";
 
 /** The extension parameters the form asks for (none when every extension field is empty). */
 function withExtensions(params, form) {
