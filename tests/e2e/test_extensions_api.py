@@ -18,7 +18,6 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from tencentcloud.common.exception.tencent_cloud_sdk_exception import TencentCloudSDKException
 from tencentcloud.iotcloud.v20180614 import models
 
 from fleetops.backend.registration import register_devices
@@ -26,7 +25,7 @@ from fleetops.messaging.embedded import EmbeddedBroker
 from fleetops.ports.messaging import DeviceCredentials
 from tests.e2e.test_tasks_api import create_devices
 from tests.mqtt_support import PahoDevice, Received
-from tests.support import LiveServer, common_client, new_product, sdk_client, server_on
+from tests.support import LiveServer, common_client, new_product, sdk_client, sdk_error, server_on
 
 PROCESSING, COMPLETED, FAILED, CANCELLED = 2, 3, 4, 5
 
@@ -61,11 +60,8 @@ def call(common: Any, action: str, params: dict[str, Any]) -> dict[str, Any]:
 
 
 def error_of(common: Any, action: str, params: dict[str, Any]) -> tuple[str, str]:
-    try:
-        common.call_json(action, params)
-    except TencentCloudSDKException as exc:
-        return str(exc.get_code()), str(exc.get_message())
-    raise AssertionError(f"{action} succeeded but an error was expected")
+    """(code, message) of an extension call that must fail."""
+    return sdk_error(lambda: common.call_json(action, params))
 
 
 async def device(mqtt: EmbeddedBroker, pid: str, name: str, psk: str, *topics: tuple[str, int]) -> PahoDevice:
