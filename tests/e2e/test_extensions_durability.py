@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 from typing import cast
 
+from fleetops.store.outcomes import parse_batch
 from tests.e2e.test_task_durability import Endpoint, prepare_database, serve, versions
 from tests.serve_process import ServeProcess
 from tests.support import LiveServer, common_client
@@ -31,10 +32,11 @@ def outcome_rows(db_path: Path, task_id: str) -> dict[str, tuple[str, int]]:
     assert changes == 0
     rows: dict[str, tuple[str, int]] = {}
     for (devices,) in batches:
-        batch = json.loads(devices)
-        for name, version, outcome in zip(batch["n"], batch["v"], batch["o"], strict=True):
+        batch = parse_batch("", 0, devices)
+        for name, version, outcome in zip(batch.names, batch.versions, batch.outcomes, strict=True):
             assert name not in rows, name  # each device in one batch only
-            rows[name] = (outcome, version)
+            assert version is not None
+            rows[name] = (outcome.value, version)
     return rows
 
 

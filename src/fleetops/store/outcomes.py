@@ -70,27 +70,35 @@ async def insert_batch(
     reached: Sequence[tuple[str, int | None, DeviceOutcome]],
     now_ms: int,
 ) -> None:
-    """The batch's devices (name, shadow version or None, outcome), in the batch's transaction."""
+    """The batch's devices (name, shadow version or None, outcome), in the batch's transaction.
+
+    Kept compact, because it is written on the task's hot path: the names as one newline-separated string (a
+    device name has no newline), and a version or an outcome shared by every device of the batch (the common
+    case: all Written at version n+1... or all Offline) stored once instead of per device.
+    """
     if not reached:
         return
     names, versions, outcomes = zip(*sorted(reached), strict=True)  # name order: readers bisect
-    devices = {"n": names, "o": [o.value for o in outcomes]}
+    counts = Counter(outcomes)
+    devices: dict[str, Any] = {
+        "n": "\n".join(names),
+        "o": next(iter(counts)).value if len(counts) == 1 else [o.value for o in outcomes],
+    }
     if any(v is not None for v in versions):
-        devices["v"] = versions
-    counts = Counter(o.value for o in outcomes)
+        devices["v"] = versions[0] if len(set(versions)) == 1 else versions
     await conn.execute(
         sa.insert(task_batches).values(
             task_id=task_id,
             through_name=through,
             written_ms=now_ms,
             devices=orjson.dumps(devices).decode(),
-            counts=orjson.dumps(counts).decode(),
+            counts=orjson.dumps({o.value: n for o, n in counts.items()}).decode(),
         )
     )
 
 
 @dataclass(frozen=True, slots=True)
-class _Batch:
+class Batch:
     through: str
     written_ms: int
     names: list[str]
@@ -102,11 +110,17 @@ class _Batch:
         return at if at < len(self.names) and self.names[at] == name else None
 
 
-def _parse_batch(through: str, written_ms: int, devices: str) -> _Batch:
+def parse_batch(through: str, written_ms: int, devices: str) -> Batch:
+    """The compact form of insert_batch, expanded."""
     value = orjson.loads(devices)
-    names = value["n"]
-    versions = value.get("v") or [None] * len(names)
-    return _Batch(through, written_ms, names, versions, [DeviceOutcome(o) for o in value["o"]])
+    names: list[str] = value["n"].split("\n")
+    versions = value.get("v")
+    if not isinstance(versions, list):
+        versions = [versions] * len(names)
+    outcomes = value["o"]
+    if isinstance(outcomes, str):
+        return Batch(through, written_ms, names, versions, [DeviceOutcome(outcomes)] * len(names))
+    return Batch(through, written_ms, names, versions, [DeviceOutcome(o) for o in outcomes])
 
 
 async def _batch_of(conn: AsyncConnection, task_id: str, name: str) -> tuple[str, int] | None:
@@ -231,7 +245,7 @@ class TaskOutcomeStore(TaskOutcomesPort):
 
     def __init__(self, db: Database) -> None:
         self._db = db
-        self._batches: OrderedDict[tuple[str, str], _Batch] = OrderedDict()
+        self._batches: OrderedDict[tuple[str, str], Batch] = OrderedDict()
 
     async def counts(self, task_id: str, window_ms: int | None, now_ms: int) -> dict[DeviceOutcome, int]:
         """Devices per effective outcome: the batches' counts (NotConverged for the Written devices of a batch
@@ -303,7 +317,7 @@ class TaskOutcomeStore(TaskOutcomesPort):
                         )
                     )
                 ).scalar_one()
-                batch = _parse_batch(through, batches[through].written_ms, devices)
+                batch = parse_batch(through, batches[through].written_ms, devices)
                 changes = await self._changes_between(conn, task_id, start, through)
                 for i, name in enumerate(batch.names):
                     change = changes.get(name)
@@ -378,9 +392,9 @@ class TaskOutcomeStore(TaskOutcomesPort):
 
     async def _current(
         self, conn: AsyncConnection, task_id: str, device_names: Sequence[str]
-    ) -> dict[str, tuple[DeviceOutcome, bool, _Batch]]:
+    ) -> dict[str, tuple[DeviceOutcome, bool, Batch]]:
         """name -> (stored outcome, has a change row, its batch)."""
-        found: dict[str, tuple[DeviceOutcome, bool, _Batch]] = {}
+        found: dict[str, tuple[DeviceOutcome, bool, Batch]] = {}
         changed: dict[str, DeviceOutcome] = {}
         for chunk in _chunks(device_names):
             rows = await conn.execute(
@@ -402,7 +416,7 @@ class TaskOutcomeStore(TaskOutcomesPort):
                 found[name] = (batch.outcomes[index], False, batch)
         return found
 
-    async def _batch(self, conn: AsyncConnection, task_id: str, name: str) -> _Batch | None:
+    async def _batch(self, conn: AsyncConnection, task_id: str, name: str) -> Batch | None:
         """The committed batch covering ``name``, parsed (a small cache: batches never change)."""
         for key, cached in self._batches.items():
             if key[0] == task_id and cached.names and cached.names[0] <= name <= cached.through:
@@ -418,7 +432,7 @@ class TaskOutcomeStore(TaskOutcomesPort):
         ).first()
         if row is None:
             return None
-        batch = _parse_batch(row.through_name, int(row.written_ms), row.devices)
+        batch = parse_batch(row.through_name, int(row.written_ms), row.devices)
         self._batches[task_id, row.through_name] = batch
         while len(self._batches) > _BATCH_CACHE_SIZE:
             self._batches.popitem(last=False)
