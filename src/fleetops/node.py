@@ -48,13 +48,15 @@ from fleetops.engine.worker import TaskWorker, default_node_id
 from fleetops.errors import ConfigurationError
 from fleetops.messaging.device_messages import DeviceMessenger
 from fleetops.messaging.embedded import BrokerOptions, EmbeddedBroker, TlsListener
-from fleetops.messaging.external import BrokerAddress, ExternalBroker, ExternalOptions
+from fleetops.messaging.external import BrokerAddress, BrokerLogin, ExternalBroker, ExternalOptions
 from fleetops.messaging.http_auth import mqtt_auth_router
 from fleetops.messaging.shadow_protocol import DeviceShadowProtocol
-from fleetops.ports.messaging import DeviceMessages, MessagingService, ShadowRequestHandler
+from fleetops.ports.messaging import DeviceEvents, DeviceMessages, MessagingService, ShadowRequestHandler
 from fleetops.settings import Settings
 from fleetops.store.accounts import AccountStore
 from fleetops.store.batches import DeviceBatches
+from fleetops.store.broker_boots import BrokerBootStore
+from fleetops.store.broker_credentials import BrokerCredentialStore
 from fleetops.store.database import Database, open_migrated_database
 from fleetops.store.devices import DeviceStore
 from fleetops.store.products import ProductStore
@@ -83,6 +85,8 @@ class Stores:
     shadows: ShadowStore
     tasks: TaskStore
     batches: DeviceBatches
+    broker_credentials: BrokerCredentialStore
+    broker_boots: BrokerBootStore
 
     async def close(self) -> None:
         await self.db.dispose()
@@ -100,7 +104,23 @@ async def open_stores(settings: Settings) -> Stores:
         shadows=ShadowStore(db),
         tasks=TaskStore(db),
         batches=DeviceBatches(db),
+        broker_credentials=BrokerCredentialStore(db),
+        broker_boots=BrokerBootStore(db),
     )
+
+
+async def broker_login(settings: Settings, stores: Stores, clock: Callable[[], float]) -> BrokerLogin | None:
+    """The service identity, when ``mqtt_url`` names no user and password: its password is read from the
+    database, or created there by the first node to ask, so that every node (and the Mosquitto plugin, which
+    reads the same row) agrees without a password being copied by hand (docs/mosquitto.md#the-service-identity).
+    """
+    if not settings.mqtt_url:
+        return None
+    address = BrokerAddress.parse(settings.mqtt_url)
+    if address.username is not None or address.password is not None:
+        return None
+    user = settings.mqtt_service_user
+    return BrokerLogin(user, await stores.broker_credentials.get_or_create(user, int(clock())))
 
 
 def _tls_listener(settings: Settings) -> TlsListener | None:
@@ -116,12 +136,24 @@ def _tls_listener(settings: Settings) -> TlsListener | None:
 
 
 def _messaging(
-    settings: Settings, stores: Stores, shadow_handler: ShadowRequestHandler, role: Role
+    settings: Settings,
+    stores: Stores,
+    shadow_handler: ShadowRequestHandler,
+    role: Role,
+    login: BrokerLogin | None,
+    events: DeviceEvents | None,
 ) -> MessagingService:
     if settings.mqtt_url:
         options = ExternalOptions(broker_wait_s=settings.broker_wait_s, serve_shadow_requests=role is Role.SERVE)
         return ExternalBroker(
-            settings.mqtt_url, shadow_handler, client_id=settings.mqtt_client_id or None, options=options
+            settings.mqtt_url,
+            shadow_handler,
+            client_id=settings.mqtt_client_id or None,
+            options=options,
+            login=login,
+            directory=stores.devices,
+            boots=stores.broker_boots,
+            events=events,
         )
     return EmbeddedBroker(
         stores.devices,
@@ -132,6 +164,7 @@ def _messaging(
         options=BrokerOptions(
             max_connections=settings.mqtt_max_connections, connect_timeout_s=settings.mqtt_connect_timeout_s
         ),
+        events=events,
     )
 
 
@@ -183,15 +216,23 @@ class Node:
         *,
         role: Role = Role.SERVE,
         messaging_factory: MessagingFactory | None = None,
+        device_events: DeviceEvents | None = None,
     ) -> Node:
         """``messaging_factory`` builds the MQTT side instead of the broker Settings name (a test double, or an
-        application embedding fleetops); it receives the handler of device shadow requests."""
+        application embedding fleetops); it receives the handler of device shadow requests. ``device_events`` is
+        told of devices' connects, subscriptions and disconnects by the embedded gateway, or by the Mosquitto
+        plugin through this node (the devices the plugin hands to it)."""
         stores = await open_stores(settings)
         shadow_handler = DeviceShadowProtocol(DeviceShadowService(stores.shadows, stores.devices), clock)
         if messaging_factory is not None:
             messaging = messaging_factory(shadow_handler)
         else:
-            messaging = _messaging(settings, stores, shadow_handler, role)
+            try:
+                login = await broker_login(settings, stores, clock)
+                messaging = _messaging(settings, stores, shadow_handler, role, login, device_events)
+            except BaseException:
+                await stores.close()
+                raise
         messages = DeviceMessenger(messaging.publisher)
         engine = build_engine(settings, stores.tasks, stores.batches, messages, clock)
         devices = DeviceService(
@@ -224,7 +265,8 @@ class Node:
             return []
         address = BrokerAddress.parse(self.settings.mqtt_url)
         if not address.password:
-            log.warning("the external broker URL has no password: the /mqtt/auth endpoints are off (see docs/mqtt.md)")
+            # the Mosquitto plugin's deployments (no credentials in the URL) do not use them
+            log.info("the MQTT URL has no password: the EMQX endpoints /mqtt/auth and /mqtt/acl are off (docs/mqtt.md)")
             return []
         router = mqtt_auth_router(
             self.stores.devices,
