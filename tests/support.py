@@ -9,6 +9,7 @@ import socket
 import threading
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -64,9 +65,14 @@ def _migrated_template(kind: str) -> str:
         return _templates[kind]
     from fleetops.store.database import open_migrated_database
 
-    async def migrate(url: str) -> None:
+    async def migrate_async(url: str) -> None:
         db = await open_migrated_database(url)
         await db.dispose()
+
+    def migrate(url: str) -> None:
+        # in a thread of its own: the first caller may be an async test, inside a running event loop
+        with ThreadPoolExecutor(1) as executor:
+            executor.submit(asyncio.run, migrate_async(url)).result()
 
     if kind == "postgresql":
         import psycopg
@@ -74,7 +80,7 @@ def _migrated_template(kind: str) -> str:
         name = "fleetops_template_" + secrets.token_hex(6)
         with psycopg.connect(_ADMIN, autocommit=True) as conn:
             conn.execute(f'CREATE DATABASE "{name}"')
-        asyncio.run(migrate(f"postgresql://postgres@{PG_HOST}:{PG_PORT}/{name}"))
+        migrate(f"postgresql://postgres@{PG_HOST}:{PG_PORT}/{name}")
         _templates[kind] = name
     else:
         if not template_dir:
@@ -82,7 +88,7 @@ def _migrated_template(kind: str) -> str:
 
             template_dir.append(Path(tempfile.mkdtemp(prefix="fleetops-templates-")))
         path = template_dir[0] / "template.db"
-        asyncio.run(migrate(f"sqlite:///{path}"))
+        migrate(f"sqlite:///{path}")
         _templates[kind] = str(path)
     return _templates[kind]
 
