@@ -88,5 +88,5 @@ def test_a_database_host_name_gets_a_warning_comment() -> None:
     ],
 )
 def test_nothing_can_add_a_line_of_its_own(changes: dict[str, object]) -> None:
-    with pytest.raises(ConfigurationError, match="cannot be written into mosquitto.conf"):
+    with pytest.raises(ConfigurationError, match=r"cannot be written into mosquitto\.conf"):
         config(**changes).render()
