@@ -21,10 +21,19 @@ class ServeProcess:
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
+        self.launch()
+        self.wait_ready()
+
+    def launch(self) -> None:
+        """Start the process (several can then come up at the same time)."""
         log = (self.data_dir / "serve.log").open("ab")
         self.process = subprocess.Popen(
             [str(Path(sys.executable).parent / "fleetops"), "serve"], env=self.env, stdout=log, stderr=log
         )
+
+    def wait_ready(self) -> None:
+        """Until the API answers (the MQTT side is up by then: it starts first)."""
+        assert self.process is not None
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline:
             assert self.process.poll() is None, (self.data_dir / "serve.log").read_text()[-2000:]

@@ -14,10 +14,12 @@ every dispatched message here with the :class:`Registration` of the connection i
 
 Each kind is handed on in the order its messages arrived, so a device's messages of one kind are done in order
 (the plugin sends a device's messages to one node at a time, in order). A message is acknowledged once it is
-done: :class:`Registration` keeps the cumulative watermark and publishes it to ``$fleetops/ack/<id>`` at most
-``ack_interval_s`` after it first moves, or at once once it has moved ``ack_batch`` times. A registration ends with its
-connection; what it had not acknowledged is handed to another node by the plugin, and whatever this node was
-still doing for it is finished but no longer acknowledged (delivery to nodes is at least once).
+done: :class:`Registration` keeps the cumulative watermark and publishes it to ``$fleetops/ack/<id>``
+``ack_interval_s`` after it first moves (by default at the end of the event loop's current round, which
+coalesces what was done in it), or at once after ``ack_batch`` moves: the sooner a done message is
+acknowledged, the fewer are done twice when a node is killed. A registration ends with its connection; what it
+had not acknowledged is handed to another node by the plugin, and whatever this node was still doing for it is
+finished but no longer acknowledged (delivery to nodes is at least once).
 """
 
 from __future__ import annotations
@@ -59,7 +61,7 @@ class Registration:
         topics: NodeTopics,
         write: Callable[[bytes], bool],
         *,
-        ack_interval_s: float = 0.005,
+        ack_interval_s: float = 0.0,
         ack_batch: int = 100,
     ) -> None:
         """``write`` hands bytes to this registration's connection (False once it is gone)."""
