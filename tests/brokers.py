@@ -22,7 +22,14 @@ from typing import Any
 import pytest
 
 from fleetops.messaging.embedded import EmbeddedBroker
+from fleetops.ports.messaging import DeviceCredentials
+from fleetops.ports.store import NewDevice
+from fleetops.store.accounts import AccountStore
+from fleetops.store.database import open_database
+from fleetops.store.devices import DeviceStore
+from fleetops.store.products import ProductStore
 from tests.integration.mosquitto_plugin_support import require_program
+from tests.mqtt_support import random_product_id, random_psk
 from tests.support import LiveServer, free_port, postgres_database, server_on, start_server
 
 FLEETOPS = str(Path(sys.executable).parent / "fleetops")
@@ -142,3 +149,19 @@ def node_with_broker(kind: str, data: Path, plugin: Path | None = None, **overri
                 yield DeviceSide(kind, live, broker.port, broker)
             finally:
                 live.stop()
+
+
+async def register_devices(url: str, count: int) -> list[DeviceCredentials]:
+    """``count`` devices of a new product of a new account, straight through the store."""
+    db = open_database(url)
+    try:
+        now = int(time.time())
+        account_id = await AccountStore(db).create_account("nodes-" + random_product_id(), now)
+        product_id = random_product_id()
+        await ProductStore(db).insert(account_id, product_id, "nodes", {}, now, 100)
+        made = [DeviceCredentials(product_id, f"dev{i:03d}", random_psk(), True) for i in range(count)]
+        rows = [NewDevice(device.device_name, device.psk) for device in made]
+        await DeviceStore(db).insert_many(account_id, product_id, rows, now, 10**6)
+        return made
+    finally:
+        await db.dispose()

@@ -18,13 +18,8 @@ from pathlib import Path
 import pytest
 
 from fleetops.ports.messaging import DeviceCredentials
-from fleetops.ports.store import NewDevice
-from fleetops.store.accounts import AccountStore
-from fleetops.store.database import open_database
-from fleetops.store.devices import DeviceStore
-from fleetops.store.products import ProductStore
-from tests.brokers import ConfiguredMosquitto, clean_environment, configured_mosquitto
-from tests.mqtt_support import PahoDevice, random_product_id, random_psk
+from tests.brokers import ConfiguredMosquitto, clean_environment, configured_mosquitto, register_devices
+from tests.mqtt_support import PahoDevice
 from tests.serve_process import ServeProcess
 from tests.support import free_port, postgres_database
 
@@ -33,21 +28,6 @@ pytestmark = pytest.mark.postgres
 DEVICES = 50
 REQUESTS = 1000
 FAILOVER_BOUND_S = 10.0  # generous: the killed node's socket closes at once; the rest is the survivors' work
-
-
-async def register_devices(url: str, count: int) -> list[DeviceCredentials]:
-    db = open_database(url)
-    try:
-        now = int(time.time())
-        account_id = await AccountStore(db).create_account("nodes", now)
-        product_id = random_product_id()
-        await ProductStore(db).insert(account_id, product_id, "nodes", {}, now, 100)
-        made = [DeviceCredentials(product_id, f"dev{i:03d}", random_psk(), True) for i in range(count)]
-        rows = [NewDevice(device.device_name, device.psk) for device in made]
-        await DeviceStore(db).insert_many(account_id, product_id, rows, now, 10**6)
-        return made
-    finally:
-        await db.dispose()
 
 
 class Fleet:

@@ -3,9 +3,7 @@ that does not trust that CA is refused, and a bad certificate file is a one-line
 
 from __future__ import annotations
 
-import shutil
 import ssl
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -13,40 +11,13 @@ import pytest
 
 from fleetops.errors import ConfigurationError
 from fleetops.messaging.embedded import EmbeddedBroker, TlsListener
-from tests.mqtt_support import EchoShadowHandler, MemoryDirectory, PahoDevice, random_product_id
-from tests.support import IN_CI
-
-
-def _openssl(*args: str) -> None:
-    subprocess.run(["openssl", *args], check=True, capture_output=True)
+from tests.mqtt_support import EchoShadowHandler, MemoryDirectory, PahoDevice, make_test_pki, random_product_id
 
 
 @pytest.fixture(scope="module")
 def pki(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """A CA, a server certificate it signed for 127.0.0.1, and a second CA nobody uses."""
-    if shutil.which("openssl") is None:
-        if IN_CI:
-            pytest.fail("the openssl command is needed to make the test certificates")
-        pytest.skip("the openssl command is not installed")
-    root = tmp_path_factory.mktemp("pki")
-    paths = {name: root / name for name in ("ca.key", "ca.pem", "other.key", "other.pem", "server.key", "server.pem")}
-    for ca in ("ca", "other"):
-        _openssl(
-            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", f"/CN=fleetops test {ca}",
-            "-keyout", str(paths[f"{ca}.key"]), "-out", str(paths[f"{ca}.pem"]),
-        )  # fmt: skip
-    csr = root / "server.csr"
-    _openssl(
-        "req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=127.0.0.1",
-        "-keyout", str(paths["server.key"]), "-out", str(csr),
-    )  # fmt: skip
-    extensions = root / "san.cnf"
-    extensions.write_text("subjectAltName = IP:127.0.0.1, DNS:localhost\n")
-    _openssl(
-        "x509", "-req", "-in", str(csr), "-CA", str(paths["ca.pem"]), "-CAkey", str(paths["ca.key"]),
-        "-CAcreateserial", "-days", "2", "-extfile", str(extensions), "-out", str(paths["server.pem"]),
-    )  # fmt: skip
-    return paths
+    return make_test_pki(tmp_path_factory.mktemp("pki"))
 
 
 @pytest.fixture
