@@ -380,7 +380,9 @@ class ExternalBroker:
         self._shadow_handler = shadow_handler
         self._topics = NodeTopics(self.client_id)
         self._boots = boots
-        self._plugin_node = PluginNode(self._submit_plugin_shadow, directory, events)
+        self._directory = directory
+        self._events = events
+        self._plugin_node = PluginNode(self._submit_plugin_shadow, directory, events)  # a new one at each start
         self._link: _Link | None = None
         self._link_up = asyncio.Event()
         self._stopping = False
@@ -403,6 +405,7 @@ class ExternalBroker:
         if self._supervisor is not None:
             return
         self._stopping = False
+        self._plugin_node = PluginNode(self._submit_plugin_shadow, self._directory, self._events)
         self._queues = [asyncio.Queue(self.options.shadow_queue_size) for _ in range(self.options.shadow_workers)]
         self._workers = [asyncio.create_task(self._shadow_worker(queue)) for queue in self._queues]
         try:
@@ -440,16 +443,6 @@ class ExternalBroker:
         """Not possible over MQTT: kick it with the broker's API (EMQX: DELETE /api/v5/clients/{id}); with the
         Mosquitto plugin, disabling or deleting the device closes its connection."""
         return False
-
-    async def subscribe(self, topic_filter: str, qos: int) -> int:
-        """Subscribe the current connection (waiting up to ``broker_wait_s`` for one); the SUBACK code (0x80 =
-        refused). Not kept across reconnections."""
-        link = await self.wait_link()
-        return await link.subscribe(topic_filter, qos)
-
-    async def unsubscribe(self, topic_filter: str) -> None:
-        link = await self.wait_link()
-        await link.unsubscribe(topic_filter)
 
     async def wait_link(self) -> _Link:
         """The live connection, waiting up to ``broker_wait_s`` for one."""
