@@ -366,6 +366,7 @@ def _mosquitto_config(
     the database and creates the service identity's password if it has none yet (so that the plugin finds it
     at its start), and builds the plugin into the data directory unless one is given."""
     import getpass
+    import pwd
 
     from fleetops.mosquitto.build import BuildError, ensure_plugin
     from fleetops.mosquitto.config import MosquittoConfig, TlsFiles, libpq_url
@@ -386,6 +387,11 @@ def _mosquitto_config(
         tls = TlsFiles(settings.mqtt_tls_port, files[0], files[1])
     if plugin_path is not None and not plugin_path.is_file():
         raise ConfigurationError(f"--plugin {plugin_path}: no such file (build one with fleetops mosquitto build)")
+    user = run_as or getpass.getuser()
+    try:
+        account = pwd.getpwnam(user)
+    except KeyError:
+        raise ConfigurationError(f"--run-as {user}: no such user on this machine") from None
     state_dir = (settings.data_dir / "mosquitto").resolve()
 
     async def ensure_service_password(stores: Any) -> None:
@@ -404,6 +410,13 @@ def _mosquitto_config(
             raise ConfigurationError(f"{exc} (or build it elsewhere and pass --plugin PATH)") from exc
         if built:
             notes.append(f"built the plugin {plugin_path}")
+    if os.geteuid() == 0 and account.pw_uid != 0:
+        # Mosquitto started as root switches to this user before it writes its state or reads the TLS key
+        for path in (state_dir, *state_dir.iterdir()):
+            os.chown(path, account.pw_uid, account.pw_gid)
+        notes.append(f"{state_dir} now belongs to {user}, whom Mosquitto runs as")
+        if tls is not None:
+            notes.append(f"Mosquitto reads {tls.key_file} as {user}: make it readable by that user only")
     config = MosquittoConfig(
         port=port,
         bind_address=settings.mqtt_host,
@@ -411,7 +424,7 @@ def _mosquitto_config(
         database_url=database_url,
         service_user=settings.mqtt_service_user,
         state_dir=state_dir,
-        run_as=run_as or getpass.getuser(),
+        run_as=user,
         tls=tls,
     )
     return config.render(), notes

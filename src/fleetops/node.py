@@ -48,7 +48,7 @@ from fleetops.engine.worker import TaskWorker, default_node_id
 from fleetops.errors import ConfigurationError
 from fleetops.messaging.device_messages import DeviceMessenger
 from fleetops.messaging.embedded import BrokerOptions, EmbeddedBroker, TlsListener
-from fleetops.messaging.external import BrokerAddress, BrokerLogin, ExternalBroker, ExternalOptions
+from fleetops.messaging.external import BrokerAddress, BrokerLogin, ExternalBroker, ExternalOptions, default_client_id
 from fleetops.messaging.http_auth import mqtt_auth_router
 from fleetops.messaging.shadow_protocol import DeviceShadowProtocol
 from fleetops.ports.messaging import DeviceEvents, DeviceMessages, MessagingService, ShadowRequestHandler
@@ -148,7 +148,7 @@ def _messaging(
         return ExternalBroker(
             settings.mqtt_url,
             shadow_handler,
-            client_id=settings.mqtt_client_id or None,
+            client_id=settings.mqtt_client_id or default_client_id(settings.node_id),
             options=options,
             login=login,
             directory=stores.devices,

@@ -50,7 +50,7 @@ class Settings:
     mqtt_client_id: str = field(
         default="",
         metadata={
-            "doc": "client id of this node on an external broker, unique per node (default fleetops-host-pid-random)"
+            "doc": "client id of this node on an external broker, unique per node (default fleetops-NODE_ID-random)"
         },
     )
     mqtt_service_user: str = field(

@@ -6,6 +6,8 @@ trust the CA is refused). Setup mistakes are one line and exit status 2."""
 from __future__ import annotations
 
 import json
+import os
+import pwd
 import ssl
 from pathlib import Path
 
@@ -101,9 +103,25 @@ def test_a_sqlite_database_is_refused_in_one_line(tmp_path: Path) -> None:
         (("--tls-port", "8883", "--tls-cert", "/nonexistent.pem", "--tls-key", "/x"), "not a readable file"),
         (("--tls-port", "1883"), "is the plain port too"),
         (("--plugin", "/nonexistent/fleetops_plugin.so"), "no such file"),
+        (("--run-as", "no-such-user-of-fleetops"), "no such user on this machine"),
     ],
 )
 def test_bad_options_are_one_line(tmp_path: Path, options: tuple[str, ...], message: str) -> None:
     result = mosquitto_config(tmp_path, "postgresql://postgres@127.0.0.1:5432/unused", 1883, *options)
     assert result.returncode == 2, result.stderr
     assert result.stderr.count("\n") == 1 and message in result.stderr, result.stderr
+
+
+def test_the_broker_can_run_as_another_user(tmp_path: Path, built_plugin: Path) -> None:
+    """Started as root, Mosquitto switches to ``--run-as`` before it writes its state: the state directory is
+    handed to that user (only root can; otherwise Mosquitto does not switch users and nothing is changed)."""
+    with postgres_database() as url:
+        result = mosquitto_config(tmp_path, url, 1883, "--run-as", "nobody", "--plugin", str(built_plugin))
+    assert result.returncode == 0, result.stderr
+    assert "\nuser nobody\n" in result.stdout
+    state = tmp_path / "mosquitto"
+    if os.geteuid() == 0:
+        assert state.stat().st_uid == pwd.getpwnam("nobody").pw_uid
+        assert f"{state} now belongs to nobody" in result.stderr
+    else:
+        assert state.stat().st_uid == os.geteuid() and "now belongs to" not in result.stderr

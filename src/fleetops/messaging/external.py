@@ -687,7 +687,10 @@ class _ShadowWork:
     done: Callable[[], None] | None
 
 
-def default_client_id() -> str:
-    """``fleetops-<host>-<pid>-<random>``: unique per process, one topic level of at most 128 bytes."""
-    host = "".join(char for char in socket.gethostname() if char.isalnum() or char in "-_.")[:64]
-    return f"fleetops-{host}-{os.getpid()}-{secrets.token_hex(3)}"
+def default_client_id(node_id: str = "") -> str:
+    """``fleetops-<node id>-<random>``, or ``fleetops-<host>-<pid>-<random>`` without a node id: unique per
+    process (a second connection with the same client id would take the first one over), and one topic level of
+    at most 128 bytes (the node protocol's ``<id>``)."""
+    name = node_id or f"{socket.gethostname()}-{os.getpid()}"
+    safe = "".join(char if char.isalnum() or char in "-_." else "-" for char in name)[:64]
+    return f"fleetops-{safe}-{secrets.token_hex(3)}"
