@@ -23,10 +23,11 @@ and checked, the first run with a database lookup each), then:
 
 * **sequential CONNECTs** on one socket after another (``--connects``): with the plugin, first each device once
   on a freshly started broker (a database lookup each), then again (cached credentials);
-* **dispatch**: ``--requests`` shadow requests from ``--dispatch-devices`` raw device sockets (QoS 0) to one
-  fleetops node (``ExternalBroker`` with a handler that answers nothing, so this is the broker, the plugin and
-  the node side of the protocol, acknowledgements included); without the plugin the node takes them through
-  its plain subscription.
+* **dispatch**: ``--requests`` shadow requests from ``--dispatch-devices`` raw device sockets (QoS 0, at most
+  5,000 not yet handled: the plugin keeps 10,000 per node and drops the oldest beyond) to one fleetops node
+  (``ExternalBroker`` with a handler that answers nothing, so this is the broker, the plugin and the node side
+  of the protocol, acknowledgements included); without the plugin the node takes them through its plain
+  subscription.
 
 Then **reconnect**: the embedded gateway on a real store (SQLite by default, ``--database``) with 10,000
 registered devices connected; the gateway is stopped (every device recorded offline), a new one starts on the
@@ -480,6 +481,9 @@ async def dispatch(args: argparse.Namespace, label: str, port: int, product_id: 
         for start in range(0, args.requests, len(sockets)):
             for sock, request in sockets[: min(len(sockets), args.requests - start)]:
                 sock.sendall(request)
+            # at most 5,000 waiting: the plugin keeps 10,000 per node (queue_max_messages) and drops the oldest
+            while start - handler.count > 5000:  # noqa: ASYNC110 (polling a counter the handler raises)
+                await asyncio.sleep(0.001)
             if start % (len(sockets) * 20) == 0:
                 await asyncio.sleep(0)  # let the node read
         try:

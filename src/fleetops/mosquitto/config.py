@@ -3,7 +3,8 @@
 The configuration is rendered from values the CLI takes from the node's own settings (the database URL, the
 data directory, the service user, the TLS files), so that a ``fleetops serve`` started with the same settings
 and ``--mqtt-url mqtt://127.0.0.1:<port>`` works against that Mosquitto with no further step: the plugin
-reads the service identity's password from the same database as the node (docs/mosquitto.md#one-command).
+reads the service identity's password from the same database as the node
+(docs/mosquitto.md#configuration-in-one-command).
 """
 
 from __future__ import annotations
