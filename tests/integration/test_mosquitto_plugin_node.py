@@ -31,7 +31,7 @@ from tests.integration.mosquitto_plugin_support import (
     session_builds,
     wait_for,
 )
-from tests.mqtt_support import EchoShadowHandler, PahoDevice, paho_devices
+from tests.mqtt_support import EchoShadowHandler, PahoDevice, RecordingEvents, paho_devices
 
 pytestmark = pytest.mark.postgres
 
@@ -45,22 +45,6 @@ def builds(tmp_path_factory: pytest.TempPathFactory) -> PluginBuilds:
 def clients() -> Iterator[list[PahoDevice]]:
     with paho_devices() as started:
         yield started
-
-
-class RecordingEvents:
-    """A :class:`~fleetops.ports.messaging.DeviceEvents` listener that records every call."""
-
-    def __init__(self) -> None:
-        self.calls: list[tuple[object, ...]] = []
-
-    def device_connected(self, product_id: str, device_name: str, session_present: bool) -> None:
-        self.calls.append(("connected", device_name))
-
-    def device_subscribed(self, product_id: str, device_name: str, topic_filter: str, granted_qos: int) -> None:
-        self.calls.append(("subscribed", device_name, topic_filter, granted_qos))
-
-    def device_disconnected(self, product_id: str, device_name: str) -> None:
-        self.calls.append(("disconnected", device_name))
 
 
 @asynccontextmanager
@@ -158,7 +142,7 @@ async def test_a_serving_node_registers_answers_acknowledges_and_records_presenc
                 assert gone.last_offline_time is not None and gone.last_offline_time >= stored.login_time
                 await wait_for(lambda: ("disconnected", "lamp") in events.calls)
                 assert events.calls == [
-                    ("connected", "lamp"),
+                    ("connected", "lamp", False),
                     ("subscribed", "lamp", result_topic, 0),
                     ("disconnected", "lamp"),
                 ]

@@ -13,7 +13,7 @@ from fleetops.messaging.node_protocol import Dispatched, DispatchKind, NodeTopic
 from fleetops.messaging.plugin_node import PluginNode, Registration
 from fleetops.messaging.topics import DeviceId
 from fleetops.ports.messaging import PresenceChange
-from tests.mqtt_support import MemoryDirectory
+from tests.mqtt_support import MemoryDirectory, RecordingEvents
 from tests.support import wait_until
 
 PID = "ABCDE12345"
@@ -51,20 +51,6 @@ class FlakyDirectory(MemoryDirectory):
             self.failures -= 1
             raise ConnectionError("the database is down")
         self.batches.append(list(changes))
-
-
-class Events:
-    def __init__(self) -> None:
-        self.calls: list[tuple[object, ...]] = []
-
-    def device_connected(self, product_id: str, device_name: str, session_present: bool) -> None:
-        self.calls.append(("connected", device_name, session_present))
-
-    def device_subscribed(self, product_id: str, device_name: str, topic_filter: str, granted_qos: int) -> None:
-        self.calls.append(("subscribed", device_name, topic_filter, granted_qos))
-
-    def device_disconnected(self, product_id: str, device_name: str) -> None:
-        self.calls.append(("disconnected", device_name))
 
 
 class Shadows:
@@ -138,7 +124,7 @@ async def test_acknowledgements_are_batched_and_sent_at_once_when_many_are_done(
 
 
 async def test_presence_is_written_in_batches_with_the_broker_time_and_told_in_arrival_order() -> None:
-    wire, directory, events = Wire(), FlakyDirectory(), Events()
+    wire, directory, events = Wire(), FlakyDirectory(), RecordingEvents()
     node = PluginNode(Shadows().submit, directory, events)
     current = registration(wire, ack_interval_s=0.001)
     directory.gate = asyncio.Event()  # the first write waits: what arrives meanwhile is one batch
@@ -198,7 +184,7 @@ async def test_a_closed_registration_acknowledges_nothing_and_stops_retrying() -
 
 
 async def test_malformed_events_are_acknowledged_and_skipped() -> None:
-    wire, directory, events = Wire(), FlakyDirectory(), Events()
+    wire, directory, events = Wire(), FlakyDirectory(), RecordingEvents()
     node = PluginNode(Shadows().submit, directory, events)
     current = registration(wire, ack_interval_s=0.001)
     node.handle(Dispatched(DispatchKind.PRESENCE, 1, DeviceId(PID, "a"), b"not json"), current)

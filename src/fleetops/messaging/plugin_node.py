@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from typing import Final
 
 from fleetops.messaging.batching import Coalescer
+from fleetops.messaging.events import tell
 from fleetops.messaging.mqtt.codec import encode_publish
 from fleetops.messaging.node_protocol import (
     AckWatermark,
@@ -156,7 +157,7 @@ class PluginNode:
             subscription = SubscriptionEvent.parse(message.payload)
             if subscription is None:
                 log.warning("ignored a malformed subscription event of %s", device.client_id)
-            elif self._events is not None:
+            else:
                 self._notify(
                     "device_subscribed",
                     device.product_id,
@@ -193,12 +194,7 @@ class PluginNode:
         written.add_done_callback(lambda _future: registration.done(message.seq))
 
     def _notify(self, event: str, *args: object) -> None:
-        if self._events is None:
-            return
-        try:
-            getattr(self._events, event)(*args)
-        except Exception:
-            log.exception("the device event listener failed on %s", event)
+        tell(self._events, event, *args)
 
     async def _write_presence(self, writes: list[_PresenceWrite]) -> list[None]:
         """One batch, retried until it is written: presence that was accepted is not dropped because the database
