@@ -28,6 +28,8 @@ from fleetops.messaging.external import (
     ExternalPublisher,
 )
 from fleetops.messaging.http_auth import mqtt_auth_router
+from fleetops.messaging.mqtt.client import MqttClient
+from fleetops.messaging.mqtt.codec import encode_publish
 from tests.mqtt_support import (
     EchoShadowHandler,
     MemoryDirectory,
@@ -37,6 +39,7 @@ from tests.mqtt_support import (
     paho_devices,
     random_product_id,
 )
+from tests.support import MOSQUITTO_HOST, MOSQUITTO_PORT, require_service
 
 SHARED_MOSQUITTO = "mqtt://127.0.0.1:1883"
 
@@ -182,6 +185,29 @@ async def test_the_connection_recovers_after_a_broker_restart(private_mosquitto:
             assert orjson.loads((await device.receive()).payload) == {"echo": {"type": "get"}}
     finally:
         await service.stop()
+
+
+@pytest.mark.mosquitto
+async def test_a_client_that_only_sends_keeps_its_connection() -> None:
+    """A batch task publishes QoS 0 for minutes and the broker sends nothing back: the client must still ping
+    (and hear PINGRESP) instead of taking the broker's silence for a dead connection."""
+    require_service("Mosquitto", MOSQUITTO_HOST, MOSQUITTO_PORT)
+    client = await MqttClient.connect(
+        MOSQUITTO_HOST,
+        MOSQUITTO_PORT,
+        client_id=f"fleetops-only-sends-{random_product_id()}",
+        on_message=lambda topic, payload, qos: None,
+        keepalive_s=1,
+    )
+    try:
+        topic = f"{random_product_id()}/nobody/control".encode()
+        deadline = time.monotonic() + 2.5  # beyond 1.5 x the keep-alive
+        while time.monotonic() < deadline:
+            assert client.write(encode_publish(topic, b"x"))
+            await asyncio.sleep(0.05)
+        assert client.alive
+    finally:
+        await client.close()
 
 
 async def test_an_unreachable_broker_makes_publishes_wait_then_raise() -> None:
