@@ -13,7 +13,8 @@ a client of the Mosquitto at 127.0.0.1:1883, or ``--mqtt-url``: every delta and 
 node logs in as the service identity from the database; PostgreSQL only) or ``mosquitto-private`` (the same
 configuration without the plugin, to compare with). ``--devices N`` connects the first N devices (paho, in
 child processes, signed) subscribed to their ``control`` and shadow result topics while the tasks run, and
-prints how many messages they got.
+prints how many messages they got. With a private broker each task's line also says how much CPU the broker
+used for it (steadier than the times on a machine shared with other work).
 
 The node is built by the composition root (``fleetops.node.Node``) exactly as ``fleetops serve`` builds it,
 without the HTTP side. Devices are registered straight through the store; the tasks are created with the
@@ -85,8 +86,11 @@ class PeakRss:
         return self.peak / 2**20
 
 
-async def run_task(node: Node, account_id: int, rss: PeakRss, label: str, draft: TaskDraft) -> None:
+async def run_task(
+    node: Node, account_id: int, rss: PeakRss, label: str, draft: TaskDraft, broker: psutil.Process | None = None
+) -> None:
     rss.reset()
+    broker_cpu_s = _cpu_s(broker)
     started = time.perf_counter()
     task_id = await node.backend.tasks.create(account_id, draft)
     while True:
@@ -98,11 +102,20 @@ async def run_task(node: Node, account_id: int, rss: PeakRss, label: str, draft:
     elapsed = time.perf_counter() - started
     assert task.status is TaskStatus.COMPLETED, (task.status, task.err_msg)
     rate = task.done_device_cnt / elapsed
+    used = f", broker CPU {_cpu_s(broker) - broker_cpu_s:5.1f} s" if broker is not None else ""
     print(
         f"{label:<15} {task.done_device_cnt:>9,} devices in {elapsed:6.1f} s = {rate:>9,.0f} devices/s, "
-        f"peak RSS {rss.peak_mb:,.0f} MB",
+        f"peak RSS {rss.peak_mb:,.0f} MB{used}",
         flush=True,
     )
+
+
+def _cpu_s(process: psutil.Process | None) -> float:
+    """User + system CPU seconds of a private broker (what the plugin costs it, whatever else the machine runs)."""
+    if process is None:
+        return 0.0
+    times = process.cpu_times()
+    return float(times.user + times.system)
 
 
 async def run(args: argparse.Namespace, url: str, data_dir: Path) -> None:
@@ -138,10 +151,12 @@ async def run(args: argparse.Namespace, url: str, data_dir: Path) -> None:
             await conn.exec_driver_sql("ANALYZE devices")
 
     with contextlib.ExitStack() as stack:
+        broker = None
         if private_port:
             database = url if args.broker == "mosquitto-plugin" else None
-            stack.enter_context(benchbroker.private_mosquitto(database, port=private_port))
-        await run_tasks(args, node, account_id, stack)
+            private = stack.enter_context(benchbroker.private_mosquitto(database, port=private_port))
+            broker = psutil.Process(private.process.pid)
+        await run_tasks(args, node, account_id, stack, broker)
 
 
 async def connect_devices(args: argparse.Namespace, node: Node) -> Any:
@@ -164,7 +179,9 @@ async def connect_devices(args: argparse.Namespace, node: Node) -> Any:
     return devices
 
 
-async def run_tasks(args: argparse.Namespace, node: Node, account_id: int, stack: contextlib.ExitStack) -> None:
+async def run_tasks(
+    args: argparse.Namespace, node: Node, account_id: int, stack: contextlib.ExitStack, broker: psutil.Process | None
+) -> None:
     rss = PeakRss()
     rss.start()
     await node.start()
@@ -182,6 +199,7 @@ async def run_tasks(args: argparse.Namespace, node: Node, account_id: int, stack
             rss,
             "UpdateShadow",
             TaskDraft(TaskType.UPDATE_SHADOW, PID, args.filter, 0, desired=args.desired),
+            broker,
         )
         await run_task(
             node,
@@ -189,6 +207,7 @@ async def run_tasks(args: argparse.Namespace, node: Node, account_id: int, stack
             rss,
             "PublishMessage",
             TaskDraft(TaskType.PUBLISH_MESSAGE, PID, args.filter, 0, topic="control", payload="reboot"),
+            broker,
         )
         if devices is not None:
             print(f"devices         {await devices.received():>9,} messages received (of {2 * args.devices:,})")
