@@ -340,12 +340,13 @@ async def measure_broker(args: argparse.Namespace, broker: Broker, size: int, pr
         try:
             await devices.ready()
             subscribed, elapsed = await devices.connect(args.connect_timeout_s)
-            if qos == 0:
-                print(
-                    f"{label:<36} connect+subscribe: {subscribed:,}/{size:,} in {elapsed:6.2f} s "
-                    f"= {subscribed / elapsed:>8,.0f} devices/s",
-                    flush=True,
-                )
+            # the second pass meets warm caches (the plugin's credentials of devices seen before)
+            what = "connect+subscribe:" if qos == 0 else "again (QoS 1 run):"
+            print(
+                f"{label:<36} {what} {subscribed:,}/{size:,} in {elapsed:6.2f} s "
+                f"= {subscribed / elapsed:>8,.0f} devices/s",
+                flush=True,
+            )
             if subscribed < size:
                 print(f"{label}: only {subscribed} devices subscribed; delivery skipped", flush=True)
                 continue
