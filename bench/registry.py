@@ -22,6 +22,7 @@ import sqlalchemy as sa
 from benchdb import bench_database
 
 from fleetops.backend.devices import DeviceFilter, DeviceService
+from fleetops.backend.products import ProductNames
 from fleetops.backend.registration import register_devices
 from fleetops.backend.shadows import ShadowService
 from fleetops.ports.messaging import DeliveryView
@@ -99,7 +100,8 @@ async def run(url: str, count: int, batch_size: int, shadow_ops: int) -> None:
         async with db.begin() as conn:
             await conn.execute(sa.text("ANALYZE devices"))
 
-    devices = DeviceService(store, time.time, sessions=None, max_devices_per_product=count)
+    product_names = ProductNames(ProductStore(db))
+    devices = DeviceService(store, time.time, sessions=None, product_names=product_names, max_devices_per_product=count)
     everything = DeviceFilter()
     first = await timed(lambda: devices.page(account, PID, 0, PAGE_LIMIT, everything), 7)
     deep_offset = max(0, count - PAGE_LIMIT)
@@ -111,7 +113,7 @@ async def run(url: str, count: int, batch_size: int, shadow_ops: int) -> None:
         f"name filter '99' {median_ms(filtered):.1f} ms"
     )
 
-    shadows = ShadowService(ShadowStore(db), NoDevices(), time.time)
+    shadows = ShadowService(ShadowStore(db), NoDevices(), time.time, product_names=product_names)
     picks = [random.choice(names) for _ in range(shadow_ops)]
 
     async def read(i: int) -> None:

@@ -1,26 +1,31 @@
-"""fleetops command line: serve | worker | keys | devices | db | mosquitto.
+"""fleetops command line: serve | worker | keys | devices | db | mosquitto, and the API clients tasks | products |
+devices list.
 
-Options only parse and report here; every adapter is built by the composition root (``fleetops.node``). The
-options shared by all commands (``--data-dir``, ``--database``) may be given before the command or after it
-(``fleetops --data-dir D serve`` and ``fleetops serve --data-dir D``); both become Settings overrides on top of
-the ``FLEETOPS_*`` environment. A setup mistake (a database that cannot be reached, a port in use, a bad
-setting) ends the command with one line saying what is wrong and what to do, and exit status 2.
+Options only parse and report here; every adapter is built by the composition root (``fleetops.node``), and the
+API clients' work is done by ``fleetops.client``. The options shared by all commands (``--data-dir``,
+``--database``) may be given before the command or after it (``fleetops --data-dir D serve`` and
+``fleetops serve --data-dir D``); both become Settings overrides on top of the ``FLEETOPS_*`` environment. A
+setup mistake (a database that cannot be reached, a port in use, a bad setting, no credentials, a node that
+cannot be reached) ends the command with one line saying what is wrong and what to do, and exit status 2; an
+error the API answered is its Code and Message, exit status 1 (docs/operators.md#exit-status).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
 import sys
 import time
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine, Iterable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
 import click
 
+from fleetops.domain.tasks import TaskStatus, TaskType
 from fleetops.errors import ConfigurationError
 from fleetops.settings import Settings
 
@@ -60,16 +65,20 @@ def store_options(command: F) -> F:
         callback=_remember,
         help="database URL, sqlite:///PATH or postgresql://... [FLEETOPS_DATABASE_URL]",
     )(command)
-    command = click.option(
+    return data_dir_option("data directory (SQLite file, credentials.json)")(command)
+
+
+def data_dir_option(what: str) -> Callable[[F], F]:
+    """``--data-dir``: a Settings override, before the command or after it."""
+    return click.option(
         "--data-dir",
         "data_dir",
         type=click.Path(path_type=Path),
         default=None,
         expose_value=False,
         callback=_remember,
-        help="data directory (SQLite file, credentials.json) [FLEETOPS_DATA_DIR, default ./fleetops-data]",
-    )(command)
-    return command
+        help=f"{what} [FLEETOPS_DATA_DIR, default ./fleetops-data]",
+    )
 
 
 def _settings(ctx: click.Context, **overrides: Any) -> Settings:
@@ -220,7 +229,7 @@ def keys_disable(ctx: click.Context, secret_id: str, as_json: bool) -> None:
 
 @main.group()
 def devices() -> None:
-    """Register devices in bulk (works without the server running)."""
+    """Devices: `create` registers in bulk on the database (no server needed); `list` asks the API."""
 
 
 @devices.command("create")
@@ -277,6 +286,291 @@ def db_upgrade(ctx: click.Context) -> None:
 
     _run(_with_stores(settings, noop))
     click.echo(f"schema is up to date ({_where(settings)})")
+
+
+# --- API clients (like tccli): they talk to a node over HTTP, local or remote, never to the database -------
+
+_API = "fleetops.api-options"
+
+
+def _remember_api(ctx: click.Context, param: click.Parameter, value: Any) -> Any:
+    if value is not None:
+        ctx.find_root().meta.setdefault(_API, {})[param.name or ""] = value
+    return value
+
+
+def api_options(command: F) -> F:
+    """``--endpoint``, the key pair, ``--timeout`` and ``--data-dir`` (where credentials.json is)."""
+    for option in reversed(
+        (
+            click.option(
+                "--endpoint",
+                envvar="FLEETOPS_ENDPOINT",
+                default=None,
+                expose_value=False,
+                callback=_remember_api,
+                help="the API, http://HOST:PORT [FLEETOPS_ENDPOINT, default the local node: FLEETOPS_HOST/PORT]",
+            ),
+            click.option(
+                "--secret-id", default=None, expose_value=False, callback=_remember_api, help="[FLEETOPS_SECRET_ID]"
+            ),
+            click.option(
+                "--secret-key", default=None, expose_value=False, callback=_remember_api, help="[FLEETOPS_SECRET_KEY]"
+            ),
+            click.option(
+                "--timeout",
+                "timeout_s",
+                type=float,
+                default=None,
+                expose_value=False,
+                callback=_remember_api,
+                help="seconds to wait for each answer [default 10]",
+            ),
+            data_dir_option("where credentials.json is, when no key pair is given"),
+        )
+    ):
+        command = option(command)
+    return command
+
+
+def _local_endpoint(settings: Settings) -> str:
+    """The node this machine would run: FLEETOPS_HOST / FLEETOPS_PORT, a wildcard address read as loopback."""
+    host = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(settings.host, settings.host)
+    return f"http://[{host}]:{settings.port}" if ":" in host else f"http://{host}:{settings.port}"
+
+
+def _api_client(ctx: click.Context) -> Any:
+    from fleetops.client.api import DEFAULT_TIMEOUT_S, ApiClient, ClientSetupError, Endpoint
+    from fleetops.client.credentials import resolve_credentials
+
+    given = ctx.find_root().meta.get(_API, {})
+    settings = _settings(ctx)
+    try:
+        endpoint = Endpoint.parse(given.get("endpoint") or _local_endpoint(settings))
+        credentials = resolve_credentials(
+            given.get("secret_id"), given.get("secret_key"), os.environ, settings.data_dir
+        )
+    except ClientSetupError as exc:
+        raise SetupError(str(exc)) from exc
+    return ApiClient(endpoint, credentials, timeout_s=given.get("timeout_s") or DEFAULT_TIMEOUT_S)
+
+
+class ApiFailure(click.ClickException):
+    """The API answered with an error: its Code and Message on stderr, exit status 1."""
+
+    exit_code = 1
+
+
+@contextlib.contextmanager
+def _api_errors(client: Any) -> Iterator[None]:
+    """API errors (exit 1), setup problems (exit 2) and option values that mean nothing (usage, exit 2)."""
+    from fleetops.client.api import ApiCallError, ClientSetupError
+    from fleetops.client.tasks import OptionError
+
+    try:
+        yield
+    except ApiCallError as exc:
+        where = ""
+        if exc.code.startswith("AuthFailure"):
+            where = f"; signed with SecretId {client.credentials.secret_id} from {client.credentials.source}"
+        raise ApiFailure(f"{exc}{where}") from exc
+    except ClientSetupError as exc:
+        raise SetupError(str(exc)) from exc
+    except OptionError as exc:
+        raise click.UsageError(str(exc)) from exc
+
+
+def _ask(ctx: click.Context, work: Callable[[Any], T]) -> tuple[Any, T]:
+    """(the client, what ``work(client)`` returned), its failures turned into the commands' exits."""
+    client = _api_client(ctx)
+    with _api_errors(client):
+        return client, work(client)
+
+
+def _show(as_json: bool, value: Any, lines: Callable[[], Iterable[str]], note: str = "") -> None:
+    """``value`` as JSON, or ``lines()`` for a person with ``note`` on stderr (so stdout stays the rows)."""
+    if as_json:
+        click.echo(json.dumps(value, ensure_ascii=False))
+        return
+    for line in lines():
+        click.echo(line)
+    if note:
+        click.echo(note, err=True)
+
+
+def _window_note(noun: str, offset: int, shown: int, total: int, where: str) -> str:
+    """``tasks 1-20 of 135 at http://...; --offset 20 for more``."""
+    window = f"{offset + 1:,}-{offset + shown:,}" if shown else "none"
+    more = f"; --offset {offset + shown} for more" if offset + shown < total else ""
+    return f"{noun} {window} of {total:,} {where}{more}"
+
+
+def json_option(help_text: str = "print JSON") -> Callable[[F], F]:
+    return click.option("--json", "as_json", is_flag=True, help=help_text)
+
+
+def interval_option(command: F) -> F:
+    return click.option(
+        "--interval", "interval_s", type=float, default=1.0, show_default=True, help="seconds between polls"
+    )(command)
+
+
+@main.group()
+def tasks() -> None:
+    """Batch tasks through the API: create, list, describe, cancel, and watch one's progress."""
+
+
+@tasks.command("create")
+@api_options
+@click.option("--product", "product_id", required=True, help="ProductId of the devices' product")
+@click.option(
+    "--filter",
+    "name_filter",
+    required=True,
+    help="RE2 expression searched in each device name, e.g. ^lamp- ; '' for every device (said explicitly)",
+)
+@click.option(
+    "--type",
+    "task_type",
+    type=click.Choice([t.value for t in TaskType]),
+    default=None,
+    help="default: UpdateShadow with --desired, PublishMessage with --topic/--payload",
+)
+@click.option("--desired", default=None, help='UpdateShadow: the desired state, JSON, e.g. \'{"color":"red"}\'')
+@click.option("--topic", default=None, help="PublishMessage: the topic after ProductId/DeviceName/, e.g. control")
+@click.option("--payload", default=None, help="PublishMessage: the message (UTF-8)")
+@click.option(
+    "--at", default="now", show_default=True, help="start time: now, +15m, Unix seconds or 2025-06-01T14:00 (local)"
+)
+@click.option("--max-execution", default=None, help="deadline after the start: seconds or 30m, 2h [default 24 h]")
+@click.option("--watch", "follow", is_flag=True, help="follow the task's progress until it ends (as tasks watch)")
+@interval_option
+@json_option()
+@click.pass_context
+def tasks_create(ctx: click.Context, /, follow: bool, interval_s: float, as_json: bool, **order: Any) -> None:
+    """Create a task over the devices of a product whose names match --filter; prints the TaskId."""
+    from fleetops.client.tasks import TaskOrder, create_task
+
+    chosen = order.pop("task_type")
+    task_order = TaskOrder(task_type=TaskType(chosen) if chosen else None, **order)
+    client, task_id = _ask(ctx, lambda client: create_task(client, task_order, int(time.time())))
+    _show(as_json, {"TaskId": task_id}, lambda: [task_id])
+    if follow:
+        _watch(ctx, client, task_id, interval_s, as_json)
+
+
+@tasks.command("list")
+@api_options
+@click.option("--offset", type=click.IntRange(min=0), default=0, show_default=True, help="skip the newest N")
+@click.option("--limit", type=click.IntRange(min=1), default=20, show_default=True, help="how many")
+@json_option()
+@click.pass_context
+def tasks_list(ctx: click.Context, offset: int, limit: int, as_json: bool) -> None:
+    """The account's tasks of the last month, newest first."""
+    from fleetops.client.tasks import list_tasks, task_rows
+
+    client, (total, found) = _ask(ctx, lambda client: list_tasks(client, offset, limit))
+    note = _window_note("tasks", offset, len(found), total, f"at {client.endpoint}")
+    _show(as_json, {"TotalCount": total, "Tasks": found}, lambda: task_rows(found) if found else [], note)
+
+
+@tasks.command("describe")
+@api_options
+@click.argument("task_id")
+@json_option("print JSON (the DescribeTask response)")
+@click.pass_context
+def tasks_describe(ctx: click.Context, task_id: str, as_json: bool) -> None:
+    """One task, with its progress."""
+    from fleetops.client.tasks import describe_task, task_lines
+
+    _, task = _ask(ctx, lambda client: describe_task(client, task_id))
+    _show(as_json, task, lambda: task_lines(task))
+
+
+@tasks.command("cancel")
+@api_options
+@click.argument("task_id")
+@json_option()
+@click.pass_context
+def tasks_cancel(ctx: click.Context, task_id: str, as_json: bool) -> None:
+    """Cancel a task that has not started yet (status 1 -> 5)."""
+    from fleetops.client.tasks import cancel_task
+
+    _ask(ctx, lambda client: cancel_task(client, task_id))
+    _show(as_json, {"Id": task_id, "Status": TaskStatus.CANCELLED.value}, lambda: [f"cancelled {task_id}"])
+
+
+@tasks.command("watch")
+@api_options
+@click.argument("task_id")
+@interval_option
+@json_option("one DescribeTask response per line as it changes")
+@click.pass_context
+def tasks_watch(ctx: click.Context, task_id: str, interval_s: float, as_json: bool) -> None:
+    """Follow a task until it ends: devices done of all, rate, time left.
+
+    Exit status 0 when it completed, 4 when it failed, 5 when it was cancelled; Ctrl-C (130) stops watching,
+    not the task.
+    """
+    _watch(ctx, _api_client(ctx), task_id, interval_s, as_json)
+
+
+def _watch(ctx: click.Context, client: Any, task_id: str, interval_s: float, as_json: bool) -> None:
+    from rich.console import Console
+
+    from fleetops.client.tasks import describe_task
+    from fleetops.client.watch import TaskWatch
+
+    if interval_s <= 0:
+        raise click.BadParameter("must be more than 0", param_hint="--interval")
+    watch = TaskWatch(lambda: describe_task(client, task_id), interval_s=interval_s)
+    console = Console()
+    try:
+        with _api_errors(client):
+            if console.is_terminal and not as_json:
+                outcome = watch.run_bar(task_id, console)
+            else:
+                outcome = watch.run_lines(task_id, sys.stdout, sys.stderr, as_json=as_json)
+    except KeyboardInterrupt:
+        click.echo(f"\nstopped watching; task {task_id} goes on (fleetops tasks watch {task_id})", err=True)
+        ctx.exit(130)
+    click.echo(outcome.summary, err=as_json)
+    ctx.exit(outcome.exit_status)
+
+
+@main.group()
+def products() -> None:
+    """Products through the API."""
+
+
+@products.command("list")
+@api_options
+@json_option("print JSON (the Products of DescribeProducts)")
+@click.pass_context
+def products_list(ctx: click.Context, as_json: bool) -> None:
+    """Every product of the account."""
+    from fleetops.client.fleet import list_products, product_rows
+
+    client, found = _ask(ctx, list_products)
+    note = "" if found else f"no products at {client.endpoint} for SecretId {client.credentials.secret_id}"
+    _show(as_json, found, lambda: product_rows(found) if found else [], note)
+
+
+@devices.command("list")
+@api_options
+@click.option("--product", "product_id", required=True, help="ProductId")
+@click.option("--name-contains", default=None, help="only devices whose name contains this (case-sensitive)")
+@click.option("--offset", type=click.IntRange(min=0), default=0, show_default=True, help="skip the first N")
+@click.option("--limit", type=click.IntRange(min=1), default=100, show_default=True, help="how many")
+@json_option()
+@click.pass_context
+def devices_list(ctx: click.Context, /, product_id: str, offset: int, limit: int, as_json: bool, **where: Any) -> None:
+    """The devices of a product, by name."""
+    from fleetops.client.fleet import device_rows, list_devices
+
+    _, (total, found) = _ask(ctx, lambda client: list_devices(client, product_id, offset=offset, limit=limit, **where))
+    note = _window_note("devices", offset, len(found), total, f"in product {product_id}")
+    _show(as_json, {"TotalCount": total, "Devices": found}, lambda: device_rows(found) if found else [], note)
 
 
 @main.group()

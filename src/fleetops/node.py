@@ -14,6 +14,11 @@ Every adapter is built once, here, with values taken from Settings; nothing belo
 and nothing is attached after construction. The only cycle (the broker hands device shadow requests to the
 backend, the backend publishes through the broker) does not exist: a device's own shadow requests need no
 publisher (``backend.device_shadows``), so the broker is built first and the cloud-side use cases after it.
+
+Telemetry: one ``api.metrics.NodeMetrics`` per node, built first and handed to the database handle (its
+errors), the engine (batches, task ends) and the use cases (shadow writes, broker errors) as the
+``ports.telemetry.Telemetry`` port; ``api.metrics.StateMetrics`` reads the task table and the MQTT side when
+Prometheus scrapes; ``/readyz`` asks the database and the MQTT side (``ports.telemetry.HealthCheck``).
 """
 
 from __future__ import annotations
@@ -30,7 +35,8 @@ from starlette.applications import Starlette
 from starlette.routing import BaseRoute, Mount
 
 from fleetops.api.actions import all_actions
-from fleetops.api.app import ApiConfig, ApiEndpoint, create_app
+from fleetops.api.app import ApiConfig, ApiEndpoint, Readiness, create_app
+from fleetops.api.metrics import MetricsEndpoint, NodeMetrics, StateMetrics
 from fleetops.api.ratelimit import RateLimiter
 from fleetops.api.registry import Registry
 from fleetops.backend.container import Backend
@@ -38,7 +44,7 @@ from fleetops.backend.device_shadows import DeviceShadowService
 from fleetops.backend.devices import DeviceService
 from fleetops.backend.keys import KeyService
 from fleetops.backend.messages import MessageService
-from fleetops.backend.products import ProductService
+from fleetops.backend.products import ProductNames, ProductService
 from fleetops.backend.shadows import ShadowService
 from fleetops.backend.tasks import TaskService
 from fleetops.console import console_routes
@@ -52,12 +58,13 @@ from fleetops.messaging.external import BrokerAddress, BrokerLogin, ExternalBrok
 from fleetops.messaging.http_auth import mqtt_auth_router
 from fleetops.messaging.shadow_protocol import DeviceShadowProtocol
 from fleetops.ports.messaging import DeviceEvents, DeviceMessages, MessagingService, ShadowRequestHandler
+from fleetops.ports.telemetry import NO_TELEMETRY, HealthCheck, MqttStatsSource, Telemetry
 from fleetops.settings import Settings
 from fleetops.store.accounts import AccountStore
 from fleetops.store.batches import DeviceBatches
 from fleetops.store.broker_boots import BrokerBootStore
 from fleetops.store.broker_credentials import BrokerCredentialStore
-from fleetops.store.database import Database, open_migrated_database
+from fleetops.store.database import Database, DatabaseHealth, open_migrated_database
 from fleetops.store.devices import DeviceStore
 from fleetops.store.products import ProductStore
 from fleetops.store.shadows import ShadowStore
@@ -92,10 +99,10 @@ class Stores:
         await self.db.dispose()
 
 
-async def open_stores(settings: Settings) -> Stores:
+async def open_stores(settings: Settings, telemetry: Telemetry = NO_TELEMETRY) -> Stores:
     """Open the configured database, migrate it to the newest schema, and build the stores on it."""
     settings.data_dir.mkdir(parents=True, exist_ok=True)
-    db = await open_migrated_database(settings.effective_database_url)
+    db = await open_migrated_database(settings.effective_database_url, telemetry=telemetry)
     return Stores(
         db=db,
         accounts=AccountStore(db),
@@ -173,7 +180,12 @@ def node_id(settings: Settings) -> str:
 
 
 def build_engine(
-    settings: Settings, tasks: TaskStore, batches: DeviceBatches, messages: DeviceMessages, clock: Callable[[], float]
+    settings: Settings,
+    tasks: TaskStore,
+    batches: DeviceBatches,
+    messages: DeviceMessages,
+    clock: Callable[[], float],
+    telemetry: Telemetry = NO_TELEMETRY,
 ) -> TaskWorker:
     """The task engine of a node: a scheduler and an executor on the shared task table (docs/tasks.md)."""
     owner = node_id(settings)
@@ -190,6 +202,7 @@ def build_engine(
                 broker_retry_s=settings.task_poll_interval_s,
             ),
             clock,
+            telemetry,
         ),
         concurrency=settings.task_concurrency,
         poll_interval_s=settings.task_poll_interval_s,
@@ -207,6 +220,8 @@ class Node:
     backend: Backend
     clock: Callable[[], float]
     shadow_handler: ShadowRequestHandler
+    metrics: NodeMetrics  # what happens (counted by the engine, the use cases, the database handle)
+    state_metrics: StateMetrics  # what is (read at scrape time: tasks by status, the MQTT side)
 
     @classmethod
     async def open(
@@ -222,8 +237,9 @@ class Node:
         application embedding fleetops); it receives the handler of device shadow requests. ``device_events`` is
         told of devices' connects, subscriptions and disconnects by the embedded gateway, or by the Mosquitto
         plugin through this node (the devices the plugin hands to it)."""
-        stores = await open_stores(settings)
-        shadow_handler = DeviceShadowProtocol(DeviceShadowService(stores.shadows, stores.devices), clock)
+        metrics = NodeMetrics()
+        stores = await open_stores(settings, metrics)
+        shadow_handler = DeviceShadowProtocol(DeviceShadowService(stores.shadows, stores.devices, metrics), clock)
         if messaging_factory is not None:
             messaging = messaging_factory(shadow_handler)
         else:
@@ -233,17 +249,30 @@ class Node:
             except BaseException:
                 await stores.close()
                 raise
+        state_metrics = StateMetrics(
+            stores.tasks.count_by_status, messaging if isinstance(messaging, MqttStatsSource) else None
+        )
         messages = DeviceMessenger(messaging.publisher)
-        engine = build_engine(settings, stores.tasks, stores.batches, messages, clock)
+        engine = build_engine(settings, stores.tasks, stores.batches, messages, clock, metrics)
+        product_names = ProductNames(stores.products)
         devices = DeviceService(
-            stores.devices, clock, sessions=messaging, max_devices_per_product=settings.max_devices_per_product
+            stores.devices,
+            clock,
+            sessions=messaging,
+            product_names=product_names,
+            max_devices_per_product=settings.max_devices_per_product,
         )
         backend = Backend(
             keys=KeyService(stores.accounts),
-            products=ProductService(stores.products, clock),
+            products=ProductService(stores.products, clock, product_names),
             devices=devices,
             shadows=ShadowService(
-                stores.shadows, messages, clock, delta_publish_timeout_s=settings.delta_publish_timeout_s
+                stores.shadows,
+                messages,
+                clock,
+                product_names=product_names,
+                delta_publish_timeout_s=settings.delta_publish_timeout_s,
+                telemetry=metrics,
             ),
             tasks=TaskService(
                 stores.tasks,
@@ -253,9 +282,11 @@ class Node:
                 retention_s=settings.task_retention_s,
                 on_created=engine.wake,
             ),
-            messages=MessageService(devices, messages, publish_timeout_s=settings.delta_publish_timeout_s),
+            messages=MessageService(
+                devices, messages, publish_timeout_s=settings.delta_publish_timeout_s, telemetry=metrics
+            ),
         )
-        return cls(settings, stores, messaging, engine, backend, clock, shadow_handler)
+        return cls(settings, stores, messaging, engine, backend, clock, shadow_handler, metrics, state_metrics)
 
     # --- the HTTP side ------------------------------------------------------------------------------------
 
@@ -283,10 +314,24 @@ class Node:
             backend=self.backend,
             limiter=RateLimiter(self.settings.rate_limit_per_s, self.clock),
             config=ApiConfig(max_body_bytes=self.settings.max_body_bytes, clock_skew_s=self.settings.clock_skew_s),
+            metrics=self.metrics.api,
             clock=self.clock,
         )
         lifespan = self._lifespan if manage_services else None
-        return create_app(endpoint, extra_routes=[*self._mqtt_auth_routes(), *console_routes()], lifespan=lifespan)
+        return create_app(
+            endpoint,
+            metrics=MetricsEndpoint(self.metrics, self.state_metrics).__call__,
+            readiness=Readiness(self._health_checks()),
+            extra_routes=[*self._mqtt_auth_routes(), *console_routes()],
+            lifespan=lifespan,
+        )
+
+    def _health_checks(self) -> list[HealthCheck]:
+        """What ``/readyz`` asks: the database, and the broker when the MQTT side can tell."""
+        checks: list[HealthCheck] = [DatabaseHealth(self.stores.db)]
+        if isinstance(self.messaging, HealthCheck):
+            checks.append(self.messaging)
+        return checks
 
     @contextlib.asynccontextmanager
     async def _lifespan(self, _app: Starlette) -> AsyncIterator[None]:

@@ -7,7 +7,10 @@ import json
 import os
 import re
 import signal
+import socket
 import stat
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -76,3 +79,32 @@ def test_first_start_then_clean_shutdown_then_restart(serve: ServeProcess, stop_
     listing.Offset, listing.Limit = 0, 10
     page = client.DescribeProducts(listing)  # type: ignore[attr-defined]
     assert [p.ProductId for p in page.Products] == [product_id]
+
+
+def test_a_taken_http_port_is_one_line_and_exit_2_before_anything_starts(tmp_path: Path) -> None:
+    # a listening socket of our own holds the port for the whole test: no race with other processes
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        env = {
+            **os.environ,
+            "FLEETOPS_DATA_DIR": str(tmp_path / "data"),
+            "FLEETOPS_PORT": str(port),
+            "FLEETOPS_MQTT_PORT": "0",  # were it ever reached, the broker would take a free port
+        }
+        result = subprocess.run(
+            [str(Path(sys.executable).parent / "fleetops"), "serve"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    assert result.returncode == 2, result.stderr
+    lines = [line for line in (result.stdout + result.stderr).splitlines() if line.strip()]
+    assert len(lines) == 1, lines
+    assert f"cannot listen on 127.0.0.1:{port} for the HTTP API: the address is already in use" in lines[0]
+    assert "--port" in lines[0]
+    # nothing claimed to have started, and nothing was created: the port is checked before the database
+    assert "startup complete" not in lines[0].lower() and "Traceback" not in lines[0]
+    assert not (tmp_path / "data" / "fleetops.db").exists()

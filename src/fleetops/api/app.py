@@ -7,11 +7,12 @@ parameters. Every response is HTTP 200 with the JSON envelope; a client's mistak
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Final
 
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -33,6 +34,7 @@ from fleetops.api.request import (
     verify_signature,
 )
 from fleetops.backend.container import Backend
+from fleetops.ports.telemetry import HealthCheck
 
 log = logging.getLogger("fleetops.access")
 error_log = logging.getLogger("fleetops.api")
@@ -53,6 +55,7 @@ class ApiEndpoint:
         backend: Backend,
         limiter: RateLimiter,
         config: ApiConfig,
+        metrics: ApiMetrics,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._registry = registry
@@ -60,7 +63,7 @@ class ApiEndpoint:
         self._limiter = limiter
         self._config = config
         self._clock = clock
-        self.metrics = ApiMetrics()
+        self.metrics = metrics
 
     async def __call__(self, request: Request) -> Response:
         started = time.perf_counter()
@@ -123,9 +126,10 @@ class ApiEndpoint:
         parsed = parse_request(raw)
         action = self._registry.get(parsed.action)
         if action is None:
+            supported = ", ".join(self._registry.names())
             raise errors.InvalidAction(
-                f"The action `{parsed.action}` does not exist in iotcloud 2018-06-14. "
-                f"Supported actions: {', '.join(self._registry.names())}."
+                f"The action `{parsed.action}` does not exist in iotcloud 2018-06-14. Supported actions: {supported}.",
+                message_zh=f"接口 `{parsed.action}` 在 iotcloud 2018-06-14 中不存在。支持的接口：{supported}。",
             )
         call.action = action.name
         now = int(self._clock())
@@ -134,14 +138,18 @@ class ApiEndpoint:
         if key is None:
             raise errors.SecretIdNotFound(
                 f"The SecretId `{parsed.secret_id}` does not exist or is disabled. "
-                "Check the key (fleetops keys list) and use an enabled one."
+                "Check the key (fleetops keys list) and use an enabled one.",
+                message_zh=f"SecretId `{parsed.secret_id}` 不存在或已被禁用。"
+                "请检查密钥（fleetops keys list）并使用已启用的密钥。",
             )
         call.account = key.account_name
         verify_signature(parsed, raw, key.secret_key, now=now, skew_s=self._config.clock_skew_s)
         if not self._limiter.allow(key.secret_id, action.name):
             raise errors.RequestLimitExceeded(
                 f"More than {self._limiter.per_second} {action.name} requests per second for this SecretId. "
-                "Slow down and retry."
+                "Slow down and retry.",
+                message_zh=f"该 SecretId 每秒的 {action.name} 请求超过 {self._limiter.per_second} 次，"
+                "请降低频率后重试。",
             )
         params = decode_request(action.request, parsed.params, from_strings=parsed.from_strings)
         ctx = ActionContext(
@@ -164,17 +172,51 @@ class _CallInfo:
 
 def _too_large(size: int, limit: int) -> errors.RequestSizeLimitExceeded:
     return errors.RequestSizeLimitExceeded(
-        f"The request body is at least {size} bytes; at most {limit} bytes are accepted for this signature method."
+        f"The request body is at least {size} bytes; at most {limit} bytes are accepted for this signature method.",
+        message_zh=f"请求体至少有 {size} 字节；此签名方式最多接受 {limit} 字节。",
     )
 
 
 async def _healthz(_request: Request) -> Response:
+    """Liveness: the process serves HTTP (nothing else is asked, so a database outage does not get it killed)."""
     return PlainTextResponse("ok")
+
+
+READY_CHECK_TIMEOUT_S: Final = 2.0
+
+
+class Readiness:
+    """``GET /readyz``: 200 ``ready`` when every dependency answers, else 503 naming each one that does not.
+
+    The checks run at once, each bounded by ``timeout_s``, so a hung database answers within that time too.
+    A load balancer takes the node out of rotation on 503 while ``/healthz`` (liveness) stays 200.
+    """
+
+    def __init__(self, checks: Sequence[HealthCheck], timeout_s: float = READY_CHECK_TIMEOUT_S) -> None:
+        self._checks = tuple(checks)
+        self._timeout_s = timeout_s
+
+    async def _problem(self, check: HealthCheck) -> str | None:
+        try:
+            return await asyncio.wait_for(check.problem(), self._timeout_s)
+        except TimeoutError:
+            return f"no answer within {self._timeout_s:g} s"
+        except Exception as exc:  # a check that fails is a dependency that is not usable
+            return f"{type(exc).__name__}: {exc}"
+
+    async def __call__(self, _request: Request) -> Response:
+        problems = await asyncio.gather(*(self._problem(check) for check in self._checks))
+        down = [f"{check.name}: {problem}" for check, problem in zip(self._checks, problems, strict=True) if problem]
+        if down:
+            return PlainTextResponse("not ready\n" + "\n".join(down) + "\n", status_code=503)
+        return PlainTextResponse("ready\n" + "".join(f"{check.name}: ok\n" for check in self._checks))
 
 
 def create_app(
     endpoint: ApiEndpoint,
     *,
+    metrics: Callable[[Request], Awaitable[Response]],
+    readiness: Readiness,
     extra_routes: Sequence[BaseRoute] = (),
     lifespan: Any = None,
 ) -> Starlette:
@@ -183,7 +225,8 @@ def create_app(
         # a bound method: Starlette treats any other callable object as a raw ASGI app (scope, receive, send)
         Route("/", endpoint.__call__, methods=methods),
         Route("/healthz", _healthz, methods=["GET"]),
-        Route("/metrics", endpoint.metrics.endpoint, methods=["GET"]),
+        Route("/readyz", readiness.__call__, methods=["GET"]),
+        Route("/metrics", metrics, methods=["GET"]),
         *extra_routes,
     ]
     return Starlette(routes=routes, lifespan=lifespan)

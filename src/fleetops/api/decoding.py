@@ -297,9 +297,11 @@ def _check_string(value: str, p: Param, path: str) -> None:
         _check_choices(value, p, path)
         return
     if p.max_length is not None and len(value) > p.max_length:
+        hint_en, hint_zh = p.hint or ("", "")
         raise InvalidParameterValue(
-            f"The parameter `{path}` must be at most {p.max_length} characters long, got {len(value)} characters.",
-            message_zh=f"参数 `{path}` 最长 {p.max_length} 个字符，实际为 {len(value)} 个字符。",
+            f"The parameter `{path}` must be at most {p.max_length} characters long, got {len(value)} characters."
+            + hint_en,
+            message_zh=f"参数 `{path}` 最长 {p.max_length} 个字符，实际为 {len(value)} 个字符。{hint_zh}",
         )
     if p.pattern is not None and not p.pattern.fullmatch(value):
         shown, _ = shown_value(value, from_strings=True)

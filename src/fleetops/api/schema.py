@@ -75,6 +75,7 @@ class _WireSpec:
     choices: tuple[str | int, ...] | None
     max_items: int | None
     int64: bool
+    hint: tuple[str, str] | None
 
 
 def wire(
@@ -90,15 +91,17 @@ def wire(
     choices: tuple[str | int, ...] | None = None,
     max_items: int | None = None,
     int64: bool = False,
+    hint: tuple[str, str] | None = None,
 ) -> Any:
     """A request field: the parameter ``name`` on the wire and its rules.
 
     A required field has no default. An optional field defaults to ``default`` (None unless given), which is
     also its value when the client sends the parameter as JSON ``null``. ``max_length`` counts characters (code
     points); ``pattern`` is matched with ``fullmatch`` (our own constants only, never a client's); ``int64``
-    makes an integer signed (the vendor's ``Int64``).
+    makes an integer signed (the vendor's ``Int64``). ``hint`` (English, Chinese) is added to the messages of a
+    value that breaks the field's rules, for a mistake the field invites (a ProductName where the ProductId goes).
     """
-    spec = _WireSpec(name, required, doc, min_value, max_value, max_length, pattern, choices, max_items, int64)
+    spec = _WireSpec(name, required, doc, min_value, max_value, max_length, pattern, choices, max_items, int64, hint)
     metadata = {_WIRE_KEY: spec}
     if required:
         return dataclasses.field(metadata=metadata)
@@ -125,6 +128,7 @@ class Param:
     fields: tuple[Param, ...] = ()  # an Object's members
     item: Param | None = None  # an Array's element
     max_items: int | None = None
+    hint: tuple[str, str] | None = None  # appended to the value errors of this parameter (English, Chinese)
 
     @property
     def low(self) -> int:
@@ -238,6 +242,7 @@ def _scalar(where: str, attr: str, spec: _WireSpec, shape: Any, default: Any) ->
         enum=enum,
         model=model,
         fields=parameters(model) if model is not None else (),
+        hint=spec.hint,
     )
 
 

@@ -13,18 +13,23 @@ from typing import Final
 from fleetops import errors
 from fleetops.domain.shadow import DeviceUpdate, Shadow, UpdateResult, apply_device_update
 from fleetops.ports.store import DeviceStore, ShadowMissing, ShadowStore
+from fleetops.ports.telemetry import NO_TELEMETRY, ShadowSource, Telemetry
 
 _OWNER_CACHE_SIZE: Final = 10_000
 
 
 def _gone(product_id: str, device_name: str) -> errors.DeviceNotExist:
-    return errors.DeviceNotExist(f"The device {product_id}/{device_name} does not exist (deleted while connected?).")
+    return errors.DeviceNotExist(
+        f"The device {product_id}/{device_name} does not exist (deleted while connected?).",
+        message_zh=f"设备 {product_id}/{device_name} 不存在（是否在连接期间被删除？）。",
+    )
 
 
 class DeviceShadowService:
-    def __init__(self, shadows: ShadowStore, devices: DeviceStore) -> None:
+    def __init__(self, shadows: ShadowStore, devices: DeviceStore, telemetry: Telemetry = NO_TELEMETRY) -> None:
         self._shadows = shadows
         self._devices = devices
+        self._telemetry = telemetry
         self._owners: dict[str, int] = {}
 
     async def device_get(self, product_id: str, device_name: str) -> Shadow:
@@ -42,9 +47,12 @@ class DeviceShadowService:
             return (outcome.shadow if outcome.accepted else None), outcome
 
         try:
-            return await self._shadows.update(account_id, product_id, device_name, change)
+            result = await self._shadows.update(account_id, product_id, device_name, change)
         except ShadowMissing as exc:
             raise _gone(product_id, device_name) from exc
+        if result.accepted:
+            self._telemetry.shadows_written(ShadowSource.DEVICE, 1)
+        return result
 
     async def _owner(self, product_id: str, device_name: str) -> int:
         owner = self._owners.get(product_id)

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 from fleetops import errors, ids
+from fleetops.backend.products import ProductNames
 from fleetops.ports.messaging import DeviceSessions
 from fleetops.ports.store import (
     DeviceLimitReached,
@@ -59,19 +60,18 @@ def checked_psk(defined_psk: str | None) -> str:
         return ids.new_device_psk()
     if len(defined_psk) > MAX_PSK_LENGTH:
         raise errors.InvalidParameterValue(
-            f"DefinedPsk is {len(defined_psk)} characters long; at most {MAX_PSK_LENGTH} are accepted."
+            f"DefinedPsk is {len(defined_psk)} characters long; at most {MAX_PSK_LENGTH} are accepted.",
+            message_zh=f"DefinedPsk 长度为 {len(defined_psk)} 个字符，最多接受 {MAX_PSK_LENGTH} 个字符。",
         )
     try:
         base64.b64decode(defined_psk, validate=True)
     except (binascii.Error, ValueError) as exc:
         raise errors.DefinedPskNotBase64(
-            "DefinedPsk must be standard Base64 (A-Z, a-z, 0-9, +, / and = padding), e.g. `vX6PQqazsGsMyf5SMfs6OA6y`."
+            "DefinedPsk must be standard Base64 (A-Z, a-z, 0-9, +, / and = padding), e.g. `vX6PQqazsGsMyf5SMfs6OA6y`.",
+            message_zh="DefinedPsk 必须是标准 Base64（A-Z、a-z、0-9、+、/ 以及 = 填充），"
+            "例如 `vX6PQqazsGsMyf5SMfs6OA6y`。",
         ) from exc
     return defined_psk
-
-
-def product_not_exist(product_id: str) -> errors.ProductNotExist:
-    return errors.ProductNotExist(f"The product `{product_id}` does not exist in this account.")
 
 
 class DeviceService:
@@ -81,10 +81,12 @@ class DeviceService:
         clock: Callable[[], float],
         *,
         sessions: DeviceSessions | None,
+        product_names: ProductNames,
         max_devices_per_product: int = MAX_DEVICES_PER_PRODUCT,
     ) -> None:
         """``sessions`` None: a node without an MQTT side (the CLI), where nothing is connected to close."""
         self._store = store
+        self._product_names = product_names
         self._clock = clock
         self.max_devices_per_product = max_devices_per_product
         self._sessions = sessions
@@ -108,21 +110,23 @@ class DeviceService:
                 self.max_devices_per_product,
             )
         except ProductMissing as exc:
-            raise product_not_exist(product_id) from exc
+            raise await self._product_names.not_exist(account_id, product_id) from exc
         except DeviceLimitReached as exc:
             raise errors.DeviceExceedLimit(
-                f"The product `{product_id}` already has {exc.limit} devices, the limit; delete some first."
+                f"The product `{product_id}` already has {exc.limit} devices, the limit; delete some first.",
+                message_zh=f"产品 `{product_id}` 已有 {exc.limit} 个设备，达到上限；请先删除部分设备。",
             ) from exc
         except DeviceNameTaken as exc:
             raise errors.DeviceAlreadyExist(
-                f"The product `{product_id}` already has a device named `{device_name}`; choose another DeviceName."
+                f"The product `{product_id}` already has a device named `{device_name}`; choose another DeviceName.",
+                message_zh=f"产品 `{product_id}` 下已有名为 `{device_name}` 的设备，请换一个 DeviceName。",
             ) from exc
 
     async def get(self, account_id: int, product_id: str, device_name: str) -> DeviceRecord:
         try:
             return await self._store.get(account_id, product_id, device_name)
         except ProductMissing as exc:
-            raise product_not_exist(product_id) from exc
+            raise await self._product_names.not_exist(account_id, product_id) from exc
         except DeviceMissing as exc:
             raise _device_not_exist(product_id, exc.names) from exc
 
@@ -142,14 +146,14 @@ class DeviceService:
                 enabled=where.enabled,
             )
         except ProductMissing as exc:
-            raise product_not_exist(product_id) from exc
+            raise await self._product_names.not_exist(account_id, product_id) from exc
 
     async def delete(self, account_id: int, product_id: str, device_name: str) -> None:
         """Delete the device and its shadow, then drop its MQTT session (best effort)."""
         try:
             await self._store.delete(account_id, product_id, device_name)
         except ProductMissing as exc:
-            raise product_not_exist(product_id) from exc
+            raise await self._product_names.not_exist(account_id, product_id) from exc
         except DeviceMissing as exc:
             raise _device_not_exist(product_id, exc.names) from exc
         await self._disconnect(product_id, [device_name])
@@ -159,7 +163,7 @@ class DeviceService:
         try:
             await self._store.set_enabled(account_id, product_id, device_names, enabled)
         except ProductMissing as exc:
-            raise product_not_exist(product_id) from exc
+            raise await self._product_names.not_exist(account_id, product_id) from exc
         except DeviceMissing as exc:
             raise _device_not_exist(product_id, exc.names) from exc
         if not enabled:
@@ -178,6 +182,11 @@ class DeviceService:
 
 
 def _device_not_exist(product_id: str, names: Sequence[str]) -> errors.DeviceNotExist:
-    shown = ", ".join(f"`{n}`" for n in names[:10]) + (f" and {len(names) - 10} more" if len(names) > 10 else "")
+    quoted, more = [f"`{n}`" for n in names[:10]], len(names) - 10
+    shown = ", ".join(quoted) + (f" and {more} more" if more > 0 else "")
+    shown_zh = "、".join(quoted) + (f" 等 {len(names)} 个设备" if more > 0 else "")
     noun = "device" if len(names) == 1 else "devices"
-    return errors.DeviceNotExist(f"The product `{product_id}` has no {noun} {shown}.")
+    return errors.DeviceNotExist(
+        f"The product `{product_id}` has no {noun} {shown}.",
+        message_zh=f"产品 `{product_id}` 下没有设备 {shown_zh}。",
+    )

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Final
 
 from fleetops import errors
+from fleetops.backend.products import ProductNames
 from fleetops.domain.shadow import (
     JSONObject,
     Shadow,
@@ -28,6 +29,7 @@ from fleetops.domain.shadow import (
 )
 from fleetops.ports.messaging import DeviceMessages
 from fleetops.ports.store import ShadowContention, ShadowMissing, ShadowStore
+from fleetops.ports.telemetry import NO_TELEMETRY, ShadowSource, Telemetry
 
 log = logging.getLogger("fleetops.shadows")
 
@@ -42,14 +44,11 @@ def checked_prefix(prefix: str | None) -> str:
     if not prefix:
         return SHADOW_PREFIX
     if prefix not in PREFIXES:
-        raise errors.PrefixInvalid(f"Prefix `{prefix}` is not valid: use `$shadow` (the default) or `$template`.")
+        raise errors.PrefixInvalid(
+            f"Prefix `{prefix}` is not valid: use `$shadow` (the default) or `$template`.",
+            message_zh=f"Prefix `{prefix}` 无效：请使用 `$shadow`（默认）或 `$template`。",
+        )
     return prefix
-
-
-def not_found(product_id: str, device_name: str) -> errors.ProductOrDeviceNotExist:
-    return errors.ProductOrDeviceNotExist(
-        f"The device `{device_name}` of product `{product_id}` does not exist in this account."
-    )
 
 
 @dataclass(frozen=True)
@@ -73,9 +72,13 @@ class ShadowService:
         messages: DeviceMessages,
         clock: Callable[[], float],
         *,
+        product_names: ProductNames,
         delta_publish_timeout_s: float = DEFAULT_DELTA_PUBLISH_TIMEOUT_S,
+        telemetry: Telemetry = NO_TELEMETRY,
     ) -> None:
         self._store = store
+        self._telemetry = telemetry
+        self._product_names = product_names
         self._messages = messages
         self._clock = clock
         self._delta_publish_timeout_s = delta_publish_timeout_s
@@ -87,7 +90,7 @@ class ShadowService:
         try:
             shadow = await self._store.read(account_id, product_id, device_name)
         except ShadowMissing as exc:
-            raise not_found(product_id, device_name) from exc
+            raise await self._not_found(account_id, product_id, device_name) from exc
         return ShadowRead(shadow, self._now_ms())
 
     async def update(
@@ -117,14 +120,23 @@ class ShadowService:
         try:
             new, pushed = await self._store.update(account_id, product_id, device_name, change)
         except ShadowMissing as exc:
-            raise not_found(product_id, device_name) from exc
+            raise await self._not_found(account_id, product_id, device_name) from exc
         except ShadowContention as exc:
             raise errors.InternalError(
-                "The shadow is being changed by many writers at once; retry the update."
+                "The shadow is being changed by many writers at once; retry the update.",
+                message_zh="影子正被多个写入方同时修改，请重试本次更新。",
             ) from exc
+        self._telemetry.shadows_written(ShadowSource.API, 1)
         if pushed:
             await self._push_delta(topic_prefix, product_id, device_name, new.version, pushed, now_ms)
         return ShadowWrite(new, patch)
+
+    async def _not_found(self, account_id: int, product_id: str, device_name: str) -> errors.ProductOrDeviceNotExist:
+        hint = await self._product_names.hint(account_id, product_id)
+        return errors.ProductOrDeviceNotExist(
+            f"The device `{device_name}` of product `{product_id}` does not exist in this account.{hint.en}",
+            message_zh=f"该账号下不存在产品 `{product_id}` 的设备 `{device_name}`。{hint.zh}",
+        )
 
     async def _push_delta(
         self, prefix: str, product_id: str, device_name: str, version: int, pushed: JSONObject, now_ms: int
@@ -133,6 +145,7 @@ class ShadowService:
             async with asyncio.timeout(self._delta_publish_timeout_s):
                 await self._messages.push_delta(prefix, product_id, device_name, version, pushed, now_ms)
         except Exception:  # the shadow is written; the device gets the delta on its next get
+            self._telemetry.broker_error()
             log.warning(
                 "delta push to %s/%s failed; the device will see it on its next get",
                 product_id,

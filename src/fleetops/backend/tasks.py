@@ -11,6 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from fleetops import errors
+from fleetops.backend.products import ProductNames
 from fleetops.domain.name_filter import compile_name_filter
 from fleetops.domain.tasks import (
     TaskEvent,
@@ -39,7 +40,10 @@ class TaskDraft:
 
 
 def _not_found(task_id: str) -> errors.TaskNotExist:
-    return errors.TaskNotExist(f"The task `{task_id}` does not exist in this account (tasks are kept for one month).")
+    return errors.TaskNotExist(
+        f"The task `{task_id}` does not exist in this account (tasks are kept for one month).",
+        message_zh=f"该账号下不存在任务 `{task_id}`（任务保留一个月）。",
+    )
 
 
 class TaskService:
@@ -56,6 +60,7 @@ class TaskService:
         """``on_created`` hears of each new task (the node's worker: an immediate task starts at once)."""
         self._store = store
         self._products = products
+        self._product_names = ProductNames(products)
         self._clock = clock
         self._max_open_tasks = max_open_tasks
         self._retention_s = retention_s
@@ -73,7 +78,7 @@ class TaskService:
         max_execution_s = effective_max_execution_time(draft.max_execution_time_s)
         product = await self._products.get(account_id, draft.product_id)
         if product is None:
-            raise errors.ProductNotExist(f"The product `{draft.product_id}` does not exist in this account.")
+            raise await self._product_names.not_exist(account_id, draft.product_id)
         task = NewTask(
             id=new_task_id(now),
             account_id=account_id,
@@ -91,7 +96,9 @@ class TaskService:
             raise errors.PengingOrProcessingTasksExceedLimit(
                 f"The account has {blocked_by} tasks waiting or processing (status 1 or 2); at most "
                 f"{self._max_open_tasks} are allowed. Wait for one to finish, or cancel a waiting one "
-                "(CancelTask)."
+                "(CancelTask).",
+                message_zh=f"该账号有 {blocked_by} 个等待中或执行中的任务（状态 1 或 2），最多允许 "
+                f"{self._max_open_tasks} 个。请等待任务结束，或取消一个等待中的任务（CancelTask）。",
             )
         if self._on_created is not None:
             self._on_created()

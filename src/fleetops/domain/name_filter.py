@@ -40,7 +40,9 @@ def _invalid(pattern: str, reason: str) -> InvalidParameterValue:
     return InvalidParameterValue(
         f"DeviceNameFilter {pattern!r} is not a valid RE2 regular expression: {reason}. "
         "RE2 syntax is required (https://github.com/google/re2/wiki/Syntax); backreferences and "
-        "lookaround assertions are not supported."
+        "lookaround assertions are not supported.",
+        message_zh=f"DeviceNameFilter {pattern!r} 不是合法的 RE2 正则表达式：{reason}。"
+        "须使用 RE2 语法（https://github.com/google/re2/wiki/Syntax），不支持反向引用和环视断言。",
     )
 
 
@@ -135,6 +137,7 @@ def compile_name_filter(pattern: str) -> NameFilter:
     """Compile a ``DeviceNameFilter``; raises InvalidParameterValue naming the parameter and the RE2 error."""
     if len(pattern) > NAME_FILTER_MAX_LENGTH:
         raise InvalidParameterValue(
-            f"DeviceNameFilter is {len(pattern)} characters long; at most {NAME_FILTER_MAX_LENGTH} allowed."
+            f"DeviceNameFilter is {len(pattern)} characters long; at most {NAME_FILTER_MAX_LENGTH} allowed.",
+            message_zh=f"DeviceNameFilter 长度为 {len(pattern)} 个字符，最多允许 {NAME_FILTER_MAX_LENGTH} 个。",
         )
     return NameFilter(pattern)

@@ -175,20 +175,32 @@ def _check_nodes(state: object, *, allow_desired_only: bool) -> JSONObject:
     """5003 / JSONHasInvalidNode: only the allowed sections, each an object or null; no null in arrays."""
     allowed = (DESIRED,) if allow_desired_only else (REPORTED, DESIRED)
     if not isinstance(state, dict):
-        raise JSONHasInvalidNode(f"The state must be a JSON object holding {' and/or '.join(allowed)}.")
+        raise JSONHasInvalidNode(
+            f"The state must be a JSON object holding {' and/or '.join(allowed)}.",
+            message_zh=f"state 必须是包含 {' 和/或 '.join(allowed)} 的 JSON 对象。",
+        )
     extra = [key for key in state if key not in allowed]
     if extra:
         raise JSONHasInvalidNode(
-            f"The state may contain only {' and '.join(allowed)}; illegal node(s): {', '.join(extra)}."
+            f"The state may contain only {' and '.join(allowed)}; illegal node(s): {', '.join(extra)}.",
+            message_zh=f"state 只能包含 {' 和 '.join(allowed)}；非法节点：{', '.join(extra)}。",
         )
     if allow_desired_only and DESIRED not in state:
-        raise JSONHasInvalidNode('The state must contain the desired node, e.g. {"desired":{"color":"red"}}.')
+        raise JSONHasInvalidNode(
+            'The state must contain the desired node, e.g. {"desired":{"color":"red"}}.',
+            message_zh='state 必须包含 desired 节点，例如 {"desired":{"color":"red"}}。',
+        )
     for section in allowed:
         if section in state and state[section] is not None and not isinstance(state[section], dict):
-            raise JSONHasInvalidNode(f"state.{section} must be a JSON object or null.")
+            raise JSONHasInvalidNode(
+                f"state.{section} must be a JSON object or null.",
+                message_zh=f"state.{section} 必须是 JSON 对象或 null。",
+            )
     for node, _ in _containers(state):
         if isinstance(node, list) and any(item is None for item in node):
-            raise JSONHasInvalidNode("Arrays in the state must not contain null elements.")
+            raise JSONHasInvalidNode(
+                "Arrays in the state must not contain null elements.", message_zh="state 中的数组不能包含 null 元素。"
+            )
     return state
 
 
@@ -197,15 +209,23 @@ def _check_limits(state: JSONObject) -> None:
     depth = max(level for _, level in _containers(state))
     if depth > SHADOW_MAX_DEPTH:
         raise JSONLevelExceedLimit(
-            f"The state is nested {depth} levels deep (the state object is level 1); at most {SHADOW_MAX_DEPTH}."
+            f"The state is nested {depth} levels deep (the state object is level 1); at most {SHADOW_MAX_DEPTH}.",
+            message_zh=f"state 嵌套了 {depth} 层（state 对象本身为第 1 层），最多 {SHADOW_MAX_DEPTH} 层。",
         )
-    _check_size(state, "The state")
+    _check_size(state, ("The state", "state"))
 
 
-def _check_size(state: JSONObject, what: str) -> None:
+# what a size error is about, in English and Chinese
+_AFTER_UPDATE: Final = ("The shadow state after this update", "本次更新后的影子 state")
+
+
+def _check_size(state: JSONObject, what: tuple[str, str]) -> None:
     size = len(orjson.dumps(state))
     if size > SHADOW_STATE_MAX_BYTES:
-        raise JSONSizeExceedLimit(f"{what} is {size} bytes of compact JSON; at most {SHADOW_STATE_MAX_BYTES}.")
+        raise JSONSizeExceedLimit(
+            f"{what[0]} is {size} bytes of compact JSON; at most {SHADOW_STATE_MAX_BYTES}.",
+            message_zh=f"{what[1]}的紧凑 JSON 为 {size} 字节，最多 {SHADOW_STATE_MAX_BYTES} 字节。",
+        )
 
 
 def validate_state_document(state: object, *, allow_desired_only: bool) -> JSONObject:
@@ -225,10 +245,18 @@ def parse_state_json(text: str) -> JSONObject:
     try:
         value = orjson.loads(text)
     except orjson.JSONDecodeError as exc:
-        raise InvalidJSON(f"State is not valid JSON: {exc}.") from exc
+        raise InvalidJSON(f"State is not valid JSON: {exc}.", message_zh=f"State {json_error_zh(exc)}") from exc
     if not isinstance(value, dict):
-        raise InvalidJSON('State must be a JSON object such as {"desired":{"color":"red"}}.')
+        raise InvalidJSON(
+            'State must be a JSON object such as {"desired":{"color":"red"}}.',
+            message_zh='State 必须是 JSON 对象，例如 {"desired":{"color":"red"}}。',
+        )
     return value
+
+
+def json_error_zh(exc: orjson.JSONDecodeError) -> str:
+    """ "不是合法的 JSON" with where the parser stopped; the parser's own reason is English only."""
+    return f"不是合法的 JSON（第 {exc.lineno} 行第 {exc.colno} 列出错）。"
 
 
 def check_version(shadow: Shadow, expected: int) -> None:
@@ -238,7 +266,8 @@ def check_version(shadow: Shadow, expected: int) -> None:
     """
     if expected != 0 and expected != shadow.version:
         raise UpdateVersionNotMatch(
-            f"ShadowVersion {expected} does not match the shadow's current version {shadow.version}."
+            f"ShadowVersion {expected} does not match the shadow's current version {shadow.version}.",
+            message_zh=f"ShadowVersion {expected} 与影子当前版本 {shadow.version} 不一致。",
         )
 
 
@@ -277,7 +306,7 @@ def apply_desired(shadow: Shadow, desired_patch: JSONObject | None, now_ms: int)
     new = dataclasses.replace(
         shadow, desired=desired, metadata_desired=metadata, version=shadow.version + 1, timestamp_ms=now_ms
     )
-    _check_size(new.state, "The shadow state after this update")
+    _check_size(new.state, _AFTER_UPDATE)
     pushed = {k: v for k, v in (desired_patch or {}).items() if v is not None}
     return new, pushed
 
@@ -319,11 +348,14 @@ def apply_device_update(shadow: Shadow, update: DeviceUpdate, now_ms: int) -> Up
     try:
         state = _check_nodes(update.state, allow_desired_only=False)
         if update.version not in (None, 0) and update.version != shadow.version:
-            error = UpdateVersionNotMatch(f"version {update.version} != current version {shadow.version}")
+            error = UpdateVersionNotMatch(
+                f"version {update.version} != current version {shadow.version}",
+                message_zh=f"version {update.version} 与当前版本 {shadow.version} 不一致",
+            )
             return UpdateResult(shadow, {}, error)
         _check_limits(state)
         new, changed = _apply_state(shadow, state, overwrite=update.overwrite, now_ms=now_ms)
-        _check_size(new.state, "The shadow state after this update")
+        _check_size(new.state, _AFTER_UPDATE)
     except ApiError as exc:
         return UpdateResult(shadow, {}, exc)
     return UpdateResult(new, changed)

@@ -14,7 +14,7 @@ import orjson
 
 from fleetops.domain import limits
 from fleetops.domain.messages import is_topic_suffix
-from fleetops.domain.shadow import JSONObject, validate_state_document
+from fleetops.domain.shadow import JSONObject, json_error_zh, validate_state_document
 from fleetops.errors import (
     ApiError,
     AsyncTaskAlreadyStarted,
@@ -29,6 +29,16 @@ class TaskStatus(IntEnum):
     COMPLETED = 3
     FAILED = 4
     CANCELLED = 5
+
+
+# how a status reads in a Chinese message
+_STATUS_ZH: Final = {
+    TaskStatus.WAITING: "等待中",
+    TaskStatus.PROCESSING: "执行中",
+    TaskStatus.COMPLETED: "已完成",
+    TaskStatus.FAILED: "已失败",
+    TaskStatus.CANCELLED: "已取消",
+}
 
 
 class TaskType(StrEnum):
@@ -84,7 +94,9 @@ def transition(status: TaskStatus, event: TaskEvent) -> TaskStatus:
     if event is TaskEvent.CANCEL:
         raise AsyncTaskAlreadyStarted(
             f"The task cannot be cancelled: its status is {status.value} ({status.name.lower()}); "
-            "only a waiting task (status 1) can be cancelled."
+            "only a waiting task (status 1) can be cancelled.",
+            message_zh=f"任务无法取消：其状态为 {status.value}（{_STATUS_ZH[status]}）；"
+            "只有等待中（状态 1）的任务可以取消。",
         )
     raise InvalidTaskTransition(f"A task in status {status.name} cannot take the event {event.value!r}.")
 
@@ -101,7 +113,8 @@ def effective_schedule_time(requested_s: int, now_s: int) -> int:
         return now_s
     if requested_s < now_s:
         raise InvalidParameterValue(
-            f"ScheduleTimeInSeconds must be 0 (now) or >= the current time {now_s}; got {requested_s}."
+            f"ScheduleTimeInSeconds must be 0 (now) or >= the current time {now_s}; got {requested_s}.",
+            message_zh=f"ScheduleTimeInSeconds 必须为 0（立即）或不早于当前时间 {now_s}，实际为 {requested_s}。",
         )
     return min(requested_s, now_s + limits.TASK_MAX_SCHEDULE_AHEAD_S)
 
@@ -175,26 +188,41 @@ def task_spec(
     ``Tasks.PublishMessageTask.Topic`` and ``.Payload`` (None when absent). The member named after the task
     type is required; a member for the other type is ignored, as the vendor documents one member per type.
     """
-    member = _MEMBER[task_type]
     if task_type is TaskType.UPDATE_SHADOW:
         if desired is None:
-            raise InvalidParameterValue(f"Tasks.{member} is required when TaskType is {task_type.value}.")
+            raise _member_missing(task_type)
         return UpdateShadowSpec(_desired(desired))
     if topic is None and payload is None:
-        raise InvalidParameterValue(f"Tasks.{member} is required when TaskType is {task_type.value}.")
+        raise _member_missing(task_type)
     return PublishMessageSpec(_topic(topic), _payload(payload))
+
+
+def _member_missing(task_type: TaskType) -> InvalidParameterValue:
+    member = _MEMBER[task_type]
+    return InvalidParameterValue(
+        f"Tasks.{member} is required when TaskType is {task_type.value}.",
+        message_zh=f"TaskType 为 {task_type.value} 时必须提供 Tasks.{member}。",
+    )
 
 
 def _desired(value: Any) -> JSONObject:
     where = "Tasks.UpdateShadowTask.Desired"
     if not isinstance(value, str):
-        raise InvalidParameterValue(f'{where} must be a JSON object serialized as a string, e.g. "{{\\"a\\":1}}".')
+        raise InvalidParameterValue(
+            f'{where} must be a JSON object serialized as a string, e.g. "{{\\"a\\":1}}".',
+            message_zh=f'{where} 必须是序列化为字符串的 JSON 对象，例如 "{{\\"a\\":1}}"。',
+        )
     try:
         desired = orjson.loads(value)
     except orjson.JSONDecodeError as exc:
-        raise InvalidParameterValue(f"{where} is not valid JSON: {exc}.") from exc
+        raise InvalidParameterValue(
+            f"{where} is not valid JSON: {exc}.", message_zh=f"{where} {json_error_zh(exc)}"
+        ) from exc
     if not isinstance(desired, dict):
-        raise InvalidParameterValue(f"{where} must be a JSON object (not wrapped in desired).")
+        raise InvalidParameterValue(
+            f"{where} must be a JSON object (not wrapped in desired).",
+            message_zh=f"{where} 必须是 JSON 对象（不要包在 desired 中）。",
+        )
     if (
         len(desired) == 1
         and next(iter(desired)) in ("desired", "reported")
@@ -205,22 +233,27 @@ def _desired(value: Any) -> JSONObject:
         section = next(iter(desired))
         raise InvalidParameterValue(
             f'{where} is the desired state itself, e.g. {{"color":"red"}}, not wrapped in "{section}" as '
-            "UpdateDeviceShadow's State is; send the inner object."
+            "UpdateDeviceShadow's State is; send the inner object.",
+            message_zh=f'{where} 就是期望状态本身，例如 {{"color":"red"}}，不要像 UpdateDeviceShadow 的 State '
+            f'那样包在 "{section}" 中；请直接发送内层对象。',
         )
     # The shadow limits apply as to UpdateDeviceShadow's State {"desired": ...}. CreateTask's error list has
     # only InvalidParameterValue, so the shadow's specific codes are reported under it.
     try:
         validate_state_document({"desired": desired}, allow_desired_only=True)
     except ApiError as exc:
-        raise InvalidParameterValue(f"{where}: {exc.message}") from exc
+        raise InvalidParameterValue(f"{where}: {exc.message}", message_zh=f"{where}：{exc.localized('zh-CN')}") from exc
     return desired
 
 
 def _topic(value: Any) -> str:
     if not isinstance(value, str) or not is_topic_suffix(value):
+        pattern = f"[a-zA-Z0-9:_-]{{1,{limits.TOPIC_SUFFIX_MAX_LENGTH}}}"
         raise InvalidParameterValue(
             "Tasks.PublishMessageTask.Topic must be the topic after {ProductId}/{DeviceName}/, "
-            f"matching [a-zA-Z0-9:_-]{{1,{limits.TOPIC_SUFFIX_MAX_LENGTH}}} (e.g. control); got {value!r}."
+            f"matching {pattern} (e.g. control); got {value!r}.",
+            message_zh="Tasks.PublishMessageTask.Topic 必须是 {ProductId}/{DeviceName}/ 之后的部分，"
+            f"符合 {pattern}（例如 control），实际为 {value!r}。",
         )
     return value
 
@@ -228,10 +261,11 @@ def _topic(value: Any) -> str:
 def _payload(value: Any) -> bytes:
     where = "Tasks.PublishMessageTask.Payload"
     if not isinstance(value, str) or not value:
-        raise InvalidParameterValue(f"{where} must be a non-empty string.")
+        raise InvalidParameterValue(f"{where} must be a non-empty string.", message_zh=f"{where} 必须是非空字符串。")
     payload = value.encode()
     if len(payload) > limits.PUBLISH_PAYLOAD_MAX_BYTES:
         raise InvalidParameterValue(
-            f"{where} is {len(payload)} bytes of UTF-8; at most {limits.PUBLISH_PAYLOAD_MAX_BYTES}."
+            f"{where} is {len(payload)} bytes of UTF-8; at most {limits.PUBLISH_PAYLOAD_MAX_BYTES}.",
+            message_zh=f"{where} 的 UTF-8 编码为 {len(payload)} 字节，最多 {limits.PUBLISH_PAYLOAD_MAX_BYTES} 字节。",
         )
     return payload

@@ -37,6 +37,8 @@ from fleetops.domain.name_filter import NameFilter, compile_name_filter
 from fleetops.domain.shadow import is_flat, merge_section
 from fleetops.domain.tasks import (
     PublishMessageSpec,
+    TaskStatus,
+    TaskType,
     UpdateShadowSpec,
     failure_message,
     is_overdue,
@@ -44,6 +46,7 @@ from fleetops.domain.tasks import (
 from fleetops.errors import BrokerUnavailable
 from fleetops.ports.messaging import DeviceMessages
 from fleetops.ports.store import DeviceBatches, FenceLost, Progress, TaskRecord, TaskStore
+from fleetops.ports.telemetry import NO_TELEMETRY, ShadowSource, Telemetry
 
 log = logging.getLogger("fleetops.engine")
 
@@ -84,12 +87,14 @@ class TaskExecutor:
         messages: DeviceMessages,
         config: ExecutorConfig,
         clock: Callable[[], float],
+        telemetry: Telemetry = NO_TELEMETRY,
     ) -> None:
         self._tasks = tasks
         self._devices = devices
         self._messages = messages
         self._config = config
         self._clock = clock
+        self._telemetry = telemetry
 
     async def run(self, task: TaskRecord, stop: asyncio.Event, *, wait_for_broker: bool = True) -> Outcome:
         """Run ``task`` (leased to this node by its claim) until it ends, the worker stops or loses it."""
@@ -156,6 +161,7 @@ class _Run:
             ret_code, message = failure_message(self.done, self.all_devices, self.task.max_execution_s)
             if not await self.x._tasks.fail(self.task.id, self.owner, ret_code, message, now):
                 raise FenceLost(self.task.id)
+            self.x._telemetry.task_finished(self.task.type, TaskStatus.FAILED, now - self.started_at)
             log.info("task %s failed: %s", self.task.id, message)
             raise _Stop(Outcome.FAILED)
 
@@ -188,8 +194,10 @@ class _Run:
                 else:
                     await self.publish_messages(names, name_filter.filter(names), spec)
             if len(names) < self.batch_size:
-                if not await self.x._tasks.complete(self.task.id, self.owner, self.cursor, self.now_s()):
+                now = self.now_s()
+                if not await self.x._tasks.complete(self.task.id, self.owner, self.cursor, now):
                     raise FenceLost(self.task.id)
+                self.x._telemetry.task_finished(self.task.type, TaskStatus.COMPLETED, now - self.started_at)
                 log.info("task %s completed: %d of %d devices", self.task.id, self.done, self.all_devices)
                 return Outcome.COMPLETED
 
@@ -234,6 +242,8 @@ class _Run:
             None if is_flat(patch) else partial(merge_section, patch=patch, now_ms=now_ms),
         )
         self.cursor, self.done = through, self.done + len(written)
+        self.x._telemetry.devices_processed(TaskType.UPDATE_SHADOW, len(written))
+        self.x._telemetry.shadows_written(ShadowSource.TASK, len(written))
         await self.push_deltas(written, spec, now_ms)
         self.pushed = through
 
@@ -277,6 +287,7 @@ class _Run:
             send = self.x._messages.publish_to_devices
             await self.deliver(partial(send, self.task.product_id, matched, spec.topic, spec.payload, QOS))
         await self.advance(names[-1], names[-1], len(matched))
+        self.x._telemetry.devices_processed(TaskType.PUBLISH_MESSAGE, len(matched))
 
     async def deliver(self, send: Callable[[], Awaitable[None]]) -> None:
         """Send one batch, retrying it while the broker is down (until stop or the deadline)."""
@@ -288,6 +299,7 @@ class _Run:
                     log.info("task %s: the broker took the batch again; going on", self.task.id)
                 return
             except BrokerUnavailable as exc:
+                self.x._telemetry.broker_error()
                 if not self.wait_for_broker:
                     raise _Stop(Outcome.BLOCKED) from exc
                 now = self.x._clock()

@@ -27,6 +27,7 @@ from fleetops.errors import BrokerUnavailable, ConfigurationError
 from fleetops.messaging.mqtt.gateway import BrokerOptions, Gateway
 from fleetops.messaging.topics import is_valid_topic_name
 from fleetops.ports.messaging import Delivery, DeviceDirectory, DeviceEvents, ShadowRequestHandler
+from fleetops.ports.telemetry import MqttStats
 
 __all__ = ["BrokerOptions", "EmbeddedBroker", "EmbeddedPublisher", "TlsListener"]
 
@@ -192,6 +193,32 @@ class EmbeddedBroker:
         if self.broker is None:
             return False
         return await self.broker.disconnect_client(product_id + device_name)
+
+    # --- what the metrics and /readyz read (ports/telemetry.py) ----------------------------------------------
+
+    def mqtt_stats(self) -> MqttStats:
+        """:class:`~fleetops.ports.telemetry.MqttStatsSource`: the gateway's connections and counters."""
+        gateway = self.broker
+        if gateway is None:
+            return MqttStats(0, 0, 0, 0, 0)
+        counters = gateway.counters
+        return MqttStats(
+            connections=len(gateway.connections),
+            devices_online=gateway.devices_online(),
+            messages_published=counters.delivered,
+            messages_refused=counters.refused_publishes,
+            connects_refused=counters.refused_connects,
+        )
+
+    @property
+    def name(self) -> str:
+        return "broker"
+
+    async def problem(self) -> str | None:
+        """:class:`~fleetops.ports.telemetry.HealthCheck`: the gateway is serving."""
+        if self.broker is None:
+            return "the embedded MQTT gateway is not running"
+        return None
 
 
 def _warn_about_file_limit(connections: int) -> None:

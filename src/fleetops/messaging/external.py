@@ -67,6 +67,7 @@ from fleetops.ports.messaging import (
     DeviceEvents,
     ShadowRequestHandler,
 )
+from fleetops.ports.telemetry import MqttStats
 
 log = logging.getLogger("fleetops.messaging.external")
 
@@ -261,6 +262,7 @@ class ExternalPublisher:
 
     def __init__(self, service: ExternalBroker) -> None:
         self._service = service
+        self.published = 0  # messages the broker has taken since start (the metrics read it)
 
     async def publish(self, topic: str, payload: bytes, qos: int) -> None:
         await self.publish_many(((topic, payload),), qos)
@@ -279,6 +281,7 @@ class ExternalPublisher:
             await self._publish_qos0(encoded)
         else:
             await self._publish_qos1(encoded)
+        self.published += len(encoded)
         return [Delivery.UNKNOWN] * len(encoded)
 
     def subscribed(self, topic: str) -> bool | None:
@@ -400,6 +403,24 @@ class ExternalBroker:
         """The current registration with the Mosquitto plugin (plugin mode, connected)."""
         link = self._link
         return link.registration if link is not None and link.alive else None
+
+    # --- what the metrics and /readyz read (ports/telemetry.py) ----------------------------------------------
+
+    def mqtt_stats(self) -> MqttStats:
+        """:class:`~fleetops.ports.telemetry.MqttStatsSource`: what fleetops published; the devices'
+        connections are the broker's to report (its own metrics)."""
+        return MqttStats(None, None, self.publisher.published, None, None)
+
+    @property
+    def name(self) -> str:
+        return "broker"
+
+    async def problem(self) -> str | None:
+        """:class:`~fleetops.ports.telemetry.HealthCheck`: the connection to the broker is up."""
+        if self.connected:
+            return None
+        # not the broker's address: /readyz answers anyone who can reach the API port (the log names it)
+        return "not connected to the external MQTT broker (reconnecting)"
 
     async def start(self) -> None:
         if self._supervisor is not None:

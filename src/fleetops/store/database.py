@@ -8,15 +8,19 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import Any
+from enum import StrEnum
+from functools import partial
+from typing import Any, Final
 
 import orjson
+import sqlalchemy as sa
 from sqlalchemy import event
-from sqlalchemy.engine import make_url
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy.engine import ExceptionContext, make_url
+from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from fleetops.errors import ConfigurationError
+from fleetops.ports.telemetry import NO_TELEMETRY, Telemetry
 
 
 def _dumps(value: Any) -> str:
@@ -60,7 +64,8 @@ class Database:
         await self.engine.dispose()
 
 
-def open_database(url: str, *, pool_size: int = 10) -> Database:
+def open_database(url: str, *, pool_size: int = 10, telemetry: Telemetry = NO_TELEMETRY) -> Database:
+    """``telemetry`` hears of every failed database operation (``fleetops_database_errors_total``)."""
     aurl = async_url(url)
     kwargs: dict[str, Any] = {"json_serializer": _dumps, "json_deserializer": orjson.loads}
     if aurl.startswith("postgresql"):
@@ -68,7 +73,36 @@ def open_database(url: str, *, pool_size: int = 10) -> Database:
     engine = create_async_engine(aurl, **kwargs)
     if engine.dialect.name == "sqlite":
         event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
+    event.listen(engine.sync_engine, "handle_error", partial(_count_error, telemetry))
     return Database(engine)
+
+
+def _count_error(telemetry: Telemetry, context: ExceptionContext) -> None:
+    """SQLAlchemy's hook for every error of a statement or a connect. Not counted: a unique violation (the
+    stores turn it into a name-taken answer: a client's conflict, not a database fault) and the pool's
+    pre-ping of a stale connection (the pool replaces the connection and nothing fails)."""
+    if context.is_pre_ping or isinstance(context.sqlalchemy_exception, IntegrityError):
+        return
+    telemetry.database_error()
+
+
+class DatabaseHealth:
+    """:class:`~fleetops.ports.telemetry.HealthCheck` of the database: one ``SELECT 1`` on a pooled connection."""
+
+    name: Final = "database"
+
+    def __init__(self, db: Database) -> None:
+        self._db = db
+
+    async def problem(self) -> str | None:
+        """The kind of trouble only: ``/readyz`` answers anyone who can reach the port, and the database's
+        address and the driver's words are for the log (the operations that fail log them)."""
+        try:
+            async with self._db.connect() as conn:
+                await conn.execute(sa.text("SELECT 1"))
+        except (DBAPIError, OSError) as exc:
+            return _trouble(exc).value
+        return None
 
 
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
@@ -90,28 +124,55 @@ def display_url(url: str) -> str:
         return url
 
 
-def _explain(exc: BaseException, url: str) -> str:
-    """One line saying what is wrong with the database and what to do."""
-    shown = display_url(url)
-    text = str(getattr(exc, "orig", None) or exc).splitlines()[0] if str(exc) else type(exc).__name__
+class _Trouble(StrEnum):
+    """What kind of database problem an exception shows (one classification for both ways of saying it)."""
+
+    MISSING = "the database does not exist"
+    UNREACHABLE = "cannot connect to the database server"
+    SQLITE_FILE = "cannot open the SQLite file"
+    CREDENTIALS = "the database refused the credentials"
+    OTHER = "the database cannot be used"
+
+
+def _first_line(exc: BaseException) -> str:
+    return str(getattr(exc, "orig", None) or exc).splitlines()[0] if str(exc) else type(exc).__name__
+
+
+def _trouble(exc: BaseException) -> _Trouble:
+    text = _first_line(exc)
     if "does not exist" in text and "database" in text:
+        return _Trouble.MISSING
+    if isinstance(exc, OSError) or "Connect call failed" in text or "could not connect" in text.lower():
+        return _Trouble.UNREACHABLE
+    if "unable to open database file" in text:
+        return _Trouble.SQLITE_FILE
+    if "password authentication failed" in text or "authentication" in text.lower():
+        return _Trouble.CREDENTIALS
+    return _Trouble.OTHER
+
+
+def _explain(exc: BaseException, url: str) -> str:
+    """One line saying what is wrong with the database and what to do (for the operator starting a command)."""
+    shown, text = display_url(url), _first_line(exc)
+    trouble = _trouble(exc)
+    if trouble is _Trouble.MISSING:
         name = make_url(url).database
         return f"the database {shown} does not exist: create it (createdb {name}) or use another --database URL"
-    if isinstance(exc, OSError) or "Connect call failed" in text or "could not connect" in text.lower():
+    if trouble is _Trouble.UNREACHABLE:
         return f"cannot connect to the database {shown} ({text}): is the server running and reachable?"
-    if "unable to open database file" in text:
+    if trouble is _Trouble.SQLITE_FILE:
         return f"cannot open the SQLite database {shown}: check that its directory exists and is writable"
-    if "password authentication failed" in text or "authentication" in text.lower():
+    if trouble is _Trouble.CREDENTIALS:
         return f"the database {shown} refused the credentials ({text}): check the user and password in the URL"
     return f"cannot use the database {shown}: {text}"
 
 
-async def open_migrated_database(url: str) -> Database:
+async def open_migrated_database(url: str, *, telemetry: Telemetry = NO_TELEMETRY) -> Database:
     """Open the database and migrate it to the newest schema; ConfigurationError with one readable line when it
     cannot be reached or used (a setup mistake is never a traceback)."""
     from fleetops.store.migrate import upgrade  # migrate imports this module
 
-    db = open_database(url)
+    db = open_database(url, telemetry=telemetry)
     try:
         await upgrade(db)
     except (DBAPIError, OSError) as exc:

@@ -62,14 +62,14 @@ class ProductStore:
             ).first()
         return None if row is None else _record(row)
 
-    async def name_exists(self, account_id: int, name: str) -> bool:
+    async def id_for_name(self, account_id: int, name: str) -> str | None:
         async with self._db.connect() as conn:
-            row = (
+            found = (
                 await conn.execute(
-                    sa.select(products.c.id).where(products.c.account_id == account_id, products.c.name == name)
+                    sa.select(products.c.product_id).where(products.c.account_id == account_id, products.c.name == name)
                 )
-            ).first()
-        return row is not None
+            ).scalar_one_or_none()
+        return None if found is None else str(found)
 
     async def page(self, account_id: int, offset: int, limit: int) -> tuple[int, list[ProductRecord]]:
         async with self._db.connect() as conn:

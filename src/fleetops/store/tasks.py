@@ -341,6 +341,12 @@ class TaskStore(TaskStorePort):
             row = (await conn.execute(sa.select(tasks).where(tasks.c.id == task_id))).first()
         return None if row is None else _record(row)
 
+    async def count_by_status(self) -> dict[TaskStatus, int]:
+        """Every account's tasks by status (``fleetops_tasks``): one grouped count over the small task table."""
+        async with self._db.connect() as conn:
+            rows = (await conn.execute(sa.select(tasks.c.status, sa.func.count()).group_by(tasks.c.status))).all()
+        return {TaskStatus(int(status)): int(count) for status, count in rows}
+
     async def purge(self, created_before: int) -> int:
         """Delete finished tasks created before ``created_before`` (the retention window)."""
         async with self._db.begin() as conn:

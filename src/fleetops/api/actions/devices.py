@@ -27,7 +27,7 @@ def device_name(*, doc: str = "[a-zA-Z0-9:_-]{1,48}") -> Any:
 
 
 def product_id_upper() -> Any:
-    return wire("ProductID", required=True, max_length=10, doc="product id (note the vendor's upper-case ID)")
+    return product_id(name="ProductID", doc="product id (note the vendor's upper-case ID)")
 
 
 @dataclass(frozen=True, slots=True)
@@ -222,7 +222,9 @@ async def delete_device(ctx: ActionContext, req: DeleteDeviceRequest) -> dict[st
 
 async def update_devices_enable_state(ctx: ActionContext, req: UpdateDevicesEnableStateRequest) -> dict[str, Any]:
     if not req.device_names:
-        raise errors.InvalidParameterValue("DeviceNames must name at least one device.")
+        raise errors.InvalidParameterValue(
+            "DeviceNames must name at least one device.", message_zh="DeviceNames 至少需要包含一个设备名称。"
+        )
     await ctx.backend.devices.set_enabled(ctx.account_id, req.product_id, req.device_names, req.status == 1)
     return {}
 

@@ -14,9 +14,19 @@ from fleetops.ports.store import ProductRecord
 PRODUCT_NAME_PATTERN: Final = r"[a-zA-Z0-9:_-]{1,32}"
 
 
-def product_id(*, doc: str = "product id (10 characters)") -> Any:
+# A ProductName in place of the ProductId is every newcomer's first mistake; one that passes the length check
+# gets its ProductId named by the backend (backend.products.ProductNames), a longer one this hint.
+PRODUCT_ID_HINT: Final = (
+    " A ProductId is the 10-character id CreateProduct returned (e.g. `ABCDE12345`), not the ProductName; "
+    "DescribeProducts (fleetops products list) shows both.",
+    "ProductId 是 CreateProduct 返回的 10 位 ID（例如 `ABCDE12345`），不是产品名称（ProductName）；"
+    "DescribeProducts（fleetops products list）会同时列出两者。",
+)
+
+
+def product_id(*, doc: str = "product id (10 characters)", name: str = "ProductId") -> Any:
     """The ``ProductId`` parameter, as most actions declare it (DescribeDevice says ``ProductID``)."""
-    return wire("ProductId", required=True, max_length=10, doc=doc)
+    return wire(name, required=True, max_length=10, doc=doc, hint=PRODUCT_ID_HINT)
 
 
 @dataclass(frozen=True, slots=True)

@@ -117,6 +117,15 @@ def keepalive_limit_s(keepalive_s: int) -> int:
 
 
 @dataclass
+class GatewayCounters:
+    """Running totals since the gateway started, read by the metrics at scrape time (docs/deployment.md)."""
+
+    delivered: int = 0  # messages written to a device's connection or queued for its persistent session
+    refused_publishes: int = 0  # device PUBLISHes dropped: a topic not the device's own, or over the size limit
+    refused_connects: int = 0  # CONNECTs answered with a refusal
+
+
+@dataclass
 class _ClientLock:
     lock: asyncio.Lock
     users: int = 0
@@ -219,6 +228,7 @@ class DeviceConnection(asyncio.Protocol):
             log.info("refused %s from %s: %s (the client had already closed)", self.client_id, self.peer_ip, reason)
             return
         log.info("refused %s from %s: %s (CONNACK %d)", self.client_id, self.peer_ip, reason, int(code))
+        self.gateway.counters.refused_connects += 1
         self.write(encode_connack(False, int(code)))
         self.close()
 
@@ -332,6 +342,7 @@ class Gateway:
         self.presence = PresenceWriter(directory, clock)
         self._shadow_handler = shadow_handler
         self._events = events
+        self.counters = GatewayCounters()
         self.sessions: dict[str, Session] = {}
         self.index = SubscriptionIndex()
         self.connections: set[DeviceConnection] = set()
@@ -558,6 +569,7 @@ class Gateway:
             connection.abort()
             return
         if len(packet.payload) > self.options.max_payload_bytes:
+            self.counters.refused_publishes += 1
             self.limited_log(
                 "oversize",
                 logging.INFO,
@@ -568,6 +580,7 @@ class Gateway:
                 self.options.max_payload_bytes,
             )
         elif not may_publish(session.device, topic):
+            self.counters.refused_publishes += 1
             self.limited_log("acl", logging.INFO, "%s may not publish to %s: dropped", client_id, topic)
         else:
             shadow_device = parse_shadow_request_topic(topic)
@@ -625,6 +638,11 @@ class Gateway:
         session = self.sessions.get(client_id)
         return session is not None and session.connected
 
+    def devices_online(self) -> int:
+        """Connections past their CONNACK: one pass over the open connections (bounded by the listeners'
+        limits, unlike the sessions, which include the offline persistent ones); for a scrape, not a hot path."""
+        return sum(1 for connection in self.connections if connection.ready)
+
     def offline_room(self, client_id: str, topic: str) -> int | None:
         """Room in ``client_id``'s persistent session for a QoS 1 message on ``topic``; None if it keeps none."""
         for session, granted in self.index.matching(topic):
@@ -673,6 +691,8 @@ class Gateway:
                 outcome = self._enqueue(session, Outgoing(topic, payload, on_puback))
             else:
                 continue
+            if outcome is not Delivery.DROPPED:
+                self.counters.delivered += 1
             if _RANK[outcome] > _RANK[best]:
                 best = outcome
         return best
