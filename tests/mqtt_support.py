@@ -369,39 +369,3 @@ def junk_streams(valid_connect: bytes, seed: int, count: int) -> Iterator[bytes]
             yield valid_connect + mutate(publish) + mutate(subscribe)
         else:
             yield valid_connect + mqtt_packet(0x30, b"\x00\x05a/b\xffx") + b"\xff\xff\xff\xff\xff"
-
-
-def make_test_pki(root: Path) -> dict[str, Path]:
-    """A CA (``ca.pem``), a server certificate it signed for 127.0.0.1 and localhost (``server.pem``,
-    ``server.key``), and a second CA nobody uses (``other.pem``), made with the openssl command in ``root``.
-    Skips without openssl on a developer machine; in CI that is a failure."""
-    import pytest
-
-    from tests.support import IN_CI
-
-    if shutil.which("openssl") is None:
-        if IN_CI:
-            pytest.fail("the openssl command is needed to make the test certificates")
-        pytest.skip("the openssl command is not installed")
-
-    def openssl(*args: str) -> None:
-        subprocess.run(["openssl", *args], check=True, capture_output=True)
-
-    paths = {name: root / name for name in ("ca.key", "ca.pem", "other.key", "other.pem", "server.key", "server.pem")}
-    for ca in ("ca", "other"):
-        openssl(
-            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", f"/CN=fleetops test {ca}",
-            "-keyout", str(paths[f"{ca}.key"]), "-out", str(paths[f"{ca}.pem"]),
-        )  # fmt: skip
-    csr = root / "server.csr"
-    openssl(
-        "req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=127.0.0.1",
-        "-keyout", str(paths["server.key"]), "-out", str(csr),
-    )  # fmt: skip
-    extensions = root / "san.cnf"
-    extensions.write_text("subjectAltName = IP:127.0.0.1, DNS:localhost\n")
-    openssl(
-        "x509", "-req", "-in", str(csr), "-CA", str(paths["ca.pem"]), "-CAkey", str(paths["ca.key"]),
-        "-CAcreateserial", "-days", "2", "-extfile", str(extensions), "-out", str(paths["server.pem"]),
-    )  # fmt: skip
-    return paths

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import resource
 import signal
 import subprocess
 import sys
@@ -14,11 +15,17 @@ import requests
 class ServeProcess:
     """``fleetops serve`` as a child process, stopped by its PID."""
 
-    def __init__(self, data_dir: Path, env: dict[str, str]) -> None:
+    def __init__(self, data_dir: Path, env: dict[str, str], *, file_limit: int | None = None) -> None:
+        """``file_limit``: the child's RLIMIT_NOFILE, soft and hard (so that it cannot raise it)."""
         self.port = int(env["FLEETOPS_PORT"])
         self.data_dir = data_dir
         self.env = env
+        self.file_limit = file_limit
         self.process: subprocess.Popen[bytes] | None = None
+
+    def _limit_files(self) -> None:
+        if self.file_limit is not None:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (self.file_limit, self.file_limit))
 
     def start(self) -> None:
         self.launch()
@@ -28,7 +35,11 @@ class ServeProcess:
         """Start the process (several can then come up at the same time)."""
         log = (self.data_dir / "serve.log").open("ab")
         self.process = subprocess.Popen(
-            [str(Path(sys.executable).parent / "fleetops"), "serve"], env=self.env, stdout=log, stderr=log
+            [str(Path(sys.executable).parent / "fleetops"), "serve"],
+            env=self.env,
+            stdout=log,
+            stderr=log,
+            preexec_fn=self._limit_files if self.file_limit is not None else None,
         )
 
     def wait_ready(self) -> None:

@@ -9,14 +9,12 @@ import socket
 import threading
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
-import uvicorn
 
 from fleetops.backend.tasks import TaskService
 from fleetops.node import Node
@@ -30,10 +28,23 @@ MOSQUITTO_HOST, MOSQUITTO_PORT = "127.0.0.1", 1883
 IN_CI = bool(os.environ.get("CI"))
 
 
+# Ports for servers that must be told their port before they start (child processes). Taken below the kernel's
+# ephemeral range (/proc/sys/net/ipv4/ip_local_port_range, 32768-60999 here), so that no outgoing connection of
+# another process can take one between this check and the server's bind, however many connections a benchmark
+# on the same machine holds. In-process servers bind port 0 instead (start_server).
+_FIXED_PORTS = range(20_000, 32_000)
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    for _ in range(200):
+        port = secrets.choice(_FIXED_PORTS)
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError("no free port in 20000-31999")
 
 
 def port_open(host: str, port: int) -> bool:
@@ -65,14 +76,9 @@ def _migrated_template(kind: str) -> str:
         return _templates[kind]
     from fleetops.store.database import open_migrated_database
 
-    async def migrate_async(url: str) -> None:
+    async def migrate(url: str) -> None:
         db = await open_migrated_database(url)
         await db.dispose()
-
-    def migrate(url: str) -> None:
-        # in a thread of its own: the first caller may be an async test, inside a running event loop
-        with ThreadPoolExecutor(1) as executor:
-            executor.submit(asyncio.run, migrate_async(url)).result()
 
     if kind == "postgresql":
         import psycopg
@@ -80,7 +86,7 @@ def _migrated_template(kind: str) -> str:
         name = "fleetops_template_" + secrets.token_hex(6)
         with psycopg.connect(_ADMIN, autocommit=True) as conn:
             conn.execute(f'CREATE DATABASE "{name}"')
-        migrate(f"postgresql://postgres@{PG_HOST}:{PG_PORT}/{name}")
+        _run_outside_any_loop(migrate(f"postgresql://postgres@{PG_HOST}:{PG_PORT}/{name}"))
         _templates[kind] = name
     else:
         if not template_dir:
@@ -88,9 +94,26 @@ def _migrated_template(kind: str) -> str:
 
             template_dir.append(Path(tempfile.mkdtemp(prefix="fleetops-templates-")))
         path = template_dir[0] / "template.db"
-        migrate(f"sqlite:///{path}")
+        _run_outside_any_loop(migrate(f"sqlite:///{path}"))
         _templates[kind] = str(path)
     return _templates[kind]
+
+
+def _run_outside_any_loop(coro: Coroutine[Any, Any, None]) -> None:
+    """``asyncio.run`` in a thread of its own: the first test to need a template may be an async one."""
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            asyncio.run(coro)
+        except BaseException as exc:
+            errors.append(exc)
+
+    thread = threading.Thread(target=run, name="fleetops-template")
+    thread.start()
+    thread.join()
+    if errors:
+        raise errors[0]
 
 
 def drop_templates() -> None:
@@ -139,7 +162,7 @@ class LiveServer:
     loop: asyncio.AbstractEventLoop
     secret_id: str
     secret_key: str
-    _server: uvicorn.Server
+    _server: Any  # fleetops.server.HttpServer
     _thread: threading.Thread
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -148,8 +171,17 @@ class LiveServer:
         return f"127.0.0.1:{self.settings.port}"
 
     @property
+    def scheme(self) -> str:
+        return "https" if self.settings.tls_cert_file else "http"
+
+    @property
     def url(self) -> str:
-        return f"http://{self.endpoint}/"
+        return f"{self.scheme}://{self.endpoint}/"
+
+    @property
+    def connections(self) -> Any:
+        """The API listener's ConnectionTable (fleetops.http_limits): open and waiting connections, evictions."""
+        return self._server.table
 
     def run(self, coro: Coroutine[Any, Any, T], timeout_s: float = 60) -> T:
         """Run a coroutine on the server's loop (for setup and inspection)."""
@@ -172,7 +204,7 @@ class LiveServer:
 
 def start_server(data_dir: Path, database_url: str, *, messaging_factory: Any = None, **overrides: Any) -> LiveServer:
     """A live node; ``messaging_factory`` replaces its MQTT side (``fleetops.node.Node.open``)."""
-    from fleetops.server import bind_http
+    from fleetops.server import HttpServer, bind_http, http_limits
 
     # Bound here, on port 0, and handed to uvicorn: no other process can take the port between choosing and
     # binding it (the MQTT side binds port 0 itself: read node.messaging.port).
@@ -195,7 +227,8 @@ def start_server(data_dir: Path, database_url: str, *, messaging_factory: Any = 
             created = await bootstrap_default_account(node.stores.accounts, data_dir, int(time.time()))
             assert created is not None
             key = created.key
-            server = uvicorn.Server(uvicorn.Config(node.app(), log_config=None, lifespan="on"))
+            # the same uvicorn construction as `fleetops serve`: the listener limits and TLS of server.py
+            server = HttpServer(node.app(), http_limits(settings), lifespan="on")
             state.update(node=node, key=key, server=server)
             task = asyncio.create_task(server.serve(sockets=[listener]))
             # uvicorn exposes `started` as a plain flag, with no event to wait on
@@ -237,30 +270,46 @@ SDK_MODES = ("TC3-POST", "TC3-GET", "HmacSHA256", "HmacSHA1")
 
 
 def sdk_client(
-    server: LiveServer, mode: str = "TC3-POST", secret_id: str | None = None, secret_key: str | None = None
+    server: LiveServer,
+    mode: str = "TC3-POST",
+    secret_id: str | None = None,
+    secret_key: str | None = None,
+    *,
+    ca_file: str | None = None,
 ) -> Any:
-    """An official tencentcloud-sdk-python iotcloud client pointed at the live server."""
+    """An official tencentcloud-sdk-python iotcloud client pointed at the live server (over HTTPS when it serves
+    it, trusting ``ca_file``)."""
     from tencentcloud.common import credential
     from tencentcloud.common.profile.client_profile import ClientProfile
     from tencentcloud.common.profile.http_profile import HttpProfile
     from tencentcloud.iotcloud.v20180614 import iotcloud_client
 
-    hp = HttpProfile(endpoint=server.endpoint, protocol="http", reqMethod="GET" if mode == "TC3-GET" else "POST")
+    hp = HttpProfile(
+        endpoint=server.endpoint,
+        protocol=getattr(server, "scheme", "http"),  # a LiveServer, or any object with its endpoint and key
+        reqMethod="GET" if mode == "TC3-GET" else "POST",
+        certification=ca_file,
+    )
     sign_method = "TC3-HMAC-SHA256" if mode.startswith("TC3") else mode
     cp = ClientProfile(httpProfile=hp, signMethod=sign_method, language="en-US")
     cred = credential.Credential(secret_id or server.secret_id, secret_key or server.secret_key)
     return iotcloud_client.IotcloudClient(cred, "ap-guangzhou", cp)
 
 
-def sdk_error_code(call: Any) -> str:
-    """Run an SDK call that must fail; return the Tencent error code it raised."""
+def sdk_error(call: Any) -> tuple[str, str]:
+    """Run an SDK call that must fail; return the Tencent error code and message it raised."""
     from tencentcloud.common.exception.tencent_cloud_sdk_exception import TencentCloudSDKException
 
     try:
         call()
     except TencentCloudSDKException as exc:
-        return str(exc.get_code())
+        return str(exc.get_code()), str(exc.get_message())
     raise AssertionError("the call succeeded but an error was expected")
+
+
+def sdk_error_code(call: Any) -> str:
+    """Run an SDK call that must fail; return the Tencent error code it raised."""
+    return sdk_error(call)[0]
 
 
 # --- batch tasks: a database with one product, a fake clock and a recording publisher ----------------------
@@ -496,3 +545,43 @@ def new_product(client: Any) -> str:
     req = models.CreateProductRequest()
     req.ProductName = "p" + secrets.token_hex(6)
     return str(client.CreateProduct(req).ProductId)
+
+
+# --- TLS: a CA and certificates made for the test (the openssl CLI) -----------------------------------------
+
+
+def _openssl(*args: str) -> None:
+    import subprocess
+
+    subprocess.run(["openssl", *args], check=True, capture_output=True)
+
+
+def make_test_pki(root: Path) -> dict[str, Path]:
+    """A CA (``ca.pem``), a server certificate it signed for 127.0.0.1 / localhost (``server.pem``,
+    ``server.key``) and a second CA nobody uses (``other.pem``), made with the openssl command."""
+    import shutil
+
+    if shutil.which("openssl") is None:
+        message = "the openssl command is needed to make the test certificates (apt-get install -y openssl)"
+        if IN_CI:
+            pytest.fail(message)
+        pytest.skip(message)
+    root.mkdir(parents=True, exist_ok=True)
+    paths = {name: root / name for name in ("ca.key", "ca.pem", "other.key", "other.pem", "server.key", "server.pem")}
+    for ca in ("ca", "other"):
+        _openssl(
+            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", f"/CN=fleetops test {ca}",
+            "-keyout", str(paths[f"{ca}.key"]), "-out", str(paths[f"{ca}.pem"]),
+        )  # fmt: skip
+    csr = root / "server.csr"
+    _openssl(
+        "req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=127.0.0.1",
+        "-keyout", str(paths["server.key"]), "-out", str(csr),
+    )  # fmt: skip
+    extensions = root / "san.cnf"
+    extensions.write_text("subjectAltName = IP:127.0.0.1, DNS:localhost\n")
+    _openssl(
+        "x509", "-req", "-in", str(csr), "-CA", str(paths["ca.pem"]), "-CAkey", str(paths["ca.key"]),
+        "-CAcreateserial", "-days", "2", "-extfile", str(extensions), "-out", str(paths["server.pem"]),
+    )  # fmt: skip
+    return paths

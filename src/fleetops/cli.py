@@ -106,6 +106,13 @@ def main() -> None:
 @store_options
 @click.option("--host", default=None, help="HTTP listen address [FLEETOPS_HOST, default 127.0.0.1]")
 @click.option("--port", type=int, default=None, help="HTTP listen port [FLEETOPS_PORT, default 8080]")
+@click.option(
+    "--tls-cert",
+    "tls_cert_file",
+    default=None,
+    help="PEM certificate: serve the API over HTTPS [FLEETOPS_TLS_CERT_FILE]",
+)
+@click.option("--tls-key", "tls_key_file", default=None, help="PEM private key of --tls-cert [FLEETOPS_TLS_KEY_FILE]")
 @click.option("--mqtt-port", type=int, default=None, help="embedded MQTT port [FLEETOPS_MQTT_PORT, default 1883]")
 @click.option(
     "--mqtt-tls-port", type=int, default=None, help="embedded MQTT TLS port, e.g. 8883 [FLEETOPS_MQTT_TLS_PORT, off]"

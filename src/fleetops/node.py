@@ -296,13 +296,20 @@ class Node:
             return []
         address = BrokerAddress.parse(self.settings.mqtt_url)
         if not address.password:
-            # the Mosquitto plugin's deployments (no credentials in the URL) do not use them
+            # the Mosquitto plugin's deployments (no credentials in the URL) do not use them: no warning
             log.info("the MQTT URL has no password: the EMQX endpoints /mqtt/auth and /mqtt/acl are off (docs/mqtt.md)")
+            return []
+        if not self.settings.mqtt_hooks_secret:
+            log.warning(
+                "the EMQX hooks /mqtt/auth and /mqtt/acl are off: set FLEETOPS_MQTT_HOOKS_SECRET and send it from "
+                "EMQX as an Authorization: Bearer header (docs/mqtt.md#emqx-5)"
+            )
             return []
         router = mqtt_auth_router(
             self.stores.devices,
             internal_username=address.username or "",
             internal_password=address.password,
+            shared_secret=self.settings.mqtt_hooks_secret,
             clock=self.clock,
         )
         return [Mount("/mqtt", app=router)]

@@ -11,24 +11,68 @@ import socket
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, Final, Literal
 
 import uvicorn
+from starlette.types import ASGIApp
 
 from fleetops.credentials import bootstrap_default_account
 from fleetops.errors import ConfigurationError
+from fleetops.http_limits import HttpLimits, install_accept_error_handler, limited_protocol
+from fleetops.listeners import (
+    ConnectionTable,
+    LimitedLog,
+    LimitedLogFilter,
+    raise_file_limit,
+    server_tls_context,
+    warn_if_over_file_limit,
+)
 from fleetops.node import Node, Role
 from fleetops.settings import Settings
 from fleetops.store.database import display_url
 
 log = logging.getLogger("fleetops")
 
+LOG_INTERVAL_S: Final = 10.0  # a repeated log line (refused connections, accept() errors) at most this often
+# uvicorn's warnings per bad request, let through once per LOG_INTERVAL_S
+_PER_REQUEST_WARNINGS: Final = frozenset({"Invalid HTTP request received.", "Unsupported upgrade request."})
 
-class _Server(uvicorn.Server):
-    """uvicorn, except that SIGINT/SIGTERM end the process with status 0 once fleetops has stopped.
 
-    uvicorn re-raises the captured signal when it has shut down, which would kill the process before the node
-    stops its MQTT side and releases its task leases; here the signal only asks for a graceful stop.
+class HttpServer(uvicorn.Server):
+    """uvicorn serving the API with fleetops' listener limits (``http_limits``), and a clean stop.
+
+    SIGINT/SIGTERM end the process with status 0 once fleetops has stopped: uvicorn re-raises the captured signal
+    when it has shut down, which would kill the process before the node stops its MQTT side and releases its task
+    leases; here the signal only asks for a graceful stop.
     """
+
+    def __init__(self, app: ASGIApp, limits: HttpLimits, *, lifespan: Literal["on", "off"] = "off") -> None:
+        self.limits = limits
+        self.table: ConnectionTable[Any] = ConnectionTable(
+            "HTTPS" if limits.tls is not None else "HTTP",
+            limits.max_connections,
+            LimitedLog(log, LOG_INTERVAL_S),
+            setting="FLEETOPS_HTTP_MAX_CONNECTIONS",
+            owed="request",
+        )
+        config = uvicorn.Config(
+            app,
+            http=limited_protocol(limits, self.table),
+            ws="none",  # an upgraded connection would leave the protocol, and with it the listener's limits
+            log_config=None,
+            access_log=False,
+            lifespan=lifespan,
+            timeout_graceful_shutdown=10,
+        )
+        super().__init__(config)
+
+    async def serve(self, sockets: list[socket.socket] | None = None) -> None:
+        assert sockets, "fleetops binds its listening socket itself (bind_http)"
+        loop = asyncio.get_running_loop()
+        install_accept_error_handler(loop, {sock.fileno(): self.table for sock in sockets}, self.table.limited_log)
+        _limit_uvicorn_warnings()
+        await super().serve(sockets=sockets)
 
     @contextlib.contextmanager
     def capture_signals(self) -> Iterator[None]:
@@ -44,10 +88,58 @@ class _Server(uvicorn.Server):
                 signal.signal(sig, handler)
 
 
+def _limit_uvicorn_warnings() -> None:
+    """uvicorn logs a warning per malformed request; a client sending millions would fill the log."""
+    uvicorn_log = logging.getLogger("uvicorn.error")
+    if not any(isinstance(f, LimitedLogFilter) for f in uvicorn_log.filters):
+        uvicorn_log.addFilter(LimitedLogFilter(LimitedLog(uvicorn_log, LOG_INTERVAL_S), _PER_REQUEST_WARNINGS))
+
+
+def http_limits(settings: Settings) -> HttpLimits:
+    """The API listener's limits from Settings, with its TLS context when a certificate is configured."""
+    if settings.http_max_connections < 1:
+        raise ConfigurationError(
+            "http_max_connections (FLEETOPS_HTTP_MAX_CONNECTIONS) must be at least 1, "
+            f"got {settings.http_max_connections}"
+        )
+    if settings.http_request_timeout_s <= 0:
+        raise ConfigurationError(
+            "http_request_timeout_s (FLEETOPS_HTTP_REQUEST_TIMEOUT_S) must be more than 0 seconds, "
+            f"got {settings.http_request_timeout_s:g}"
+        )
+    tls = None
+    if settings.tls_cert_file or settings.tls_key_file:
+        if not (settings.tls_cert_file and settings.tls_key_file):
+            raise ConfigurationError(
+                "HTTPS needs both a certificate and its key: give --tls-cert and --tls-key "
+                "(FLEETOPS_TLS_CERT_FILE, FLEETOPS_TLS_KEY_FILE)"
+            )
+        tls = server_tls_context(
+            Path(settings.tls_cert_file),
+            Path(settings.tls_key_file),
+            what="HTTPS",
+            settings_hint="--tls-cert / --tls-key (FLEETOPS_TLS_CERT_FILE, FLEETOPS_TLS_KEY_FILE)",
+        )
+    return HttpLimits(
+        max_connections=settings.http_max_connections, request_timeout_s=settings.http_request_timeout_s, tls=tls
+    )
+
+
+def listener_caps(settings: Settings) -> dict[str, int]:
+    """The connection caps of this process's listeners, by the setting that sets them (the file-limit check)."""
+    caps = {"FLEETOPS_HTTP_MAX_CONNECTIONS": settings.http_max_connections}
+    if not settings.mqtt_url:  # the embedded gateway: a plain listener, and a TLS one when asked for
+        listeners = 2 if settings.mqtt_tls_port else 1
+        caps[f"FLEETOPS_MQTT_MAX_CONNECTIONS x {listeners}"] = settings.mqtt_max_connections * listeners
+    return caps
+
+
 def bind_http(host: str, port: int) -> socket.socket:
     """The API's listening socket, bound before anything starts, so that a taken port is one clear message."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
+    # IPPROTO_TCP named, not 0: asyncio sets TCP_NODELAY only on sockets whose proto says TCP, and without it
+    # every response (headers and body are two writes) waited ~40 ms for the client's delayed ACK
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
         sock.bind((host, port))
@@ -69,6 +161,8 @@ def _where(settings: Settings) -> str:
 
 
 async def run_server(settings: Settings) -> None:
+    warn_if_over_file_limit(raise_file_limit(), listener_caps(settings))
+    limits = http_limits(settings)  # a certificate that cannot be read stops the start before anything binds
     listener = bind_http(settings.host, settings.port)
     try:
         node = await Node.open(settings)
@@ -90,15 +184,9 @@ async def run_server(settings: Settings) -> None:
             # start the MQTT side and the engine before serving HTTP, so a bad configuration (MQTT port taken,
             # broker refusing our credentials) stops the command with one clear message instead of a traceback
             await node.start()
-            config = uvicorn.Config(
-                node.app(manage_services=False),
-                log_config=None,
-                access_log=False,
-                lifespan="on",
-                timeout_graceful_shutdown=10,
-            )
-            server = _Server(config)
-            log.info("fleetops API on http://%s:%d (%s)", settings.host, settings.port, _where(settings))
+            server = HttpServer(node.app(manage_services=False), limits, lifespan="on")
+            scheme = "https" if limits.tls is not None else "http"
+            log.info("fleetops API on %s://%s:%d (%s)", scheme, settings.host, settings.port, _where(settings))
             try:
                 await server.serve(sockets=[listener])
             finally:

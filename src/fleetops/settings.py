@@ -28,6 +28,21 @@ class Settings:
         default="",
         metadata={"doc": "SQLAlchemy URL; empty = SQLite in data_dir (postgresql://... for PostgreSQL)"},
     )
+    tls_cert_file: str = field(
+        default="", metadata={"doc": "PEM certificate (chain) of the HTTP API; with tls_key_file the API serves HTTPS"}
+    )
+    tls_key_file: str = field(default="", metadata={"doc": "PEM private key of tls_cert_file"})
+    http_max_connections: int = field(
+        default=1000,
+        metadata={
+            "doc": "open connections on the API port; when full, the one waiting longest for its request is "
+            "closed (keep below the file limit)"
+        },
+    )
+    http_request_timeout_s: float = field(
+        default=10.0,
+        metadata={"doc": "a request (TLS handshake, headers and body) must arrive whole within this time"},
+    )
     mqtt_host: str = field(default="127.0.0.1", metadata={"doc": "embedded MQTT broker listen address"})
     mqtt_port: int = field(default=1883, metadata={"doc": "embedded MQTT broker listen port"})
     mqtt_tls_port: int = field(
@@ -46,6 +61,13 @@ class Settings:
     )
     mqtt_url: str = field(
         default="", metadata={"doc": "external broker (mqtt://user:pass@host:port); empty = embedded broker"}
+    )
+    mqtt_hooks_secret: str = field(
+        default="",
+        metadata={
+            "doc": "shared secret EMQX sends to /mqtt/auth and /mqtt/acl (Authorization: Bearer ...); "
+            "empty = the hooks are off"
+        },
     )
     mqtt_client_id: str = field(
         default="",

@@ -15,9 +15,9 @@ import pytest
 
 from fleetops.ports.messaging import DeviceCredentials
 from tests.brokers import ConfiguredMosquitto, clean_environment, mosquitto_config, register_devices
-from tests.mqtt_support import PahoDevice, make_test_pki
+from tests.mqtt_support import PahoDevice
 from tests.serve_process import ServeProcess
-from tests.support import free_port, postgres_database
+from tests.support import free_port, make_test_pki, postgres_database
 
 pytestmark = pytest.mark.postgres
 

@@ -81,6 +81,22 @@ def test_first_start_then_clean_shutdown_then_restart(serve: ServeProcess, stop_
     assert [p.ProductId for p in page.Products] == [product_id]
 
 
+def test_an_unreadable_tls_certificate_is_one_line_and_exit_2(tmp_path: Path) -> None:
+    missing = tmp_path / "missing.pem"
+    env = {**os.environ, "FLEETOPS_DATA_DIR": str(tmp_path / "data"), "FLEETOPS_PORT": "0"}
+    done = subprocess.run(
+        [str(Path(sys.executable).parent / "fleetops"), "serve", "--tls-cert", str(missing), "--tls-key", str(missing)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 2
+    lines = [ln for ln in done.stderr.splitlines() if "Error" in ln or "cannot" in ln]
+    assert len(lines) == 1 and f"cannot load the HTTPS certificate {missing}" in lines[0], done.stderr
+    assert "Traceback" not in done.stderr
+
+
 def test_a_taken_http_port_is_one_line_and_exit_2_before_anything_starts(tmp_path: Path) -> None:
     # a listening socket of our own holds the port for the whole test: no race with other processes
     with socket.socket() as taken:

@@ -27,7 +27,14 @@ from fleetops.messaging.external import (
     ExternalOptions,
     ExternalPublisher,
 )
-from fleetops.messaging.http_auth import mqtt_auth_router
+from fleetops.messaging.http_auth import (
+    FAILURE_WINDOW_S,
+    MAX_BODY_BYTES,
+    MAX_FAILURES,
+    MAX_TRACKED_ADDRESSES,
+    FailureLimiter,
+    mqtt_auth_router,
+)
 from fleetops.messaging.mqtt.client import MqttClient
 from fleetops.messaging.mqtt.codec import encode_publish
 from tests.mqtt_support import (
@@ -39,7 +46,7 @@ from tests.mqtt_support import (
     paho_devices,
     random_product_id,
 )
-from tests.support import MOSQUITTO_HOST, MOSQUITTO_PORT, require_service
+from tests.support import MOSQUITTO_HOST, MOSQUITTO_PORT, FakeClock, require_service
 
 SHARED_MOSQUITTO = "mqtt://127.0.0.1:1883"
 
@@ -251,8 +258,16 @@ async def test_refused_credentials_are_a_configuration_error(tmp_path: Path, nee
 # --- EMQX 5 HTTP authentication and authorization ------------------------------------------------------
 
 
-async def post(app: Any, path: str, body: bytes, *, content_type: str = "application/json", **headers: str) -> Any:
-    """One POST through the ASGI app; returns (status, JSON body)."""
+async def post(
+    app: Any,
+    path: str,
+    body: bytes,
+    *,
+    content_type: str = "application/json",
+    client: tuple[str, int] = ("127.0.0.1", 50000),
+    **headers: str,
+) -> Any:
+    """One POST through the ASGI app (from ``client``); returns (status, JSON body)."""
     raw_headers = [(b"content-type", content_type.encode())]
     raw_headers += [(name.encode(), value.encode()) for name, value in headers.items()]
     scope = {
@@ -266,7 +281,7 @@ async def post(app: Any, path: str, body: bytes, *, content_type: str = "applica
         "root_path": "",
         "query_string": b"",
         "headers": raw_headers,
-        "client": ("127.0.0.1", 50000),
+        "client": client,
         "server": ("fleetops", 80),
     }
     requests = [{"type": "http.request", "body": body, "more_body": False}]
@@ -279,8 +294,9 @@ async def post(app: Any, path: str, body: bytes, *, content_type: str = "applica
         sent.append(message)
 
     await app(scope, receive, send)
-    status = sent[0]["status"]
-    return status, orjson.loads(b"".join(message.get("body", b"") for message in sent[1:]))
+    start, body = sent[0], b"".join(message.get("body", b"") for message in sent[1:])
+    is_json = (b"content-type", b"application/json") in start.get("headers", [])
+    return start["status"], orjson.loads(body) if is_json else body
 
 
 @pytest.fixture
@@ -289,8 +305,18 @@ def emqx_app() -> tuple[Router, MemoryDirectory, str]:
     pid = random_product_id()
     directory.add(pid, "lamp01")
     directory.add(pid, "off", enabled=False)
-    router = mqtt_auth_router(directory, internal_username="fleetops", internal_password="internal-secret")
+    router = mqtt_auth_router(
+        directory, internal_username="fleetops", internal_password="internal-secret", shared_secret=HOOKS_SECRET
+    )
     return Router(routes=[Mount("/mqtt", app=router)]), directory, pid
+
+
+HOOKS_SECRET = "emqx-hooks-secret"
+
+
+async def hook(app: Any, path: str, body: bytes, **kw: Any) -> Any:
+    """A POST as EMQX sends it: with the shared secret."""
+    return await post(app, path, body, authorization=f"Bearer {HOOKS_SECRET}", **kw)
 
 
 def _device_login(directory: MemoryDirectory, pid: str, name: str) -> dict[str, str]:
@@ -310,12 +336,12 @@ async def test_http_auth_allows_devices_with_valid_signatures(
 ) -> None:
     app, directory, pid = emqx_app
     login = _device_login(directory, pid, "lamp01")
-    assert await post(app, "/mqtt/auth", orjson.dumps(login)) == (
+    assert await hook(app, "/mqtt/auth", orjson.dumps(login)) == (
         200,
         {"result": "allow", "is_superuser": False},
     )
     form = "&".join(f"{key}={value}" for key, value in login.items()).replace(";", "%3B").encode()
-    assert await post(app, "/mqtt/auth", form, content_type="application/x-www-form-urlencoded") == (
+    assert await hook(app, "/mqtt/auth", form, content_type="application/x-www-form-urlencoded") == (
         200,
         {"result": "allow", "is_superuser": False},
     )
@@ -325,26 +351,26 @@ async def test_http_auth_allows_devices_with_valid_signatures(
         _device_login(directory, pid, "off"),  # disabled
         {"clientid": login["clientid"]},
     ):
-        assert await post(app, "/mqtt/auth", orjson.dumps(bad)) == (200, {"result": "deny"})
-    assert await post(app, "/mqtt/auth", b"not json") == (200, {"result": "deny"})
+        assert await hook(app, "/mqtt/auth", orjson.dumps(bad)) == (200, {"result": "deny"})
+    assert await hook(app, "/mqtt/auth", b"not json") == (200, {"result": "deny"})
 
 
 async def test_http_auth_knows_the_internal_user(emqx_app: tuple[Router, MemoryDirectory, str]) -> None:
     app, _, _ = emqx_app
     internal = {"clientid": "fleetops-node-1", "username": "fleetops", "password": "internal-secret"}
-    assert await post(app, "/mqtt/auth", orjson.dumps(internal)) == (
+    assert await hook(app, "/mqtt/auth", orjson.dumps(internal)) == (
         200,
         {"result": "allow", "is_superuser": True},
     )
     wrong = internal | {"password": "guess"}
-    assert await post(app, "/mqtt/auth", orjson.dumps(wrong)) == (200, {"result": "deny"})
+    assert await hook(app, "/mqtt/auth", orjson.dumps(wrong)) == (200, {"result": "deny"})
     acl = {
         "clientid": "fleetops-node-1",
         "username": "fleetops",
         "topic": "$share/fleetops/#",
         "action": "subscribe",
     }
-    assert await post(app, "/mqtt/acl", orjson.dumps(acl)) == (200, {"result": "allow"})
+    assert await hook(app, "/mqtt/acl", orjson.dumps(acl)) == (200, {"result": "allow"})
 
 
 @pytest.mark.parametrize(
@@ -367,10 +393,10 @@ async def test_http_acl(
 ) -> None:
     app, _, pid = emqx_app
     body = {"clientid": pid + name, "username": "ignored", "topic": topic.format(pid=pid), "action": action}
-    assert await post(app, "/mqtt/acl", orjson.dumps(body)) == (200, {"result": result})
+    assert await hook(app, "/mqtt/acl", orjson.dumps(body)) == (200, {"result": result})
 
 
-async def test_http_auth_shared_secret() -> None:
+async def test_http_auth_needs_the_shared_secret() -> None:
     directory = MemoryDirectory()
     router = mqtt_auth_router(
         directory, internal_username="fleetops", internal_password="pw", shared_secret="emqx-token"
@@ -378,12 +404,62 @@ async def test_http_auth_shared_secret() -> None:
     body = orjson.dumps({"clientid": "n1", "username": "fleetops", "password": "pw"})
     assert await post(router, "/auth", body) == (401, {"result": "deny"})
     assert await post(router, "/auth", body, authorization="Bearer nope") == (401, {"result": "deny"})
+    assert await post(router, "/auth", body, authorization="Basic emqx-token") == (401, {"result": "deny"})
     assert await post(router, "/auth", body, authorization="Bearer emqx-token") == (
         200,
         {"result": "allow", "is_superuser": True},
     )
     with pytest.raises(ValueError, match="must not be empty"):
-        mqtt_auth_router(directory, internal_username="fleetops", internal_password="")
+        mqtt_auth_router(directory, internal_username="fleetops", internal_password="", shared_secret="x")
+    with pytest.raises(ValueError, match="shared secret must not be empty"):
+        mqtt_auth_router(directory, internal_username="fleetops", internal_password="pw", shared_secret="")
+
+
+async def test_http_acl_does_not_take_the_internal_user_name_on_trust() -> None:
+    """Without the secret, claiming fleetops' own user name gets nothing; with it, EMQX's word is trusted."""
+    router = mqtt_auth_router(
+        MemoryDirectory(), internal_username="fleetops", internal_password="pw", shared_secret="emqx-token"
+    )
+    claim = orjson.dumps({"clientid": "x", "username": "fleetops", "topic": "#", "action": "subscribe"})
+    assert await post(router, "/acl", claim) == (401, {"result": "deny"})
+    assert await post(router, "/acl", claim, authorization="Bearer emqx-token") == (200, {"result": "allow"})
+
+
+async def test_http_hooks_rate_limit_failures_per_address() -> None:
+    clock = FakeClock()
+    router = mqtt_auth_router(
+        MemoryDirectory(), internal_username="fleetops", internal_password="pw", shared_secret="emqx-token", clock=clock
+    )
+    body = orjson.dumps({"clientid": "n1", "username": "fleetops", "password": "pw"})
+    for _ in range(MAX_FAILURES):
+        assert (await post(router, "/auth", body, authorization="Bearer guess"))[0] == 401
+    # over the limit: refused without the secret being compared, even the right one, from that address only
+    assert await post(router, "/auth", body, authorization="Bearer emqx-token") == (429, {"result": "deny"})
+    assert (await post(router, "/acl", body, authorization="Bearer emqx-token"))[0] == 429
+    assert (await post(router, "/auth", body, authorization="Bearer emqx-token", client=("10.0.0.2", 1)))[0] == 200
+    clock.advance(FAILURE_WINDOW_S)
+    assert (await post(router, "/auth", body, authorization="Bearer emqx-token"))[0] == 200
+
+
+def test_failures_are_counted_for_a_bounded_number_of_addresses() -> None:
+    clock = FakeClock()
+    limiter = FailureLimiter(2, 60, clock)
+    addresses = [f"2001:db8::{n:x}" for n in range(MAX_TRACKED_ADDRESSES + 100)]  # a spray from many addresses
+    for address in addresses:
+        limiter.failed(address)
+        limiter.failed(address)
+    assert limiter.blocked(addresses[0])  # counted
+    assert not limiter.blocked(addresses[-1])  # past the bound: not counted, so memory stays bounded
+    clock.advance(60)
+    assert not limiter.blocked(addresses[0])  # a new window forgets everything
+
+
+async def test_http_hooks_refuse_an_oversize_body() -> None:
+    router = mqtt_auth_router(
+        MemoryDirectory(), internal_username="fleetops", internal_password="pw", shared_secret="emqx-token"
+    )
+    body = orjson.dumps({"clientid": "n1", "username": "fleetops", "password": "pw", "pad": "x" * MAX_BODY_BYTES})
+    assert await post(router, "/auth", body, authorization="Bearer emqx-token") == (413, {"result": "deny"})
 
 
 # --- QoS 1 re-sending, with a scripted connection -------------------------------------------------------
@@ -461,3 +537,29 @@ async def test_qos1_messages_unacknowledged_on_a_lost_connection_are_sent_again(
     assert first.acknowledged == payloads[:25]
     assert sorted(first.acknowledged + second.acknowledged) == sorted(payloads)  # none lost, none twice
     assert second.acknowledged[:5] == payloads[25:30]  # the in-flight window of the lost connection goes first
+
+
+@pytest.mark.parametrize("secret", ["", "node-hooks-secret"])
+async def test_the_node_serves_the_hooks_only_with_a_secret(
+    sqlite_url: str, tmp_path: Path, caplog: pytest.LogCaptureFixture, secret: str
+) -> None:
+    from fleetops.node import Node
+    from fleetops.settings import Settings
+
+    settings = Settings(
+        data_dir=tmp_path, database_url=sqlite_url, mqtt_url="mqtt://fleetops:pw@127.0.0.1:1", mqtt_hooks_secret=secret
+    )
+    node = await Node.open(settings)
+    try:
+        with caplog.at_level("WARNING", logger="fleetops"):
+            app = node.app(manage_services=False)
+        body = orjson.dumps({"clientid": "n1", "username": "fleetops", "password": "pw"})
+        status, _ = await post(app, "/mqtt/auth", body, authorization=f"Bearer {secret}")
+        if not secret:
+            assert status == 404  # no hooks at all, and a start-up warning saying how to turn them on
+            assert any("FLEETOPS_MQTT_HOOKS_SECRET" in r.getMessage() for r in caplog.records)
+        else:
+            assert status == 200
+            assert (await post(app, "/mqtt/auth", body))[0] == 401
+    finally:
+        await node.close()

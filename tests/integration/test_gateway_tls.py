@@ -11,7 +11,8 @@ import pytest
 
 from fleetops.errors import ConfigurationError
 from fleetops.messaging.embedded import EmbeddedBroker, TlsListener
-from tests.mqtt_support import EchoShadowHandler, MemoryDirectory, PahoDevice, make_test_pki, random_product_id
+from tests.mqtt_support import EchoShadowHandler, MemoryDirectory, PahoDevice, random_product_id
+from tests.support import make_test_pki
 
 
 @pytest.fixture(scope="module")

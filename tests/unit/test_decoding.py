@@ -767,3 +767,36 @@ def test_unknown_parameter_suggests_the_declared_spelling() -> None:
         "Did you mean `TaskType`?" in message_of({"taskType": "x"}, (string("TaskType"),), from_strings=False).message
     )
     assert "Did you mean" not in message_of({"Colour": "x"}, (string("TaskType"),), from_strings=False).message
+
+
+@pytest.mark.parametrize("from_strings", [True, False])
+@pytest.mark.parametrize("value", ["\x00", "lamp\x00", "\x00\x00x"])
+def test_a_string_holding_nul_is_a_value_error_naming_the_parameter(value: str, from_strings: bool) -> None:
+    # PostgreSQL cannot store U+0000 in text and SQLite would: refused for every String, before any store
+    spec = (string("ProductId"), object_of("Props", string("ProductDescription")), array_of("Names", string("N")))
+    for raw, path in (
+        ({"ProductId": value}, "ProductId"),
+        ({"Props": {"ProductDescription": value}}, "Props.ProductDescription"),
+        ({"Names": ["ok", value]}, "Names.1"),
+    ):
+        error = message_of(raw, spec, from_strings=from_strings)
+        assert type(error) is InvalidParameterValue
+        position = value.index("\x00") + 1
+        assert error.message == (
+            f"The parameter `{path}` must not contain the NUL character (U+0000), found at character {position}; "
+            "remove it."
+        )
+        assert error.localized("zh-CN").startswith(f"参数 `{path}` 不能包含 NUL 字符")
+
+
+def test_nul_is_refused_before_the_other_string_rules() -> None:
+    # a NUL in a value that also breaks the pattern or the choices names the NUL, the actual problem
+    for decl in (string("P", pattern=r"[A-Z]+"), string("T", choices=("A", "B")), string("L", max_length=1)):
+        error = message_of({decl.name: "AB\x00"}, (decl,), from_strings=False)
+        assert "NUL" in error.message
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.text(alphabet=st.characters(blacklist_characters="\x00", blacklist_categories=["Cs"])))
+def test_every_other_string_passes(value: str) -> None:
+    assert decode_params({"S": value}, (string("S"),), from_strings=False) == {"s": value}

@@ -602,3 +602,23 @@ def test_state_view_shows_the_delta_only_with_a_desired_section() -> None:
         "desired": {"a": 2, "b": 3},
         "delta": {"a": 2, "b": 3},
     }
+
+
+@pytest.mark.parametrize(
+    ("state", "path"),
+    [
+        ({"desired": {"a": "x\x00"}}, "desired.a"),
+        ({"desired": {"a\x00": 1}}, "desired.a\x00"),
+        ({"reported": {"a": {"b": ["ok", "\x00"]}}}, "reported.a.b.1"),
+        ({"reported": {"a": [{"\x00": None}]}}, "reported.a.0.\x00"),
+    ],
+)
+def test_a_state_holding_nul_is_invalid_json_on_every_path(state: JSONObject, path: str) -> None:
+    # PostgreSQL's jsonb cannot hold \u0000 and SQLite's JSON would: one answer on both databases
+    with pytest.raises(InvalidJSON, match="NUL") as refused:
+        validate_state_document(state, allow_desired_only="reported" not in state)
+    assert f"at {path}," in refused.value.message
+    shadow = shadow_with({"a": 1}, version=3)
+    outcome = apply_device_update(shadow, update(state), 9)
+    assert type(outcome.error) is InvalidJSON  # result 5004 on the device's reply
+    assert outcome.shadow is shadow

@@ -15,9 +15,10 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 from starlette.applications import Starlette
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import PlainTextResponse, Response
-from starlette.routing import BaseRoute, Route
+from starlette.routing import BaseRoute, Route, request_response
+from starlette.types import Receive, Scope, Send
 
 from fleetops import errors
 from fleetops.api.decoding import decode_request
@@ -35,6 +36,9 @@ from fleetops.api.request import (
 )
 from fleetops.backend.container import Backend
 from fleetops.ports.telemetry import HealthCheck
+
+# The access log's outcome for a request whose client went away before sending it whole: not a Tencent code.
+CLIENT_DISCONNECTED = "ClientDisconnected"
 
 log = logging.getLogger("fleetops.access")
 error_log = logging.getLogger("fleetops.api")
@@ -78,6 +82,8 @@ class ApiEndpoint:
         except errors.ApiError as exc:
             outcome = exc.code
             body = error_body(exc, request_id, language)
+        except ClientDisconnect:
+            outcome, body = _client_gone()
         except Exception:
             outcome = "InternalError"
             error_log.exception("unhandled error in %s (RequestId %s)", call.action, request_id)
@@ -170,11 +176,33 @@ class _CallInfo:
     account: str = "-"
 
 
+def _client_gone() -> tuple[str, bytes]:
+    """A client that closed its connection before its request arrived whole (or was closed for being too slow,
+    docs/limits.md#connections) is no error of ours: it is logged as its outcome, with no traceback, and the
+    response, which no one will read, is empty."""
+    return CLIENT_DISCONNECTED, b""
+
+
 def _too_large(size: int, limit: int) -> errors.RequestSizeLimitExceeded:
     return errors.RequestSizeLimitExceeded(
         f"The request body is at least {size} bytes; at most {limit} bytes are accepted for this signature method.",
         message_zh=f"请求体至少有 {size} 字节；此签名方式最多接受 {limit} 字节。",
     )
+
+
+class _EveryMethod:
+    """The API endpoint as a raw ASGI app, so that its route takes every method.
+
+    Starlette gives a route whose endpoint is a function or method a method list (GET only when none is given)
+    and answers any other method with a plain-text 405. Here every method (TRACE, CONNECT, PROPFIND, ...)
+    reaches ``parse_request``, which answers the JSON envelope ``UnsupportedProtocol`` as for PUT.
+    """
+
+    def __init__(self, handler: Callable[[Request], Awaitable[Response]]) -> None:
+        self._app = request_response(handler)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await self._app(scope, receive, send)
 
 
 async def _healthz(_request: Request) -> Response:
@@ -220,10 +248,8 @@ def create_app(
     extra_routes: Sequence[BaseRoute] = (),
     lifespan: Any = None,
 ) -> Starlette:
-    methods = ["GET", "POST", "PUT", "DELETE", "PATCH", "HEAD", "OPTIONS"]
     routes: list[BaseRoute] = [
-        # a bound method: Starlette treats any other callable object as a raw ASGI app (scope, receive, send)
-        Route("/", endpoint.__call__, methods=methods),
+        Route("/", _EveryMethod(endpoint.__call__)),
         Route("/healthz", _healthz, methods=["GET"]),
         Route("/readyz", readiness.__call__, methods=["GET"]),
         Route("/metrics", metrics, methods=["GET"]),

@@ -21,8 +21,12 @@ Errors, by kind (the first two messages are the vendor's own wording):
 * a required name absent (or JSON ``null``) -> ``MissingParameter`` "The request is missing a required
   parameter `X`.";
 * a value of the wrong type, or a malformed flat name -> ``InvalidParameter``;
-* a value of the right type that breaks a rule (range, length, pattern, choices, item count) ->
-  ``InvalidParameterValue``.
+* a value of the right type that breaks a rule (range, length, pattern, choices, item count, a String holding
+  U+0000) -> ``InvalidParameterValue``.
+
+No String parameter may hold the NUL character (U+0000): PostgreSQL cannot store it in text while SQLite would,
+so it is refused here, once, before any store sees it, and both databases give the same answer
+(docs/decisions.md#wire-protocol).
 
 Nested names are reported as flat paths (``Tasks.Foo``, ``DeviceNames.1``): the same string a GET user typed,
 and unambiguous for a JSON user. Optional parameters that are absent (or JSON ``null``) are left out of the
@@ -293,6 +297,13 @@ def _to_bool(value: Any, p: Param, path: str, from_strings: bool) -> bool:
 
 
 def _check_string(value: str, p: Param, path: str) -> None:
+    nul = value.find("\x00")
+    if nul >= 0:
+        raise InvalidParameterValue(
+            f"The parameter `{path}` must not contain the NUL character (U+0000), found at character {nul + 1}; "
+            "remove it.",
+            message_zh=f"参数 `{path}` 不能包含 NUL 字符（U+0000），第 {nul + 1} 个字符为 NUL，请删除。",
+        )
     if p.choices is not None:
         _check_choices(value, p, path)
         return

@@ -204,8 +204,33 @@ def _check_nodes(state: object, *, allow_desired_only: bool) -> JSONObject:
     return state
 
 
+def _first_nul(state: JSONObject) -> str | None:
+    """The path (``desired.a.0``) of the first key or string value holding U+0000, or None."""
+    stack: list[tuple[str, Any]] = [("", state)]
+    while stack:
+        path, node = stack.pop()
+        items = node.items() if isinstance(node, dict) else enumerate(node)
+        for key, value in items:
+            child = f"{path}.{key}" if path else str(key)
+            if (isinstance(key, str) and "\x00" in key) or (isinstance(value, str) and "\x00" in value):
+                return child
+            if isinstance(value, dict | list):
+                stack.append((child, value))
+    return None
+
+
 def _check_limits(state: JSONObject) -> None:
-    """Results 5002 / 5006: nesting depth and compact UTF-8 size of the state document."""
+    """Results 5004 / 5002 / 5006: no NUL, nesting depth and compact UTF-8 size of the state document.
+
+    ``\\u0000`` is valid JSON, but PostgreSQL's jsonb cannot hold it while SQLite would: refused here, on
+    every path (API, device, batch task), so that both databases answer the same (docs/decisions.md).
+    """
+    nul = _first_nul(state)
+    if nul is not None:
+        raise InvalidJSON(
+            f"The state holds the NUL character (U+0000) at {nul}, which fleetops does not store; remove it.",
+            message_zh=f"state 在 {nul} 处包含 NUL 字符（U+0000），fleetops 无法保存，请删除。",
+        )
     depth = max(level for _, level in _containers(state))
     if depth > SHADOW_MAX_DEPTH:
         raise JSONLevelExceedLimit(

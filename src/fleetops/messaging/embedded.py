@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import errno
 import logging
-import resource
 import socket
 import ssl
 import time
@@ -24,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from fleetops.errors import BrokerUnavailable, ConfigurationError
+from fleetops.listeners import server_tls_context
 from fleetops.messaging.mqtt.gateway import BrokerOptions, Gateway
 from fleetops.messaging.topics import is_valid_topic_name
 from fleetops.ports.messaging import Delivery, DeviceDirectory, DeviceEvents, ShadowRequestHandler
@@ -32,9 +32,6 @@ from fleetops.ports.telemetry import MqttStats
 __all__ = ["BrokerOptions", "EmbeddedBroker", "EmbeddedPublisher", "TlsListener"]
 
 log = logging.getLogger("fleetops.messaging.embedded")
-
-# File descriptors kept for everything but device connections (the HTTP API, the database, logs).
-_RESERVED_FILES = 1024
 
 
 def check_qos(qos: int) -> None:
@@ -56,15 +53,12 @@ class TlsListener:
     key_file: Path  # PEM, its private key
 
     def context(self) -> ssl.SSLContext:
-        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)  # TLS 1.2 or later
-        try:
-            context.load_cert_chain(self.cert_file, self.key_file)
-        except (OSError, ssl.SSLError) as exc:
-            raise ConfigurationError(
-                f"cannot load the MQTT TLS certificate {self.cert_file} / key {self.key_file}: {exc}; "
-                "check FLEETOPS_MQTT_TLS_CERT_FILE and FLEETOPS_MQTT_TLS_KEY_FILE"
-            ) from exc
-        return context
+        return server_tls_context(
+            self.cert_file,
+            self.key_file,
+            what="MQTT TLS",
+            settings_hint="FLEETOPS_MQTT_TLS_CERT_FILE and FLEETOPS_MQTT_TLS_KEY_FILE",
+        )
 
 
 class EmbeddedPublisher:
@@ -174,7 +168,6 @@ class EmbeddedBroker:
                     sock.close()
                 raise
             gateway.add_listener("TLS", tls_sockets, context)
-        _warn_about_file_limit(options.max_connections * len(gateway.listeners))
         await gateway.start()
         self.broker = gateway
         log.info(
@@ -219,17 +212,6 @@ class EmbeddedBroker:
         if self.broker is None:
             return "the embedded MQTT gateway is not running"
         return None
-
-
-def _warn_about_file_limit(connections: int) -> None:
-    soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft != resource.RLIM_INFINITY and connections > soft - _RESERVED_FILES:
-        log.warning(
-            "the MQTT listeners allow %d connections but the process may open only %d files (ulimit -n); "
-            "raise the limit or lower FLEETOPS_MQTT_MAX_CONNECTIONS, or accept() will fail under load",
-            connections,
-            soft,
-        )
 
 
 def _bind(host: str, port: int, backlog: int) -> list[socket.socket]:

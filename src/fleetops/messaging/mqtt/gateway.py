@@ -39,6 +39,7 @@ from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
+from fleetops.listeners import LimitedLog
 from fleetops.messaging.batching import CredentialLookup, PresenceWriter
 from fleetops.messaging.device_auth import ConnackCode, ConnectDecision
 from fleetops.messaging.events import tell
@@ -64,7 +65,7 @@ from fleetops.messaging.mqtt.codec import (
     encode_suback,
     encode_unsuback,
 )
-from fleetops.messaging.mqtt.listener import LimitedLog, Listener
+from fleetops.messaging.mqtt.listener import Listener
 from fleetops.messaging.mqtt.sessions import Outgoing, Session, SubscriptionIndex
 from fleetops.messaging.topics import (
     DeviceId,
@@ -347,7 +348,7 @@ class Gateway:
         self.index = SubscriptionIndex()
         self.connections: set[DeviceConnection] = set()
         self.listeners: list[Listener] = []
-        self.limited_log = LimitedLog(10.0)
+        self.limited_log = LimitedLog(log, 10.0)
         self._offline_sessions: OrderedDict[Session, None] = OrderedDict()  # persistent, by disconnection time
         self._client_locks: dict[str, _ClientLock] = {}
         self._background: set[asyncio.Task[Any]] = set()

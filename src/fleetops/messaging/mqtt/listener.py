@@ -18,42 +18,24 @@ Rules (docs/limits.md):
 from __future__ import annotations
 
 import asyncio
-import errno
 import logging
 import socket
 import ssl
 import time
-from collections import OrderedDict
 from collections.abc import Callable
 from typing import Final, Protocol
 
+from fleetops.listeners import OUT_OF_RESOURCES, ConnectionTable, LimitedLog
+
 log = logging.getLogger("fleetops.messaging.gateway")
 
-_OUT_OF_RESOURCES: Final = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
 _ACCEPTS_PER_WAKEUP: Final = 256
 _ACCEPT_PAUSE_S: Final = 0.2
 
 
-class LimitedLog:
-    """A log line at most once per interval, with the number of occurrences it stands for."""
-
-    def __init__(self, interval_s: float) -> None:
-        self.interval_s = interval_s
-        self._last: dict[str, float] = {}
-        self._counts: dict[str, int] = {}
-
-    def __call__(self, key: str, level: int, message: str, *args: object) -> None:
-        self._counts[key] = self._counts.get(key, 0) + 1
-        now = time.monotonic()
-        if now - self._last.get(key, -self.interval_s) < self.interval_s:
-            return
-        count, self._counts[key] = self._counts[key], 0
-        self._last[key] = now
-        suffix = f" ({count} times in the last {self.interval_s:g} s)" if count > 1 else ""
-        log.log(level, message + suffix, *args)
-
-
 class Evictable(Protocol):
+    """A connection of this listener (``fleetops.listeners.Evictable``) that knows when it was accepted."""
+
     opened_at: float  # time.monotonic() when accepted
 
     def evict(self) -> None:
@@ -95,14 +77,14 @@ class Listener:
         self._factory = protocol_factory
         self._ssl = ssl_context
         self._handshake_timeout_s = handshake_timeout_s
-        self._open = 0
-        self._pending: OrderedDict[Evictable, None] = OrderedDict()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._serving = False
         self._tasks: set[asyncio.Task[None]] = set()
-        self.limited_log = LimitedLog(log_interval_s)
-        self.refused = 0
-        self.evicted = 0
+        self.limited_log = LimitedLog(log, log_interval_s)
+        # pending = waiting for its CONNECT: the table's one eviction rule, shared with the HTTP API
+        self._table: ConnectionTable[Evictable] = ConnectionTable(
+            f"MQTT {name}", max_connections, self.limited_log, setting="FLEETOPS_MQTT_MAX_CONNECTIONS", owed="CONNECT"
+        )
 
     @property
     def port(self) -> int:
@@ -110,7 +92,15 @@ class Listener:
 
     @property
     def open_connections(self) -> int:
-        return self._open
+        return self._table.open_connections
+
+    @property
+    def refused(self) -> int:
+        return self._table.refused
+
+    @property
+    def evicted(self) -> int:
+        return self._table.evicted
 
     def start(self) -> None:
         self._loop = asyncio.get_running_loop()
@@ -134,18 +124,16 @@ class Listener:
 
     def pending(self, connection: Evictable) -> None:
         """A new connection (its transport exists); pending until :meth:`established`."""
-        self._open += 1
-        self._pending[connection] = None
+        self._table.add(connection)
 
     def established(self, connection: Evictable) -> None:
-        self._pending.pop(connection, None)
+        self._table.busy(connection)
 
     def closed(self, connection: Evictable) -> None:
-        self._pending.pop(connection, None)
-        self._open -= 1
+        self._table.closed(connection)
 
     def oldest_pending(self) -> Evictable | None:
-        return next(iter(self._pending), None)
+        return self._table.oldest_waiting()
 
     # --- accepting ------------------------------------------------------------------------------------------
 
@@ -163,7 +151,7 @@ class Listener:
             self._admit(sock)
 
     def _accept_failed(self, listening: socket.socket, exc: OSError) -> None:
-        if exc.errno in _OUT_OF_RESOURCES:
+        if exc.errno in OUT_OF_RESOURCES:
             self.limited_log(
                 "accept",
                 logging.ERROR,
@@ -172,11 +160,7 @@ class Listener:
                 self.name,
                 exc.strerror,
             )
-            victim = self.oldest_pending()
-            if victim is not None:  # a device may be waiting behind a half-open connection
-                self._pending.pop(victim, None)
-                victim.evict()
-                self.evicted += 1
+            self._table.evict_oldest_waiting()  # a device may be waiting behind a half-open connection
         else:
             self.limited_log("accept-other", logging.WARNING, "MQTT %s listener: accept() failed: %s", self.name, exc)
         assert self._loop is not None
@@ -188,28 +172,9 @@ class Listener:
             self._loop.add_reader(listening.fileno(), self._accept_ready, listening)
 
     def _admit(self, sock: socket.socket) -> None:
-        if self._open >= self.max_connections:
-            victim = self.oldest_pending()
-            if victim is None:
-                sock.close()
-                self.refused += 1
-                self.limited_log(
-                    "full",
-                    logging.WARNING,
-                    "MQTT %s listener full (%d connections, FLEETOPS_MQTT_MAX_CONNECTIONS): refused a connection",
-                    self.name,
-                    self.max_connections,
-                )
-                return
-            self._pending.pop(victim, None)
-            victim.evict()
-            self.evicted += 1
-            self.limited_log(
-                "evict",
-                logging.INFO,
-                "MQTT %s listener full: closed the oldest connection that had not completed CONNECT",
-                self.name,
-            )
+        if not self._table.make_room():
+            sock.close()
+            return
         sock.setblocking(False)
         try:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)

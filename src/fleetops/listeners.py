@@ -1,0 +1,237 @@
+"""What every listening socket of fleetops shares (the HTTP API, the MQTT gateway's listeners): the connection
+table with its eviction rule, TLS contexts from PEM files, log lines limited to one per interval, and the
+process's file limit."""
+
+from __future__ import annotations
+
+import errno
+import logging
+import resource
+import ssl
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from pathlib import Path
+from typing import Final, Generic, Protocol, TypeVar
+
+from fleetops.errors import ConfigurationError
+
+__all__ = [
+    "OUT_OF_RESOURCES",
+    "RESERVED_FILES",
+    "ConnectionTable",
+    "Evictable",
+    "LimitedLog",
+    "LimitedLogFilter",
+    "raise_file_limit",
+    "server_tls_context",
+    "warn_if_over_file_limit",
+]
+
+log = logging.getLogger("fleetops")
+
+# File descriptors kept for everything but listener connections (the database, logs, outgoing connections).
+RESERVED_FILES: Final = 1024
+# accept() errors that mean the process (or the system) is out of descriptors or memory for now, not a bad client
+OUT_OF_RESOURCES: Final = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
+
+
+class LimitedLog:
+    """A log line at most once per interval per key, with the number of occurrences it stands for."""
+
+    def __init__(self, logger: logging.Logger, interval_s: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self.interval_s = interval_s
+        self._logger = logger
+        self._clock = clock
+        self._last: dict[str, float] = {}
+        self._counts: dict[str, int] = {}
+
+    def due(self, key: str) -> int:
+        """Count one occurrence of ``key``; the occurrences to report if a line is due now, else 0."""
+        self._counts[key] = self._counts.get(key, 0) + 1
+        now = self._clock()
+        last = self._last.get(key)
+        if last is not None and now - last < self.interval_s:
+            return 0
+        count, self._counts[key] = self._counts[key], 0
+        self._last[key] = now
+        return count
+
+    def suffix(self, count: int) -> str:
+        return f" ({count} times in the last {self.interval_s:g} s)" if count > 1 else ""
+
+    def __call__(self, key: str, level: int, message: str, *args: object) -> bool:
+        """Log ``message`` unless ``key`` was logged less than an interval ago; True when it was logged."""
+        count = self.due(key)
+        if count:
+            self._logger.log(level, message + self.suffix(count), *args)
+        return bool(count)
+
+
+class LimitedLogFilter(logging.Filter):
+    """Lets a message through at most once per interval (keyed by its text), with the count appended.
+
+    For uvicorn's per-request warnings ("Invalid HTTP request received.", "Unsupported upgrade request."): a
+    client can send any number of bad requests, and the log must not grow with them.
+    """
+
+    def __init__(self, limited: LimitedLog, messages: frozenset[str]) -> None:
+        super().__init__()
+        self._limited = limited
+        self._messages = messages
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not isinstance(record.msg, str) or record.msg not in self._messages:
+            return True
+        count = self._limited.due(record.msg)
+        if count:
+            record.msg = record.msg + self._limited.suffix(count)
+        return bool(count)
+
+
+class Evictable(Protocol):
+    """What the table needs of a connection: a way to close it."""
+
+    def evict(self) -> None: ...
+
+
+C = TypeVar("C", bound=Evictable)
+
+
+class ConnectionTable(Generic[C]):
+    """The open connections of one listener, and which of them are *waiting* (they owe the server something: an
+    HTTP request, an MQTT CONNECT), oldest first.
+
+    The one rule of every fleetops listener: when it is full, the connection that has waited longest is closed
+    to make room, and only when none is waiting is a new connection refused. A flood of half-open connections
+    therefore cannot lock out clients that do what the protocol asks of them.
+    """
+
+    def __init__(self, name: str, max_connections: int, limited_log: LimitedLog, *, setting: str, owed: str) -> None:
+        """``setting`` names what sets ``max_connections`` and ``owed`` what a waiting connection owes, for the
+        log lines."""
+        if max_connections < 1:
+            raise ValueError("max_connections must be at least 1")
+        self.name = name
+        self.max_connections = max_connections
+        self.limited_log = limited_log
+        self._setting = setting
+        self._owed = owed
+        self._open: set[C] = set()
+        self._waiting: OrderedDict[C, None] = OrderedDict()
+        self.refused = 0
+        self.evicted = 0
+        self.timed_out = 0
+
+    @property
+    def open_connections(self) -> int:
+        return len(self._open)
+
+    @property
+    def waiting_connections(self) -> int:
+        return len(self._waiting)
+
+    def make_room(self) -> bool:
+        """Room for one more connection, evicting the one waiting longest if the listener is full; False (and
+        the refusal counted and logged) when it is full and none is waiting."""
+        if len(self._open) < self.max_connections or self.evict_oldest_waiting():
+            return True
+        self.refused += 1
+        self.limited_log(
+            f"{self.name}-full",
+            logging.WARNING,
+            "%s listener full (%d connections, %s, none waiting for its %s): refused a connection",
+            self.name,
+            self.max_connections,
+            self._setting,
+            self._owed,
+        )
+        return False
+
+    def add(self, connection: C) -> None:
+        """Count a connection, waiting (room was made for it)."""
+        self._open.add(connection)
+        self._waiting[connection] = None
+
+    def admit(self, connection: C) -> bool:
+        """:meth:`make_room` and :meth:`add`; False when the connection is refused."""
+        if not self.make_room():
+            return False
+        self.add(connection)
+        return True
+
+    def oldest_waiting(self) -> C | None:
+        return next(iter(self._waiting), None)
+
+    def evict_oldest_waiting(self) -> bool:
+        """Close the connection that has waited longest for its request; False if none is waiting."""
+        if not self._waiting:
+            return False
+        victim, _ = self._waiting.popitem(last=False)
+        self._open.discard(victim)
+        self.evicted += 1
+        self.limited_log(
+            f"{self.name}-evict",
+            logging.INFO,
+            "%s listener full: closed the connection that had waited longest for its %s",
+            self.name,
+            self._owed,
+        )
+        victim.evict()
+        return True
+
+    def waiting(self, connection: C) -> None:
+        """The connection owes the server something again (an HTTP connection whose responses are done)."""
+        if connection in self._open:
+            self._waiting.pop(connection, None)
+            self._waiting[connection] = None
+
+    def busy(self, connection: C) -> None:
+        """The connection did what it owed (a whole request, a CONNECT): it is not evicted."""
+        self._waiting.pop(connection, None)
+
+    def closed(self, connection: C) -> None:
+        self._waiting.pop(connection, None)
+        self._open.discard(connection)
+
+
+def raise_file_limit() -> int:
+    """Raise the soft RLIMIT_NOFILE to the hard limit (a process may); the soft limit now in force."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            soft = hard
+        except (ValueError, OSError):
+            pass
+    return soft
+
+
+def server_tls_context(cert_file: Path, key_file: Path, *, what: str, settings_hint: str) -> ssl.SSLContext:
+    """A server-side TLS context (TLS 1.2 or later, the default ciphers; server authentication only) from PEM
+    files, or a one-line ConfigurationError naming them and the settings that set them."""
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    try:
+        context.load_cert_chain(cert_file, key_file)
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigurationError(
+            f"cannot load the {what} certificate {cert_file} / key {key_file}: {exc}; check {settings_hint}"
+        ) from exc
+    return context
+
+
+def warn_if_over_file_limit(file_limit: int, connections: dict[str, int]) -> None:
+    """Warn when the listeners' connection caps (by the setting that sets each) do not fit the file limit with
+    RESERVED_FILES to spare: accept() would fail before the caps are reached."""
+    total = sum(connections.values())
+    if file_limit != resource.RLIM_INFINITY and total > file_limit - RESERVED_FILES:
+        caps = ", ".join(f"{setting} {count}" for setting, count in connections.items())
+        log.warning(
+            "the listeners allow %d connections (%s) but the process may open only %d files (ulimit -n), %d of "
+            "them kept for everything else: raise the limit or lower those settings, or accept() will fail "
+            "under load",
+            total,
+            caps,
+            file_limit,
+            RESERVED_FILES,
+        )

@@ -1,0 +1,128 @@
+"""What the listeners share (fleetops.listeners): which connection is evicted and when one is refused, log lines
+that stay one per interval however often their event repeats, and the warning when the connection caps do not
+fit the file limit."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+
+from fleetops.listeners import RESERVED_FILES, ConnectionTable, LimitedLog, LimitedLogFilter, warn_if_over_file_limit
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class Conn:
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.evicted = False
+
+    def evict(self) -> None:
+        self.evicted = True
+
+    def __repr__(self) -> str:
+        return self.name
+
+
+def table(max_connections: int, clock: Clock | None = None) -> ConnectionTable[Conn]:
+    limited = LimitedLog(logging.getLogger("test"), 10, clock or Clock())
+    return ConnectionTable("HTTP", max_connections, limited, setting="FLEETOPS_HTTP_MAX_CONNECTIONS", owed="request")
+
+
+def test_a_full_listener_evicts_the_connection_waiting_longest() -> None:
+    t = table(3)
+    a, b, c, d = Conn("a"), Conn("b"), Conn("c"), Conn("d")
+    for conn in (a, b, c):
+        assert t.admit(conn)
+    t.busy(a)  # a's request arrived whole: it is not evicted
+    assert t.admit(d)
+    assert (a.evicted, b.evicted, c.evicted) == (False, True, False)
+    assert (t.open_connections, t.waiting_connections, t.evicted) == (3, 2, 1)
+
+
+def test_a_connection_waiting_again_goes_to_the_back() -> None:
+    t = table(2)
+    a, b, c = Conn("a"), Conn("b"), Conn("c")
+    t.admit(a)
+    t.admit(b)
+    t.busy(a)
+    t.waiting(a)  # its response is done: it waits for the next request, as the newest
+    assert t.admit(c)
+    assert (a.evicted, b.evicted) == (False, True)
+
+
+def test_a_listener_full_of_requests_in_progress_refuses() -> None:
+    t = table(2)
+    a, b, c = Conn("a"), Conn("b"), Conn("c")
+    for conn in (a, b):
+        t.admit(conn)
+        t.busy(conn)
+    assert not t.admit(c)
+    assert (t.refused, t.open_connections) == (1, 2)
+    assert not a.evicted and not b.evicted
+    t.closed(a)
+    assert t.admit(c)
+
+
+def test_closed_and_evicted_connections_are_forgotten() -> None:
+    t = table(2)
+    a, b = Conn("a"), Conn("b")
+    t.admit(a)
+    t.closed(a)
+    t.closed(a)  # twice (a TLS failure and the connection's loss both report it): counted once
+    t.waiting(a)  # a late call for a closed connection does not bring it back
+    assert (t.open_connections, t.waiting_connections) == (0, 0)
+    t.admit(b)
+    assert t.evict_oldest_waiting() and b.evicted
+    assert not t.evict_oldest_waiting()
+
+
+def test_limited_log_says_once_per_interval_how_often(caplog: pytest.LogCaptureFixture) -> None:
+    clock = Clock()
+    limited = LimitedLog(logging.getLogger("test.limited"), 10, clock)
+    with caplog.at_level(logging.INFO, logger="test.limited"):
+        assert limited("k", logging.WARNING, "full %s", "x")
+        for _ in range(499):
+            assert not limited("k", logging.WARNING, "full %s", "x")
+        assert limited("other", logging.WARNING, "other")  # another key has its own interval
+        clock.now += 10
+        assert limited("k", logging.WARNING, "full %s", "x")
+    assert [r.getMessage() for r in caplog.records] == ["full x", "other", "full x (500 times in the last 10 s)"]
+
+
+def test_the_filter_lets_a_repeated_uvicorn_warning_through_once_per_interval(caplog: pytest.LogCaptureFixture) -> None:
+    clock = Clock()
+    logger = logging.getLogger("test.uvicorn")
+    f = LimitedLogFilter(LimitedLog(logger, 10, clock), frozenset({"Invalid HTTP request received."}))
+    logger.addFilter(f)
+    try:
+        with caplog.at_level(logging.INFO, logger="test.uvicorn"):
+            for _ in range(1000):
+                logger.warning("Invalid HTTP request received.")
+            logger.warning("something else")
+            clock.now += 11
+            logger.warning("Invalid HTTP request received.")
+    finally:
+        logger.removeFilter(f)
+    assert [r.getMessage() for r in caplog.records] == [
+        "Invalid HTTP request received.",
+        "something else",
+        "Invalid HTTP request received. (1000 times in the last 10 s)",
+    ]
+
+
+def test_caps_that_do_not_fit_the_file_limit_are_warned_about(caplog: pytest.LogCaptureFixture) -> None:
+    caps = {"FLEETOPS_HTTP_MAX_CONNECTIONS": 1000, "FLEETOPS_MQTT_MAX_CONNECTIONS x 2": 20_000}
+    with caplog.at_level(logging.WARNING, logger="fleetops"):
+        warn_if_over_file_limit(21_000 + RESERVED_FILES, caps)
+        assert not caplog.records
+        warn_if_over_file_limit(20_000, caps)
+    (line,) = [r.getMessage() for r in caplog.records]
+    assert "21000 connections" in line and "FLEETOPS_MQTT_MAX_CONNECTIONS x 2 20000" in line and "20000 files" in line
