@@ -53,3 +53,12 @@ def sqlite_server(tmp_path: Path, sqlite_url: str) -> Iterator[LiveServer]:
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture(scope="session")
+def built_plugin(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The Mosquitto plugin built once per session from this tree (skipped without mosquitto or its build
+    packages on a developer machine, a failure in CI)."""
+    from tests.integration.mosquitto_plugin_support import session_builds
+
+    return session_builds(tmp_path_factory).plugin

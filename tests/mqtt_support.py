@@ -106,6 +106,22 @@ class EchoShadowHandler:
         return orjson.dumps({"echo": orjson.loads(payload)})
 
 
+class RecordingEvents:
+    """A :class:`~fleetops.ports.messaging.DeviceEvents` listener that records every call, in order."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[object, ...]] = []
+
+    def device_connected(self, product_id: str, device_name: str, session_present: bool) -> None:
+        self.calls.append(("connected", device_name, session_present))
+
+    def device_subscribed(self, product_id: str, device_name: str, topic_filter: str, granted_qos: int) -> None:
+        self.calls.append(("subscribed", device_name, topic_filter, granted_qos))
+
+    def device_disconnected(self, product_id: str, device_name: str) -> None:
+        self.calls.append(("disconnected", device_name))
+
+
 @dataclass(frozen=True)
 class Received:
     topic: str

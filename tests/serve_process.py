@@ -28,6 +28,11 @@ class ServeProcess:
             resource.setrlimit(resource.RLIMIT_NOFILE, (self.file_limit, self.file_limit))
 
     def start(self) -> None:
+        self.launch()
+        self.wait_ready()
+
+    def launch(self) -> None:
+        """Start the process (several can then come up at the same time)."""
         log = (self.data_dir / "serve.log").open("ab")
         self.process = subprocess.Popen(
             [str(Path(sys.executable).parent / "fleetops"), "serve"],
@@ -36,6 +41,10 @@ class ServeProcess:
             stderr=log,
             preexec_fn=self._limit_files if self.file_limit is not None else None,
         )
+
+    def wait_ready(self) -> None:
+        """Until the API answers (the MQTT side is up by then: it starts first)."""
+        assert self.process is not None
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline:
             assert self.process.poll() is None, (self.data_dir / "serve.log").read_text()[-2000:]

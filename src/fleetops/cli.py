@@ -1,4 +1,5 @@
-"""fleetops command line: serve | worker | keys | devices | db, and the API clients tasks | products | devices list.
+"""fleetops command line: serve | worker | keys | devices | db | mosquitto, and the API clients tasks | products |
+devices list.
 
 Options only parse and report here; every adapter is built by the composition root (``fleetops.node``), and the
 API clients' work is done by ``fleetops.client``. The options shared by all commands (``--data-dir``,
@@ -692,3 +693,130 @@ def mosquitto_build(output: Path, checked: bool) -> None:
         click.echo(str(build_plugin(output, checked=checked, compiler=os.environ.get("CC", "cc"))))
     except BuildError as exc:
         raise SetupError(f"fleetops mosquitto build: {exc}") from exc
+
+
+@mosquitto.command("config")
+@store_options
+@click.option("--port", type=click.IntRange(1, 65535), required=True, help="the devices' (and nodes') MQTT port")
+@click.option("--bind", "mqtt_host", default=None, help="listen address [FLEETOPS_MQTT_HOST, default 127.0.0.1]")
+@click.option(
+    "--tls-port", "mqtt_tls_port", type=click.IntRange(0, 65535), default=None, help="TLS port [FLEETOPS_MQTT_TLS_PORT]"
+)
+@click.option(
+    "--tls-cert", "mqtt_tls_cert_file", default=None, help="PEM certificate (chain) [FLEETOPS_MQTT_TLS_CERT_FILE]"
+)
+@click.option("--tls-key", "mqtt_tls_key_file", default=None, help="PEM private key [FLEETOPS_MQTT_TLS_KEY_FILE]")
+@click.option(
+    "--plugin",
+    "plugin_path",
+    type=click.Path(path_type=Path, dir_okay=False),
+    default=None,
+    help="a plugin built already (fleetops mosquitto build); default: built into DATA_DIR/mosquitto if needed",
+)
+@click.option("--run-as", default=None, help="the user Mosquitto switches to when started as root [the current user]")
+@click.option(
+    "--output",
+    type=click.Path(path_type=Path, dir_okay=False),
+    default=None,
+    help="write the configuration to this file (mode 0600) instead of printing it",
+)
+@click.pass_context
+def mosquitto_config(
+    ctx: click.Context,
+    /,
+    port: int,
+    plugin_path: Path | None,
+    run_as: str | None,
+    output: Path | None,
+    **options: Any,
+) -> None:
+    """Print a complete mosquitto.conf with the plugin, from this node's settings (docs/mosquitto.md)."""
+    settings = _settings(ctx, **options)
+    try:
+        text, notes = _mosquitto_config(settings, port, plugin_path, run_as)
+    except ConfigurationError as exc:
+        raise SetupError(f"fleetops mosquitto config: {exc}") from exc
+    for note in notes:
+        click.echo(note, err=True)
+    if output is None:
+        click.echo(text, nl=False)
+        return
+    try:
+        fd = os.open(output, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as file:
+            file.write(text)
+        output.chmod(0o600)  # an existing file keeps its mode with O_CREAT
+    except OSError as exc:
+        raise SetupError(f"fleetops mosquitto config: cannot write {output}: {exc.strerror}") from exc
+    click.echo(f"wrote {output}: start the broker with mosquitto -c {output}", err=True)
+
+
+def _mosquitto_config(
+    settings: Settings, port: int, plugin_path: Path | None, run_as: str | None
+) -> tuple[str, list[str]]:
+    """The configuration text and notes for stderr. Checks the inputs before touching anything, then migrates
+    the database and creates the service identity's password if it has none yet (so that the plugin finds it
+    at its start), and builds the plugin into the data directory unless one is given."""
+    import getpass
+    import pwd
+
+    from fleetops.mosquitto.build import BuildError, ensure_plugin
+    from fleetops.mosquitto.config import MosquittoConfig, TlsFiles, libpq_url
+
+    database_url = libpq_url(settings.effective_database_url)
+    tls = None
+    if settings.mqtt_tls_port:
+        if settings.mqtt_tls_port == port:
+            raise ConfigurationError(f"--tls-port {port} is the plain port too: choose another one (e.g. 8883)")
+        files = []
+        for option, value in (("--tls-cert", settings.mqtt_tls_cert_file), ("--tls-key", settings.mqtt_tls_key_file)):
+            if not value:
+                raise ConfigurationError(f"a TLS listener needs {option} (a PEM file)")
+            path = Path(value).resolve()
+            if not path.is_file() or not os.access(path, os.R_OK):
+                raise ConfigurationError(f"{option} {path}: not a readable file")
+            files.append(path)
+        tls = TlsFiles(settings.mqtt_tls_port, files[0], files[1])
+    if plugin_path is not None and not plugin_path.is_file():
+        raise ConfigurationError(f"--plugin {plugin_path}: no such file (build one with fleetops mosquitto build)")
+    user = run_as or getpass.getuser()
+    try:
+        account = pwd.getpwnam(user)
+    except KeyError:
+        raise ConfigurationError(f"--run-as {user}: no such user on this machine") from None
+    state_dir = (settings.data_dir / "mosquitto").resolve()
+
+    async def ensure_service_password(stores: Any) -> None:
+        await stores.broker_credentials.get_or_create(settings.mqtt_service_user, int(time.time()))
+
+    asyncio.run(_with_stores(settings, ensure_service_password))
+    notes = []
+    try:
+        state_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigurationError(f"cannot create {state_dir}: {exc.strerror}") from exc
+    if plugin_path is None:
+        try:
+            plugin_path, built = ensure_plugin(state_dir, compiler=os.environ.get("CC", "cc"))
+        except BuildError as exc:
+            raise ConfigurationError(f"{exc} (or build it elsewhere and pass --plugin PATH)") from exc
+        if built:
+            notes.append(f"built the plugin {plugin_path}")
+    if os.geteuid() == 0 and account.pw_uid != 0:
+        # Mosquitto started as root switches to this user before it writes its state or reads the TLS key
+        for path in (state_dir, *state_dir.iterdir()):
+            os.chown(path, account.pw_uid, account.pw_gid)
+        notes.append(f"{state_dir} now belongs to {user}, whom Mosquitto runs as")
+        if tls is not None:
+            notes.append(f"Mosquitto reads {tls.key_file} as {user}: make it readable by that user only")
+    config = MosquittoConfig(
+        port=port,
+        bind_address=settings.mqtt_host,
+        plugin=plugin_path.resolve(),
+        database_url=database_url,
+        service_user=settings.mqtt_service_user,
+        state_dir=state_dir,
+        run_as=user,
+        tls=tls,
+    )
+    return config.render(), notes

@@ -55,7 +55,7 @@ from fleetops.engine.worker import TaskWorker, default_node_id
 from fleetops.errors import ConfigurationError
 from fleetops.messaging.device_messages import DeviceMessenger
 from fleetops.messaging.embedded import BrokerOptions, EmbeddedBroker, TlsListener
-from fleetops.messaging.external import BrokerAddress, ExternalBroker, ExternalOptions
+from fleetops.messaging.external import BrokerAddress, BrokerLogin, ExternalBroker, ExternalOptions, default_client_id
 from fleetops.messaging.http_auth import mqtt_auth_router
 from fleetops.messaging.shadow_protocol import DeviceShadowProtocol
 from fleetops.ports.messaging import DeviceEvents, DeviceMessages, MessagingService, ShadowRequestHandler
@@ -63,6 +63,8 @@ from fleetops.ports.telemetry import NO_TELEMETRY, HealthCheck, MqttStatsSource,
 from fleetops.settings import Settings
 from fleetops.store.accounts import AccountStore
 from fleetops.store.batches import DeviceBatches
+from fleetops.store.broker_boots import BrokerBootStore
+from fleetops.store.broker_credentials import BrokerCredentialStore
 from fleetops.store.database import Database, DatabaseHealth, open_migrated_database
 from fleetops.store.devices import DeviceStore
 from fleetops.store.outcomes import TaskOutcomeStore
@@ -93,6 +95,8 @@ class Stores:
     tasks: TaskStore
     batches: DeviceBatches
     outcomes: TaskOutcomeStore
+    broker_credentials: BrokerCredentialStore
+    broker_boots: BrokerBootStore
 
     async def close(self) -> None:
         await self.db.dispose()
@@ -111,7 +115,23 @@ async def open_stores(settings: Settings, telemetry: Telemetry = NO_TELEMETRY) -
         tasks=TaskStore(db),
         batches=DeviceBatches(db),
         outcomes=TaskOutcomeStore(db),
+        broker_credentials=BrokerCredentialStore(db),
+        broker_boots=BrokerBootStore(db),
     )
+
+
+async def broker_login(settings: Settings, stores: Stores, clock: Callable[[], float]) -> BrokerLogin | None:
+    """The service identity, when ``mqtt_url`` names no user and password: its password is read from the
+    database, or created there by the first node to ask, so that every node (and the Mosquitto plugin, which
+    reads the same row) agrees without a password being copied by hand (docs/mosquitto.md#the-service-identity).
+    """
+    if not settings.mqtt_url:
+        return None
+    address = BrokerAddress.parse(settings.mqtt_url)
+    if address.username is not None or address.password is not None:
+        return None
+    user = settings.mqtt_service_user
+    return BrokerLogin(user, await stores.broker_credentials.get_or_create(user, int(clock())))
 
 
 def _tls_listener(settings: Settings) -> TlsListener | None:
@@ -127,12 +147,24 @@ def _tls_listener(settings: Settings) -> TlsListener | None:
 
 
 def _messaging(
-    settings: Settings, stores: Stores, shadow_handler: ShadowRequestHandler, role: Role, events: DeviceEvents
+    settings: Settings,
+    stores: Stores,
+    shadow_handler: ShadowRequestHandler,
+    role: Role,
+    login: BrokerLogin | None,
+    events: DeviceEvents | None,
 ) -> MessagingService:
     if settings.mqtt_url:
         options = ExternalOptions(broker_wait_s=settings.broker_wait_s, serve_shadow_requests=role is Role.SERVE)
         return ExternalBroker(
-            settings.mqtt_url, shadow_handler, client_id=settings.mqtt_client_id or None, options=options
+            settings.mqtt_url,
+            shadow_handler,
+            client_id=settings.mqtt_client_id or default_client_id(settings.node_id),
+            options=options,
+            login=login,
+            directory=stores.devices,
+            boots=stores.broker_boots,
+            events=events,
         )
     return EmbeddedBroker(
         stores.devices,
@@ -190,6 +222,26 @@ def build_engine(
     )
 
 
+@dataclass(frozen=True)
+class DeviceEventsToBoth:
+    """The broker's device events told to the late deliveries and to an application's own listener."""
+
+    first: DeviceEvents
+    second: DeviceEvents
+
+    def device_connected(self, product_id: str, device_name: str, session_present: bool) -> None:
+        self.first.device_connected(product_id, device_name, session_present)
+        self.second.device_connected(product_id, device_name, session_present)
+
+    def device_subscribed(self, product_id: str, device_name: str, topic_filter: str, granted_qos: int) -> None:
+        self.first.device_subscribed(product_id, device_name, topic_filter, granted_qos)
+        self.second.device_subscribed(product_id, device_name, topic_filter, granted_qos)
+
+    def device_disconnected(self, product_id: str, device_name: str) -> None:
+        self.first.device_disconnected(product_id, device_name)
+        self.second.device_disconnected(product_id, device_name)
+
+
 @dataclass
 class Node:
     """One fleetops process: the stores, the MQTT side, the task engine, the use cases and the API."""
@@ -213,9 +265,12 @@ class Node:
         *,
         role: Role = Role.SERVE,
         messaging_factory: MessagingFactory | None = None,
+        device_events: DeviceEvents | None = None,
     ) -> Node:
         """``messaging_factory`` builds the MQTT side instead of the broker Settings name (a test double, or an
-        application embedding fleetops); it receives the handler of device shadow requests."""
+        application embedding fleetops); it receives the handler of device shadow requests. ``device_events`` is
+        told of devices' connects, subscriptions and disconnects by the embedded gateway, or by the Mosquitto
+        plugin through this node (the devices the plugin hands to it)."""
         metrics = NodeMetrics()
         stores = await open_stores(settings, metrics)
         shadow_handler = DeviceShadowProtocol(DeviceShadowService(stores.shadows, stores.devices, metrics), clock)
@@ -225,7 +280,13 @@ class Node:
         if messaging_factory is not None:
             messaging = messaging_factory(shadow_handler)
         else:
-            messaging = _messaging(settings, stores, shadow_handler, role, inbox)
+            try:
+                login = await broker_login(settings, stores, clock)
+                events = inbox if device_events is None else DeviceEventsToBoth(inbox, device_events)
+                messaging = _messaging(settings, stores, shadow_handler, role, login, events)
+            except BaseException:
+                await stores.close()
+                raise
         state_metrics = StateMetrics(
             stores.tasks.count_by_status, messaging if isinstance(messaging, MqttStatsSource) else None
         )
@@ -278,15 +339,16 @@ class Node:
         """EMQX 5 HTTP authentication / authorization endpoints, served when an external broker is used."""
         if not self.settings.mqtt_url:
             return []
+        address = BrokerAddress.parse(self.settings.mqtt_url)
+        if not address.password:
+            # the Mosquitto plugin's deployments (no credentials in the URL) do not use them: no warning
+            log.info("the MQTT URL has no password: the EMQX endpoints /mqtt/auth and /mqtt/acl are off (docs/mqtt.md)")
+            return []
         if not self.settings.mqtt_hooks_secret:
             log.warning(
                 "the EMQX hooks /mqtt/auth and /mqtt/acl are off: set FLEETOPS_MQTT_HOOKS_SECRET and send it from "
                 "EMQX as an Authorization: Bearer header (docs/mqtt.md#emqx-5)"
             )
-            return []
-        address = BrokerAddress.parse(self.settings.mqtt_url)
-        if not address.password:
-            log.warning("the external broker URL has no password: the /mqtt/auth endpoints are off (see docs/mqtt.md)")
             return []
         router = mqtt_auth_router(
             self.stores.devices,

@@ -69,7 +69,19 @@ class Settings:
             "empty = the hooks are off"
         },
     )
-    mqtt_client_id: str = field(default="", metadata={"doc": "client id of this node on an external broker"})
+    mqtt_client_id: str = field(
+        default="",
+        metadata={
+            "doc": "client id of this node on an external broker, unique per node (default fleetops-NODE_ID-random)"
+        },
+    )
+    mqtt_service_user: str = field(
+        default="fleetops",
+        metadata={
+            "doc": "user name fleetops logs in with when mqtt_url has none: the Mosquitto plugin's service_user, "
+            "its password kept in the database (broker_credentials)"
+        },
+    )
     rate_limit_per_s: int = field(default=100, metadata={"doc": "requests per second per SecretId per action"})
     max_body_bytes: int = field(
         default=10 * 1024 * 1024,

@@ -1,6 +1,7 @@
 """The issue's "done when" for devices: a device built from the spec alone (paho-mqtt, its PSK from CreateDevice)
 connects, gets its shadow, reports state, receives a delta after UpdateDeviceShadow and a message after
-PublishMessage, and cannot touch another device's topics; on the embedded broker and on Mosquitto.
+PublishMessage, and cannot touch another device's topics; on the embedded broker and on Mosquitto with the
+fleetops plugin (started on what `fleetops mosquitto config` printed); the journey alone on a plain Mosquitto.
 
 The device signs its own credentials here with hmac, as the device protocol describes, instead of fleetops'
 helpers, so the test does not share code with the server it checks.
@@ -24,7 +25,7 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 from tencentcloud.iotcloud.v20180614 import models
 
-from fleetops.messaging.embedded import EmbeddedBroker
+from tests.brokers import BROKERS, DeviceSide, node_with_broker
 from tests.support import (
     MOSQUITTO_HOST,
     MOSQUITTO_PORT,
@@ -134,25 +135,20 @@ def _journey(server: LiveServer, port: int) -> SpecDevice:
     return device
 
 
-@pytest.fixture
-def embedded_server(tmp_path: Path) -> Iterator[LiveServer]:
-    live = start_server(tmp_path / "data", f"sqlite:///{tmp_path / 'fleetops.db'}")
-    try:
-        yield live
-    finally:
-        live.stop()
+@pytest.fixture(params=BROKERS)
+def side(request: pytest.FixtureRequest, tmp_path: Path, built_plugin: Path) -> Iterator[DeviceSide]:
+    with node_with_broker(request.param, tmp_path, built_plugin) as device_side:
+        yield device_side
 
 
-def test_the_journey_on_the_embedded_broker(embedded_server: LiveServer) -> None:
-    broker = embedded_server.node.messaging
-    assert isinstance(broker, EmbeddedBroker)
-    device = _journey(embedded_server, broker.port)
+def test_the_journey_and_the_acl(side: DeviceSide) -> None:
+    device = _journey(side.server, side.port)
     try:
-        client = sdk_client(embedded_server)
+        client = sdk_client(side.server)
         other_name, other_psk = _create_device(client, device.pid)
         other = SpecDevice(device.pid, other_name, other_psk)
         try:
-            assert other.connect(broker.port) == 0
+            assert other.connect(side.port) == 0
             assert other.subscribe(f"{device.pid}/{other_name}/control") == 0
             # the first device may not read or write the other device's topics
             assert device.subscribe(f"{device.pid}/{other_name}/control") == 0x80
@@ -172,6 +168,10 @@ def test_the_journey_on_the_embedded_broker(embedded_server: LiveServer) -> None
             shadow.ProductId, shadow.DeviceName = device.pid, other_name
             data = json.loads(client.DescribeDeviceShadow(shadow).Data)
             assert (data["payload"]["version"], data["payload"]["state"]) == (0, {"reported": {}}), data
+            # DescribeDevice shows the connected device online on either broker
+            describe = models.DescribeDeviceRequest()
+            describe.ProductID, describe.DeviceName = device.pid, other_name
+            assert client.DescribeDevice(describe).Online == 1
         finally:
             other.close()
     finally:

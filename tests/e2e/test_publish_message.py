@@ -1,4 +1,5 @@
-"""PublishMessage through the official SDK, received by real paho-mqtt devices on the node's embedded broker."""
+"""PublishMessage through the official SDK, received by real paho-mqtt devices on the node's embedded broker (and,
+for the delivery itself, on Mosquitto with the fleetops plugin)."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from tencentcloud.iotcloud.v20180614 import models
 from fleetops.errors import BrokerUnavailable
 from fleetops.messaging.embedded import EmbeddedBroker
 from fleetops.ports.messaging import Delivery, DeviceCredentials
+from tests.brokers import BROKERS, EMBEDDED, DeviceSide, node_with_broker
 from tests.mqtt_support import PahoDevice
 from tests.support import LiveServer, new_product, sdk_client, sdk_error_code, server_on
 
@@ -25,6 +27,18 @@ from tests.support import LiveServer, new_product, sdk_client, sdk_error_code, s
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
     with server_on("sqlite", tmp_path_factory.mktemp("publish")) as live:
         yield live
+
+
+@pytest.fixture(scope="module", params=BROKERS)
+def side(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[DeviceSide]:
+    """The module's embedded server, or a node on Mosquitto with the plugin."""
+    if request.param == EMBEDDED:
+        server: LiveServer = request.getfixturevalue("server")
+        yield DeviceSide(EMBEDDED, server, _port(server))
+        return
+    plugin: Path = request.getfixturevalue("built_plugin")
+    with node_with_broker(request.param, tmp_path_factory.mktemp("publish-plugin"), plugin) as device_side:
+        yield device_side
 
 
 @pytest.fixture(scope="module")
@@ -55,11 +69,12 @@ def _port(server: LiveServer) -> int:
 
 
 @pytest.mark.parametrize("qos", [0, 1])
-async def test_the_subscribed_device_gets_the_payload_byte_for_byte(server: LiveServer, client: Any, qos: int) -> None:
+async def test_the_subscribed_device_gets_the_payload_byte_for_byte(side: DeviceSide, qos: int) -> None:
+    client = sdk_client(side.server)
     creds = _device(client, new_product(client))
     device = PahoDevice(creds)
     try:
-        assert await device.connect(_port(server)) == 0
+        assert await device.connect(side.port) == 0
         assert await device.subscribe(f"{creds.product_id}/{creds.device_name}/control", 1) == 1  # granted QoS 1
         _publish(client, creds, "control", "turn on ☀", Qos=qos)
         got = await device.receive()

@@ -1,7 +1,8 @@
 """Issue "Batch tasks": CreateTask, DescribeTask, DescribeTasks and CancelTask through the official SDK, with
 real paho-mqtt devices connected to the node's MQTT broker.
 
-The devices connect to the node's own embedded broker. (The engine's behaviour on PostgreSQL is covered by
+The devices connect to the node's own embedded broker; the delivery of both task types also to devices on
+Mosquitto with the fleetops plugin. (The engine's behaviour on PostgreSQL is covered by
 tests/integration/test_task_engine.py.)
 """
 
@@ -11,6 +12,7 @@ import asyncio
 import json
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -20,23 +22,38 @@ from tencentcloud.iotcloud.v20180614 import models
 from fleetops.backend.registration import register_devices
 from fleetops.messaging.embedded import EmbeddedBroker
 from fleetops.ports.messaging import DeviceCredentials
+from tests.brokers import BROKERS, EMBEDDED, DeviceSide, node_with_broker
 from tests.mqtt_support import PahoDevice, Received
 from tests.support import LiveServer, new_product, sdk_client, sdk_error_code, start_server
 
 WAITING, PROCESSING, COMPLETED, FAILED, CANCELLED = 1, 2, 3, 4, 5
 
 
+# small batches, so that a task over a few thousand devices takes many transactions
+NODE_SETTINGS = {"task_batch_size": 20, "task_poll_interval_s": 0.1}
+
+
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
     data = tmp_path_factory.mktemp("tasks-api")
-    # small batches, so that a task over a few thousand devices takes many transactions
-    live = start_server(
-        data / "data", f"sqlite:///{data / 'fleetops.db'}", task_batch_size=20, task_poll_interval_s=0.1
-    )
+    live = start_server(data / "data", f"sqlite:///{data / 'fleetops.db'}", **NODE_SETTINGS)  # type: ignore[arg-type]
     try:
         yield live
     finally:
         live.stop()
+
+
+@pytest.fixture(scope="module", params=BROKERS)
+def side(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[DeviceSide]:
+    """The module's embedded server, or a node on Mosquitto with the plugin."""
+    if request.param == EMBEDDED:
+        embedded: EmbeddedBroker = request.getfixturevalue("mqtt")
+        yield DeviceSide(EMBEDDED, request.getfixturevalue("server"), embedded.port)
+        return
+    plugin: Path = request.getfixturevalue("built_plugin")
+    data = tmp_path_factory.mktemp("tasks-plugin")
+    with node_with_broker(request.param, data, plugin, **NODE_SETTINGS) as device_side:
+        yield device_side
 
 
 @pytest.fixture(scope="module")
@@ -73,12 +90,12 @@ def register_many(server: LiveServer, pid: str, names: list[str]) -> None:
     server.run(register())
 
 
-async def connect(mqtt: EmbeddedBroker, pid: str, psks: dict[str, str], *topics: str) -> dict[str, PahoDevice]:
+async def connect(port: int, pid: str, psks: dict[str, str], *topics: str) -> dict[str, PahoDevice]:
     """Connect each device and subscribe it to ``topics`` (``{pid}``, ``{dn}`` filled in)."""
     devices = {}
     for name, psk in psks.items():
         device = PahoDevice(DeviceCredentials(pid, name, psk, True))
-        assert await device.connect(mqtt.port) == 0
+        assert await device.connect(port) == 0
         for topic in topics:
             assert await device.subscribe(topic.format(pid=pid, dn=name)) == 0
         devices[name] = device
@@ -180,11 +197,12 @@ def test_the_documented_get_request_completes(server: LiveServer) -> None:
 # --- devices -----------------------------------------------------------------------------------------------
 
 
-async def test_every_matching_device_gets_exactly_one_delta_or_message(client: Any, mqtt: EmbeddedBroker) -> None:
+async def test_every_matching_device_gets_exactly_one_delta_or_message(side: DeviceSide) -> None:
+    client = sdk_client(side.server)
     pid = new_product(client)
     psks = create_devices(client, pid, ["lamp-1", "lamp-2", "lamp-3", "door-1", "door-2", "lamp-offline"])
     online = {name: psk for name, psk in psks.items() if name != "lamp-offline"}
-    devices = await connect(mqtt, pid, online, "$shadow/operation/result/{pid}/{dn}", "{pid}/{dn}/control")
+    devices = await connect(side.port, pid, online, "$shadow/operation/result/{pid}/{dn}", "{pid}/{dn}/control")
     try:
         shadow_task = create_task(client, pid, "UpdateShadow", "^lamp", update_shadow({"power": "on", "lvl": 3}))
         message_task = create_task(client, pid, "PublishMessage", "door", publish("control", "close"))
@@ -214,7 +232,7 @@ async def test_every_matching_device_gets_exactly_one_delta_or_message(client: A
 async def test_a_scheduled_task_waits_and_a_cancelled_one_touches_nothing(client: Any, mqtt: EmbeddedBroker) -> None:
     pid = new_product(client)
     psks = create_devices(client, pid, ["lamp", "door"])
-    devices = await connect(mqtt, pid, psks, "{pid}/{dn}/control")
+    devices = await connect(mqtt.port, pid, psks, "{pid}/{dn}/control")
     try:
         start = int(time.time()) + 2
         scheduled = create_task(client, pid, "PublishMessage", "lamp", publish("control", "on"), schedule=start)

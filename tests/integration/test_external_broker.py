@@ -22,6 +22,7 @@ from fleetops.messaging.device_auth import make_username, sign_password
 from fleetops.messaging.external import (
     SHADOW_FILTER,
     BrokerAddress,
+    BrokerMode,
     ExternalBroker,
     ExternalOptions,
     ExternalPublisher,
@@ -34,6 +35,8 @@ from fleetops.messaging.http_auth import (
     FailureLimiter,
     mqtt_auth_router,
 )
+from fleetops.messaging.mqtt.client import MqttClient
+from fleetops.messaging.mqtt.codec import encode_publish
 from tests.mqtt_support import (
     EchoShadowHandler,
     MemoryDirectory,
@@ -43,7 +46,7 @@ from tests.mqtt_support import (
     paho_devices,
     random_product_id,
 )
-from tests.support import FakeClock
+from tests.support import MOSQUITTO_HOST, MOSQUITTO_PORT, FakeClock, require_service
 
 SHARED_MOSQUITTO = "mqtt://127.0.0.1:1883"
 
@@ -57,6 +60,7 @@ def fast_options(**overrides: Any) -> ExternalOptions:
         "max_reconnect_delay_s": 0.2,
         "share_group": "",
         "probe_timeout_s": 0.3,
+        "hello_timeout_s": 0.3,  # no fleetops plugin on these brokers: the hello goes unanswered
     }
     return ExternalOptions(**(defaults | overrides))
 
@@ -105,6 +109,7 @@ async def test_shadow_requests_round_trip_through_mosquitto() -> None:
     service = ExternalBroker(SHARED_MOSQUITTO, handler, options=fast_options(share_group="fleetops"))
     await service.start()
     try:
+        assert service.mode is BrokerMode.SHARED_SUBSCRIPTION  # no welcome: not the plugin's node protocol
         assert service.shadow_filter in (SHADOW_FILTER, f"$share/fleetops/{SHADOW_FILTER}")
         with paho_devices() as devices:
             device = PahoDevice(credentials)
@@ -187,6 +192,29 @@ async def test_the_connection_recovers_after_a_broker_restart(private_mosquitto:
             assert orjson.loads((await device.receive()).payload) == {"echo": {"type": "get"}}
     finally:
         await service.stop()
+
+
+@pytest.mark.mosquitto
+async def test_a_client_that_only_sends_keeps_its_connection() -> None:
+    """A batch task publishes QoS 0 for minutes and the broker sends nothing back: the client must still ping
+    (and hear PINGRESP) instead of taking the broker's silence for a dead connection."""
+    require_service("Mosquitto", MOSQUITTO_HOST, MOSQUITTO_PORT)
+    client = await MqttClient.connect(
+        MOSQUITTO_HOST,
+        MOSQUITTO_PORT,
+        client_id=f"fleetops-only-sends-{random_product_id()}",
+        on_message=lambda topic, payload, qos: None,
+        keepalive_s=1,
+    )
+    try:
+        topic = f"{random_product_id()}/nobody/control".encode()
+        deadline = time.monotonic() + 2.5  # beyond 1.5 x the keep-alive
+        while time.monotonic() < deadline:
+            assert client.write(encode_publish(topic, b"x"))
+            await asyncio.sleep(0.05)
+        assert client.alive
+    finally:
+        await client.close()
 
 
 async def test_an_unreachable_broker_makes_publishes_wait_then_raise() -> None:

@@ -1,25 +1,36 @@
 """fleetops as a client of an external MQTT broker (``--mqtt-url mqtt://user:pass@host:port``).
 
-Devices connect to the broker (EMQX 5 in production: it asks fleetops' ``http_auth`` endpoints who may
-connect, publish and subscribe). Each fleetops node connects with its own MQTT 3.1.1 client
-(``mqtt.client``, over the gateway's codec), a clean session and the URL's credentials, and
+Devices connect to the broker: EMQX 5 (it asks fleetops' ``http_auth`` endpoints who may connect, publish and
+subscribe) or Mosquitto with the fleetops plugin (docs/mosquitto.md). Each fleetops node connects with its own
+MQTT 3.1.1 client (``mqtt.client``, over the gateway's codec), a clean session and the URL's credentials - or,
+when the URL has none, the service identity the composition root read from the database (:class:`BrokerLogin`).
+A ``fleetops serve`` node then takes the devices' messages in one of two ways, chosen at its first connection:
 
-* subscribes to ``$share/fleetops/$shadow/operation/+/+`` (QoS 1): with a shared subscription the broker
-  hands each device shadow request to one node only. A broker that does not deliver ``$`` topics to shared
-  subscriptions (Mosquitto 2.0.11 does not, on 3.1.1 or 5) is detected at the first connection by a probe
-  message; fleetops then subscribes to ``$shadow/operation/+/+`` without a share group and logs a warning:
-  with such a broker only one node may run, or every node would answer every request;
-* hands the requests to the :class:`~fleetops.ports.messaging.ShadowRequestHandler` - those of one device in
-  arrival order (workers are sharded by device) - and publishes each reply (QoS 0);
-* publishes for the backend and the task engine (:class:`ExternalPublisher`), encoding PUBLISH packets
-  itself and writing them in chunks; QoS 1 keeps ``max_in_flight`` PUBLISHes
-  per call awaiting their PUBACK.
+* **the plugin's node protocol** (docs/mosquitto.md#the-node-protocol): the node publishes its hello; if the
+  plugin's welcome comes within ``hello_timeout_s`` (2 s), the node registers as a handler and the plugin
+  hands it its share of the devices' shadow requests, presence changes and subscriptions
+  (:mod:`fleetops.messaging.plugin_node` does them and acknowledges). Every later connection says hello again
+  and registers again;
+* **a shared subscription** otherwise (EMQX, a plain broker): the node subscribes to
+  ``$share/fleetops/$shadow/operation/+/+`` (QoS 1), so that the broker hands each device shadow request to one
+  node only. A broker that does not deliver ``$`` topics to shared subscriptions (Mosquitto 2.0.11 does not, on
+  3.1.1 or 5) is detected at the first connection by a probe message; fleetops then subscribes to
+  ``$shadow/operation/+/+`` without a share group and logs a warning: with such a broker only one node may run,
+  or every node would answer every request.
+
+Either way the shadow requests go to the :class:`~fleetops.ports.messaging.ShadowRequestHandler` - those of
+one device in arrival order (workers are sharded by device) - and each reply is published (QoS 0). A ``fleetops
+worker`` (``serve_shadow_requests=False``) only publishes: no hello, no subscription.
+
+Publishing for the backend and the task engine (:class:`ExternalPublisher`) encodes PUBLISH packets itself and
+writes them in chunks; QoS 1 keeps ``max_in_flight`` PUBLISHes per call awaiting their PUBACK.
 
 The connection recovers by itself: when it drops, a supervisor makes a new one (backing off from
-``reconnect_delay_s`` to ``max_reconnect_delay_s``) and subscribes again. Meanwhile ``publish_many`` waits
-up to ``broker_wait_s`` for it and then raises :class:`~fleetops.errors.BrokerUnavailable`; QoS 1 messages
-that were not acknowledged on the lost connection are sent again on the new one (at least once), QoS 0
-messages already written to the lost socket are not (at most once).
+``reconnect_delay_s`` to ``max_reconnect_delay_s``) and subscribes (or registers) again. Meanwhile
+``publish_many`` waits up to ``broker_wait_s`` for it and then raises
+:class:`~fleetops.errors.BrokerUnavailable`; QoS 1 messages that were not acknowledged on the lost connection
+are sent again on the new one (at least once), QoS 0 messages already written to the lost socket are not (at
+most once).
 
 Each connection is a new client with a clean session: resuming with ``clean_session=False`` would, on a 3.1.1
 broker, create a persistent session that never expires and that, as a member of a share group, would swallow
@@ -34,9 +45,11 @@ import os
 import secrets
 import socket
 import ssl
+import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import Final
 from urllib.parse import unquote, urlsplit
 
@@ -44,8 +57,16 @@ from fleetops.errors import BrokerUnavailable, ConfigurationError
 from fleetops.messaging.embedded import check_qos, check_topic
 from fleetops.messaging.mqtt.client import ConnectRefused, MqttClient
 from fleetops.messaging.mqtt.codec import SUBACK_FAILURE, encode_publish
+from fleetops.messaging.node_protocol import PROTOCOL_VERSION, NodeTopics, Welcome, node_id_problem, parse_dispatched
+from fleetops.messaging.plugin_node import PluginNode, Registration
 from fleetops.messaging.topics import DeviceId, parse_shadow_request_topic, shadow_result_topic
-from fleetops.ports.messaging import Delivery, ShadowRequestHandler
+from fleetops.ports.messaging import (
+    BrokerBoots,
+    Delivery,
+    DeviceDirectory,
+    DeviceEvents,
+    ShadowRequestHandler,
+)
 from fleetops.ports.telemetry import MqttStats
 
 log = logging.getLogger("fleetops.messaging.external")
@@ -82,6 +103,22 @@ class BrokerAddress:
         )
 
 
+@dataclass(frozen=True)
+class BrokerLogin:
+    """The user name and password fleetops connects with when the broker URL carries none (the Mosquitto plugin's
+    service identity, whose password the composition root reads from the database)."""
+
+    username: str
+    password: str = field(repr=False)
+
+
+class BrokerMode(StrEnum):
+    """How a serving node takes device messages from the broker (decided at its first connection)."""
+
+    PLUGIN = "plugin"  # the Mosquitto plugin's node protocol
+    SHARED_SUBSCRIPTION = "shared-subscription"  # $share/... (or a plain subscription, single node)
+
+
 @dataclass
 class ExternalOptions:
     broker_wait_s: float = 30.0  # how long publish_many waits for a broker that is down
@@ -92,6 +129,7 @@ class ExternalOptions:
     max_in_flight: int = 1000  # QoS 1 PUBLISHes awaiting a PUBACK, per publish_many call
     share_group: str = "fleetops"  # "" subscribes without a share group (a single node)
     probe_timeout_s: float = 2.0
+    hello_timeout_s: float = 2.0  # how long the first connection waits for the plugin's welcome
     shadow_workers: int = 4
     shadow_queue_size: int = 10_000  # per worker; requests beyond are dropped (the device times out)
     serve_shadow_requests: bool = True  # False: publish only (a `fleetops worker` leaves shadow requests to serve)
@@ -121,30 +159,37 @@ class _Link:
         client_id: str,
         address: BrokerAddress,
         options: ExternalOptions,
-        on_message: Callable[[str, bytes], None],
+        on_message: Callable[[_Link, str, bytes], None],
         on_lost: Callable[[_Link], None],
+        login: BrokerLogin | None = None,
     ) -> None:
         self.client_id = client_id
         self.address = address
         self.options = options
         self.alive = False
         self.lost = asyncio.Event()
+        self.welcome: asyncio.Future[Welcome] | None = None  # while waiting for the plugin's welcome
+        self.registration: Registration | None = None  # once registered with the plugin
         self._on_message = on_message
         self._on_lost = on_lost
+        self._login = login
         self._owners: dict[int, _Batch] = {}
         self._client: MqttClient | None = None
 
     async def open(self) -> None:
         address = self.address
+        username, password = address.username, address.password
+        if username is None and password is None and self._login is not None:
+            username, password = self._login.username, self._login.password
         try:
             self._client = await MqttClient.connect(
                 address.host,
                 address.port,
                 client_id=self.client_id,
-                on_message=lambda topic, payload, _qos: self._on_message(topic, payload),
+                on_message=lambda topic, payload, _qos: self._on_message(self, topic, payload),
                 on_lost=self._mark_lost,
-                username=address.username,
-                password=address.password.encode("utf-8") if address.password is not None else None,
+                username=username,
+                password=password.encode("utf-8") if password is not None else None,
                 keepalive_s=self.options.keepalive_s,
                 ssl_context=ssl.create_default_context() if address.tls else None,
                 timeout_s=self.options.connect_timeout_s,
@@ -205,6 +250,8 @@ class _Link:
 
     def _mark_lost(self) -> None:
         self.alive = False
+        if self.registration is not None:
+            self.registration.close()
         if not self.lost.is_set():
             self.lost.set()
             self._on_lost(self)
@@ -312,24 +359,50 @@ class ExternalBroker:
         *,
         client_id: str | None = None,
         options: ExternalOptions | None = None,
+        login: BrokerLogin | None = None,
+        directory: DeviceDirectory | None = None,
+        boots: BrokerBoots | None = None,
+        events: DeviceEvents | None = None,
     ) -> None:
+        """``login``: used when the URL has no user name and password. On a broker with the plugin, presence is
+        recorded in ``directory``, a new broker run is recorded (and devices marked offline) in ``boots``, and
+        connects, disconnects and subscriptions are told to ``events``."""
         self.address = BrokerAddress.parse(url)
-        self.client_id = client_id or f"fleetops-{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
+        self.client_id = client_id or default_client_id()
         self.options = options or ExternalOptions()
+        if self.options.serve_shadow_requests and (problem := node_id_problem(self.client_id)) is not None:
+            raise ConfigurationError(
+                f"the MQTT client id {self.client_id!r} (FLEETOPS_MQTT_CLIENT_ID) cannot be used: {problem}; it is "
+                "also the node's topic level in the Mosquitto plugin's node protocol (docs/mosquitto.md)"
+            )
         self.publisher = ExternalPublisher(self)
-        self.shadow_filter: str | None = None  # chosen at the first connection
+        self.mode: BrokerMode | None = None  # chosen at the first connection of a serving node
+        self.shadow_filter: str | None = None  # the shared-subscription mode's filter
+        self.boot: str | None = None  # the plugin's boot id at the last welcome
+        self._login = login
         self._shadow_handler = shadow_handler
+        self._topics = NodeTopics(self.client_id)
+        self._boots = boots
+        self._directory = directory
+        self._events = events
+        self._plugin_node = PluginNode(self._submit_plugin_shadow, directory, events)  # a new one at each start
         self._link: _Link | None = None
         self._link_up = asyncio.Event()
         self._stopping = False
         self._supervisor: asyncio.Task[None] | None = None
-        self._queues: list[asyncio.Queue[tuple[DeviceId, bytes]]] = []
+        self._queues: list[asyncio.Queue[_ShadowWork]] = []
         self._workers: list[asyncio.Task[None]] = []
         self._probe: tuple[str, asyncio.Future[None]] | None = None
 
     @property
     def connected(self) -> bool:
         return self._link is not None and self._link.alive
+
+    @property
+    def registration(self) -> Registration | None:
+        """The current registration with the Mosquitto plugin (plugin mode, connected)."""
+        link = self._link
+        return link.registration if link is not None and link.alive else None
 
     # --- what the metrics and /readyz read (ports/telemetry.py) ----------------------------------------------
 
@@ -353,6 +426,7 @@ class ExternalBroker:
         if self._supervisor is not None:
             return
         self._stopping = False
+        self._plugin_node = PluginNode(self._submit_plugin_shadow, self._directory, self._events)
         self._queues = [asyncio.Queue(self.options.shadow_queue_size) for _ in range(self.options.shadow_workers)]
         self._workers = [asyncio.create_task(self._shadow_worker(queue)) for queue in self._queues]
         try:
@@ -381,10 +455,14 @@ class ExternalBroker:
         self._supervisor, self._workers, self._queues = None, [], []
         link, self._link = self._link, None
         if link is not None:
+            if link.registration is not None:
+                link.registration.flush()  # what is done is acknowledged, the rest goes to another node
             await link.close()
+        await self._plugin_node.stop()
 
     async def disconnect_device(self, product_id: str, device_name: str) -> bool:
-        """Not possible over MQTT: kick it with the broker's API (EMQX: DELETE /api/v5/clients/{id})."""
+        """Not possible over MQTT: kick it with the broker's API (EMQX: DELETE /api/v5/clients/{id}); with the
+        Mosquitto plugin, disabling or deleting the device closes its connection."""
         return False
 
     async def wait_link(self) -> _Link:
@@ -407,25 +485,90 @@ class ExternalBroker:
     # --- connection --------------------------------------------------------------------------------------
 
     async def _connect(self) -> None:
-        link = _Link(self.client_id, self.address, self.options, self._message, self._lost)
+        link = _Link(self.client_id, self.address, self.options, self._message, self._lost, self._login)
         await link.open()
         try:
             if self.options.serve_shadow_requests:
-                if self.shadow_filter is None:
-                    self.shadow_filter = await self._choose_shadow_filter(link)
-                if await link.subscribe(self.shadow_filter, 1) >= SUBACK_FAILURE:
-                    raise _Refused(f"the subscription to {self.shadow_filter} was refused")
+                await self._take_device_messages(link)
         except BaseException:
             await link.close()
             raise
         self._link = link
         self._link_up.set()
         log.info(
-            "connected to the MQTT broker at %s:%d as %s",
+            "connected to the MQTT broker at %s:%d as %s%s",
             self.address.host,
             self.address.port,
             self.client_id,
+            " (registered with the fleetops plugin)" if link.registration is not None else "",
         )
+
+    async def _take_device_messages(self, link: _Link) -> None:
+        """Register with the plugin, or subscribe to the shadow requests (the first connection decides which)."""
+        if self.mode is not BrokerMode.SHARED_SUBSCRIPTION:
+            wait_s = self.options.hello_timeout_s if self.mode is None else self.options.connect_timeout_s
+            welcome = await self._hello(link, wait_s)
+            if welcome is not None:
+                self.mode = BrokerMode.PLUGIN
+                await self._register(link, welcome)
+                return
+            if self.mode is BrokerMode.PLUGIN:
+                raise ConnectionError("the broker did not answer the fleetops plugin's hello (restarted without it?)")
+            self.mode = BrokerMode.SHARED_SUBSCRIPTION
+        if self.shadow_filter is None:
+            self.shadow_filter = await self._choose_shadow_filter(link)
+        if await link.subscribe(self.shadow_filter, 1) >= SUBACK_FAILURE:
+            raise _Refused(f"the subscription to {self.shadow_filter} was refused")
+
+    async def _hello(self, link: _Link, wait_s: float) -> Welcome | None:
+        """Publish the hello and wait for the plugin's welcome (sent to this client whether it subscribes or not)."""
+        link.welcome = asyncio.get_running_loop().create_future()
+        try:
+            link.write(encode_publish(self._topics.hello.encode("utf-8"), b""))
+            return await asyncio.wait_for(asyncio.shield(link.welcome), wait_s)
+        except TimeoutError:
+            return None
+        finally:
+            link.welcome = None
+
+    async def _register(self, link: _Link, welcome: Welcome) -> None:
+        if welcome.protocol != PROTOCOL_VERSION:
+            raise _Refused(
+                f"the broker's fleetops plugin speaks node protocol {welcome.protocol}, this fleetops speaks "
+                f"{PROTOCOL_VERSION}: run the same fleetops version on the broker (fleetops mosquitto build)"
+            )
+        if welcome.window > self.options.shadow_queue_size:
+            log.warning(
+                "the plugin's window (%d) is larger than the shadow queue (%d): requests may be dropped",
+                welcome.window,
+                self.options.shadow_queue_size,
+            )
+        if welcome.boot != self.boot:
+            await self._record_boot(welcome.boot)
+        link.registration = Registration(self._topics, link.write)
+        # the plugin may send the first messages before the SUBACK: the registration exists before the SUBSCRIBE
+        if await link.subscribe(self._topics.registration, 1) >= SUBACK_FAILURE:
+            raise _Refused(
+                f"the fleetops plugin refused to register {self.client_id} (more than 64 nodes? see the broker log)"
+            )
+
+    async def _record_boot(self, boot: str) -> None:
+        """A broker run this node has not seen: the first node to see it marks every device offline."""
+        if self._boots is not None:
+            try:
+                marked = await self._boots.begin_boot(self._service_name, boot, int(time.time()))
+            except Exception as exc:  # registering without it could undo another node's presence writes later
+                raise ConnectionError(f"cannot record the broker's run in the database: {exc}") from exc
+            if marked is not None:
+                log.info("the broker runs as %s (new): %d devices marked offline until they connect", boot, marked)
+        self.boot = boot
+
+    @property
+    def _service_name(self) -> str:
+        """The broker identity the boot is recorded under: the user fleetops logs in as."""
+        if self.address.username is not None:
+            return self.address.username
+        return self._login.username if self._login is not None else ""
 
     def _lost(self, link: _Link) -> None:
         if self._link is link:
@@ -486,34 +629,89 @@ class ExternalBroker:
         )
         return SHADOW_FILTER
 
-    # --- shadow requests ---------------------------------------------------------------------------------
+    # --- device messages ---------------------------------------------------------------------------------
 
-    def _message(self, topic: str, payload: bytes) -> None:
+    def _message(self, link: _Link, topic: str, payload: bytes) -> None:
+        if topic.startswith(self._topics.prefix):
+            self._plugin_message(link, topic, payload)
+            return
         probe = self._probe
         if probe is not None and topic == probe[0]:
             if not probe[1].done():
                 probe[1].set_result(None)
             return
         device = parse_shadow_request_topic(topic)
-        if device is None or not self._queues:
-            return
-        queue = self._queues[hash(device.client_id) % len(self._queues)]
-        try:
-            queue.put_nowait((device, payload))
-        except asyncio.QueueFull:
-            log.warning("shadow request queue full: dropped a request of %s", device.client_id)
+        if device is not None and self.mode is BrokerMode.SHARED_SUBSCRIPTION:
+            self._queue_shadow(_ShadowWork(device, payload, link.write, None))
 
-    async def _shadow_worker(self, queue: asyncio.Queue[tuple[DeviceId, bytes]]) -> None:
+    def _plugin_message(self, link: _Link, topic: str, payload: bytes) -> None:
+        if topic == self._topics.welcome:
+            welcome = Welcome.parse(payload)
+            if welcome is None:
+                log.warning("ignored a malformed welcome from the broker: %r", payload[:200])
+            elif link.welcome is not None and not link.welcome.done():
+                link.welcome.set_result(welcome)
+            return
+        registration = link.registration
+        if registration is None:
+            return  # not registered on this connection
+        message = parse_dispatched(self._topics.prefix, topic, payload)
+        if message is None:
+            log.warning("ignored a message on %s: not a device message of the node protocol", topic[:200])
+            return
+        self._plugin_node.handle(message, registration)
+
+    def _submit_plugin_shadow(
+        self, device: DeviceId, payload: bytes, write: Callable[[bytes], bool], done: Callable[[], None]
+    ) -> None:
+        self._queue_shadow(_ShadowWork(device, payload, write, done))
+
+    def _queue_shadow(self, work: _ShadowWork) -> None:
+        if not self._queues:
+            return
+        queue = self._queues[hash(work.device.client_id) % len(self._queues)]
+        try:
+            queue.put_nowait(work)
+        except asyncio.QueueFull:
+            log.warning("shadow request queue full: dropped a request of %s", work.device.client_id)
+            if work.done is not None:
+                work.done()  # the device times out and retries; holding its seq would stall every acknowledgement
+
+    async def _shadow_worker(self, queue: asyncio.Queue[_ShadowWork]) -> None:
         while True:
-            device, payload = await queue.get()
+            work = await queue.get()
+            device = work.device
             try:
-                reply = await self._shadow_handler.handle_shadow_request(device.product_id, device.device_name, payload)
+                reply = await self._shadow_handler.handle_shadow_request(
+                    device.product_id, device.device_name, work.payload
+                )
             except Exception:
                 log.exception("shadow request of %s failed", device.client_id)
-                continue
-            if reply is None:
-                continue
-            link = self._link
-            topic = shadow_result_topic(device.product_id, device.device_name)
-            if link is None or not link.write(encode_publish(topic.encode("utf-8"), reply)):
-                log.info("no MQTT connection: dropped the shadow reply to %s", device.client_id)
+                reply = None
+            if reply is not None:
+                # on the connection the request came on: if that one is gone, so is (with the plugin) the
+                # registration, and the request is done again by the node that has it now
+                topic = shadow_result_topic(device.product_id, device.device_name)
+                if not work.write(encode_publish(topic.encode("utf-8"), reply)):
+                    log.info("no MQTT connection: dropped the shadow reply to %s", device.client_id)
+            if work.done is not None:
+                work.done()  # not reached when stopping cancels the request: it stays unacknowledged
+
+
+@dataclass(frozen=True, slots=True)
+class _ShadowWork:
+    """A device shadow request for a worker: the connection it came on, and (plugin) what to call once done."""
+
+    device: DeviceId
+    payload: bytes
+    write: Callable[[bytes], bool]  # the connection it came on
+    done: Callable[[], None] | None
+
+
+def default_client_id(node_id: str = "") -> str:
+    """``fleetops-<node id>-<random>``, or ``fleetops-<host>-<pid>-<random>`` without a node id: unique per
+    process (a second connection with the same client id would take the first one over), and one topic level of
+    at most 128 bytes (the node protocol's ``<id>``)."""
+    name = node_id or f"{socket.gethostname()}-{os.getpid()}"
+    safe = "".join(char if char.isalnum() or char in "-_." else "-" for char in name)[:64]
+    return f"fleetops-{safe}-{secrets.token_hex(3)}"

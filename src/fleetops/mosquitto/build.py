@@ -9,6 +9,7 @@ needs Debian's ``mosquitto-dev`` (``mosquitto_broker.h``, ``mosquitto_plugin.h``
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import shutil
@@ -257,3 +258,35 @@ def build_plugin(output_dir: Path, *, checked: bool = False, compiler: str = "cc
         libraries=LIBRARIES,
         compiler=compiler,
     )
+
+
+def plugin_fingerprint(compiler: str = "cc") -> str:
+    """A digest of everything the optimized plugin is built from: the C sources, the generated headers, the flags
+    and the compiler's path (a change in any of them means the .so is stale)."""
+    digest = hashlib.sha256()
+    rules = load_rules()
+    for part in (limits_header(rules), rules_header(rules), " ".join((*FLAGS, *OPTIMIZED, *LIBRARIES)), compiler):
+        digest.update(part.encode("utf-8") + b"\0")
+    for source in sorted(source_dir().glob("*.[ch]")):
+        digest.update(source.name.encode("utf-8") + b"\0" + source.read_bytes() + b"\0")
+    return digest.hexdigest()
+
+
+def ensure_plugin(output_dir: Path, *, compiler: str = "cc") -> tuple[Path, bool]:
+    """``fleetops_plugin.so`` in ``output_dir``, built only if it is missing or was built from other sources
+    (a fingerprint file beside it records what it was built from); (path, whether it was built now)."""
+    plugin = output_dir.resolve() / f"{PLUGIN_NAME}.so"
+    stamp = plugin.with_name(plugin.name + ".fingerprint")
+    fingerprint = plugin_fingerprint(compiler)
+    try:
+        current = plugin.is_file() and stamp.read_text().strip() == fingerprint
+    except OSError:
+        current = False
+    if current:
+        return plugin, False
+    build_plugin(output_dir, compiler=compiler)
+    try:
+        stamp.write_text(fingerprint + "\n")
+    except OSError as exc:
+        raise BuildError(f"cannot write {stamp}: {exc.strerror}") from exc
+    return plugin, True

@@ -68,6 +68,21 @@ class DeviceDirectory(Protocol):
         ...
 
 
+class BrokerBoots(Protocol):
+    """Which run of the external broker the devices' online state belongs to, implemented by the store.
+
+    A broker with the Mosquitto plugin says in its welcome which run (``boot``) it is; a new boot lost every
+    connection of the last one. The first node to see a boot marks every device offline before it takes device
+    messages, in one transaction with recording the boot, so that the others (seeing it recorded) never undo the
+    online changes already written for the new run (docs/mosquitto.md#presence-and-broker-restarts).
+    """
+
+    async def begin_boot(self, broker: str, boot: str, now_s: int) -> int | None:
+        """Record ``boot`` as the current run of ``broker``; if it was not already, mark every online device
+        offline at ``now_s`` in the same transaction and return how many; None if it was recorded before."""
+        ...
+
+
 class DeviceShadows(Protocol):
     """A device's own shadow requests, implemented by the backend (``backend/device_shadows.py``)."""
 

@@ -378,10 +378,15 @@ class DeviceStore:
     async def set_all_offline(self, now_s: int) -> int:
         """Mark every online device offline (a broker that starts knows no connection yet)."""
         async with self._db.begin() as conn:
-            result = await conn.execute(
-                sa.update(devices).where(devices.c.online == sa.true()).values(online=False, last_offline_time=now_s)
-            )
-            return int(result.rowcount or 0)
+            return await mark_all_offline(conn, now_s)
+
+
+async def mark_all_offline(conn: AsyncConnection, now_s: int) -> int:
+    """Mark every online device offline at ``now_s`` within the caller's transaction; how many."""
+    result = await conn.execute(
+        sa.update(devices).where(devices.c.online == sa.true()).values(online=False, last_offline_time=now_s)
+    )
+    return int(result.rowcount or 0)
 
 
 async def _product_pk(conn: AsyncConnection, account_id: int, product_id: str) -> int:

@@ -152,3 +152,14 @@ broker_credentials = sa.Table(
     sa.Column("secret", sa.String(128), nullable=False),
     sa.Column("created_at", sa.BigInteger, nullable=False),
 )
+
+# The run of the broker the devices' online state belongs to: the boot id of the Mosquitto plugin's welcome,
+# per service identity. The node that records a new boot marks every device offline in the same transaction
+# (a restarted broker lost every connection; docs/mosquitto.md#presence-and-broker-restarts).
+broker_boots = sa.Table(
+    "broker_boots",
+    metadata,
+    sa.Column("name", sa.String(64), primary_key=True),
+    sa.Column("boot", sa.String(64), nullable=False),
+    sa.Column("recorded_at", sa.BigInteger, nullable=False),
+)

@@ -260,7 +260,9 @@ class MqttClient(asyncio.Protocol):
         self._can_write.set()
 
     async def _keep_alive(self, keepalive_s: int) -> None:
-        """PINGREQ when nothing was sent for half the keep-alive; give up on 1.5 x keep-alive of silence."""
+        """PINGREQ when nothing was sent, or nothing received, for half the keep-alive; give up on 1.5 x keep-alive
+        of silence. (A client that only publishes QoS 0 - a batch task - hears nothing back but the PINGRESPs: it
+        must ping while it sends, or it would take the broker's silence for a dead connection.)"""
         while self.alive:
             await asyncio.sleep(keepalive_s / 4)
             now = time.monotonic()
@@ -268,5 +270,5 @@ class MqttClient(asyncio.Protocol):
                 log.warning("the MQTT broker has been silent for %g s: closing the connection", 1.5 * keepalive_s)
                 self.abort()
                 return
-            if now - self._last_sent >= keepalive_s / 2:
+            if now - self._last_sent >= keepalive_s / 2 or now - self._last_received >= keepalive_s / 2:
                 self.write(PINGREQ_BYTES)

@@ -42,6 +42,7 @@ from typing import Any, Final
 from fleetops.listeners import LimitedLog
 from fleetops.messaging.batching import CredentialLookup, PresenceWriter
 from fleetops.messaging.device_auth import ConnackCode, ConnectDecision
+from fleetops.messaging.events import tell
 from fleetops.messaging.gate import DeviceGate
 from fleetops.messaging.mqtt.codec import (
     PINGRESP_BYTES,
@@ -866,9 +867,4 @@ class Gateway:
             self._start_replay(session)
 
     def _notify(self, event: str, *args: Any) -> None:
-        if self._events is None:
-            return
-        try:
-            getattr(self._events, event)(*args)
-        except Exception:
-            log.exception("the device event listener failed on %s", event)
+        tell(self._events, event, *args)

@@ -1,16 +1,16 @@
 """Task extensions: per-device outcomes (a row per batch, a row per later change), the device's outcome watch,
 client tokens, StopTask's request.
 
-Revision ID: 0003_task_extensions
-Revises: 0002_device_change_notify
+Revision ID: 0004_task_extensions
+Revises: 0003_broker_boots
 """
 
 import sqlalchemy as sa
 from alembic import op
 from sqlalchemy.dialects.postgresql import JSONB
 
-revision = "0003_task_extensions"
-down_revision = "0002_device_change_notify"
+revision = "0004_task_extensions"
+down_revision = "0003_broker_boots"
 branch_labels = None
 depends_on = None
 
