@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Final
+
 import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
 
@@ -9,6 +11,17 @@ from fleetops import ids
 from fleetops.ports.store import AccountNameTaken, ApiKey
 from fleetops.store.database import Database
 from fleetops.store.tables import accounts, api_keys
+
+_KEYS: Final = sa.select(
+    api_keys.c.secret_id,
+    api_keys.c.secret_key,
+    api_keys.c.account_id,
+    accounts.c.name.label("account_name"),
+    api_keys.c.enabled,
+    api_keys.c.created_at,
+).join(accounts, accounts.c.id == api_keys.c.account_id)
+# built once: a statement composed per call costs more than the read itself (issue 12)
+_KEY_BY_ID: Final = _KEYS.where(api_keys.c.secret_id == sa.bindparam("secret_id"))
 
 
 class AccountStore:
@@ -53,8 +66,8 @@ class AccountStore:
         return key
 
     async def get_key(self, secret_id: str) -> ApiKey | None:
-        async with self._db.connect() as conn:
-            row = (await conn.execute(self._key_query().where(api_keys.c.secret_id == secret_id))).first()
+        async with self._db.read() as conn:
+            row = (await conn.execute(_KEY_BY_ID, {"secret_id": secret_id})).first()
         return None if row is None else _key(row)
 
     async def list_keys(self) -> list[ApiKey]:
@@ -71,14 +84,7 @@ class AccountStore:
 
     @staticmethod
     def _key_query() -> sa.Select[tuple[str, str, int, str, bool, int]]:
-        return sa.select(
-            api_keys.c.secret_id,
-            api_keys.c.secret_key,
-            api_keys.c.account_id,
-            accounts.c.name.label("account_name"),
-            api_keys.c.enabled,
-            api_keys.c.created_at,
-        ).join(accounts, accounts.c.id == api_keys.c.account_id)
+        return _KEYS
 
 
 def _key(row: sa.Row[tuple[str, str, int, str, bool, int]]) -> ApiKey:

@@ -1,6 +1,13 @@
 """The database handle: one AsyncEngine on SQLite (aiosqlite) or PostgreSQL (asyncpg).
 
 The differences between the two databases live here and in ``store/dialect.py``; everything else is shared Core.
+
+Point reads (:meth:`Database.read`: a few rows by key, such as a request's key, a task or a shadow) on SQLite run
+in the event loop on a plain ``sqlite3`` connection of a second, synchronous engine on the same file: such a read
+takes microseconds, less than aiosqlite's hand-off to its thread and back (issue 12 measured 60 % of a request's
+time in those hand-offs). Writes, and reads that may scan (pages, counts), keep the aiosqlite path, so a long
+statement never holds the loop. In WAL mode a reader neither waits for nor blocks the writer, and each SELECT
+outside a transaction sees the newest committed state, as on the aiosqlite connections.
 """
 
 from __future__ import annotations
@@ -18,6 +25,7 @@ from sqlalchemy import event
 from sqlalchemy.engine import ExceptionContext, make_url
 from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+from sqlalchemy.sql.base import Executable
 
 from fleetops.errors import ConfigurationError
 from fleetops.ports.telemetry import NO_TELEMETRY, Telemetry
@@ -41,13 +49,39 @@ def async_url(url: str) -> str:
     )
 
 
+class ReadConnection:
+    """A connection for point reads (:meth:`Database.read`): ``execute`` answers a buffered Result, as
+    ``AsyncConnection.execute`` does, whether the statement ran in the loop (SQLite) or on the driver (asyncpg)."""
+
+    def __init__(self, conn: AsyncConnection | sa.Connection) -> None:
+        self._conn = conn
+        self.dialect = conn.dialect
+
+    async def execute(self, statement: Executable, parameters: dict[str, Any] | None = None) -> sa.Result[Any]:
+        if isinstance(self._conn, AsyncConnection):
+            return await self._conn.execute(statement, parameters)
+        return self._conn.execute(statement, parameters)
+
+
 @dataclass
 class Database:
     engine: AsyncEngine
+    # SQLite: the synchronous engine of the point reads that run in the loop (module docstring)
+    loop_reads: sa.Engine | None = None
 
     @property
     def is_sqlite(self) -> bool:
         return self.engine.dialect.name == "sqlite"
+
+    @asynccontextmanager
+    async def read(self) -> AsyncIterator[ReadConnection]:
+        """A connection for a short read of a few rows by key (never a scan: it may run in the event loop)."""
+        if self.loop_reads is None:
+            async with self.engine.connect() as conn:
+                yield ReadConnection(conn)
+            return
+        with self.loop_reads.connect() as sync_conn:
+            yield ReadConnection(sync_conn)
 
     @asynccontextmanager
     async def begin(self) -> AsyncIterator[AsyncConnection]:
@@ -62,6 +96,8 @@ class Database:
 
     async def dispose(self) -> None:
         await self.engine.dispose()
+        if self.loop_reads is not None:
+            self.loop_reads.dispose()
 
 
 def open_database(url: str, *, pool_size: int = 10, telemetry: Telemetry = NO_TELEMETRY) -> Database:
@@ -71,10 +107,20 @@ def open_database(url: str, *, pool_size: int = 10, telemetry: Telemetry = NO_TE
     if aurl.startswith("postgresql"):
         kwargs.update(pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True)
     engine = create_async_engine(aurl, **kwargs)
+    loop_reads = None
     if engine.dialect.name == "sqlite":
         event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
+        # the pool may hand a connection to another thread's loop (tests, bench scripts): sqlite3 allows it
+        # when asked, and a connection is only ever used by one caller at a time
+        loop_reads = sa.create_engine(
+            make_url(aurl).set(drivername="sqlite+pysqlite"),
+            connect_args={"check_same_thread": False},
+            **kwargs,
+        )
+        event.listen(loop_reads, "connect", _sqlite_pragmas)
+        event.listen(loop_reads, "handle_error", partial(_count_error, telemetry))
     event.listen(engine.sync_engine, "handle_error", partial(_count_error, telemetry))
-    return Database(engine)
+    return Database(engine, loop_reads)
 
 
 def _count_error(telemetry: Telemetry, context: ExceptionContext) -> None:

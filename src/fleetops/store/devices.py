@@ -14,7 +14,7 @@ written only by ``store/shadows.py``.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterable, Sequence
-from typing import Any
+from typing import Any, Final
 
 import orjson
 import sqlalchemy as sa
@@ -55,6 +55,17 @@ _DEVICE_COLUMNS = (
     devices.c.first_online_time,
     devices.c.last_offline_time,
     devices.c.client_ip,
+)
+# DescribeDevice's read, built once (a statement composed per call costs more than the read, issue 12): the
+# product's row always, the device's when it exists, so one query tells a missing product from a missing device
+_DEVICE_BY_NAME: Final = (
+    sa.select(products.c.id.label("owner_pk"), *_DEVICE_COLUMNS)
+    .select_from(
+        products.outerjoin(
+            devices, sa.and_(devices.c.product_pk == products.c.id, devices.c.name == sa.bindparam("name"))
+        )
+    )
+    .where(products.c.account_id == sa.bindparam("account_id"), products.c.product_id == sa.bindparam("product_id"))
 )
 
 # Columns written by the bulk insert, in this order. The others take their server defaults, which are the
@@ -196,18 +207,9 @@ class DeviceStore:
 
     async def get(self, account_id: int, product_id: str, name: str) -> DeviceRecord:
         """One device. Raises ProductMissing or DeviceMissing (one query tells them apart)."""
-        async with self._db.connect() as conn:
-            row = (
-                await conn.execute(
-                    sa.select(products.c.id.label("owner_pk"), *_DEVICE_COLUMNS)
-                    .select_from(
-                        products.outerjoin(
-                            devices, sa.and_(devices.c.product_pk == products.c.id, devices.c.name == name)
-                        )
-                    )
-                    .where(products.c.account_id == account_id, products.c.product_id == product_id)
-                )
-            ).first()
+        async with self._db.read() as conn:
+            params = {"name": name, "account_id": account_id, "product_id": product_id}
+            row = (await conn.execute(_DEVICE_BY_NAME, params)).first()
         if row is None:
             raise ProductMissing(product_id)
         if row.id is None:

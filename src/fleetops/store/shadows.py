@@ -33,7 +33,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from fleetops.domain.outcomes import DeviceOutcome, holds, tracked_values
 from fleetops.domain.shadow import JSONObject, Shadow
 from fleetops.ports.store import DesiredMerge, ShadowContention, ShadowMissing
-from fleetops.store.database import Database
+from fleetops.store.database import Database, ReadConnection
 from fleetops.store.outcomes import TaskWatches, decide_watch, insert_batch
 from fleetops.store.tables import devices, products
 
@@ -124,7 +124,7 @@ class ShadowStore:
 
     async def read(self, account_id: int, product_id: str, device_name: str) -> Shadow:
         """The current shadow. Raises ShadowMissing."""
-        async with self._db.connect() as conn:
+        async with self._db.read() as conn:
             _pk, shadow, _watch = await _read(conn, account_id, product_id, device_name)
         return shadow
 
@@ -203,7 +203,7 @@ class ShadowStore:
 
 
 async def _read(
-    conn: AsyncConnection, account_id: int, product_id: str, device_name: str
+    conn: AsyncConnection | ReadConnection, account_id: int, product_id: str, device_name: str
 ) -> tuple[int, Shadow, str | None]:
     """(device pk, shadow, the task watching it)."""
     params = {"account_id": account_id, "product_id": product_id, "device_name": device_name}

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Any, Final
 
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -52,6 +52,13 @@ from fleetops.store.database import Database
 from fleetops.store.outcomes import insert_batch
 from fleetops.store.tables import accounts, devices, task_batches, task_client_tokens, task_devices, tasks
 from fleetops.store.task_json import extensions_from_json, extensions_to_json, spec_from_json, spec_to_json
+
+# DescribeTask's read, built once (a statement composed per call costs more than the read, issue 12)
+_TASK_BY_ID: Final = sa.select(tasks).where(
+    tasks.c.id == sa.bindparam("id"),
+    tasks.c.account_id == sa.bindparam("account_id"),
+    tasks.c.created_at >= sa.bindparam("created_after"),
+)
 
 
 def _statuses(statuses: frozenset[TaskStatus]) -> list[int]:
@@ -206,16 +213,9 @@ class TaskStore(TaskStorePort):
             return await _count_open(conn, account_id)
 
     async def get(self, account_id: int, task_id: str, created_after: int) -> TaskRecord | None:
-        async with self._db.connect() as conn:
-            row = (
-                await conn.execute(
-                    sa.select(tasks).where(
-                        tasks.c.id == task_id,
-                        tasks.c.account_id == account_id,
-                        tasks.c.created_at >= created_after,
-                    )
-                )
-            ).first()
+        async with self._db.read() as conn:
+            params = {"id": task_id, "account_id": account_id, "created_after": created_after}
+            row = (await conn.execute(_TASK_BY_ID, params)).first()
         return None if row is None else _record(row)
 
     async def page(self, account_id: int, offset: int, limit: int, created_after: int) -> tuple[int, list[TaskRecord]]:
