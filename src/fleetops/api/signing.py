@@ -23,6 +23,7 @@ v1::
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import hmac
 import re
@@ -133,7 +134,13 @@ def sha256_hex(data: bytes) -> str:
 
 def utc_date(timestamp: int) -> str:
     """The credential-scope date of a TC3 request: ``YYYY-MM-DD`` of the timestamp in UTC."""
-    return datetime.fromtimestamp(timestamp, UTC).strftime("%Y-%m-%d")
+    return _utc_day(timestamp // 86_400)
+
+
+@functools.lru_cache(maxsize=8)
+def _utc_day(day: int) -> str:
+    # every request asks; formatting a datetime each time was a measurable part of a request (issue 12)
+    return datetime.fromtimestamp(day * 86_400, UTC).strftime("%Y-%m-%d")
 
 
 def tc3_canonical_request(method: str, query: str, headers: Sequence[tuple[str, str]], payload_hash: str) -> str:
@@ -151,10 +158,16 @@ def tc3_string_to_sign(timestamp: str, date: str, service: str, canonical_reques
 
 
 def tc3_signature(secret_key: str, date: str, service: str, string_to_sign: str) -> str:
+    return hmac.digest(_signing_key(secret_key, date, service), string_to_sign.encode("utf-8"), "sha256").hex()
+
+
+@functools.lru_cache(maxsize=1024)
+def _signing_key(secret_key: str, date: str, service: str) -> bytes:
+    """The day's derived key of a SecretKey: the same for every request of that key and day, so derived once
+    (the keys it is derived from are held in memory anyway, backend/keys.py)."""
     k_date = _hmac256(("TC3" + secret_key).encode("utf-8"), date)
     k_service = _hmac256(k_date, service)
-    k_signing = _hmac256(k_service, "tc3_request")
-    return hmac.new(k_signing, string_to_sign.encode("utf-8"), hashlib.sha256).hexdigest()
+    return _hmac256(k_service, "tc3_request")
 
 
 def tc3_authorization(
@@ -276,7 +289,7 @@ def _payload_hash(method: str, body: bytes, unsigned_payload: bool) -> str:
 
 
 def _hmac256(key: bytes, message: str) -> bytes:
-    return hmac.new(key, message.encode("utf-8"), hashlib.sha256).digest()
+    return hmac.digest(key, message.encode("utf-8"), "sha256")
 
 
 def _bad_authorization(en: str, zh: str) -> InvalidAuthorization:
