@@ -351,7 +351,7 @@ async def test_shadow_writer_gives_up_after_bounded_attempts(env: Env) -> None:
         return dataclasses.replace(s, version=s.version + 1, reported={"mine": calls}), None
 
     async def overtaken(
-        conn: AsyncConnection, device_pk: int, read_version: int, new: Shadow, watch: str | None
+        conn: AsyncConnection | None, device_pk: int, read_version: int, new: Shadow, watch: str | None
     ) -> bool:
         # every time, another writer changes the shadow between our read and our write
         await env.shadows.update(

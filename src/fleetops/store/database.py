@@ -5,14 +5,17 @@ The differences between the two databases live here and in ``store/dialect.py``;
 Point reads (:meth:`Database.read`: a few rows by key, such as a request's key, a task or a shadow) on SQLite run
 in the event loop on a plain ``sqlite3`` connection of a second, synchronous engine on the same file: such a read
 takes microseconds, less than aiosqlite's hand-off to its thread and back (issue 12 measured 60 % of a request's
-time in those hand-offs). Writes, and reads that may scan (pages, counts), keep the aiosqlite path, so a long
-statement never holds the loop. In WAL mode a reader neither waits for nor blocks the writer, and each SELECT
-outside a transaction sees the newest committed state, as on the aiosqlite connections. On PostgreSQL the point
-reads have a pool of their own in autocommit, without a ping per checkout (``Database.pg_reads``).
+time in those hand-offs). Reads that may scan (pages, counts) and writes stay off the loop, so a long statement
+or a wait for the write lock never holds it: most writes go through aiosqlite, and a write of one statement
+(UpdateDeviceShadow's compare-and-set) runs whole in a worker thread (:meth:`Database.write_one`). In WAL mode a
+reader neither waits for nor blocks the writer, and each SELECT outside a transaction sees the newest committed
+state, as on the aiosqlite connections. On PostgreSQL the point reads have a pool of their own in autocommit,
+without a ping per checkout (``Database.pg_reads``).
 """
 
 from __future__ import annotations
 
+import asyncio
 import threading
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -77,8 +80,9 @@ class ReadConnection:
 @dataclass
 class Database:
     engine: AsyncEngine
-    # SQLite: the synchronous engine of the point reads that run in the loop (module docstring)
-    loop_reads: sa.Engine | None = None
+    # SQLite: a synchronous engine on the same file, for the point reads that run in the loop and the single
+    # statement writes that run whole in a worker thread (module docstring)
+    sqlite_sync: sa.Engine | None = None
     # PostgreSQL: the point reads' pool, in autocommit (no BEGIN and ROLLBACK around a SELECT) and without a
     # ping per checkout (ReadConnection retries a read whose connection was closed): one round trip, not four
     pg_reads: AsyncEngine | None = None
@@ -95,16 +99,16 @@ class Database:
     @asynccontextmanager
     async def read(self) -> AsyncIterator[ReadConnection]:
         """A connection for a short read of a few rows by key (never a scan: it may run in the event loop)."""
-        if self.loop_reads is None:
+        if self.sqlite_sync is None:
             async with (self.pg_reads or self.engine).connect() as conn:
                 yield ReadConnection(conn)
             return
         if self._kept_busy or (self._kept is not None and self._kept_thread != threading.get_ident()):
-            with self.loop_reads.connect() as sync_conn:
+            with self.sqlite_sync.connect() as sync_conn:
                 yield ReadConnection(sync_conn)
             return
         if self._kept is None:
-            self._kept, self._kept_thread = self.loop_reads.connect(), threading.get_ident()
+            self._kept, self._kept_thread = self.sqlite_sync.connect(), threading.get_ident()
         kept, self._kept_busy = self._kept, True
         try:
             yield ReadConnection(kept)
@@ -116,6 +120,20 @@ class Database:
             self._kept_busy = False
         # ends SQLAlchemy's transaction (sqlite3 opened none for a SELECT): the next read sees the newest commit
         kept.rollback()
+
+    async def write_one(self, statement: Executable, parameters: dict[str, Any]) -> int:
+        """SQLite only: run one write statement in a transaction of its own (BEGIN, the statement, COMMIT) whole
+        in a worker thread, and answer its row count: one thread hand-off instead of one per step through
+        aiosqlite."""
+        engine = self.sqlite_sync
+        if engine is None:
+            raise TypeError("Database.write_one is SQLite's (PostgreSQL writes on a connection)")
+
+        def run() -> int:
+            with engine.begin() as conn:
+                return int(conn.execute(statement, parameters).rowcount)
+
+        return await asyncio.to_thread(run)
 
     @asynccontextmanager
     async def begin(self) -> AsyncIterator[AsyncConnection]:
@@ -135,8 +153,8 @@ class Database:
         if self._kept is not None:
             self._kept.close()
             self._kept = None
-        if self.loop_reads is not None:
-            self.loop_reads.dispose()
+        if self.sqlite_sync is not None:
+            self.sqlite_sync.dispose()
 
 
 def open_database(url: str, *, pool_size: int = 10, telemetry: Telemetry = NO_TELEMETRY) -> Database:
@@ -150,20 +168,20 @@ def open_database(url: str, *, pool_size: int = 10, telemetry: Telemetry = NO_TE
         event.listen(pg_reads.sync_engine, "handle_error", partial(_count_error, telemetry))
         kwargs.update(pool_pre_ping=True)
     engine = create_async_engine(aurl, **kwargs)
-    loop_reads = None
+    sqlite_sync = None
     if engine.dialect.name == "sqlite":
         event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
         # the pool may hand a connection to another thread's loop (tests, bench scripts): sqlite3 allows it
         # when asked, and a connection is only ever used by one caller at a time
-        loop_reads = sa.create_engine(
+        sqlite_sync = sa.create_engine(
             make_url(aurl).set(drivername="sqlite+pysqlite"),
             connect_args={"check_same_thread": False},
             **kwargs,
         )
-        event.listen(loop_reads, "connect", _sqlite_pragmas)
-        event.listen(loop_reads, "handle_error", partial(_count_error, telemetry))
+        event.listen(sqlite_sync, "connect", _sqlite_pragmas)
+        event.listen(sqlite_sync, "handle_error", partial(_count_error, telemetry))
     event.listen(engine.sync_engine, "handle_error", partial(_count_error, telemetry))
-    return Database(engine, loop_reads, pg_reads)
+    return Database(engine, sqlite_sync, pg_reads)
 
 
 def _count_error(telemetry: Telemetry, context: ExceptionContext) -> None:

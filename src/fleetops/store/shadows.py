@@ -144,26 +144,30 @@ class ShadowStore:
         """
         async with self._turn((product_id, device_name)):
             for attempt in range(self._max_attempts):
-                # One connection for the read and the write. PostgreSQL (READ COMMITTED) re-checks the WHERE
-                # against the newest committed row; SQLite runs the SELECT outside a transaction (the driver
-                # begins one before the UPDATE only), so the write waits on busy_timeout, never on a stale
-                # snapshot.
-                async with self._db.connect() as conn:
-                    pk, current, watch = await _read(conn, account_id, product_id, device_name)
-                    new, result = change(current)
-                    if new is None:
-                        return result
-                    decided = None
-                    if watch is not None:
-                        watch, decided = await decide_watch(conn, self._watches, watch, device_name, new)
-                    written = await self._compare_and_set(conn, pk, current.version, new, watch)
-                    if written and decided is not None:
-                        await conn.execute(decided)
-                    await conn.commit()
+                # The read is a point read outside any transaction (Database.read: on SQLite in the loop, no
+                # thread hand-off), the write a compare-and-set on the version read: PostgreSQL (READ COMMITTED)
+                # re-checks the WHERE against the newest committed row, and SQLite's UPDATE waits on
+                # busy_timeout, never on a stale snapshot. A refused change writes nothing and takes no
+                # write connection.
+                async with self._db.read() as reader:
+                    pk, current, watch = await _read(reader, account_id, product_id, device_name)
+                new, result = change(current)
+                if new is None:
+                    return result
+                if watch is None and self._db.is_sqlite:  # one statement, whole in a worker thread
+                    written = await self._compare_and_set(None, pk, current.version, new, None)
+                else:
+                    async with self._db.connect() as conn:
+                        decided = None
+                        if watch is not None:
+                            watch, decided = await decide_watch(conn, self._watches, watch, device_name, new)
+                        written = await self._compare_and_set(conn, pk, current.version, new, watch)
+                        if written and decided is not None:
+                            await conn.execute(decided)
+                        await conn.commit()
                 if written:
                     return result
-                # Someone else wrote in between: back off a little (jittered, so losers spread out) and redo.
-                await asyncio.sleep(random.uniform(0, min(_BACKOFF_CAP_S, 0.0002 * 2**attempt)))
+                await _back_off(attempt)
         raise ShadowContention(f"{product_id}/{device_name}: gave up after {self._max_attempts} attempts")
 
     @contextlib.asynccontextmanager
@@ -183,23 +187,33 @@ class ShadowStore:
                 del self._turns[key]
 
     async def _compare_and_set(
-        self, conn: AsyncConnection, device_pk: int, read_version: int, new: Shadow, watch: str | None
+        self, conn: AsyncConnection | None, device_pk: int, read_version: int, new: Shadow, watch: str | None
     ) -> bool:
-        result = await conn.execute(
-            _COMPARE_AND_SET,
-            {
-                "pk": device_pk,
-                "read_version": read_version,
-                "reported": new.reported,
-                "desired": new.desired,
-                "meta_reported": new.metadata_reported,
-                "meta_desired": new.metadata_desired,
-                "version": new.version,
-                "ts_ms": new.timestamp_ms,
-                "watch": watch,
-            },
-        )
-        return bool(result.rowcount)
+        """Whether the write won. Without ``conn`` (SQLite only): in a transaction of its own
+        (:meth:`Database.write_one`)."""
+        params = _cas_params(device_pk, read_version, new, watch)
+        if conn is None:
+            return bool(await self._db.write_one(_COMPARE_AND_SET, params))
+        return bool((await conn.execute(_COMPARE_AND_SET, params)).rowcount)
+
+
+async def _back_off(attempt: int) -> None:
+    """Someone else wrote in between: wait a little (jittered, so losers spread out) before the next attempt."""
+    await asyncio.sleep(random.uniform(0, min(_BACKOFF_CAP_S, 0.0002 * 2**attempt)))
+
+
+def _cas_params(device_pk: int, read_version: int, new: Shadow, watch: str | None) -> dict[str, Any]:
+    return {
+        "pk": device_pk,
+        "read_version": read_version,
+        "reported": new.reported,
+        "desired": new.desired,
+        "meta_reported": new.metadata_reported,
+        "meta_desired": new.metadata_desired,
+        "version": new.version,
+        "ts_ms": new.timestamp_ms,
+        "watch": watch,
+    }
 
 
 async def _read(
