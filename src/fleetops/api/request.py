@@ -14,7 +14,7 @@ A request is TC3 when it has an ``Authorization`` header, otherwise v1 (HmacSHA1
 ``SecretId``, ``Signature``, ``Timestamp`` and ``Nonce`` among the parameters). GET parameters come only
 from the query and POST parameters only from the body: a query string on a POST is ignored.
 
-The intended order of checks (cloud-api.md section 5) is ``parse_request`` -> action lookup ->
+The intended order of checks (docs/protocol.md#verification) is ``parse_request`` -> action lookup ->
 ``check_timestamp`` -> SecretId lookup -> ``verify_signature`` -> ``decode_params``. The signature arithmetic
 itself lives in :mod:`fleetops.api.signing`.
 """

@@ -58,7 +58,7 @@ devices = sa.Table(
     sa.Column("last_offline_time", sa.BigInteger, nullable=True),
     sa.Column("first_online_time", sa.BigInteger, nullable=True),
     sa.Column("client_ip", sa.String(64), nullable=True),
-    # the shadow, one row per device (device-protocol.md section 6.1)
+    # the shadow, one row per device (docs/device-protocol.md#document-model)
     sa.Column("shadow_reported", Json, nullable=False),
     sa.Column("shadow_desired", Json, nullable=True),
     sa.Column("shadow_meta_reported", Json, nullable=False),

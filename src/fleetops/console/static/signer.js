@@ -1,5 +1,5 @@
 // TC3-HMAC-SHA256, computed in the browser with WebCrypto exactly as the official SDK computes it
-// (docs/console.md#signing): a POST to "/" with an empty query, signing the headers content-type and host.
+// (docs/console.md#how-it-talks-to-fleetops): a POST to "/" with an empty query, signing the headers content-type and host.
 // Pure apart from crypto.subtle, so the same module runs in Chromium and in Node (tests/e2e/test_console_signer.py).
 
 const ALGORITHM = "TC3-HMAC-SHA256";
