@@ -185,3 +185,21 @@ def test_with_the_binding_off_another_action_is_accepted_and_a_repeated_nonce_st
         assert resend(v1, server.endpoint)["Error"]["Code"] == "AuthFailure.SignatureFailure"
     finally:
         server.stop()
+
+
+def test_the_operator_client_signs_its_action_so_one_body_serves_two_actions_in_one_second(
+    live_server: LiveServer,
+) -> None:
+    from fleetops.client.api import ApiClient, Credentials, Endpoint
+
+    _client, product_id, name = _device(live_server)
+    second = float(int(time.time()))
+    api = ApiClient(
+        Endpoint.parse(live_server.endpoint),
+        Credentials(live_server.secret_id, live_server.secret_key, "test"),
+        clock=lambda: second,  # both calls signed in one second
+    )
+    params = {"ProductId": product_id, "DeviceName": name}
+    assert "Data" in api.call("DescribeDeviceShadow", params)
+    api.call("DeleteDevice", params)  # the same body and second: refused were the action not signed
+    assert not _device_exists(sdk_client(live_server), product_id, name)

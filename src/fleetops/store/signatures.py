@@ -10,10 +10,13 @@ may run.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Final
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from fleetops.ports.signatures import Binding
 from fleetops.store.database import Database
@@ -47,7 +50,7 @@ class SqlSignatureLedger:
             "expires_at": expires_at,
         }
         for _attempt in range(2):  # a second attempt only if the row was pruned between the two statements
-            async with self._db.begin() as conn:
+            async with self._connection() as conn:
                 if (await conn.execute(self._insert, row)).first() is not None:
                     return None
                 first = (await conn.execute(self._read, {"k": key})).first()
@@ -57,6 +60,18 @@ class SqlSignatureLedger:
                 return Binding(first.action, first.version, first.region)
         # neither inserted nor found twice: never accepted unchecked
         raise RuntimeError(f"the signature ledger could neither record nor read the key {key[:12]}...")
+
+    @asynccontextmanager
+    async def _connection(self) -> AsyncIterator[AsyncConnection]:
+        """PostgreSQL: autocommit, each statement its own transaction, so a new signature is one round trip with
+        no BEGIN / COMMIT around it (p50 0.9 ms against 1.2 ms, bench/signatures.py); the read after a conflict
+        sees the winner, committed by then. SQLite: one short transaction (its autocommit measured slower)."""
+        if self._db.is_sqlite:
+            async with self._db.begin() as conn:
+                yield conn
+            return
+        async with self._db.connect() as conn:
+            yield await conn.execution_options(isolation_level="AUTOCOMMIT")
 
     async def prune(self, now_s: int, limit: int) -> int:
         expired = sa.select(signature_ledger.c.key).where(signature_ledger.c.expires_at < now_s).limit(limit)
