@@ -209,10 +209,6 @@ def start_server(data_dir: Path, database_url: str, *, messaging_factory: Any = 
     # Bound here, on port 0, and handed to uvicorn: no other process can take the port between choosing and
     # binding it (the MQTT side binds port 0 itself: read node.messaging.port).
     listener = bind_http("127.0.0.1", 0)
-    # The suite's SDK calls often send two actions with one body in one second (CreateDevice then DeleteDevice),
-    # which the TC3 signature binding refuses by design (docs/protocol.md#replay): off here unless a test asks
-    # for it (tests/integration/test_signature_ledger.py, and every `fleetops serve` child process keeps it on).
-    overrides.setdefault("signature_binding", False)
     settings = Settings(data_dir=data_dir, database_url=database_url).with_overrides(
         port=listener.getsockname()[1], mqtt_port=0, **overrides
     )

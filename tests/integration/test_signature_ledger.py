@@ -122,6 +122,47 @@ def test_a_captured_tc3_request_cannot_be_replayed_as_another_action_version_or_
     assert _device_exists(client, product_id, name)
 
 
+def test_one_signature_serves_two_actions_on_the_connection_that_first_presented_it(
+    live_server: LiveServer, capture: Capture
+) -> None:
+    """The official SDK's CreateDevice-then-DeleteDevice in one second: one body, one signature, two actions, one
+    keep-alive connection (docs/protocol.md#replay). Another connection with the second action is refused."""
+    import requests
+
+    client, product_id, name = _device(live_server)
+    raw = capture.send(
+        "DescribeDeviceShadow",
+        {"ProductId": product_id, "DeviceName": name},
+        secret_id=live_server.secret_id,
+        secret_key=live_server.secret_key,
+    )
+    with requests.Session() as sdk_like, requests.Session() as other:
+        assert "Data" in resend(raw, live_server.endpoint, sdk_like)
+        # another client's connection (one kept alive too) cannot use it for another action
+        refused = resend(raw, live_server.endpoint, other, x_tc_action="DeleteDevice", x_tc_language="en-US")
+        assert refused["Error"]["Code"] == "AuthFailure.SignatureFailure"
+        assert _device_exists(client, product_id, name)
+        # the first connection can: it is the client that signed it
+        assert "Error" not in resend(raw, live_server.endpoint, sdk_like, x_tc_action="DeleteDevice")
+    assert not _device_exists(client, product_id, name)
+
+
+def test_the_official_sdk_sends_two_actions_with_one_body_in_one_second(live_server: LiveServer) -> None:
+    """Through the SDK itself, binding on: CreateDevice then DeleteDevice then CreateDevice of one device, as fast
+    as it can (usually within one second, so the same signature each time: none refused)."""
+
+    client, product_id, _name = _device(live_server)
+    for round_ in range(3):
+        name = f"pair-{round_}"
+        create = models.CreateDeviceRequest()
+        create.ProductId, create.DeviceName = product_id, name
+        client.CreateDevice(create)
+        delete = models.DeleteDeviceRequest()
+        delete.ProductId, delete.DeviceName = product_id, name
+        client.DeleteDevice(delete)
+        assert not _device_exists(client, product_id, name)
+
+
 @pytest.mark.parametrize("http_method", ["GET", "POST"])
 def test_a_repeated_v1_nonce_is_refused_and_a_fresh_one_accepted(
     live_server: LiveServer, capture: Capture, http_method: str

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from fleetops import errors
-from fleetops.backend.signatures import BindingCache, SignatureGuard
+from fleetops.backend.signatures import BindingCache, ConnectionOrigins, SignatureGuard
 from fleetops.ports.signatures import Binding
 
 SHADOW = Binding("DescribeDeviceShadow", "2018-06-14", "ap-guangzhou")
@@ -82,3 +82,35 @@ async def test_a_nonce_is_accepted_once() -> None:
     await guard.claim_nonce("AKID", 43, SHADOW, expires_at=1_300)
     await guard.claim_nonce("AKID2", 42, SHADOW, expires_at=1_300)  # another key's nonces are its own
     assert ledger.calls == 3
+
+
+async def test_another_action_is_accepted_only_on_the_connection_that_first_presented_the_signature() -> None:
+    clock = [1_000.0]
+    guard = SignatureGuard(CountingLedger(), lambda: clock[0])
+    await guard.bind_tc3("cd" * 32, SHADOW, expires_at=1_300, connection="127.0.0.1:40000")
+    await guard.bind_tc3("cd" * 32, DELETE, expires_at=1_300, connection="127.0.0.1:40000")  # the same client
+    for other in ("127.0.0.1:40001", "10.0.0.9:40000", ""):
+        with pytest.raises(errors.SignatureFailure, match="already used for DescribeDeviceShadow"):
+            await guard.bind_tc3("cd" * 32, DELETE, expires_at=1_300, connection=other)
+    clock[0] = 1_301.0  # the signature's window is over: nothing is remembered for that connection any more
+    assert not guard.origins.came_on("tc3:" + "cd" * 32, "127.0.0.1:40000", 1_301)
+
+
+async def test_a_signature_first_seen_by_another_node_has_no_connection_here() -> None:
+    class SeenElsewhere(CountingLedger):
+        async def bind(self, key: str, binding: Binding, expires_at: int) -> Binding | None:
+            self.calls += 1
+            return SHADOW
+
+    guard = SignatureGuard(SeenElsewhere(), lambda: 1_000.0)
+    with pytest.raises(errors.SignatureFailure):
+        await guard.bind_tc3("ef" * 32, DELETE, expires_at=1_300, connection="127.0.0.1:40000")
+    assert len(guard.origins) == 0
+
+
+def test_the_connection_origins_stay_bounded() -> None:
+    origins = ConnectionOrigins(max_entries=100)
+    for index in range(1_000):
+        origins.put(f"k{index}", f"127.0.0.1:{index}", expires_at=10**9, now_s=0)
+    assert len(origins) == 100
+    assert origins.came_on("k999", "127.0.0.1:999", 0) and not origins.came_on("k0", "127.0.0.1:0", 0)
