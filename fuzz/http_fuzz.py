@@ -323,6 +323,7 @@ class RequestMaker:
             params=pairs,
             method=method,
             sign_method=self.rng.choice(("HmacSHA1", "HmacSHA256")),
+            nonce=self.rng.randrange(1, 2**63),  # from the seed, so a failure replays byte for byte
         )
         encoded = urllib.parse.urlencode(signed)
         headers = {"Host": HOST, "Content-Type": "application/x-www-form-urlencoded"}

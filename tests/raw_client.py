@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import secrets
 import time
 import urllib.parse
 from datetime import UTC, datetime
@@ -70,14 +71,16 @@ def v1_params(
     method: str = "GET",
     sign_method: str = "HmacSHA1",
     timestamp: int | None = None,
+    nonce: int | None = None,
 ) -> dict[str, str]:
-    """Seed-style signature v1 parameters: flattened business params plus the common ones, signed."""
+    """Seed-style signature v1 parameters: flattened business params plus the common ones, signed. The Nonce is
+    random unless given (a repeated one is refused within the signature's window, docs/protocol.md#replay)."""
     all_params = dict(params)
     all_params.update(
         Action=action,
         Version=VERSION,
         Timestamp=str(int(time.time()) if timestamp is None else timestamp),
-        Nonce="11886",
+        Nonce=str(secrets.randbelow(2**63 - 1) + 1 if nonce is None else nonce),
         SecretId=secret_id,
         SignatureMethod=sign_method,
         Language="en-US",

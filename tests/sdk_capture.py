@@ -72,6 +72,29 @@ class _Recorder(BaseHTTPRequestHandler):
         return None
 
 
+# what the HTTP client sets itself when re-sending a captured request
+_TRANSPORT_HEADERS = frozenset({"content-length", "connection", "accept-encoding", "transfer-encoding"})
+
+
+def resend(raw: RawRequest, endpoint: str, session: Any = None, **changes: str) -> dict[str, Any]:
+    """Send a captured request to ``endpoint`` (``host:port``) byte for byte, its signed Host included, with the
+    headers in ``changes`` replaced (``x_tc_action="DeleteDevice"``): what a client that captured it can do.
+    On a new connection, or on ``session``'s keep-alive connection (a ``requests.Session``, as the official SDK
+    keeps one). Returns the envelope's ``Response``."""
+    import requests
+
+    headers = {k: v for k, v in raw.headers.items() if k not in _TRANSPORT_HEADERS}
+    headers.update({name.replace("_", "-"): value for name, value in changes.items()})
+    url = f"http://{endpoint}/" + (f"?{raw.raw_query}" if raw.raw_query else "")
+    if session is None:
+        headers["Connection"] = "close"
+    reply = (session or requests).request(raw.method, url, data=raw.body, headers=headers, timeout=10)
+    assert reply.status_code == 200, reply.text
+    response = reply.json()["Response"]
+    assert isinstance(response, dict)
+    return response
+
+
 @contextmanager
 def sdk_capture() -> Iterator[Capture]:
     """A capture server on a free loopback port, for the duration of the block."""

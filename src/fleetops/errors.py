@@ -43,7 +43,7 @@ class ApiError(FleetopsError):
         return self.message
 
 
-# --- common errors (cloud-api.md section 8) -------------------------------------------------------------
+# --- common errors (docs/protocol.md#error-codes) -------------------------------------------------------------
 
 
 class InternalError(ApiError):
@@ -221,7 +221,7 @@ class UnsupportedProtocol(ApiError):
     message_zh = "仅支持 GET 和 POST 请求方法。"
 
 
-# --- iotcloud business errors (iotcloud-actions.md section 7) --------------------------------------------
+# --- iotcloud business errors (docs/protocol.md#error-codes) --------------------------------------------
 
 
 class AsyncTaskAlreadyStarted(FailedOperation):

@@ -46,6 +46,7 @@ from fleetops.backend.keys import KeyService
 from fleetops.backend.messages import MessageService
 from fleetops.backend.products import ProductNames, ProductService
 from fleetops.backend.shadows import ShadowService
+from fleetops.backend.signatures import SignatureGuard
 from fleetops.backend.tasks import TaskService
 from fleetops.console import console_routes
 from fleetops.engine.deliveries import DeviceEventInbox, TaskDeliveries
@@ -70,6 +71,7 @@ from fleetops.store.devices import DeviceStore
 from fleetops.store.outcomes import TaskOutcomeStore
 from fleetops.store.products import ProductStore
 from fleetops.store.shadows import ShadowStore
+from fleetops.store.signatures import SqlSignatureLedger
 from fleetops.store.tasks import TaskStore
 
 log = logging.getLogger("fleetops")
@@ -97,6 +99,7 @@ class Stores:
     outcomes: TaskOutcomeStore
     broker_credentials: BrokerCredentialStore
     broker_boots: BrokerBootStore
+    signatures: SqlSignatureLedger
 
     async def close(self) -> None:
         await self.db.dispose()
@@ -117,6 +120,7 @@ async def open_stores(settings: Settings, telemetry: Telemetry = NO_TELEMETRY) -
         outcomes=TaskOutcomeStore(db),
         broker_credentials=BrokerCredentialStore(db),
         broker_boots=BrokerBootStore(db),
+        signatures=SqlSignatureLedger(db),
     )
 
 
@@ -328,6 +332,7 @@ class Node:
             messages=MessageService(
                 devices, messages, publish_timeout_s=settings.delta_publish_timeout_s, telemetry=metrics
             ),
+            signatures=SignatureGuard(stores.signatures, clock, bind_tc3=settings.signature_binding),
         )
         return cls(
             settings, stores, messaging, engine, backend, clock, shadow_handler, deliveries, metrics, state_metrics
@@ -399,8 +404,10 @@ class Node:
         await self.messaging.start()
         await self.deliveries.start()
         await self.engine.start()
+        await self.backend.signatures.start()
 
     async def stop(self) -> None:
+        await self.backend.signatures.stop()
         await self.engine.stop()
         await self.deliveries.stop()
         await self.messaging.stop()

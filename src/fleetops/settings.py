@@ -88,6 +88,13 @@ class Settings:
         metadata={"doc": "largest TC3 POST body read; the documented 10 MB limit applies above it"},
     )
     clock_skew_s: int = field(default=300, metadata={"doc": "allowed request timestamp skew"})
+    signature_binding: bool = field(
+        default=True,
+        metadata={
+            "doc": "refuse a TC3 signature presented with another action, version or region than it was first seen "
+            "with (docs/protocol.md#replay); off, only v1 Nonces are checked"
+        },
+    )
     max_pending_tasks: int = field(
         default=10, metadata={"doc": "tasks waiting or processing per account (CreateTask limit)"}
     )

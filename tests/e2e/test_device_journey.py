@@ -1,6 +1,6 @@
-"""The issue's "done when" for devices: a device built from the spec alone (paho-mqtt, its PSK from CreateDevice)
-connects, gets its shadow, reports state, receives a delta after UpdateDeviceShadow and a message after
-PublishMessage, and cannot touch another device's topics; on the embedded broker and on Mosquitto with the
+"""The issue's "done when" for devices: a device built from docs/device-protocol.md alone (paho-mqtt, its PSK
+from CreateDevice) connects, gets its shadow, reports state, receives a delta after UpdateDeviceShadow and a message
+after PublishMessage, and cannot touch another device's topics; on the embedded broker and on Mosquitto with the
 fleetops plugin (started on what `fleetops mosquitto config` printed); the journey alone on a plain Mosquitto.
 
 The device signs its own credentials here with hmac, as the device protocol describes, instead of fleetops'

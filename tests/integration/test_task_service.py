@@ -146,7 +146,8 @@ async def test_cancel_answers_each_status(env: TaskEnv) -> None:
     await env.service.cancel(env.account_id, waiting)
     assert (await env.task(waiting)).status is TaskStatus.CANCELLED
     with pytest.raises(errors.AsyncTaskAlreadyStarted, match="status is 5"):
-        await env.service.cancel(env.account_id, waiting)  # cancelled already (spec proposal)
+        # cancelled already (docs/tasks.md#describetask-describetasks-canceltask)
+        await env.service.cancel(env.account_id, waiting)
 
     started = await env.publish_task("", "control", "x")
     now = int(env.clock())

@@ -176,8 +176,9 @@ def test_v1_vector_intermediate_values() -> None:
     assert tc3_signature(SECRET_KEY, "2023-11-14", "iotcloud", string_to_sign) == V1_SIGNATURE
 
 
-def test_v1_vector_authorization_header_is_reproduced() -> None:
-    header = tc3_authorization(
+def local_authorization(action: str | None = None) -> str:
+    """The Authorization header of the V1 vector's request, by fleetops' client-side signer."""
+    return tc3_authorization(
         secret_id=SECRET_ID,
         secret_key=SECRET_KEY,
         method="POST",
@@ -185,7 +186,12 @@ def test_v1_vector_authorization_header_is_reproduced() -> None:
         content_type="application/json",
         timestamp=TS,
         body=JSON_BODY,
+        action=action,
     )
+
+
+def test_v1_vector_authorization_header_is_reproduced() -> None:
+    header = local_authorization()
     assert header == VECTORS["V1 TC3 POST JSON local"].headers["authorization"]
 
 
@@ -453,6 +459,16 @@ def test_more_signed_headers_than_the_sdk_sends() -> None:
     verify(raw)
     with pytest.raises(SignatureFailure):
         verify(with_header(raw, "x-tc-action", "DeleteDevice"))
+
+
+def test_our_client_signer_with_the_action_signs_x_tc_action_too() -> None:
+    raw = VECTORS["V1 TC3 POST JSON local"]
+    by_action = {action: local_authorization(action) for action in ("CreateTask", "DescribeTask")}
+    assert "SignedHeaders=content-type;host;x-tc-action," in by_action["CreateTask"]
+    assert by_action["CreateTask"] != by_action["DescribeTask"]  # one body, one second: still two signatures
+    verify(with_header(with_header(raw, "authorization", by_action["CreateTask"]), "x-tc-action", "CreateTask"))
+    with pytest.raises(SignatureFailure):
+        verify(with_header(with_header(raw, "authorization", by_action["CreateTask"]), "x-tc-action", "DeleteDevice"))
 
 
 def test_signature_hex_case_does_not_matter() -> None:

@@ -1,7 +1,8 @@
 """The HTTP front door: one endpoint (``/``) that speaks Tencent Cloud API 3.0 (docs/protocol.md).
 
 Order of checks (docs/protocol.md#verification): method and size, request shape and
-Authorization format, action and version, clock skew, SecretId, signature, rate limit, then the action's
+Authorization format, action and version, clock skew, SecretId, signature, the signature's first use
+(api/replay.py), rate limit, then the action's
 parameters. Every response is HTTP 200 with the JSON envelope; a client's mistake is never an InternalError.
 """
 
@@ -26,6 +27,7 @@ from fleetops.api.envelope import CONTENT_TYPE, error_body, new_request_id, succ
 from fleetops.api.metrics import ApiMetrics
 from fleetops.api.ratelimit import RateLimiter
 from fleetops.api.registry import ActionContext, Registry
+from fleetops.api.replay import refuse_replay
 from fleetops.api.request import (
     MAX_V1_BODY_BYTES,
     RawRequest,
@@ -111,7 +113,9 @@ class ApiEndpoint:
         body = b""
         if method == "POST":
             body = await self._read_body(request, headers)
-        return RawRequest(method=method, raw_query=raw_query, headers=headers, body=body)
+        peer = request.client
+        connection = f"{peer.host}:{peer.port}" if peer is not None else ""
+        return RawRequest(method=method, raw_query=raw_query, headers=headers, body=body, connection=connection)
 
     async def _read_body(self, request: Request, headers: dict[str, str]) -> bytes:
         # v1-signed requests carry no Authorization header; they are limited to 1 MB, TC3 to max_body_bytes.
@@ -150,6 +154,7 @@ class ApiEndpoint:
             )
         call.account = key.account_name
         verify_signature(parsed, raw, key.secret_key, now=now, skew_s=self._config.clock_skew_s)
+        await refuse_replay(self._backend.signatures, parsed, raw.connection, skew_s=self._config.clock_skew_s)
         if not self._limiter.allow(key.secret_id, action.name):
             raise errors.RequestLimitExceeded(
                 f"More than {self._limiter.per_second} {action.name} requests per second for this SecretId. "

@@ -14,7 +14,7 @@ A request is TC3 when it has an ``Authorization`` header, otherwise v1 (HmacSHA1
 ``SecretId``, ``Signature``, ``Timestamp`` and ``Nonce`` among the parameters). GET parameters come only
 from the query and POST parameters only from the body: a query string on a POST is ignored.
 
-The intended order of checks (cloud-api.md section 5) is ``parse_request`` -> action lookup ->
+The intended order of checks (docs/protocol.md#verification) is ``parse_request`` -> action lookup ->
 ``check_timestamp`` -> SecretId lookup -> ``verify_signature`` -> ``decode_params``. The signature arithmetic
 itself lives in :mod:`fleetops.api.signing`.
 """
@@ -111,6 +111,9 @@ class RawRequest:
     raw_query: str  # exactly as received: the TC3 signature covers these bytes
     headers: Mapping[str, str]  # names lower-cased
     body: bytes
+    # the TCP connection it came on, as this node sees it ("host:port" of the peer; "" when unknown): a client's
+    # keep-alive connection, which the signature binding trusts as one client (docs/protocol.md#replay)
+    connection: str = ""
 
 
 @dataclass(frozen=True)

@@ -182,20 +182,28 @@ def tc3_authorization(
     body: bytes = b"",
     service: str = SERVICE,
     unsigned_payload: bool = False,
+    action: str | None = None,
 ) -> str:
-    """The ``Authorization`` header value the SDK would send (client side; for tests, benches and tools)."""
+    """The ``Authorization`` header value the SDK would send (client side; for tests, benches and tools).
+
+    With ``action`` the ``X-TC-Action`` header (that value) is signed too, which the SDK does not do: two actions
+    with the same body signed in the same second then differ (docs/protocol.md#replay)."""
     date = utc_date(timestamp)
+    headers = [("content-type", content_type), ("host", host)]
+    if action is not None:
+        headers.append(("x-tc-action", action))
     canonical = tc3_canonical_request(
         method,
         query if method == "GET" else "",
-        (("content-type", content_type), ("host", host)),
+        headers,
         _payload_hash(method, body, unsigned_payload),
     )
     string_to_sign = tc3_string_to_sign(str(timestamp), date, service, canonical)
     signature = tc3_signature(secret_key, date, service, string_to_sign)
+    signed = ";".join(name for name, _ in headers)
     return (
         f"{TC3_ALGORITHM} Credential={secret_id}/{date}/{service}/tc3_request, "
-        f"SignedHeaders=content-type;host, Signature={signature}"
+        f"SignedHeaders={signed}, Signature={signature}"
     )
 
 

@@ -9,6 +9,7 @@ from fleetops.backend.keys import KeyService
 from fleetops.backend.messages import MessageService
 from fleetops.backend.products import ProductService
 from fleetops.backend.shadows import ShadowService
+from fleetops.backend.signatures import SignatureGuard
 from fleetops.backend.tasks import TaskService
 
 
@@ -20,3 +21,4 @@ class Backend:
     shadows: ShadowService
     tasks: TaskService
     messages: MessageService
+    signatures: SignatureGuard

@@ -1,4 +1,4 @@
-"""Batch task use cases: CreateTask, DescribeTask, DescribeTasks, CancelTask (iotcloud-actions.md section 1),
+"""Batch task use cases: CreateTask, DescribeTask, DescribeTasks, CancelTask (docs/tasks.md#the-vendors-rules),
 and the fleetops extensions (docs/extensions.md): ClientToken, PreviewTask, StopTask, per-device outcomes.
 
 The rules are ``fleetops.domain.tasks`` (type, Tasks member, schedule, deadline, cancel),
@@ -226,7 +226,7 @@ class TaskService:
         if previous is None:
             raise _not_found(task_id)
         # WAITING: this call cancelled it. Any other status: AsyncTaskAlreadyStarted, naming that status
-        # (a task cancelled before included, the spec's proposal).
+        # (a task cancelled before included, docs/decisions.md#tasks).
         transition(previous, TaskEvent.CANCEL)
 
     async def stop(self, account_id: int, task_id: str) -> TaskStatus:

@@ -1,6 +1,7 @@
 """One signed API call over HTTP: what tccli does, in a few lines of our own.
 
-POST, JSON body, TC3-HMAC-SHA256 over ``content-type;host``, ``X-TC-Language: en-US``, as the SDK sends them. The
+POST, JSON body, TC3-HMAC-SHA256 over ``content-type;host;x-tc-action`` (the SDK signs no action; signing it
+keeps two calls with one body in one second apart), ``X-TC-Language: en-US``, as the SDK sends them. The
 transport is the standard library's ``urllib``: a command makes a handful of sequential calls, so a
 connection pool or an async client would buy nothing.
 
@@ -111,6 +112,7 @@ class ApiClient:
             content_type=CONTENT_TYPE,
             timestamp=timestamp,
             body=body,
+            action=action,  # signed: `tasks describe` then `tasks cancel` share one body (docs/protocol.md#replay)
         )
         request = urllib.request.Request(
             self.endpoint.url,

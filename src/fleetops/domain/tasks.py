@@ -1,6 +1,7 @@
-"""Batch task rules (iotcloud-actions section 1): status, transitions, schedule, deadline, progress, Tasks.
+"""Batch task rules (docs/tasks.md#the-vendors-rules): status, transitions, schedule, deadline, progress, Tasks.
 
-Times are Unix seconds (``_s``). Rules the vendor leaves open follow the spec's proposals; each says so.
+Times are Unix seconds (``_s``). Rules the vendor leaves open follow
+docs/tasks.md#choices-where-the-vendor-is-silent-unsettled; each says so.
 """
 
 from __future__ import annotations
@@ -117,7 +118,7 @@ def transition(status: TaskStatus, event: TaskEvent) -> TaskStatus:
 def effective_schedule_time(requested_s: int, now_s: int) -> int:
     """ScheduleTimeInSeconds: 0 means now; in the past is refused; beyond now+86400 is clamped (not refused).
 
-    A value equal to the current second is accepted (spec proposal: ">= current time").
+    A value equal to the current second is accepted (docs/tasks.md: ">= current time").
     """
     if requested_s == 0:
         return now_s
@@ -141,12 +142,12 @@ def effective_max_execution_time(requested_s: int | None) -> int:
 
 
 def deadline(schedule_time_s: int, max_execution_time_s: int) -> int:
-    """The last second a task may run: the spec fails it when now > ScheduleTime + MaxExecutionTime."""
+    """The last second a task may run: docs/tasks.md fails it when now > ScheduleTime + MaxExecutionTime."""
     return schedule_time_s + max_execution_time_s
 
 
 def is_overdue(started_at_s: int, max_execution_time_s: int, now_s: int) -> bool:
-    """``started_at_s`` is the task's effective ScheduleTime: the spec starts the clock there."""
+    """``started_at_s`` is the task's effective ScheduleTime: docs/tasks.md starts the clock there."""
     return now_s > deadline(started_at_s, max_execution_time_s)
 
 
@@ -168,7 +169,7 @@ def failure_message(done: int, all_devices: int, max_execution_time_s: int) -> t
 
 
 def percent(done: int, all_devices: int, status: TaskStatus) -> int:
-    """floor(100 * done / all); a completed task with no device is 100 (spec proposal; the vendor example
+    """floor(100 * done / all); a completed task with no device is 100 (docs/tasks.md#percent; the vendor example
     shows 0 for a completed task, which tells a client nothing)."""
     if all_devices == 0:
         return 100 if status is TaskStatus.COMPLETED else 0

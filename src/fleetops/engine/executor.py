@@ -82,7 +82,7 @@ log = logging.getLogger("fleetops.engine")
 
 T = TypeVar("T")
 
-QOS: Final = 0  # spec proposal for batch PublishMessage and for delta pushes
+QOS: Final = 0  # batch PublishMessage and delta pushes (docs/decisions.md#tasks)
 BROKER_LOG_INTERVAL_S: Final = 60.0  # one warning a minute while a task waits for the broker
 
 
@@ -407,7 +407,7 @@ class _Run:
     async def push_deltas(self, written: Sequence[tuple[str, int]], spec: UpdateShadowSpec, now_ms: int) -> None:
         pushed_state = {key: value for key, value in spec.desired.items() if value is not None}
         if not pushed_state or not written:
-            return  # a patch that only deletes keys pushes nothing (docs/mqtt.md#delta)
+            return  # a patch that only deletes keys pushes nothing (docs/device-protocol.md#delta)
         await self.deliver(partial(self.x._messages.push_deltas, self.task.product_id, written, pushed_state, now_ms))
 
     async def push_again(self, name_filter: NameFilter, spec: UpdateShadowSpec) -> None:

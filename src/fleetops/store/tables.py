@@ -58,7 +58,7 @@ devices = sa.Table(
     sa.Column("last_offline_time", sa.BigInteger, nullable=True),
     sa.Column("first_online_time", sa.BigInteger, nullable=True),
     sa.Column("client_ip", sa.String(64), nullable=True),
-    # the shadow, one row per device (device-protocol.md section 6.1)
+    # the shadow, one row per device (docs/device-protocol.md#document-model)
     sa.Column("shadow_reported", Json, nullable=False),
     sa.Column("shadow_desired", Json, nullable=True),
     sa.Column("shadow_meta_reported", Json, nullable=False),
@@ -162,4 +162,18 @@ broker_boots = sa.Table(
     sa.Column("name", sa.String(64), primary_key=True),
     sa.Column("boot", sa.String(64), nullable=False),
     sa.Column("recorded_at", sa.BigInteger, nullable=False),
+)
+
+# What each API signature was first presented with (ports/signatures.py): a TC3 signature bound to the Action,
+# Version and Region it was first seen with, and a v1 request's (SecretId, Nonce), until the request's timestamp
+# leaves the clock-skew window (``expires_at``); expired rows are deleted in the background.
+signature_ledger = sa.Table(
+    "signature_ledger",
+    metadata,
+    sa.Column("key", sa.String(192), primary_key=True),
+    sa.Column("action", sa.String(80), nullable=False),
+    sa.Column("version", sa.String(80), nullable=False),
+    sa.Column("region", sa.String(80), nullable=False),
+    sa.Column("expires_at", sa.BigInteger, nullable=False),
+    sa.Index("ix_signature_ledger_expires_at", "expires_at"),
 )

@@ -45,6 +45,7 @@ export function createClient({ secretId, secretKey }) {
       contentType: CONTENT_TYPE,
       timestampS,
       body,
+      action,
     });
     let response;
     try {

@@ -1,5 +1,5 @@
 // Polling for running tasks: every second while the tab is visible, backing off while it is hidden or failing,
-// and polling again at once when the tab comes back (docs/console.md#tasks).
+// and polling again at once when the tab comes back (docs/console.md#tasks-and-their-progress).
 
 import { useEffect, useRef, useState } from "./vendor/preact-htm.js";
 

@@ -1,5 +1,5 @@
 // The signed-in key pair lives in this tab's sessionStorage only: never localStorage, never a cookie, and it
-// leaves the browser only as a signature (docs/console.md#security).
+// leaves the browser only as a signature (docs/console.md#signing-in).
 
 const KEY = "fleetops.console.credentials";
 

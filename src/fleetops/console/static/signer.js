@@ -1,5 +1,5 @@
 // TC3-HMAC-SHA256, computed in the browser with WebCrypto exactly as the official SDK computes it
-// (docs/console.md#signing): a POST to "/" with an empty query, signing the headers content-type and host.
+// (docs/console.md#how-it-talks-to-fleetops): a POST to "/" with an empty query, signing the headers content-type and host.
 // Pure apart from crypto.subtle, so the same module runs in Chromium and in Node (tests/e2e/test_console_signer.py).
 
 const ALGORITHM = "TC3-HMAC-SHA256";
@@ -34,15 +34,28 @@ export function utcDate(timestampS) {
  * sends (location.host), `timestampS` the X-TC-Timestamp value. Returns the Authorization header value and the
  * intermediate strings (for tests and for debugging a SignatureFailure).
  */
-export async function tc3Sign({ secretId, secretKey, host, contentType, timestampS, body, service = "iotcloud" }) {
+export async function tc3Sign({
+  secretId,
+  secretKey,
+  host,
+  contentType,
+  timestampS,
+  body,
+  service = "iotcloud",
+  action = undefined,
+}) {
   const date = utcDate(timestampS);
+  // With `action`, X-TC-Action is signed too (the SDK does not): two actions with the same body signed in the
+  // same second then have different signatures, which the server's replay check needs (docs/protocol.md#replay).
+  const signedHeaders = action === undefined ? SIGNED_HEADERS : `${SIGNED_HEADERS};x-tc-action`;
+  const actionHeader = action === undefined ? "" : `x-tc-action:${action}\n`;
   // CanonicalHeaders ends with "\n" and is then joined with "\n": the empty line is part of the format.
   const canonicalRequest = [
     "POST",
     "/",
     "",
-    `content-type:${contentType}\nhost:${host}\n`,
-    SIGNED_HEADERS,
+    `content-type:${contentType}\nhost:${host}\n${actionHeader}`,
+    signedHeaders,
     await sha256Hex(body),
   ].join("\n");
   const scope = `${date}/${service}/tc3_request`;
@@ -51,6 +64,6 @@ export async function tc3Sign({ secretId, secretKey, host, contentType, timestam
   const kService = await hmacSha256(kDate, service);
   const kSigning = await hmacSha256(kService, "tc3_request");
   const signature = toHex(await hmacSha256(kSigning, stringToSign));
-  const authorization = `${ALGORITHM} Credential=${secretId}/${scope}, SignedHeaders=${SIGNED_HEADERS}, Signature=${signature}`;
+  const authorization = `${ALGORITHM} Credential=${secretId}/${scope}, SignedHeaders=${signedHeaders}, Signature=${signature}`;
   return { authorization, canonicalRequest, stringToSign, signature };
 }

@@ -1,0 +1,89 @@
+"""Two ``fleetops serve`` processes on one PostgreSQL database: a TC3 signature first seen by one node is refused
+by the other with another action (docs/protocol.md#replay), and a repeated v1 Nonce likewise."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from tencentcloud.iotcloud.v20180614 import models
+
+from tests.brokers import clean_environment
+from tests.sdk_capture import resend, sdk_capture
+from tests.serve_process import ServeProcess
+from tests.support import free_port, postgres_database
+
+pytestmark = pytest.mark.postgres
+
+
+@pytest.fixture
+def two_nodes(tmp_path: Path) -> Iterator[tuple[ServeProcess, ServeProcess]]:
+    started: list[ServeProcess] = []
+    with postgres_database() as url:
+        try:
+            for index in range(2):
+                data_dir = tmp_path / f"node-{index}"
+                data_dir.mkdir()
+                env = clean_environment(
+                    FLEETOPS_DATA_DIR=str(data_dir),
+                    FLEETOPS_DATABASE_URL=url,
+                    FLEETOPS_PORT=str(free_port()),
+                    FLEETOPS_MQTT_PORT=str(free_port()),
+                    FLEETOPS_NODE_ID=f"node-{index}",
+                )
+                node = ServeProcess(data_dir, env)
+                started.append(node)
+                node.start()  # one after the other: the first one creates the account and its key
+            yield started[0], started[1]
+        finally:
+            for node in started:
+                node.kill()
+
+
+def _client(port: int, secret_id: str, secret_key: str, sign_method: str = "TC3-HMAC-SHA256") -> Any:
+    from tencentcloud.common import credential
+    from tencentcloud.common.profile.client_profile import ClientProfile
+    from tencentcloud.common.profile.http_profile import HttpProfile
+    from tencentcloud.iotcloud.v20180614 import iotcloud_client
+
+    profile = ClientProfile(
+        httpProfile=HttpProfile(endpoint=f"127.0.0.1:{port}", protocol="http"), signMethod=sign_method, language="en-US"
+    )
+    return iotcloud_client.IotcloudClient(credential.Credential(secret_id, secret_key), "ap-guangzhou", profile)
+
+
+def test_a_signature_seen_by_one_node_is_refused_by_the_other_with_another_action(
+    two_nodes: tuple[ServeProcess, ServeProcess],
+) -> None:
+    a, b = two_nodes
+    saved = json.loads((a.data_dir / "credentials.json").read_text())
+    secret_id, secret_key = saved["SecretId"], saved["SecretKey"]
+    client = _client(a.port, secret_id, secret_key)
+    product = models.CreateProductRequest()
+    product.ProductName = "lamps"
+    product_id = client.CreateProduct(product).ProductId
+    device = models.CreateDeviceRequest()
+    device.ProductId, device.DeviceName = product_id, "lamp"
+    client.CreateDevice(device)
+    params = {"ProductId": product_id, "DeviceName": "lamp"}
+
+    with sdk_capture() as capture:
+        shadow = capture.send("DescribeDeviceShadow", params, secret_id=secret_id, secret_key=secret_key)
+        v1 = capture.send(
+            "DescribeDeviceShadow", params, secret_id=secret_id, secret_key=secret_key, sign_method="HmacSHA1"
+        )
+    assert "Data" in resend(shadow, f"127.0.0.1:{a.port}")
+    replayed = resend(shadow, f"127.0.0.1:{b.port}", x_tc_action="DeleteDevice", x_tc_language="en-US")
+    assert replayed["Error"]["Code"] == "AuthFailure.SignatureFailure"
+    assert "already used for DescribeDeviceShadow" in replayed["Error"]["Message"]
+    assert "Data" in resend(shadow, f"127.0.0.1:{b.port}")  # the exact request: a retry on another node
+
+    assert "Data" in resend(v1, f"127.0.0.1:{b.port}")
+    assert resend(v1, f"127.0.0.1:{a.port}")["Error"]["Code"] == "AuthFailure.SignatureFailure"
+
+    listing = models.DescribeDevicesRequest()
+    listing.ProductId, listing.Offset, listing.Limit = product_id, 0, 10
+    assert [d.DeviceName for d in _client(b.port, secret_id, secret_key).DescribeDevices(listing).Devices] == ["lamp"]
