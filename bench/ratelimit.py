@@ -58,8 +58,8 @@ async def main() -> None:
                 rate = await hot_loop(shared, args.calls, tasks)
                 elapsed_s = time.perf_counter() - started
                 print(
-                    f"shared, {tasks} task(s): {rate:,.0f} allow/s, {shared.reservations} reservations "
-                    f"({shared.reservations / elapsed_s:.1f}/s)"
+                    f"shared, {tasks} task(s): {rate:,.0f} allow/s, {shared.reservations} reservation(s) in "
+                    f"{elapsed_s:.2f} s"
                 )
             shared = SharedRateLimiter(100, time.time, windows)
             served = refused = 0
