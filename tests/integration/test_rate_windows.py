@@ -11,7 +11,7 @@ from fleetops.api.ratelimit import SharedRateLimiter
 from fleetops.ports.store import Grant
 from fleetops.store.database import open_database
 from fleetops.store.rate_windows import RateWindowStore
-from tests.support import FakeClock, postgres_database
+from tests.support import FakeClock, free_port, postgres_database
 
 W = 1_700_000_000
 
@@ -66,3 +66,16 @@ async def _two_nodes(url: str) -> None:
     finally:
         for db in dbs:
             await db.dispose()
+
+
+async def test_a_database_that_cannot_be_reached_leaves_the_limit_to_each_node(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    db = open_database(f"postgresql://postgres@127.0.0.1:{free_port()}/fleetops")  # nothing listens there
+    try:
+        node = SharedRateLimiter(5, FakeClock(float(W)), RateWindowStore(db))
+        with caplog.at_level("WARNING", logger="fleetops.api"):
+            assert [await node.allow("AKID1", "DescribeDevice") for _ in range(7)] == [True] * 5 + [False] * 2
+        assert any("the shared rate limit counter failed" in r.getMessage() for r in caplog.records)
+    finally:
+        await db.dispose()

@@ -151,14 +151,10 @@ class SharedRateLimiter:
         try:
             grant = await asyncio.wait_for(self._windows.reserve(*key, window, lease.ask, limit), self._timeout_s)
         except Exception as exc:  # any failure of the database: the limit is counted here for a while
-            self._local_until = self._clock() + self._retry_s
-            log.warning(
-                "the shared rate limit counter failed (%s: %s); each node counts the API rate limit alone "
-                "for the next %g s (docs/limits.md#the-api-rate-limit)",
-                type(exc).__name__,
-                str(exc).splitlines()[0] if str(exc) else "no answer",
-                self._retry_s,
-            )
+            now = self._clock()
+            if now >= self._local_until:  # one line, not one per key whose reservation was under way
+                self._log_fallback(exc)
+            self._local_until = now + self._retry_s
             self._count_here(lease)
             return
         finally:
@@ -170,6 +166,15 @@ class SharedRateLimiter:
             lease.exhausted = True
         else:
             lease.ask = next_slice(limit, lease.ask, remaining)
+
+    def _log_fallback(self, exc: Exception) -> None:
+        log.warning(
+            "the shared rate limit counter failed (%s: %s); each node counts the API rate limit alone "
+            "for the next %g s (docs/limits.md#the-api-rate-limit)",
+            type(exc).__name__,
+            str(exc).splitlines()[0] if str(exc) else "no answer",
+            self._retry_s,
+        )
 
     def _count_here(self, lease: _Lease) -> None:
         """The rest of the window from this node's own count: the limit less what it has served already."""
