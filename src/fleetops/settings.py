@@ -82,7 +82,9 @@ class Settings:
             "its password kept in the database (broker_credentials)"
         },
     )
-    rate_limit_per_s: int = field(default=100, metadata={"doc": "requests per second per SecretId per action"})
+    rate_limit_per_s: int = field(
+        default=100, metadata={"doc": "requests per second per SecretId per action, for all the nodes together"}
+    )
     max_body_bytes: int = field(
         default=10 * 1024 * 1024,
         metadata={"doc": "largest TC3 POST body read; the documented 10 MB limit applies above it"},

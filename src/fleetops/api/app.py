@@ -155,7 +155,7 @@ class ApiEndpoint:
         call.account = key.account_name
         verify_signature(parsed, raw, key.secret_key, now=now, skew_s=self._config.clock_skew_s)
         await refuse_replay(self._backend.signatures, parsed, raw.connection, skew_s=self._config.clock_skew_s)
-        if not self._limiter.allow(key.secret_id, action.name):
+        if not await self._limiter.allow(key.secret_id, action.name):
             raise errors.RequestLimitExceeded(
                 f"More than {self._limiter.per_second} {action.name} requests per second for this SecretId. "
                 "Slow down and retry.",

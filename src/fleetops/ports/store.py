@@ -526,3 +526,25 @@ class TaskOutcomes(Protocol):
     async def mark(self, task_id: str, device_name: str, outcome: DeviceOutcome, now_ms: int) -> bool:
         """``move`` for one device; True when it moved."""
         ...
+
+
+# --- the API rate limit shared by the nodes ------------------------------------------------------------------
+
+
+class Grant(NamedTuple):
+    """What ``RateWindows.reserve`` gave: ``granted`` requests (0 .. asked) of the window, and how many of its
+    ``limit`` the deployment has been granted in all since the window began, this grant included."""
+
+    granted: int
+    used: int
+
+
+class RateWindows(Protocol):
+    """The request counters every node shares, one per (SecretId, Action) and one-second window
+    (``store/rate_windows.py``; the policy that leases slices of them is ``api/ratelimit.py``)."""
+
+    async def reserve(self, secret_id: str, action: str, window_s: int, asked: int, limit: int) -> Grant:
+        """Take up to ``asked`` requests of ``window_s``'s ``limit``, in one statement: never more than what is
+        left, so the grants of every node in a window add up to at most ``limit``. A grant for a window older
+        than the one the counter has moved on to is charged to the newer window (a node whose clock is behind)."""
+        ...

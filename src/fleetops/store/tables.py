@@ -177,3 +177,16 @@ signature_ledger = sa.Table(
     sa.Column("expires_at", sa.BigInteger, nullable=False),
     sa.Index("ix_signature_ledger_expires_at", "expires_at"),
 )
+
+# The API rate limit's counter, shared by every node: one row per (SecretId, Action), reused from window to window
+# (a new second starts the count again), so nothing needs purging. ``granted`` is what the last reservation got
+# (RETURNING sees only the new row); api/ratelimit.py leases slices of ``used`` (docs/limits.md#the-api-rate-limit).
+rate_windows = sa.Table(
+    "rate_windows",
+    metadata,
+    sa.Column("secret_id", sa.String(64), primary_key=True),
+    sa.Column("action", sa.String(64), primary_key=True),
+    sa.Column("window_s", sa.BigInteger, nullable=False),
+    sa.Column("used", sa.BigInteger, nullable=False),
+    sa.Column("granted", sa.BigInteger, nullable=False),
+)
