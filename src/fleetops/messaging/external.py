@@ -414,10 +414,10 @@ class ExternalBroker:
 
     @property
     def presence_recorded(self) -> bool:
-        """The broker has the fleetops plugin (it welcomed the current connection): its serving nodes record
-        the devices' presence in the database (docs/extensions.md#late-delivery)."""
+        """The broker has the fleetops plugin (it welcomed the last connection, also while a new one is being
+        made): its serving nodes record the devices' presence in the database (docs/extensions.md#late-delivery)."""
         link = self._link
-        return link is not None and link.alive and link.plugin
+        return link is not None and link.plugin
 
     # --- what the metrics and /readyz read (ports/telemetry.py) ----------------------------------------------
 
