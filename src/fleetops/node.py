@@ -298,7 +298,10 @@ class Node:
             stores.tasks.count_by_status, messaging if isinstance(messaging, MqttStatsSource) else None
         )
         messages = DeviceMessenger(messaging.publisher)
-        deliveries = TaskDeliveries(stores.tasks, stores.outcomes, messages, clock, inbox=inbox)
+        # on Mosquitto with the plugin, a message's outcome is told by the devices' recorded presence
+        deliveries = TaskDeliveries(
+            stores.tasks, stores.outcomes, messages, clock, inbox=inbox, presence=stores.devices
+        )
         engine = build_engine(
             settings, stores.tasks, stores.batches, stores.outcomes, messages, clock, deliveries, metrics
         )

@@ -204,6 +204,15 @@ class DeviceStore(Protocol):
         ...
 
 
+class DevicePresence(Protocol):
+    """The devices' recorded presence (``devices.online``), as the broker side keeps it: the task engine tells
+    a message handed to an external broker by it (engine/deliveries.py)."""
+
+    async def online_among(self, product_id: str, names: Sequence[str]) -> set[str]:
+        """Which of ``names`` (devices of ``product_id``) are recorded online: one query for the batch."""
+        ...
+
+
 # --- shadows -----------------------------------------------------------------------------------------------
 
 
