@@ -93,8 +93,15 @@ class Settings:
     signature_binding: bool = field(
         default=True,
         metadata={
-            "doc": "refuse a TC3 signature presented with another action, version or region than it was first seen "
-            "with (docs/protocol.md#replay); off, only v1 Nonces are checked"
+            "doc": "refuse a TC3 signature presented from another client address with another action, version or "
+            "region than it was first seen with (docs/protocol.md#replay); off, only v1 Nonces are checked"
+        },
+    )
+    trusted_proxies: str = field(
+        default="",
+        metadata={
+            "doc": "comma-separated addresses of reverse proxies whose X-Forwarded-For / X-Forwarded-Proto are "
+            "believed (the client address the signature binding and the hook limits use); empty, none is"
         },
     )
     max_pending_tasks: int = field(

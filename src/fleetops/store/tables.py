@@ -165,8 +165,9 @@ broker_boots = sa.Table(
 )
 
 # What each API signature was first presented with (ports/signatures.py): a TC3 signature bound to the Action,
-# Version and Region it was first seen with, and a v1 request's (SecretId, Nonce), until the request's timestamp
-# leaves the clock-skew window (``expires_at``); expired rows are deleted in the background.
+# Version and Region it was first seen with and the client address that presented it, and a v1 request's
+# (SecretId, Nonce), until the request's timestamp leaves the clock-skew window (``expires_at``); expired rows are
+# deleted in the background.
 signature_ledger = sa.Table(
     "signature_ledger",
     metadata,
@@ -174,6 +175,7 @@ signature_ledger = sa.Table(
     sa.Column("action", sa.String(80), nullable=False),
     sa.Column("version", sa.String(80), nullable=False),
     sa.Column("region", sa.String(80), nullable=False),
+    sa.Column("client", sa.String(80), nullable=False),
     sa.Column("expires_at", sa.BigInteger, nullable=False),
     sa.Index("ix_signature_ledger_expires_at", "expires_at"),
 )
