@@ -15,9 +15,8 @@ import pytest
 from tencentcloud.common.exception.tencent_cloud_sdk_exception import TencentCloudSDKException
 from tencentcloud.iotcloud.v20180614 import models
 
-from tests.brokers import clean_environment
-from tests.serve_process import ServeProcess
-from tests.support import LiveServer, free_port, postgres_database, sdk_client
+from tests.serve_process import ServeProcess, serve_nodes
+from tests.support import LiveServer, postgres_database, sdk_client
 
 pytestmark = pytest.mark.postgres
 
@@ -34,27 +33,9 @@ class Endpoint:
 @pytest.fixture
 def two_nodes(tmp_path: Path) -> Iterator[tuple[str, list[ServeProcess]]]:
     with postgres_database() as url:
-        nodes = []
-        try:
-            for index in range(2):
-                data_dir = tmp_path / f"node-{index}"
-                data_dir.mkdir()
-                env = clean_environment(
-                    FLEETOPS_DATA_DIR=str(data_dir),
-                    FLEETOPS_DATABASE_URL=url,
-                    FLEETOPS_PORT=str(free_port()),
-                    FLEETOPS_MQTT_PORT=str(free_port()),  # each node its own embedded broker: the API is what counts
-                    FLEETOPS_NODE_ID=f"node-{index}",
-                    FLEETOPS_RATE_LIMIT_PER_S=str(LIMIT),
-                    FLEETOPS_LOG_LEVEL="WARNING",
-                )
-                node = ServeProcess(data_dir, env)
-                nodes.append(node)
-                node.start()  # one after the other: the first creates the default account's key
+        # each node its own embedded broker: the API is what counts
+        with serve_nodes(tmp_path, url, FLEETOPS_RATE_LIMIT_PER_S=str(LIMIT), FLEETOPS_LOG_LEVEL="WARNING") as nodes:
             yield url, nodes
-        finally:
-            for node in nodes:
-                node.kill()
 
 
 def new_key(url: str) -> tuple[str, str]:

@@ -11,10 +11,9 @@ from typing import Any
 import pytest
 from tencentcloud.iotcloud.v20180614 import models
 
-from tests.brokers import clean_environment
 from tests.sdk_capture import resend, sdk_capture
-from tests.serve_process import ServeProcess
-from tests.support import free_port, postgres_database
+from tests.serve_process import ServeProcess, serve_nodes
+from tests.support import postgres_database
 
 pytestmark = pytest.mark.postgres
 
@@ -23,28 +22,10 @@ CLIENT, ATTACKER = "198.51.100.20", "203.0.113.7"  # documentation addresses, fo
 
 @pytest.fixture
 def two_nodes(tmp_path: Path) -> Iterator[tuple[ServeProcess, ServeProcess]]:
-    started: list[ServeProcess] = []
     with postgres_database() as url:
-        try:
-            for index in range(2):
-                data_dir = tmp_path / f"node-{index}"
-                data_dir.mkdir()
-                env = clean_environment(
-                    FLEETOPS_DATA_DIR=str(data_dir),
-                    FLEETOPS_DATABASE_URL=url,
-                    FLEETOPS_PORT=str(free_port()),
-                    FLEETOPS_MQTT_PORT=str(free_port()),
-                    FLEETOPS_NODE_ID=f"node-{index}",
-                    # behind a reverse proxy on 127.0.0.1: the clients' addresses come in X-Forwarded-For
-                    FLEETOPS_TRUSTED_PROXIES="127.0.0.1",
-                )
-                node = ServeProcess(data_dir, env)
-                started.append(node)
-                node.start()  # one after the other: the first one creates the account and its key
-            yield started[0], started[1]
-        finally:
-            for node in started:
-                node.kill()
+        # behind a reverse proxy on 127.0.0.1: the clients' addresses come in X-Forwarded-For
+        with serve_nodes(tmp_path, url, FLEETOPS_TRUSTED_PROXIES="127.0.0.1") as (first, second):
+            yield first, second
 
 
 def _client(port: int, secret_id: str, secret_key: str, sign_method: str = "TC3-HMAC-SHA256") -> Any:
