@@ -7,6 +7,9 @@ Starts ``fleetops serve`` as a child process (a temp data directory; SQLite, or 
 
 * ``--requests`` TC3-signed ``DescribeProducts`` POSTs over ``--connections`` keep-alive connections, each signed
   when sent (a replay guard would refuse a pre-signed copy); prints requests/s and p50 / p99 / max latency;
+* on PostgreSQL, the statements the node sent: transactions in all, and reservations of the shared rate limit
+  counter (``rate_windows`` rows inserted or updated, docs/limits.md#the-api-rate-limit), read from
+  PostgreSQL's statistics once the node has stopped;
 * ``--idle`` connections that send half a request and wait; prints the server's RSS and open file descriptors
   before and after, so the cost of one idle connection (docs/limits.md#connections).
 
@@ -114,7 +117,7 @@ def signed_request(serve: Serve, action: str, params: dict[str, object]) -> byte
     return b"\r\n".join(lines) + b"\r\n\r\n" + body
 
 
-async def throughput(serve: Serve, total: int, connections: int) -> None:
+async def throughput(serve: Serve, total: int, connections: int) -> float:
     remaining = iter(range(total))
     latencies: list[float] = []
     errors: dict[str, int] = {}
@@ -143,6 +146,26 @@ async def throughput(serve: Serve, total: int, connections: int) -> None:
         f"DescribeProducts, {connections} keep-alive connections: {total / elapsed_s:,.0f} requests/s; "
         f"latency p50 {statistics.median(latencies) * 1000:.1f} ms, p99 {p99 * 1000:.1f} ms, "
         f"max {latencies[-1] * 1000:.1f} ms" + (f"; errors {errors}" if errors else "")
+    )
+    return elapsed_s
+
+
+def database_statements(url: str, elapsed_s: float) -> None:
+    """What the node sent to PostgreSQL (the statistics of its backends, flushed as they exit)."""
+    import psycopg
+
+    with psycopg.connect(url, autocommit=True) as conn:
+        ends = conn.execute(
+            "SELECT xact_commit + xact_rollback FROM pg_stat_database WHERE datname = current_database()"
+        )
+        transactions = int(ends.fetchone()[0])  # type: ignore[index]
+        row = conn.execute(
+            "SELECT n_tup_ins + n_tup_upd FROM pg_stat_user_tables WHERE relname = 'rate_windows'"
+        ).fetchone()
+    reservations = "no rate_windows table" if row is None else f"{int(row[0]):,} ({int(row[0]) / elapsed_s:.1f}/s)"
+    print(
+        f"PostgreSQL: {transactions:,} transactions (committed or rolled back, start-up included), "
+        f"rate limit reservations {reservations}"
     )
 
 
@@ -184,11 +207,13 @@ def main() -> None:
             url = f"sqlite:///{Path(tmp) / 'fleetops.db'}"
         serve = Serve(Path(tmp), url, extra)
         try:
-            asyncio.run(throughput(serve, args.requests, args.connections))
+            elapsed_s = asyncio.run(throughput(serve, args.requests, args.connections))
             if args.idle:
                 idle_cost(serve, args.idle)
         finally:
             serve.stop()
+        if url.startswith("postgresql"):
+            database_statements(url, elapsed_s)
 
 
 if __name__ == "__main__":

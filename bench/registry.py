@@ -59,6 +59,12 @@ class NoDevices:
     def is_online(self, *_args: object) -> bool | None:
         return None
 
+    def presence_recorded(self) -> bool:
+        return False
+
+    def reaches(self, *_args: object) -> bool:
+        return False
+
     async def publish(self, *_args: object) -> None:
         return None
 

@@ -7,6 +7,8 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import requests
@@ -60,3 +62,33 @@ class ServeProcess:
             self.process.send_signal(sig)
             self.process.wait(20)
         self.process = None
+
+
+@contextmanager
+def serve_nodes(tmp_path: Path, database_url: str, count: int = 2, **settings: str) -> Iterator[list[ServeProcess]]:
+    """``count`` `fleetops serve` processes on one database, each with its own data directory, API port and
+    embedded broker, started one after the other (the first creates the default account's key), killed at the
+    end. ``settings`` are more FLEETOPS_* variables for every node."""
+    from tests.brokers import clean_environment
+    from tests.support import free_port
+
+    nodes: list[ServeProcess] = []
+    try:
+        for index in range(count):
+            data_dir = tmp_path / f"node-{index}"
+            data_dir.mkdir()
+            env = clean_environment(
+                FLEETOPS_DATA_DIR=str(data_dir),
+                FLEETOPS_DATABASE_URL=database_url,
+                FLEETOPS_PORT=str(free_port()),
+                FLEETOPS_MQTT_PORT=str(free_port()),
+                FLEETOPS_NODE_ID=f"node-{index}",
+                **settings,
+            )
+            node = ServeProcess(data_dir, env)
+            nodes.append(node)
+            node.start()
+        yield nodes
+    finally:
+        for node in nodes:
+            node.kill()

@@ -69,6 +69,8 @@ class HttpLimits:
     max_connections: int
     request_timeout_s: float
     tls: ssl.SSLContext | None = None
+    # reverse proxies whose X-Forwarded-For / X-Forwarded-Proto uvicorn believes (Settings ``trusted_proxies``)
+    trusted_proxies: tuple[str, ...] = ()
 
 
 class _LimitedHttpToolsProtocol(HttpToolsProtocol):

@@ -37,7 +37,7 @@ from starlette.routing import BaseRoute, Mount
 from fleetops.api.actions import all_actions
 from fleetops.api.app import ApiConfig, ApiEndpoint, Readiness, create_app
 from fleetops.api.metrics import MetricsEndpoint, NodeMetrics, StateMetrics
-from fleetops.api.ratelimit import RateLimiter
+from fleetops.api.ratelimit import LocalRateLimiter, RateLimiter, SharedRateLimiter
 from fleetops.api.registry import Registry
 from fleetops.backend.container import Backend
 from fleetops.backend.device_shadows import DeviceShadowService
@@ -70,6 +70,7 @@ from fleetops.store.database import Database, DatabaseHealth, open_migrated_data
 from fleetops.store.devices import DeviceStore
 from fleetops.store.outcomes import TaskOutcomeStore
 from fleetops.store.products import ProductStore
+from fleetops.store.rate_windows import RateWindowStore
 from fleetops.store.shadows import ShadowStore
 from fleetops.store.signatures import SqlSignatureLedger
 from fleetops.store.tasks import TaskStore
@@ -100,6 +101,7 @@ class Stores:
     broker_credentials: BrokerCredentialStore
     broker_boots: BrokerBootStore
     signatures: SqlSignatureLedger
+    rate_windows: RateWindowStore
 
     async def close(self) -> None:
         await self.db.dispose()
@@ -121,6 +123,7 @@ async def open_stores(settings: Settings, telemetry: Telemetry = NO_TELEMETRY) -
         broker_credentials=BrokerCredentialStore(db),
         broker_boots=BrokerBootStore(db),
         signatures=SqlSignatureLedger(db),
+        rate_windows=RateWindowStore(db),
     )
 
 
@@ -295,7 +298,10 @@ class Node:
             stores.tasks.count_by_status, messaging if isinstance(messaging, MqttStatsSource) else None
         )
         messages = DeviceMessenger(messaging.publisher)
-        deliveries = TaskDeliveries(stores.tasks, stores.outcomes, messages, clock, inbox=inbox)
+        # on Mosquitto with the plugin, a message's outcome is told by the devices' recorded presence
+        deliveries = TaskDeliveries(
+            stores.tasks, stores.outcomes, messages, clock, inbox=inbox, presence=stores.devices
+        )
         engine = build_engine(
             settings, stores.tasks, stores.batches, stores.outcomes, messages, clock, deliveries, metrics
         )
@@ -369,7 +375,7 @@ class Node:
         endpoint = ApiEndpoint(
             registry=Registry(all_actions()),
             backend=self.backend,
-            limiter=RateLimiter(self.settings.rate_limit_per_s, self.clock),
+            limiter=self._rate_limiter(),
             config=ApiConfig(max_body_bytes=self.settings.max_body_bytes, clock_skew_s=self.settings.clock_skew_s),
             metrics=self.metrics.api,
             clock=self.clock,
@@ -382,6 +388,13 @@ class Node:
             extra_routes=[*self._mqtt_auth_routes(), *console_routes()],
             lifespan=lifespan,
         )
+
+    def _rate_limiter(self) -> RateLimiter:
+        """PostgreSQL: the limit holds for every node on the database; SQLite serves one node, counted here
+        (docs/limits.md#the-api-rate-limit)."""
+        if self.stores.db.is_sqlite:
+            return LocalRateLimiter(self.settings.rate_limit_per_s, self.clock)
+        return SharedRateLimiter(self.settings.rate_limit_per_s, self.clock, self.stores.rate_windows)
 
     def _health_checks(self) -> list[HealthCheck]:
         """What ``/readyz`` asks: the database, and the broker when the MQTT side can tell."""

@@ -64,6 +64,9 @@ class HttpServer(uvicorn.Server):
             access_log=False,
             lifespan=lifespan,
             timeout_graceful_shutdown=10,
+            # uvicorn believes X-Forwarded-For from 127.0.0.1 unless told otherwise: only from the proxies named
+            proxy_headers=bool(limits.trusted_proxies),
+            forwarded_allow_ips=list(limits.trusted_proxies) or None,
         )
         super().__init__(config)
 
@@ -121,7 +124,10 @@ def http_limits(settings: Settings) -> HttpLimits:
             settings_hint="--tls-cert / --tls-key (FLEETOPS_TLS_CERT_FILE, FLEETOPS_TLS_KEY_FILE)",
         )
     return HttpLimits(
-        max_connections=settings.http_max_connections, request_timeout_s=settings.http_request_timeout_s, tls=tls
+        max_connections=settings.http_max_connections,
+        request_timeout_s=settings.http_request_timeout_s,
+        tls=tls,
+        trusted_proxies=tuple(address.strip() for address in settings.trusted_proxies.split(",") if address.strip()),
     )
 
 

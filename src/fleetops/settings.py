@@ -82,7 +82,9 @@ class Settings:
             "its password kept in the database (broker_credentials)"
         },
     )
-    rate_limit_per_s: int = field(default=100, metadata={"doc": "requests per second per SecretId per action"})
+    rate_limit_per_s: int = field(
+        default=100, metadata={"doc": "requests per second per SecretId per action, for all the nodes together"}
+    )
     max_body_bytes: int = field(
         default=10 * 1024 * 1024,
         metadata={"doc": "largest TC3 POST body read; the documented 10 MB limit applies above it"},
@@ -91,8 +93,15 @@ class Settings:
     signature_binding: bool = field(
         default=True,
         metadata={
-            "doc": "refuse a TC3 signature presented with another action, version or region than it was first seen "
-            "with (docs/protocol.md#replay); off, only v1 Nonces are checked"
+            "doc": "refuse a TC3 signature presented from another client address with another action, version or "
+            "region than it was first seen with (docs/protocol.md#replay); off, only v1 Nonces are checked"
+        },
+    )
+    trusted_proxies: str = field(
+        default="",
+        metadata={
+            "doc": "comma-separated addresses of reverse proxies whose X-Forwarded-For / X-Forwarded-Proto are "
+            "believed (the client address the signature binding and the hook limits use); empty, none is"
         },
     )
     max_pending_tasks: int = field(

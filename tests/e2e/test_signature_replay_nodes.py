@@ -11,36 +11,21 @@ from typing import Any
 import pytest
 from tencentcloud.iotcloud.v20180614 import models
 
-from tests.brokers import clean_environment
 from tests.sdk_capture import resend, sdk_capture
-from tests.serve_process import ServeProcess
-from tests.support import free_port, postgres_database
+from tests.serve_process import ServeProcess, serve_nodes
+from tests.support import postgres_database
 
 pytestmark = pytest.mark.postgres
+
+CLIENT, ATTACKER = "198.51.100.20", "203.0.113.7"  # documentation addresses, forwarded by the proxy
 
 
 @pytest.fixture
 def two_nodes(tmp_path: Path) -> Iterator[tuple[ServeProcess, ServeProcess]]:
-    started: list[ServeProcess] = []
     with postgres_database() as url:
-        try:
-            for index in range(2):
-                data_dir = tmp_path / f"node-{index}"
-                data_dir.mkdir()
-                env = clean_environment(
-                    FLEETOPS_DATA_DIR=str(data_dir),
-                    FLEETOPS_DATABASE_URL=url,
-                    FLEETOPS_PORT=str(free_port()),
-                    FLEETOPS_MQTT_PORT=str(free_port()),
-                    FLEETOPS_NODE_ID=f"node-{index}",
-                )
-                node = ServeProcess(data_dir, env)
-                started.append(node)
-                node.start()  # one after the other: the first one creates the account and its key
-            yield started[0], started[1]
-        finally:
-            for node in started:
-                node.kill()
+        # behind a reverse proxy on 127.0.0.1: the clients' addresses come in X-Forwarded-For
+        with serve_nodes(tmp_path, url, FLEETOPS_TRUSTED_PROXIES="127.0.0.1") as (first, second):
+            yield first, second
 
 
 def _client(port: int, secret_id: str, secret_key: str, sign_method: str = "TC3-HMAC-SHA256") -> Any:
@@ -75,15 +60,23 @@ def test_a_signature_seen_by_one_node_is_refused_by_the_other_with_another_actio
         v1 = capture.send(
             "DescribeDeviceShadow", params, secret_id=secret_id, secret_key=secret_key, sign_method="HmacSHA1"
         )
-    assert "Data" in resend(shadow, f"127.0.0.1:{a.port}")
-    replayed = resend(shadow, f"127.0.0.1:{b.port}", x_tc_action="DeleteDevice", x_tc_language="en-US")
+    assert "Data" in resend(shadow, f"127.0.0.1:{a.port}", x_forwarded_for=CLIENT)
+    replayed = resend(
+        shadow, f"127.0.0.1:{b.port}", x_tc_action="DeleteDevice", x_tc_language="en-US", x_forwarded_for=ATTACKER
+    )
     assert replayed["Error"]["Code"] == "AuthFailure.SignatureFailure"
     assert "already used for DescribeDeviceShadow" in replayed["Error"]["Message"]
-    assert "Data" in resend(shadow, f"127.0.0.1:{b.port}")  # the exact request: a retry on another node
+    # the exact request: a retry on another node
+    assert "Data" in resend(shadow, f"127.0.0.1:{b.port}", x_forwarded_for=ATTACKER)
 
-    assert "Data" in resend(v1, f"127.0.0.1:{b.port}")
-    assert resend(v1, f"127.0.0.1:{a.port}")["Error"]["Code"] == "AuthFailure.SignatureFailure"
+    assert "Data" in resend(v1, f"127.0.0.1:{b.port}", x_forwarded_for=CLIENT)
+    repeated = resend(v1, f"127.0.0.1:{a.port}", x_forwarded_for=CLIENT)  # a v1 Nonce: once, whoever sends it
+    assert repeated["Error"]["Code"] == "AuthFailure.SignatureFailure"
 
     listing = models.DescribeDevicesRequest()
     listing.ProductId, listing.Offset, listing.Limit = product_id, 0, 10
     assert [d.DeviceName for d in _client(b.port, secret_id, secret_key).DescribeDevices(listing).Devices] == ["lamp"]
+    # the client that first presented the signature may use it for another action, on the other node too (two
+    # of its calls with one body in one second)
+    assert "Error" not in resend(shadow, f"127.0.0.1:{b.port}", x_tc_action="DeleteDevice", x_forwarded_for=CLIENT)
+    assert _client(b.port, secret_id, secret_key).DescribeDevices(listing).Devices == []

@@ -110,6 +110,7 @@ async def test_shadow_requests_round_trip_through_mosquitto() -> None:
     await service.start()
     try:
         assert service.mode is BrokerMode.SHARED_SUBSCRIPTION  # no welcome: not the plugin's node protocol
+        assert not service.presence_recorded and not service.publisher.presence_recorded()
         assert service.shadow_filter in (SHADOW_FILTER, f"$share/fleetops/{SHADOW_FILTER}")
         with paho_devices() as devices:
             device = PahoDevice(credentials)
@@ -143,6 +144,17 @@ async def test_publishes_reach_a_device_on_mosquitto(qos: int) -> None:
             assert [(m.topic, m.payload, m.qos) for m in received] == [(t, p, qos) for t, p in messages]
             assert service.publisher.subscribed(f"{pid}/lamp01/control") is None  # the broker does not say
             assert service.publisher.online(pid, "lamp01") is None
+    finally:
+        await service.stop()
+
+
+@pytest.mark.mosquitto
+async def test_a_worker_without_the_plugin_asks_once_and_records_no_presence() -> None:
+    service = ExternalBroker(SHARED_MOSQUITTO, EchoShadowHandler(), options=fast_options(serve_shadow_requests=False))
+    await service.start()
+    try:
+        assert service.mode is None and not service.presence_recorded  # the hello went unanswered
+        assert not service.publisher.presence_recorded()  # its tasks' outcomes say Published
     finally:
         await service.stop()
 

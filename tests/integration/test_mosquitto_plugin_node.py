@@ -1,8 +1,8 @@
 """fleetops' own client (``ExternalBroker``) as a node of the Mosquitto plugin: it finds the plugin, registers,
 answers the shadow requests it is handed and acknowledges them (a window of 4 would stall otherwise), records
 presence with the broker's times in the real store, tells the device-events listener, never registers as a
-worker, and after a broker restart marks the devices offline once for all nodes. Real Mosquitto with the
-plugin, PostgreSQL, paho devices."""
+worker (which only learns that presence is recorded), and after a broker restart marks the devices offline once
+for all nodes. Real Mosquitto with the plugin, PostgreSQL, paho devices."""
 
 from __future__ import annotations
 
@@ -153,7 +153,10 @@ async def test_a_worker_publishes_and_never_registers(
 ) -> None:
     async with plugin_database() as data, running(PluginBroker(tmp_path, builds.plugin, data.url)) as broker:
         async with plugin_node(broker, data, "worker-1", serve=False) as worker:
-            assert worker.mode is None and worker.registration is None
+            # it said hello: it knows the plugin records presence (its tasks' outcomes use it), and the run
+            assert worker.mode is BrokerMode.PLUGIN and worker.registration is None
+            assert worker.presence_recorded and worker.publisher.presence_recorded()
+            assert worker.boot is not None and len(worker.boot) == 16
             device = PahoDevice(await data.add_device("lamp"))
             clients.append(device)
             assert await device.connect(broker.port) == 0

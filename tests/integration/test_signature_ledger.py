@@ -18,14 +18,17 @@ from fleetops.store.signatures import SqlSignatureLedger
 from tests.sdk_capture import Capture, resend, sdk_capture
 from tests.support import LiveServer, new_product, sdk_client, start_server
 
-SHADOW = Binding("DescribeDeviceShadow", "2018-06-14", "ap-guangzhou")
+CLIENT, ATTACKER = "198.51.100.20", "203.0.113.7"  # documentation addresses, forwarded by the proxy
+SHADOW_FIELDS = ("DescribeDeviceShadow", "2018-06-14", "ap-guangzhou")
+SHADOW = Binding(*SHADOW_FIELDS)
 DELETE = Binding("DeleteDevice", "2018-06-14", "ap-guangzhou")
 
 
 @pytest.fixture
 def live_server(tmp_path: Path, database_url: str) -> Iterator[LiveServer]:
     """A node with the TC3 binding on, as `fleetops serve` runs by default."""
-    server = start_server(tmp_path / "data", database_url, signature_binding=True)
+    # behind a reverse proxy on 127.0.0.1, so that a test can send from two client addresses (X-Forwarded-For)
+    server = start_server(tmp_path / "data", database_url, signature_binding=True, trusted_proxies="127.0.0.1")
     try:
         yield server
     finally:
@@ -49,6 +52,9 @@ async def test_first_binding_wins_and_is_told_to_later_ones(database_url: str) -
         assert await ledger.bind("tc3:a", SHADOW, 2_000) == SHADOW
         assert await ledger.bind("tc3:a", DELETE, 2_000) == SHADOW
         assert await ledger.bind("tc3:b", DELETE, 2_000) is None
+        assert await ledger.bind("tc3:d", Binding(*SHADOW_FIELDS, CLIENT), 2_000) is None
+        first = await ledger.bind("tc3:d", Binding(*SHADOW_FIELDS, ATTACKER), 2_000)
+        assert first is not None and first.client == CLIENT  # the first client's address, kept
         odd = Binding("DescribeDevice", "2018-06-14", "x" * 500 + "\x00")  # stored as its digest
         assert await ledger.bind("tc3:c", odd, 2_000) is None
         assert await ledger.bind("tc3:c", odd, 2_000) == odd
@@ -99,36 +105,43 @@ def test_a_captured_tc3_request_cannot_be_replayed_as_another_action_version_or_
     raw = capture.send(
         "DescribeDeviceShadow", params, secret_id=live_server.secret_id, secret_key=live_server.secret_key
     )
-    assert "Data" in resend(raw, live_server.endpoint)  # the client's own request
+    assert "Data" in resend(raw, live_server.endpoint, x_forwarded_for=CLIENT)  # the client's own request
 
-    replayed = resend(raw, live_server.endpoint, x_tc_action="DeleteDevice", x_tc_language="en-US")
+    replayed = resend(
+        raw, live_server.endpoint, x_tc_action="DeleteDevice", x_tc_language="en-US", x_forwarded_for=ATTACKER
+    )
     assert replayed["Error"]["Code"] == "AuthFailure.SignatureFailure"
     message = replayed["Error"]["Message"]
     assert "already used for DescribeDeviceShadow (version 2018-06-14, region ap-guangzhou)" in message
     assert "DeleteDevice" in message and "signed anew" in message
     assert _device_exists(client, product_id, name)
 
-    other_region = resend(raw, live_server.endpoint, x_tc_region="ap-beijing", x_tc_language="en-US")
+    other_region = resend(
+        raw, live_server.endpoint, x_tc_region="ap-beijing", x_tc_language="en-US", x_forwarded_for=ATTACKER
+    )
     assert other_region["Error"]["Code"] == "AuthFailure.SignatureFailure"
     assert "region ap-beijing" in other_region["Error"]["Message"]
     # the only version there is: any other is refused before the signature is looked at
     assert resend(raw, live_server.endpoint, x_tc_version="2019-01-01")["Error"]["Code"] == "NoSuchVersion"
 
-    zh = resend(raw, live_server.endpoint, x_tc_action="DeleteDevice", x_tc_language="zh-CN")
+    zh = resend(raw, live_server.endpoint, x_tc_action="DeleteDevice", x_tc_language="zh-CN", x_forwarded_for=ATTACKER)
     assert zh["Error"]["Code"] == "AuthFailure.SignatureFailure" and "重新签名" in zh["Error"]["Message"]
 
+    # without a forwarded address the proxy itself is the client: another address than the first one
+    from_proxy = resend(raw, live_server.endpoint, x_tc_action="DeleteDevice")
+    assert from_proxy["Error"]["Code"] == "AuthFailure.SignatureFailure"
+
     # an exact repeat looks like the client's retry: accepted (docs/protocol.md#replay)
-    assert "Data" in resend(raw, live_server.endpoint)
+    assert "Data" in resend(raw, live_server.endpoint, x_forwarded_for=ATTACKER)
     assert _device_exists(client, product_id, name)
 
 
-def test_one_signature_serves_two_actions_on_the_connection_that_first_presented_it(
+def test_one_signature_serves_two_actions_from_the_client_that_first_presented_it(
     live_server: LiveServer, capture: Capture
 ) -> None:
     """The official SDK's CreateDevice-then-DeleteDevice in one second: one body, one signature, two actions, one
-    keep-alive connection (docs/protocol.md#replay). Another connection with the second action is refused."""
-    import requests
-
+    client address (docs/protocol.md#replay), on any connection. From another address the second action is
+    refused."""
     client, product_id, name = _device(live_server)
     raw = capture.send(
         "DescribeDeviceShadow",
@@ -136,14 +149,12 @@ def test_one_signature_serves_two_actions_on_the_connection_that_first_presented
         secret_id=live_server.secret_id,
         secret_key=live_server.secret_key,
     )
-    with requests.Session() as sdk_like, requests.Session() as other:
-        assert "Data" in resend(raw, live_server.endpoint, sdk_like)
-        # another client's connection (one kept alive too) cannot use it for another action
-        refused = resend(raw, live_server.endpoint, other, x_tc_action="DeleteDevice", x_tc_language="en-US")
-        assert refused["Error"]["Code"] == "AuthFailure.SignatureFailure"
-        assert _device_exists(client, product_id, name)
-        # the first connection can: it is the client that signed it
-        assert "Error" not in resend(raw, live_server.endpoint, sdk_like, x_tc_action="DeleteDevice")
+    assert "Data" in resend(raw, live_server.endpoint, x_forwarded_for=CLIENT)
+    refused = resend(raw, live_server.endpoint, x_tc_action="DeleteDevice", x_forwarded_for=ATTACKER)
+    assert refused["Error"]["Code"] == "AuthFailure.SignatureFailure"
+    assert _device_exists(client, product_id, name)
+    # a new connection, the same client: it signed it
+    assert "Error" not in resend(raw, live_server.endpoint, x_tc_action="DeleteDevice", x_forwarded_for=CLIENT)
     assert not _device_exists(client, product_id, name)
 
 

@@ -618,6 +618,75 @@ async def test_acknowledgements_before_the_commit_are_recorded_and_queued_device
     assert rows["door-002"] is DeviceOutcome.OFFLINE and rows["door-003"] is DeviceOutcome.ACKNOWLEDGED
 
 
+class RecordedPresencePublisher(TaskPublisher):
+    """An external broker with the Mosquitto plugin: it says UNKNOWN for every message, and that the devices'
+    presence is recorded (in the database, by the serving nodes)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.qos: list[int] = []
+
+    def presence_recorded(self) -> bool:
+        return True
+
+    async def publish_many(self, messages: Sequence[tuple[str, bytes]], qos: int) -> list[Delivery]:
+        self.calls += 1
+        if self.before_publish is not None:
+            await self.before_publish(self.calls)
+        with self._lock:
+            self.messages.extend(messages)
+            self.qos.extend([qos] * len(messages))
+        return [Delivery.UNKNOWN] * len(messages)
+
+
+async def test_recorded_presence_tells_the_outcomes_on_an_external_broker(env: TaskEnv) -> None:
+    from fleetops.engine.deliveries import TaskDeliveries
+    from fleetops.store.devices import DeviceStore
+
+    devices = DeviceStore(env.db)
+    assert await devices.online_among(env.product_id, []) == set()
+    for name in ("door-001", "door-003"):
+        await devices.set_online(env.product_id, name, True, "10.0.0.1", 1)
+    assert await devices.online_among(env.product_id, ["door-000", "door-001", "door-003", "nope"]) == {
+        "door-001",
+        "door-003",
+    }
+    publisher = RecordedPresencePublisher()
+
+    async def door_002_connects(call: int) -> None:  # between the presence read and the publish
+        if call == 1:
+            await devices.set_online(env.product_id, "door-002", True, "10.0.0.2", 2)
+
+    publisher.before_publish = door_002_connects
+    made: list[TaskDeliveries] = []
+
+    def deliveries(messages: Any) -> TaskDeliveries:
+        made.append(TaskDeliveries(TaskStore(env.db), outcomes(env), messages, env.clock, presence=devices))
+        return made[0]
+
+    task_id = await env.publish_task("^door-00[0-4]$", "c", "x", deliver_on_connect=True)
+    assert await env.worker(publisher=publisher, deliveries=deliveries).run_until_idle() == {task_id: Outcome.COMPLETED}
+    # door-002 was offline when read, so Offline in the batch; the batch's retry found it online: Sent
+    assert await outcome_of(env, task_id) == dict.fromkeys(["door-001", "door-002", "door-003"], DeviceOutcome.SENT) | {
+        "door-000": DeviceOutcome.OFFLINE,
+        "door-004": DeviceOutcome.OFFLINE,
+    }
+    topics = [topic.split("/")[1] for topic, _ in publisher.messages]
+    assert topics == ["door-000", "door-001", "door-002", "door-003", "door-004", "door-002"]  # retry: door-002 only
+    assert publisher.qos == [0] * 5 + [1]  # the batch as a Tencent task sends it; the late one with QoS 1
+
+    # door-000 subscribes, first to another topic (nothing), then to the task's: Sent on the event's word, its
+    # presence not written yet
+    late = made[0]
+    await late.deliver_late(env.product_id, "door-000", f"{env.product_id}/door-000/other")
+    assert len(publisher.messages) == 6
+    await late.deliver_late(env.product_id, "door-000", f"{env.product_id}/door-000/#")
+    await late.deliver_late(env.product_id, "door-000", f"{env.product_id}/door-000/c")  # a second: still once
+    assert [topic.split("/")[1] for topic, _ in publisher.messages[6:]] == ["door-000"]
+    rows = await outcome_of(env, task_id)
+    assert rows["door-000"] is DeviceOutcome.SENT and rows["door-004"] is DeviceOutcome.OFFLINE
+
+
 async def test_pages_of_outcomes_cross_batches_and_skip_whole_ones(env: TaskEnv) -> None:
     task_id = await env.update_shadow_task("^lamp-", {"fw": 9}, track_outcomes=True)
     assert await env.worker(batch_size=7).run_until_idle() == {task_id: Outcome.COMPLETED}  # many batches

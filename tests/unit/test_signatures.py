@@ -6,11 +6,12 @@ from __future__ import annotations
 import pytest
 
 from fleetops import errors
-from fleetops.backend.signatures import BindingCache, ConnectionOrigins, SignatureGuard
+from fleetops.backend.signatures import BindingCache, SignatureGuard
 from fleetops.ports.signatures import Binding
 
-SHADOW = Binding("DescribeDeviceShadow", "2018-06-14", "ap-guangzhou")
-DELETE = Binding("DeleteDevice", "2018-06-14", "ap-guangzhou")
+SHADOW_FIELDS = ("DescribeDeviceShadow", "2018-06-14", "ap-guangzhou")
+DELETE_FIELDS = ("DeleteDevice", "2018-06-14", "ap-guangzhou")
+SHADOW, DELETE = Binding(*SHADOW_FIELDS), Binding(*DELETE_FIELDS)
 
 
 def test_an_entry_is_answered_until_its_expiry_and_never_after() -> None:
@@ -84,33 +85,26 @@ async def test_a_nonce_is_accepted_once() -> None:
     assert ledger.calls == 3
 
 
-async def test_another_action_is_accepted_only_on_the_connection_that_first_presented_the_signature() -> None:
-    clock = [1_000.0]
-    guard = SignatureGuard(CountingLedger(), lambda: clock[0])
-    await guard.bind_tc3("cd" * 32, SHADOW, expires_at=1_300, connection="127.0.0.1:40000")
-    await guard.bind_tc3("cd" * 32, DELETE, expires_at=1_300, connection="127.0.0.1:40000")  # the same client
-    for other in ("127.0.0.1:40001", "10.0.0.9:40000", ""):
+async def test_another_action_is_accepted_only_from_the_client_that_first_presented_the_signature() -> None:
+    guard = SignatureGuard(CountingLedger(), lambda: 1_000.0)
+    await guard.bind_tc3("cd" * 32, Binding(*SHADOW_FIELDS, "198.51.100.20"), expires_at=1_300)
+    await guard.bind_tc3("cd" * 32, Binding(*DELETE_FIELDS, "198.51.100.20"), expires_at=1_300)  # the same client
+    for other in ("198.51.100.21", ""):
         with pytest.raises(errors.SignatureFailure, match="already used for DescribeDeviceShadow"):
-            await guard.bind_tc3("cd" * 32, DELETE, expires_at=1_300, connection=other)
-    clock[0] = 1_301.0  # the signature's window is over: nothing is remembered for that connection any more
-    assert not guard.origins.came_on("tc3:" + "cd" * 32, "127.0.0.1:40000", 1_301)
+            await guard.bind_tc3("cd" * 32, Binding(*DELETE_FIELDS, other), expires_at=1_300)
 
 
-async def test_a_signature_first_seen_by_another_node_has_no_connection_here() -> None:
-    class SeenElsewhere(CountingLedger):
-        async def bind(self, key: str, binding: Binding, expires_at: int) -> Binding | None:
-            self.calls += 1
-            return SHADOW
-
-    guard = SignatureGuard(SeenElsewhere(), lambda: 1_000.0)
+async def test_a_signature_first_seen_without_an_address_serves_no_other_action() -> None:
+    guard = SignatureGuard(CountingLedger(), lambda: 1_000.0)
+    await guard.bind_tc3("ef" * 32, SHADOW, expires_at=1_300)
     with pytest.raises(errors.SignatureFailure):
-        await guard.bind_tc3("ef" * 32, DELETE, expires_at=1_300, connection="127.0.0.1:40000")
-    assert len(guard.origins) == 0
+        await guard.bind_tc3("ef" * 32, DELETE, expires_at=1_300)
 
 
-def test_the_connection_origins_stay_bounded() -> None:
-    origins = ConnectionOrigins(max_entries=100)
-    for index in range(1_000):
-        origins.put(f"k{index}", f"127.0.0.1:{index}", expires_at=10**9, now_s=0)
-    assert len(origins) == 100
-    assert origins.came_on("k999", "127.0.0.1:999", 0) and not origins.came_on("k0", "127.0.0.1:0", 0)
+def test_the_cache_keeps_each_bindings_own_client() -> None:
+    cache = BindingCache()
+    cache.put("a", Binding(*SHADOW_FIELDS, "198.51.100.1"), expires_at=2_000, now_s=0)
+    cache.put("b", Binding(*SHADOW_FIELDS, "198.51.100.2"), expires_at=2_000, now_s=0)
+    first, second = cache.get("a", 0), cache.get("b", 0)
+    assert first is not None and second is not None
+    assert (first.client, second.client) == ("198.51.100.1", "198.51.100.2")

@@ -113,9 +113,8 @@ class ApiEndpoint:
         body = b""
         if method == "POST":
             body = await self._read_body(request, headers)
-        peer = request.client
-        connection = f"{peer.host}:{peer.port}" if peer is not None else ""
-        return RawRequest(method=method, raw_query=raw_query, headers=headers, body=body, connection=connection)
+        client = request.client.host if request.client is not None else ""
+        return RawRequest(method=method, raw_query=raw_query, headers=headers, body=body, client=client)
 
     async def _read_body(self, request: Request, headers: dict[str, str]) -> bytes:
         # v1-signed requests carry no Authorization header; they are limited to 1 MB, TC3 to max_body_bytes.
@@ -154,8 +153,8 @@ class ApiEndpoint:
             )
         call.account = key.account_name
         verify_signature(parsed, raw, key.secret_key, now=now, skew_s=self._config.clock_skew_s)
-        await refuse_replay(self._backend.signatures, parsed, raw.connection, skew_s=self._config.clock_skew_s)
-        if not self._limiter.allow(key.secret_id, action.name):
+        await refuse_replay(self._backend.signatures, parsed, raw.client, skew_s=self._config.clock_skew_s)
+        if not await self._limiter.allow(key.secret_id, action.name):
             raise errors.RequestLimitExceeded(
                 f"More than {self._limiter.per_second} {action.name} requests per second for this SecretId. "
                 "Slow down and retry.",

@@ -9,14 +9,14 @@ from fleetops.backend.signatures import SignatureGuard
 from fleetops.ports.signatures import Binding
 
 
-async def refuse_replay(guard: SignatureGuard, parsed: ParsedRequest, connection: str, *, skew_s: int) -> None:
+async def refuse_replay(guard: SignatureGuard, parsed: ParsedRequest, client: str, *, skew_s: int) -> None:
     """Raise ``AuthFailure.SignatureFailure`` for a signature already seen with another binding, or a repeated
     v1 Nonce. Call it once the signature is verified: an unverified signature must not take a key.
-    ``connection`` is the TCP connection the request came on (``RawRequest.connection``)."""
-    binding = Binding(parsed.action, parsed.version, parsed.region or "")
+    ``client`` is the address the request came from (``RawRequest.client``)."""
+    binding = Binding(parsed.action, parsed.version, parsed.region or "", client)
     expires_at = parsed.timestamp + skew_s
     if parsed.tc3 is not None:
-        await guard.bind_tc3(parsed.signature, binding, expires_at, connection)
+        await guard.bind_tc3(parsed.signature, binding, expires_at)
     else:
         assert parsed.nonce is not None  # every v1 request has one (parse_request)
         await guard.claim_nonce(parsed.secret_id, parsed.nonce, binding, expires_at)

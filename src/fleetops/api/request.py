@@ -111,9 +111,9 @@ class RawRequest:
     raw_query: str  # exactly as received: the TC3 signature covers these bytes
     headers: Mapping[str, str]  # names lower-cased
     body: bytes
-    # the TCP connection it came on, as this node sees it ("host:port" of the peer; "" when unknown): a client's
-    # keep-alive connection, which the signature binding trusts as one client (docs/protocol.md#replay)
-    connection: str = ""
+    # the client's address (the peer's, or the one a trusted proxy forwards; "" when unknown): the signature
+    # binding lets one client use one signature for several actions (docs/protocol.md#replay)
+    client: str = ""
 
 
 @dataclass(frozen=True)

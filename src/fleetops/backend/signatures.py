@@ -12,11 +12,11 @@ answered from memory. A key not in memory always goes to the database: the cache
 never decides what the database has not recorded.
 
 One exception to the binding, for the official SDK: two requests with the same body signed by one key in the
-same second have the same signature whatever their actions (CreateDevice then DeleteDevice of one device). A
-signature this node bound first stays usable for other actions **on the TCP connection that first presented
-it** (:class:`ConnectionOrigins`): the SDK sends its calls over one keep-alive connection, while a captured
-request replayed by someone else comes on another connection. What that does not cover (a new connection per
-call, a proxy pooling several clients' requests on one upstream connection) is in docs/protocol.md#replay.
+same second have the same signature whatever their actions (CreateDevice then DeleteDevice of one device). The
+ledger records the client address that first presented a signature, and the signature stays usable for other
+actions **from that address**, on any node: a captured request replayed from elsewhere is refused. What that
+does not cover (an attacker sharing the client's address, a proxy whose forwarded address is not believed) is in
+docs/protocol.md#replay.
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ PRUNE_BATCH: Final = 1000  # rows per DELETE; repeated while a DELETE is full
 # expired rows are kept this much longer, so that a node whose clock runs behind the pruning node's still finds
 # the binding of a signature its own clock holds valid
 PRUNE_GRACE_S: Final = 60
-_SHARED_BINDINGS: Final = 1024  # distinct bindings shared by the cache's entries (actions x versions x regions)
+_SHARED_BINDINGS: Final = 1024  # distinct bindings shared by the cache's entries (actions x regions x clients)
 
 
 class BindingCache:
@@ -52,7 +52,8 @@ class BindingCache:
     def __init__(self, max_entries: int = CACHE_ENTRIES) -> None:
         self.max_entries = max_entries
         self._entries: OrderedDict[str, tuple[Binding, int]] = OrderedDict()
-        self._shared: dict[Binding, Binding] = {}
+        # one instance per distinct (action, version, region, client): Binding's equality leaves the client out
+        self._shared: dict[tuple[str, str, str, str], Binding] = {}
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -75,35 +76,11 @@ class BindingCache:
             if expiry >= now_s and len(entries) < self.max_entries:
                 break
             entries.popitem(last=False)
-        shared = self._shared.get(binding)
+        identity = (binding.action, binding.version, binding.region, binding.client)
+        shared = self._shared.get(identity)
         if shared is None and len(self._shared) < _SHARED_BINDINGS:
-            shared = self._shared[binding] = binding
+            shared = self._shared[identity] = binding
         entries[key] = (shared or binding, expires_at)
-
-
-class ConnectionOrigins:
-    """The connection on which this node first bound each TC3 signature, each until its expiry; bounded like
-    :class:`BindingCache` (an entry lost to the bound only makes a same-connection reuse refused)."""
-
-    def __init__(self, max_entries: int = CACHE_ENTRIES) -> None:
-        self.max_entries = max_entries
-        self._entries: OrderedDict[str, tuple[str, int]] = OrderedDict()
-
-    def __len__(self) -> int:
-        return len(self._entries)
-
-    def came_on(self, key: str, connection: str, now_s: int) -> bool:
-        entry = self._entries.get(key)
-        return entry is not None and entry[1] >= now_s and entry[0] == connection
-
-    def put(self, key: str, connection: str, expires_at: int, now_s: int) -> None:
-        entries = self._entries
-        while entries:
-            _first, (_connection, expiry) = next(iter(entries.items()))
-            if expiry >= now_s and len(entries) < self.max_entries:
-                break
-            entries.popitem(last=False)
-        entries[key] = (connection, expires_at)
 
 
 class SignatureGuard:
@@ -124,7 +101,6 @@ class SignatureGuard:
         self._bind_tc3 = bind_tc3
         self._clock = clock
         self.cache = cache if cache is not None else BindingCache()
-        self.origins = ConnectionOrigins(self.cache.max_entries)
         self._prune_interval_s = prune_interval_s
         self._pruner: asyncio.Task[None] | None = None
 
@@ -138,20 +114,17 @@ class SignatureGuard:
         self.cache.put(key, binding if first is None else first, expires_at, now_s)
         return first
 
-    async def bind_tc3(self, signature: str, binding: Binding, expires_at: int, connection: str = "") -> None:
-        """Raise ``AuthFailure.SignatureFailure`` when ``signature`` was first seen with another binding, unless
-        this node bound it first on ``connection`` (the same client's keep-alive connection; "" is never one)."""
+    async def bind_tc3(self, signature: str, binding: Binding, expires_at: int) -> None:
+        """Raise ``AuthFailure.SignatureFailure`` when ``signature`` was first seen with another binding from
+        another client address (``Binding.client``; an unknown address "" is never the same client)."""
         if not self._bind_tc3:
             return
-        key = "tc3:" + signature
-        first = await self._first_binding(key, binding, expires_at)
-        now_s = int(self._clock())
-        if first is None:
-            if connection:
-                self.origins.put(key, connection, expires_at, now_s)
+        first = await self._first_binding("tc3:" + signature, binding, expires_at)
+        if first is None or first == binding:
             return
-        if first != binding and not (connection and self.origins.came_on(key, connection, now_s)):
-            raise _reused_signature(first, binding)
+        if binding.client and first.client == binding.client:
+            return  # the client that first presented it: two of its actions with one body in one second
+        raise _reused_signature(first, binding)
 
     async def claim_nonce(self, secret_id: str, nonce: int, binding: Binding, expires_at: int) -> None:
         """Raise ``AuthFailure.SignatureFailure`` when this SecretId used ``nonce`` already within the window."""
@@ -203,12 +176,10 @@ def _reused_signature(first: Binding, now: Binding) -> errors.SignatureFailure:
         f"This signature was already used for {_described(first)}; it cannot be used for {_described(now)}. "
         "Each request must be signed anew: X-TC-Action, X-TC-Version and X-TC-Region are outside a signature "
         "whose SignedHeaders are content-type;host, so two requests with the same body signed in the same second "
-        "have the same signature. Send it on the same connection, sign it a second later, or add x-tc-action to "
-        "SignedHeaders.",
+        "have the same signature. Sign it a second later, or add x-tc-action to SignedHeaders.",
         message_zh=f"该签名已用于 {_described_zh(first)}，不能再用于 {_described_zh(now)}。每个请求都必须重新签名："
         "SignedHeaders 为 content-type;host 时，X-TC-Action、X-TC-Version 和 X-TC-Region 不在签名范围内，"
-        "同一秒内签名且请求体相同的两个请求签名相同。请在同一连接上发送、在下一秒再签名，"
-        "或将 x-tc-action 加入 SignedHeaders。",
+        "同一秒内签名且请求体相同的两个请求签名相同。请在下一秒再签名，或将 x-tc-action 加入 SignedHeaders。",
     )
 
 

@@ -4,7 +4,12 @@
 * **Sending.** A batch goes out with QoS 1 where the broker can tell the device's own PUBACK (the embedded
   gateway, ``DeviceAcks``), else as a Tencent task sends it (QoS 0). Each message's ``Delivery`` becomes the
   device's outcome: Sent, Offline (nobody connected to take it: dropped, or kept in an offline persistent
-  session), Published (an external broker, which does not say).
+  session), Published (an external broker, which does not say). An external broker that records presence
+  (Mosquitto with the plugin: ``DeviceMessages.presence_recorded``) does not say either, but the devices'
+  recorded presence does: it is read for the batch (one query, ``DevicePresence.online_among``) *before* the
+  batch is published, and each ``UNKNOWN`` becomes Sent (online) or Offline. Read before, a device that
+  connects meanwhile is Offline (it may have got the message too) and is reached by its subscription's event
+  or by the batch's retry below; read after, it would be Sent with nothing received.
 * **Acknowledgements.** A PUBACK arrives in the broker's event loop, possibly before the batch's outcome rows
   are committed: it is noted, and a flush (every ``flush_interval_s``) moves the rows to Acknowledged, trying
   again for the rows not committed yet. A message queued in a persistent session is acknowledged when the device
@@ -16,9 +21,16 @@
   MaxExecutionTimeInSeconds after its start. A device kept in a persistent session's queue is left to the
   gateway's replay (no second copy). Right after a batch commits, its Offline devices are tried once more: a
   device that connected between the send and the commit would otherwise wait for its next connect.
+* **Late delivery on an external broker that records presence.** The plugin tells of subscriptions (its
+  connects carry no resumed session, so they trigger nothing) and the broker's answer is ``UNKNOWN``: a
+  delivery triggered by a subscription whose filter takes the task's topic counts as Sent (the event itself
+  says the device takes it now; its presence may not be written yet), one of a subscription to another topic
+  is not made (the device's subscription to the task's topic comes with its own event). The batch's retry,
+  which no event triggered, reaches only the devices recorded online. Late deliveries go out with QoS 1 (the
+  broker hands them on with the QoS the device subscribed with).
 
 What a node does not see it cannot deliver: devices connected to another broker than this node's, and, on an
-external broker, who is connected (docs/extensions.md#late-delivery says what Mosquitto needs).
+external broker, who is connected, unless the broker records presence (docs/extensions.md#late-delivery).
 """
 
 from __future__ import annotations
@@ -33,11 +45,12 @@ from typing import Any, Final
 from fleetops.domain.outcomes import DeviceOutcome
 from fleetops.domain.tasks import PublishMessageSpec
 from fleetops.ports.messaging import Delivery, DeviceMessages
-from fleetops.ports.store import TaskOutcomes, TaskRecord, TaskStore
+from fleetops.ports.store import DevicePresence, TaskOutcomes, TaskRecord, TaskStore
 
 log = logging.getLogger("fleetops.engine")
 
 QOS_TENCENT: Final = 0  # what a task without outcomes sends (docs/tasks.md)
+QOS_LATE_EXTERNAL: Final = 1  # a late delivery through an external broker: the device's subscription QoS decides
 OPEN_TASKS_TTL_S: Final = 1.0  # how long a product's list of late-delivery tasks is trusted
 ACK_RETRY_S: Final = 60.0  # an acknowledgement whose outcome row never appears is dropped after this
 QUEUED_TTL_S: Final = 86_400.0  # the gateway keeps an offline session's QoS 1 messages 24 h (docs/limits.md)
@@ -48,6 +61,7 @@ EVENT_QUEUE_MAX: Final = 100_000  # events beyond are dropped (logged): a connec
 class DeviceEvent:
     product_id: str
     device_name: str
+    topic_filter: str | None = None  # a subscription's filter; None: a resumed session (all it subscribed)
 
 
 class DeviceEventInbox:
@@ -58,9 +72,9 @@ class DeviceEventInbox:
         self.queue: asyncio.Queue[DeviceEvent] = asyncio.Queue(max_events)
         self.dropped = 0
 
-    def _put(self, product_id: str, device_name: str) -> None:
+    def _put(self, product_id: str, device_name: str, topic_filter: str | None = None) -> None:
         try:
-            self.queue.put_nowait(DeviceEvent(product_id, device_name))
+            self.queue.put_nowait(DeviceEvent(product_id, device_name, topic_filter))
         except asyncio.QueueFull:
             self.dropped += 1
             if self.dropped % 1000 == 1:
@@ -71,7 +85,7 @@ class DeviceEventInbox:
             self._put(product_id, device_name)
 
     def device_subscribed(self, product_id: str, device_name: str, topic_filter: str, granted_qos: int) -> None:
-        self._put(product_id, device_name)
+        self._put(product_id, device_name, topic_filter)
 
     def device_disconnected(self, product_id: str, device_name: str) -> None:
         return None
@@ -95,9 +109,12 @@ class TaskDeliveries:
         clock: Callable[[], float],
         *,
         inbox: DeviceEventInbox | None = None,
+        presence: DevicePresence | None = None,
         flush_interval_s: float = 0.2,
     ) -> None:
+        """``presence``: the devices' recorded presence, read when the broker records it (else unused)."""
         self._tasks = tasks
+        self._presence = presence
         self._outcomes = outcomes
         self._messages = messages
         self._clock = clock
@@ -143,7 +160,7 @@ class TaskDeliveries:
     async def _event_loop(self, inbox: DeviceEventInbox) -> None:
         while True:
             event = await inbox.queue.get()
-            self._spawn(self.deliver_late(event.product_id, event.device_name))
+            self._spawn(self.deliver_late(event.product_id, event.device_name, event.topic_filter))
 
     def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
         task = asyncio.create_task(work)
@@ -154,13 +171,18 @@ class TaskDeliveries:
 
     async def send(self, task: TaskRecord, names: Sequence[str]) -> list[DeviceOutcome]:
         """One batch of a tracking task; the outcome of each device. Raises BrokerUnavailable (retry it)."""
-        spec = task.spec
-        assert isinstance(spec, PublishMessageSpec)
+        online = await self._recorded_online(task, names)  # before the publish (module docstring)
         deliveries = await self._publish(task, names)
-        outcomes = [self._outcome(task, name, delivery) for name, delivery in zip(names, deliveries, strict=True)]
-        return outcomes
+        return [self._outcome(task, name, d, online) for name, d in zip(names, deliveries, strict=True)]
 
-    async def _publish(self, task: TaskRecord, names: Sequence[str]) -> list[Delivery]:
+    async def _recorded_online(self, task: TaskRecord, names: Sequence[str]) -> set[str] | None:
+        """Which of ``names`` are recorded online, where the broker records presence; None elsewhere."""
+        if self._presence is None or not self._messages.presence_recorded():
+            return None
+        return await self._presence.online_among(task.product_id, names)
+
+    async def _publish(self, task: TaskRecord, names: Sequence[str], qos: int = QOS_TENCENT) -> list[Delivery]:
+        """The task's message to ``names``: QoS 1 with acknowledgements where the broker tells them, else ``qos``."""
         spec = task.spec
         assert isinstance(spec, PublishMessageSpec)
 
@@ -170,16 +192,16 @@ class TaskDeliveries:
         send_acked = self._messages.publish_to_devices_acked
         deliveries = await send_acked(task.product_id, names, spec.topic, spec.payload, acked)
         if deliveries is None:  # the broker cannot tell the devices' acknowledgements: as a Tencent task
-            deliveries = await self._messages.publish_to_devices(
-                task.product_id, names, spec.topic, spec.payload, QOS_TENCENT
-            )
+            deliveries = await self._messages.publish_to_devices(task.product_id, names, spec.topic, spec.payload, qos)
         return deliveries
 
-    def _outcome(self, task: TaskRecord, name: str, delivery: Delivery) -> DeviceOutcome:
+    def _outcome(self, task: TaskRecord, name: str, delivery: Delivery, online: set[str] | None) -> DeviceOutcome:
         if delivery is Delivery.SENT:
             return DeviceOutcome.SENT
         if delivery is Delivery.UNKNOWN:
-            return DeviceOutcome.PUBLISHED
+            if online is None:  # nothing records presence: the broker took it, nobody can say more
+                return DeviceOutcome.PUBLISHED
+            return DeviceOutcome.SENT if name in online else DeviceOutcome.OFFLINE
         if delivery is Delivery.QUEUED:
             # queued behind the messages a connected device has not taken yet, or kept for an offline session
             if self._messages.is_online(task.product_id, name):
@@ -225,12 +247,14 @@ class TaskDeliveries:
 
     # --- late delivery ------------------------------------------------------------------------------------
 
-    async def deliver_late(self, product_id: str, device_name: str) -> None:
-        """A device connected (or subscribed): its messages of the product's late-delivery tasks, once each."""
+    async def deliver_late(self, product_id: str, device_name: str, topic_filter: str | None = None) -> None:
+        """A device connected (or subscribed to ``topic_filter``): its messages of the product's late-delivery
+        tasks, once each."""
+        event = DeviceEvent(product_id, device_name, topic_filter)
         try:
             for task in await self._late_tasks(product_id):
                 if (task.id, device_name) not in self._queued:
-                    await self._deliver_to(task, [device_name])
+                    await self._deliver_to(task, [device_name], event)
         except Exception:
             log.exception(
                 "late delivery to %s/%s failed; it is tried again at its next connect", product_id, device_name
@@ -254,7 +278,9 @@ class TaskDeliveries:
         self._open[product_id] = (now, tasks)
         return now, tasks
 
-    async def _deliver_to(self, task: TaskRecord, names: Sequence[str]) -> None:
+    async def _deliver_to(self, task: TaskRecord, names: Sequence[str], event: DeviceEvent | None = None) -> None:
+        """The task's message to those of ``names`` still Offline; ``event``: the device event that triggered
+        it (None: the batch's retry)."""
         mine = [name for name in names if (task.id, name) not in self._in_flight]
         if not mine:
             return
@@ -263,15 +289,35 @@ class TaskDeliveries:
         try:
             current = await self._outcomes.current(task.id, mine)
             pending = [name for name in mine if current.get(name) is DeviceOutcome.OFFLINE]
+            recorded = self._presence is not None and self._messages.presence_recorded()
+            if pending and recorded:
+                pending = await self._reachable(task, pending, event)
             if not pending:
                 return
-            deliveries = await self._publish(task, pending)
-            sent = [name for name, d in zip(pending, deliveries, strict=True) if d is Delivery.SENT]
+            deliveries = await self._publish(task, pending, QOS_LATE_EXTERNAL if recorded else QOS_TENCENT)
+            # UNKNOWN here is an external broker that records presence: ``pending`` are known to take it
+            taken = (Delivery.SENT, Delivery.UNKNOWN) if recorded else (Delivery.SENT,)
+            sent = [name for name, d in zip(pending, deliveries, strict=True) if d in taken]
             if sent:
                 await self._outcomes.move(task.id, sent, DeviceOutcome.SENT, self.now_ms())
                 log.debug("task %s: late delivery to %d device(s)", task.id, len(sent))
         finally:
             self._in_flight.difference_update(keys)
+
+    async def _reachable(self, task: TaskRecord, names: list[str], event: DeviceEvent | None) -> list[str]:
+        """On a broker that records presence (and does not say who took a message): the devices that take the
+        task's message now. A subscription's event says so itself when its filter takes the task's topic (the
+        presence write of its connect may not be committed yet); the batch's retry asks the recorded presence."""
+        if event is None:
+            assert self._presence is not None
+            online = await self._presence.online_among(task.product_id, names)
+            return [name for name in names if name in online]
+        spec = task.spec
+        assert isinstance(spec, PublishMessageSpec)
+        if event.topic_filter is None:  # a resumed session: what it subscribed before is back
+            return names
+        reached = self._messages.reaches(event.product_id, event.device_name, spec.topic, event.topic_filter)
+        return names if reached else []
 
 
 def _late(task: TaskRecord) -> bool:

@@ -14,8 +14,16 @@ import orjson
 
 from fleetops.domain.shadow import JSONObject
 from fleetops.messaging.shadow_protocol import DeltaPush, render_delta_push
-from fleetops.messaging.topics import SHADOW_PREFIX, device_topic, shadow_result_topic
-from fleetops.ports.messaging import Delivery, DeliveryView, DeviceAcks, DeviceMessages, OfflineQueues, Publisher
+from fleetops.messaging.topics import SHADOW_PREFIX, device_topic, shadow_result_topic, topic_matches
+from fleetops.ports.messaging import (
+    Delivery,
+    DeliveryView,
+    DeviceAcks,
+    DeviceMessages,
+    OfflineQueues,
+    Publisher,
+    RecordsPresence,
+)
 
 DELTA_QOS: Final = 0  # deltas are hints: the device reads desired with its next get (docs/device-protocol.md#delta)
 
@@ -74,6 +82,13 @@ class DeviceMessenger(DeviceMessages):
 
     def is_online(self, product_id: str, device_name: str) -> bool | None:
         return self._publisher.online(product_id, device_name)
+
+    def presence_recorded(self) -> bool:
+        publisher = self._publisher
+        return isinstance(publisher, RecordsPresence) and publisher.presence_recorded()
+
+    def reaches(self, product_id: str, device_name: str, suffix: str, topic_filter: str) -> bool:
+        return topic_matches(topic_filter, device_topic(product_id, device_name, suffix))
 
     async def publish(self, topic: str, payload: bytes, qos: int) -> None:
         await self._publisher.publish(topic, payload, qos)

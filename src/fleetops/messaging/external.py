@@ -20,7 +20,9 @@ A ``fleetops serve`` node then takes the devices' messages in one of two ways, c
 
 Either way the shadow requests go to the :class:`~fleetops.ports.messaging.ShadowRequestHandler` - those of
 one device in arrival order (workers are sharded by device) - and each reply is published (QoS 0). A ``fleetops
-worker`` (``serve_shadow_requests=False``) only publishes: no hello, no subscription.
+worker`` (``serve_shadow_requests=False``) only publishes: it subscribes to nothing and registers nowhere, but
+says hello to learn whether the plugin is there (:attr:`ExternalBroker.presence_recorded`: the tasks' outcomes
+are then told by the devices' recorded presence).
 
 Publishing for the backend and the task engine (:class:`ExternalPublisher`) encodes PUBLISH packets itself and
 writes them in chunks; QoS 1 keeps ``max_in_flight`` PUBLISHes per call awaiting their PUBACK.
@@ -170,6 +172,7 @@ class _Link:
         self.lost = asyncio.Event()
         self.welcome: asyncio.Future[Welcome] | None = None  # while waiting for the plugin's welcome
         self.registration: Registration | None = None  # once registered with the plugin
+        self.plugin = False  # the plugin welcomed this connection: the devices' presence is recorded
         self._on_message = on_message
         self._on_lost = on_lost
         self._login = login
@@ -290,6 +293,10 @@ class ExternalPublisher:
     def online(self, product_id: str, device_name: str) -> bool | None:
         return None
 
+    def presence_recorded(self) -> bool:
+        """:class:`~fleetops.ports.messaging.RecordsPresence`: the plugin welcomed the current connection."""
+        return self._service.presence_recorded
+
     async def _publish_qos0(self, messages: list[tuple[bytes, bytes]]) -> None:
         index, count = 0, len(messages)
         while index < count:
@@ -379,6 +386,7 @@ class ExternalBroker:
         self.mode: BrokerMode | None = None  # chosen at the first connection of a serving node
         self.shadow_filter: str | None = None  # the shared-subscription mode's filter
         self.boot: str | None = None  # the plugin's boot id at the last welcome
+        self._plugin_absent = False  # a worker's first connection had no welcome: it does not ask again
         self._login = login
         self._shadow_handler = shadow_handler
         self._topics = NodeTopics(self.client_id)
@@ -403,6 +411,13 @@ class ExternalBroker:
         """The current registration with the Mosquitto plugin (plugin mode, connected)."""
         link = self._link
         return link.registration if link is not None and link.alive else None
+
+    @property
+    def presence_recorded(self) -> bool:
+        """The broker has the fleetops plugin (it welcomed the last connection, also while a new one is being
+        made): its serving nodes record the devices' presence in the database (docs/extensions.md#late-delivery)."""
+        link = self._link
+        return link is not None and link.plugin
 
     # --- what the metrics and /readyz read (ports/telemetry.py) ----------------------------------------------
 
@@ -490,6 +505,8 @@ class ExternalBroker:
         try:
             if self.options.serve_shadow_requests:
                 await self._take_device_messages(link)
+            else:
+                await self._find_plugin(link)
         except BaseException:
             await link.close()
             raise
@@ -511,6 +528,7 @@ class ExternalBroker:
             if welcome is not None:
                 self.mode = BrokerMode.PLUGIN
                 await self._register(link, welcome)
+                link.plugin = True
                 return
             if self.mode is BrokerMode.PLUGIN:
                 raise ConnectionError("the broker did not answer the fleetops plugin's hello (restarted without it?)")
@@ -519,6 +537,38 @@ class ExternalBroker:
             self.shadow_filter = await self._choose_shadow_filter(link)
         if await link.subscribe(self.shadow_filter, 1) >= SUBACK_FAILURE:
             raise _Refused(f"the subscription to {self.shadow_filter} was refused")
+
+    async def _find_plugin(self, link: _Link) -> None:
+        """A worker only publishes, but its tasks' outcomes need to know whether the broker records presence:
+        it says hello too (the plugin only answers with the welcome; nothing is registered) and records a new
+        broker run as a serving node does, so that no device of the last run looks online. Without a welcome at
+        the first connection (EMQX, a plain broker) it never asks again; a later connection without one, or
+        whose run cannot be recorded, publishes as on a broker without the plugin until the next."""
+        if self._plugin_absent or node_id_problem(self.client_id) is not None:
+            return
+        wait_s = self.options.hello_timeout_s if self.mode is None else self.options.connect_timeout_s
+        welcome = await self._hello(link, wait_s)
+        if welcome is None:
+            self._plugin_absent = self.mode is None
+            if self.mode is BrokerMode.PLUGIN:
+                log.warning("the broker did not answer the fleetops plugin's hello: outcomes say Published")
+            return
+        self.mode = BrokerMode.PLUGIN
+        if welcome.protocol != PROTOCOL_VERSION:
+            log.error(
+                "the broker's fleetops plugin speaks node protocol %d, this fleetops speaks %d: outcomes say "
+                "Published (run the same fleetops version on the broker)",
+                welcome.protocol,
+                PROTOCOL_VERSION,
+            )
+            return
+        if welcome.boot != self.boot:
+            try:
+                await self._record_boot(welcome.boot)
+            except ConnectionError as exc:
+                log.error("%s: outcomes say Published until the next connection", exc)
+                return
+        link.plugin = True
 
     async def _hello(self, link: _Link, wait_s: float) -> Welcome | None:
         """Publish the hello and wait for the plugin's welcome (sent to this client whether it subscribes or not)."""

@@ -143,6 +143,17 @@ class DeviceMessages(Protocol):
         """Whether the device is connected to this node's broker (None: it cannot tell)."""
         ...
 
+    def presence_recorded(self) -> bool:
+        """Whether the broker side keeps the devices' presence in the database (Mosquitto with the fleetops
+        plugin, :class:`RecordsPresence`): an ``UNKNOWN`` delivery can then be told by the device's recorded
+        ``Online``. False on the embedded broker (it tells each delivery itself) and on a broker without the
+        plugin (nothing records presence there)."""
+        ...
+
+    def reaches(self, product_id: str, device_name: str, suffix: str, topic_filter: str) -> bool:
+        """Whether a subscription to ``topic_filter`` takes the messages on ``{pid}/{dn}/{suffix}``."""
+        ...
+
     async def publish(self, topic: str, payload: bytes, qos: int) -> None:
         """One message on a full topic (PublishMessage)."""
         ...
@@ -212,6 +223,15 @@ class OfflineQueues(Protocol):
 
     def offline_room(self, product_id: str, device_name: str, topic: str) -> int | None:
         """Room left in the device's offline queue for a QoS 1 message on ``topic``; None if none keeps it."""
+        ...
+
+
+@runtime_checkable
+class RecordsPresence(Protocol):
+    """A publisher whose broker records the devices' presence in the database (Mosquitto with the plugin)."""
+
+    def presence_recorded(self) -> bool:
+        """True while the broker is known to have the fleetops plugin (its welcome on the current connection)."""
         ...
 
 

@@ -8,17 +8,19 @@ node (docs/protocol.md#replay). A v1 request's Nonce is recorded the same way un
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 
 @dataclass(frozen=True)
 class Binding:
-    """What a signature was presented with (an absent region is the empty string)."""
+    """What a signature was presented with (an absent region is the empty string), and by which client address
+    (not part of the binding's identity: the same binding from two addresses is the same binding)."""
 
     action: str
     version: str
     region: str
+    client: str = field(default="", compare=False)
 
 
 class SignatureLedger(Protocol):

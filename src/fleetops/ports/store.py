@@ -204,6 +204,15 @@ class DeviceStore(Protocol):
         ...
 
 
+class DevicePresence(Protocol):
+    """The devices' recorded presence (``devices.online``), as the broker side keeps it: the task engine tells
+    a message handed to an external broker by it (engine/deliveries.py)."""
+
+    async def online_among(self, product_id: str, names: Sequence[str]) -> set[str]:
+        """Which of ``names`` (devices of ``product_id``) are recorded online: one query for the batch."""
+        ...
+
+
 # --- shadows -----------------------------------------------------------------------------------------------
 
 
@@ -525,4 +534,26 @@ class TaskOutcomes(Protocol):
 
     async def mark(self, task_id: str, device_name: str, outcome: DeviceOutcome, now_ms: int) -> bool:
         """``move`` for one device; True when it moved."""
+        ...
+
+
+# --- the API rate limit shared by the nodes ------------------------------------------------------------------
+
+
+class Grant(NamedTuple):
+    """What ``RateWindows.reserve`` gave: ``granted`` requests (0 .. asked) of the window, and how many of its
+    ``limit`` the deployment has been granted in all since the window began, this grant included."""
+
+    granted: int
+    used: int
+
+
+class RateWindows(Protocol):
+    """The request counters every node shares, one per (SecretId, Action) and one-second window
+    (``store/rate_windows.py``; the policy that leases slices of them is ``api/ratelimit.py``)."""
+
+    async def reserve(self, secret_id: str, action: str, window_s: int, asked: int, limit: int) -> Grant:
+        """Take up to ``asked`` requests of ``window_s``'s ``limit``, in one statement: never more than what is
+        left, so the grants of every node in a window add up to at most ``limit``. A grant for a window older
+        than the one the counter has moved on to is charged to the newer window (a node whose clock is behind)."""
         ...

@@ -4,6 +4,8 @@ Everything else in ``fleetops.store`` is shared SQLAlchemy Core. The differences
 
 * a case-sensitive substring test (SQLite's ``LIKE`` ignores ASCII case, PostgreSQL's does not; and ``_``, a
   legal device-name character, is a ``LIKE`` wildcard), so both use a plain position function instead;
+* the larger / smaller of two values: ``greatest`` / ``least`` on PostgreSQL, the many-argument ``max`` / ``min``
+  on SQLite;
 * bulk insert of devices: SQLite ``executemany`` in the caller's transaction, PostgreSQL ``COPY`` through the
   asyncpg connection under SQLAlchemy's adapter (docs/decisions.md#measured-choices: COPY 79k rows/s against 46k
   for batched INSERT).
@@ -25,6 +27,14 @@ def contains(conn_or_dialect: AsyncConnection | str, column: sa.ColumnElement[st
     name = conn_or_dialect if isinstance(conn_or_dialect, str) else conn_or_dialect.dialect.name
     function = sa.func.strpos(column, text) if name == "postgresql" else sa.func.instr(column, text)
     return function > 0
+
+
+def greatest(dialect: str, *values: Any) -> Any:
+    return (sa.func.greatest if dialect == "postgresql" else sa.func.max)(*values)
+
+
+def least(dialect: str, *values: Any) -> Any:
+    return (sa.func.least if dialect == "postgresql" else sa.func.min)(*values)
 
 
 async def copy_rows(

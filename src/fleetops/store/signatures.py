@@ -39,7 +39,9 @@ class SqlSignatureLedger:
         insert = postgresql.insert if not db.is_sqlite else sqlite.insert
         self._insert = insert(signature_ledger).on_conflict_do_nothing().returning(signature_ledger.c.key)
         table = signature_ledger.c
-        self._read = sa.select(table.action, table.version, table.region).where(table.key == sa.bindparam("k"))
+        self._read = sa.select(table.action, table.version, table.region, table.client).where(
+            table.key == sa.bindparam("k")
+        )
 
     async def bind(self, key: str, binding: Binding, expires_at: int) -> Binding | None:
         row = {
@@ -47,6 +49,7 @@ class SqlSignatureLedger:
             "action": _stored(binding.action),
             "version": _stored(binding.version),
             "region": _stored(binding.region),
+            "client": _stored(binding.client),
             "expires_at": expires_at,
         }
         for _attempt in range(2):  # a second attempt only if the row was pruned between the two statements
@@ -56,8 +59,8 @@ class SqlSignatureLedger:
                 first = (await conn.execute(self._read, {"k": key})).first()
             if first is not None:
                 if (first.action, first.version, first.region) == (row["action"], row["version"], row["region"]):
-                    return binding
-                return Binding(first.action, first.version, first.region)
+                    return Binding(binding.action, binding.version, binding.region, first.client)
+                return Binding(first.action, first.version, first.region, first.client)
         # neither inserted nor found twice: never accepted unchecked
         raise RuntimeError(f"the signature ledger could neither record nor read the key {key[:12]}...")
 

@@ -165,8 +165,9 @@ broker_boots = sa.Table(
 )
 
 # What each API signature was first presented with (ports/signatures.py): a TC3 signature bound to the Action,
-# Version and Region it was first seen with, and a v1 request's (SecretId, Nonce), until the request's timestamp
-# leaves the clock-skew window (``expires_at``); expired rows are deleted in the background.
+# Version and Region it was first seen with and the client address that presented it, and a v1 request's
+# (SecretId, Nonce), until the request's timestamp leaves the clock-skew window (``expires_at``); expired rows are
+# deleted in the background.
 signature_ledger = sa.Table(
     "signature_ledger",
     metadata,
@@ -174,6 +175,20 @@ signature_ledger = sa.Table(
     sa.Column("action", sa.String(80), nullable=False),
     sa.Column("version", sa.String(80), nullable=False),
     sa.Column("region", sa.String(80), nullable=False),
+    sa.Column("client", sa.String(80), nullable=False),
     sa.Column("expires_at", sa.BigInteger, nullable=False),
     sa.Index("ix_signature_ledger_expires_at", "expires_at"),
+)
+
+# The API rate limit's counter, shared by every node: one row per (SecretId, Action), reused from window to window
+# (a new second starts the count again), so nothing needs purging. ``granted`` is what the last reservation got
+# (RETURNING sees only the new row); api/ratelimit.py leases slices of ``used`` (docs/limits.md#the-api-rate-limit).
+rate_windows = sa.Table(
+    "rate_windows",
+    metadata,
+    sa.Column("secret_id", sa.String(64), primary_key=True),
+    sa.Column("action", sa.String(64), primary_key=True),
+    sa.Column("window_s", sa.BigInteger, nullable=False),
+    sa.Column("used", sa.BigInteger, nullable=False),
+    sa.Column("granted", sa.BigInteger, nullable=False),
 )

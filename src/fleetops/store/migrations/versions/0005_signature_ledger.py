@@ -1,7 +1,8 @@
 """The signature ledger: what each API signature was first presented with (docs/protocol.md#replay).
 
-* ``signature_ledger(key, action, version, region, expires_at)``: a TC3 signature (or a v1 SecretId and Nonce)
-  and the Action, Version and Region it was first seen with, until its timestamp leaves the clock-skew window.
+* ``signature_ledger(key, action, version, region, client, expires_at)``: a TC3 signature (or a v1 SecretId and
+  Nonce), the Action, Version and Region it was first seen with and the client address that presented it, until
+  its timestamp leaves the clock-skew window.
 
 Revision ID: 0005_signature_ledger
 Revises: 0004_task_extensions
@@ -23,6 +24,7 @@ def upgrade() -> None:
         sa.Column("action", sa.String(80), nullable=False),
         sa.Column("version", sa.String(80), nullable=False),
         sa.Column("region", sa.String(80), nullable=False),
+        sa.Column("client", sa.String(80), nullable=False),
         sa.Column("expires_at", sa.BigInteger, nullable=False),
     )
     op.create_index("ix_signature_ledger_expires_at", "signature_ledger", ["expires_at"])
