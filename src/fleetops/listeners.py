@@ -104,7 +104,10 @@ class ConnectionTable(Generic[C]):
 
     The one rule of every fleetops listener: when it is full, the connection that has waited longest is closed
     to make room, and only when none is waiting is a new connection refused. A flood of half-open connections
-    therefore cannot lock out clients that do what the protocol asks of them.
+    therefore cannot lock out clients that do what the protocol asks of them. A connection waiting again after
+    it was served (:meth:`waiting`: an HTTP keep-alive connection between requests) goes only once no connection
+    that has never been served is left: a flood opening connections faster than a legitimate client's pause
+    between two requests would otherwise close the client's connection between them.
     """
 
     def __init__(self, name: str, max_connections: int, limited_log: LimitedLog, *, setting: str, owed: str) -> None:
@@ -118,7 +121,8 @@ class ConnectionTable(Generic[C]):
         self._setting = setting
         self._owed = owed
         self._open: set[C] = set()
-        self._waiting: OrderedDict[C, None] = OrderedDict()
+        self._waiting: OrderedDict[C, None] = OrderedDict()  # never served yet, oldest first
+        self._served: OrderedDict[C, None] = OrderedDict()  # served, waiting for their next request
         self.refused = 0
         self.evicted = 0
         self.timed_out = 0
@@ -129,7 +133,7 @@ class ConnectionTable(Generic[C]):
 
     @property
     def waiting_connections(self) -> int:
-        return len(self._waiting)
+        return len(self._waiting) + len(self._served)
 
     def make_room(self) -> bool:
         """Room for one more connection, evicting the one waiting longest if the listener is full; False (and
@@ -161,13 +165,18 @@ class ConnectionTable(Generic[C]):
         return True
 
     def oldest_waiting(self) -> C | None:
-        return next(iter(self._waiting), None)
+        for queue in (self._waiting, self._served):
+            for connection in queue:
+                return connection
+        return None
 
     def evict_oldest_waiting(self) -> bool:
-        """Close the connection that has waited longest for its request; False if none is waiting."""
-        if not self._waiting:
+        """Close the connection that has waited longest for its request, one never served first; False if none
+        is waiting."""
+        queue = self._waiting or self._served
+        if not queue:
             return False
-        victim, _ = self._waiting.popitem(last=False)
+        victim, _ = queue.popitem(last=False)
         self._open.discard(victim)
         self.evicted += 1
         self.limited_log(
@@ -184,14 +193,17 @@ class ConnectionTable(Generic[C]):
         """The connection owes the server something again (an HTTP connection whose responses are done)."""
         if connection in self._open:
             self._waiting.pop(connection, None)
-            self._waiting[connection] = None
+            self._served.pop(connection, None)
+            self._served[connection] = None
 
     def busy(self, connection: C) -> None:
         """The connection did what it owed (a whole request, a CONNECT): it is not evicted."""
         self._waiting.pop(connection, None)
+        self._served.pop(connection, None)
 
     def closed(self, connection: C) -> None:
         self._waiting.pop(connection, None)
+        self._served.pop(connection, None)
         self._open.discard(connection)
 
 

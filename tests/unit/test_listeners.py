@@ -58,6 +58,22 @@ def test_a_connection_waiting_again_goes_to_the_back() -> None:
     assert (a.evicted, b.evicted) == (False, True)
 
 
+def test_a_served_connection_waiting_again_goes_after_every_never_served_one() -> None:
+    t = table(3)
+    a, b, c, d, e = Conn("a"), Conn("b"), Conn("c"), Conn("d"), Conn("e")
+    t.admit(a)
+    t.busy(a)
+    t.waiting(a)  # a keep-alive client between two requests, then a flood of half-sent connections
+    t.admit(b)
+    t.admit(c)
+    assert t.admit(d) and b.evicted and not a.evicted
+    assert t.oldest_waiting() is c
+    t.busy(c)
+    t.busy(d)
+    assert t.admit(e) and a.evicted  # none never served is waiting: the served one goes
+    assert (t.open_connections, t.waiting_connections, t.evicted) == (3, 1, 2)
+
+
 def test_a_listener_full_of_requests_in_progress_refuses() -> None:
     t = table(2)
     a, b, c = Conn("a"), Conn("b"), Conn("c")
