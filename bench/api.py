@@ -229,11 +229,8 @@ class Fixture:
     task_id: str
 
 
-def make_fixture(target: Target) -> Fixture:
-    product = target.call("CreateProduct", {"ProductName": PID_NAME})
-    product_id = str(product["ProductId"])
-    for i in range(20):
-        target.call("CreateDevice", {"ProductId": product_id, "DeviceName": f"dev{i:02d}"})
+def create_red_task(target: Target, product_id: str) -> str:
+    """An UpdateShadow task setting color red on every device of the product, due now; its TaskId."""
     task = target.call(
         "CreateTask",
         {
@@ -244,7 +241,15 @@ def make_fixture(target: Target) -> Fixture:
             "Tasks": {"UpdateShadowTask": {"Desired": '{"color":"red"}'}},
         },
     )
-    task_id = str(task["TaskId"])
+    return str(task["TaskId"])
+
+
+def make_fixture(target: Target) -> Fixture:
+    product = target.call("CreateProduct", {"ProductName": PID_NAME})
+    product_id = str(product["ProductId"])
+    for i in range(20):
+        target.call("CreateDevice", {"ProductId": product_id, "DeviceName": f"dev{i:02d}"})
+    task_id = create_red_task(target, product_id)
     wait_task(target, task_id, 30)
     return Fixture(product_id, task_id)
 
@@ -357,18 +362,7 @@ def big_task(args: argparse.Namespace, tmp: Path, env: dict[str, str]) -> None:
                 f"{time.perf_counter() - started:.1f} s (through the store)",
                 flush=True,
             )
-            task_id = str(
-                target.call(
-                    "CreateTask",
-                    {
-                        "TaskType": "UpdateShadow",
-                        "ProductId": product_id,
-                        "DeviceNameFilter": "",
-                        "ScheduleTimeInSeconds": 0,
-                        "Tasks": {"UpdateShadowTask": {"Desired": '{"color":"red"}'}},
-                    },
-                )["TaskId"]
-            )
+            task_id = create_red_task(target, product_id)
             started = time.perf_counter()
             request = target.request("DescribeTask", {"Id": task_id})
             latencies: list[float] = []

@@ -8,8 +8,8 @@ import secrets
 import socket
 import threading
 import time
-from collections.abc import Awaitable, Callable, Coroutine, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterator, Sequence
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -541,6 +541,27 @@ async def open_task_env(database_url: str, *, max_open_tasks: int = 10, clock: F
         outcomes=TaskOutcomeStore(db),
     )
     return TaskEnv(db, account_id, product_id, product.pk, clock, TaskPublisher(), service)
+
+
+@asynccontextmanager
+async def task_env(database_url: str, devices: Sequence[str] = (), **options: Any) -> AsyncIterator[TaskEnv]:
+    """:func:`open_task_env` with ``devices`` registered in its product, closed at the end."""
+    env = await open_task_env(database_url, **options)
+    try:
+        if devices:
+            await env.add_devices(list(devices))
+        yield env
+    finally:
+        await env.close()
+
+
+def embedded_broker(server: LiveServer) -> Any:
+    """The node's own embedded broker (started with the node, its publisher the engine's and the shadows')."""
+    from fleetops.messaging.embedded import EmbeddedBroker
+
+    broker = server.node.messaging
+    assert isinstance(broker, EmbeddedBroker)
+    return broker
 
 
 async def wait_until(

@@ -25,7 +25,7 @@ from fleetops.messaging.embedded import EmbeddedBroker
 from fleetops.ports.messaging import DeviceCredentials
 from tests.e2e.test_tasks_api import create_devices
 from tests.mqtt_support import PahoDevice, Received
-from tests.support import LiveServer, common_client, new_product, sdk_client, sdk_error, server_on
+from tests.support import LiveServer, common_client, embedded_broker, new_product, sdk_client, sdk_error, server_on
 
 PROCESSING, COMPLETED, FAILED, CANCELLED = 2, 3, 4, 5
 
@@ -39,8 +39,7 @@ def server(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFact
 
 @pytest.fixture(scope="module")
 def mqtt(server: LiveServer) -> EmbeddedBroker:
-    broker = server.node.messaging
-    assert isinstance(broker, EmbeddedBroker)
+    broker: EmbeddedBroker = embedded_broker(server)
     return broker
 
 

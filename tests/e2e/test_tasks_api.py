@@ -24,7 +24,7 @@ from fleetops.messaging.embedded import EmbeddedBroker
 from fleetops.ports.messaging import DeviceCredentials
 from tests.brokers import BROKERS, EMBEDDED, DeviceSide, node_with_broker
 from tests.mqtt_support import PahoDevice, Received
-from tests.support import LiveServer, new_product, sdk_client, sdk_error_code, start_server
+from tests.support import LiveServer, embedded_broker, new_product, sdk_client, sdk_error_code, start_server
 
 WAITING, PROCESSING, COMPLETED, FAILED, CANCELLED = 1, 2, 3, 4, 5
 
@@ -58,9 +58,7 @@ def side(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactor
 
 @pytest.fixture(scope="module")
 def mqtt(server: LiveServer) -> EmbeddedBroker:
-    """The node's own embedded broker (started with the node, publisher attached to the engine and shadows)."""
-    broker = server.node.messaging
-    assert isinstance(broker, EmbeddedBroker)
+    broker: EmbeddedBroker = embedded_broker(server)
     return broker
 
 

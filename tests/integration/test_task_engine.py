@@ -18,7 +18,7 @@ from fleetops.domain.tasks import TaskStatus
 from fleetops.engine.executor import Outcome
 from fleetops.messaging.shadow_protocol import render_delta_push
 from fleetops.ports.messaging import Delivery
-from tests.support import TaskEnv, TaskPublisher, open_task_env, wait_until
+from tests.support import TaskEnv, TaskPublisher, task_env, wait_until
 
 LAMPS = [f"lamp-{i:03d}" for i in range(150)]
 DOORS = [f"door-{i:03d}" for i in range(80)]
@@ -26,12 +26,8 @@ DOORS = [f"door-{i:03d}" for i in range(80)]
 
 @pytest.fixture
 async def env(database_url: str) -> AsyncIterator[TaskEnv]:
-    task_env = await open_task_env(database_url)
-    await task_env.add_devices(LAMPS + DOORS)
-    try:
-        yield task_env
-    finally:
-        await task_env.close()
+    async with task_env(database_url, LAMPS + DOORS) as env:
+        yield env
 
 
 async def has_status(env: TaskEnv, task_id: str, status: TaskStatus) -> bool:
@@ -274,8 +270,7 @@ async def test_a_patch_that_only_deletes_pushes_nothing(env: TaskEnv) -> None:
 
 
 async def test_a_catastrophic_filter_runs_in_linear_time(database_url: str) -> None:
-    env = await open_task_env(database_url)
-    try:
+    async with task_env(database_url) as env:
         # (a+)+$ backtracks exponentially in Python's re on a long run of a's that does not end the name
         names = [f"{'a' * 40}{i:04d}" for i in range(400)] + [f"{i:04d}{'a' * 40}" for i in range(100)]
         await env.add_devices(names)
@@ -285,8 +280,6 @@ async def test_a_catastrophic_filter_runs_in_linear_time(database_url: str) -> N
         assert time.perf_counter() - started < 5
         task = await env.task(task_id)
         assert (task.all_device_cnt, task.done_device_cnt) == (100, 100)
-    finally:
-        await env.close()
 
 
 async def test_stopping_releases_the_lease_so_another_worker_resumes_at_once(env: TaskEnv) -> None:

@@ -27,7 +27,7 @@ from fleetops.ports.messaging import Delivery
 from fleetops.store.outcomes import TaskOutcomeStore
 from fleetops.store.shadows import ShadowStore
 from fleetops.store.tasks import TaskStore
-from tests.support import FakeClock, TaskEnv, TaskPublisher, open_task_env
+from tests.support import FakeClock, TaskEnv, TaskPublisher, task_env
 
 LAMPS = [f"lamp-{i:03d}" for i in range(60)]
 DOORS = [f"door-{i:03d}" for i in range(20)]
@@ -36,12 +36,8 @@ W, C, S, NC = (DeviceOutcome.WRITTEN, DeviceOutcome.CONVERGED, DeviceOutcome.SUP
 
 @pytest.fixture
 async def env(database_url: str) -> AsyncIterator[TaskEnv]:
-    task_env = await open_task_env(database_url)
-    await task_env.add_devices(LAMPS + DOORS)
-    try:
-        yield task_env
-    finally:
-        await task_env.close()
+    async with task_env(database_url, LAMPS + DOORS) as env:
+        yield env
 
 
 class PresencePublisher(TaskPublisher):
@@ -284,8 +280,7 @@ async def test_abort_counts_survive_a_resume_on_another_node(env: TaskEnv) -> No
 
 
 async def test_a_rollout_paces_its_batches(database_url: str) -> None:
-    env = await open_task_env(database_url, clock=WallClock())
-    try:
+    async with task_env(database_url, clock=WallClock()) as env:
         await env.add_devices(LAMPS)
         task_id = await env.publish_task("", "control", "go", rollout=Rollout(max_per_s=40))
         started = time.monotonic()
@@ -295,13 +290,10 @@ async def test_a_rollout_paces_its_batches(database_url: str) -> None:
         assert elapsed >= 1.0
         assert elapsed < 30  # a bound that catches a hang, not a timing test
         assert [len(m) for m in env.publisher.batches] == [20, 20, 20]
-    finally:
-        await env.close()
 
 
 async def test_an_exponential_rollout_grows_and_resumes_at_the_rate_it_reached(database_url: str) -> None:
-    env = await open_task_env(database_url, clock=WallClock())
-    try:
+    async with task_env(database_url, clock=WallClock()) as env:
         await env.add_devices(LAMPS)
         rollout = Rollout(max_per_s=1000, base_per_s=8, increment_percent=100, increment_every=8)
 
@@ -321,8 +313,6 @@ async def test_an_exponential_rollout_grows_and_resumes_at_the_rate_it_reached(d
         assert await env.worker("node-b", batch_size=500).run_until_idle() == {task_id: Outcome.COMPLETED}
         # node B goes on at the rate reached, 32/s, in batches of 8 (one rate step each)
         assert [len(m) for m in env.publisher.batches[3:]] == [8, 8, 8, 8, 8, 4]
-    finally:
-        await env.close()
 
 
 # --- StopTask ------------------------------------------------------------------------------------------------
@@ -428,20 +418,16 @@ async def test_the_same_client_token_returns_the_first_task_and_creates_nothing(
 
 
 async def test_a_client_token_retried_at_the_pending_cap_still_answers(database_url: str) -> None:
-    env = await open_task_env(database_url, max_open_tasks=1)
-    try:
+    async with task_env(database_url, max_open_tasks=1) as env:
         later = int(env.clock()) + 3600
         first = await env.publish_task("", "c", "x", schedule_time_s=later, client_token="t")
         assert await env.publish_task("", "c", "x", schedule_time_s=later, client_token="t") == first
         with pytest.raises(errors.PengingOrProcessingTasksExceedLimit):
             await env.publish_task("", "c", "x", schedule_time_s=later, client_token="u")
-    finally:
-        await env.close()
 
 
 async def test_concurrent_creates_with_one_token_make_one_task(database_url: str) -> None:
-    env = await open_task_env(database_url)
-    try:
+    async with task_env(database_url) as env:
         draft = TaskDraft(
             env.draft("PublishMessage", "", topic="c", payload="x").task_type,
             env.product_id,
@@ -454,8 +440,6 @@ async def test_concurrent_creates_with_one_token_make_one_task(database_url: str
         created = await asyncio.gather(*(service.create(env.account_id, draft) for service in [env.service] * 4))
         assert len(set(created)) == 1
         assert (await env.service.page(env.account_id, 0, 10))[0] == 1
-    finally:
-        await env.close()
 
 
 # --- PreviewTask ---------------------------------------------------------------------------------------------
@@ -498,16 +482,13 @@ async def test_preview_refuses_what_create_refuses(env: TaskEnv, fields: dict[st
 
 
 async def test_preview_answers_the_pending_cap_and_a_foreign_product_as_create(database_url: str) -> None:
-    env = await open_task_env(database_url, max_open_tasks=1)
-    try:
+    async with task_env(database_url, max_open_tasks=1) as env:
         await env.publish_task("", "c", "x", schedule_time_s=int(env.clock()) + 60)
         draft = env.draft("PublishMessage", "", topic="c", payload="x")
         with pytest.raises(errors.PengingOrProcessingTasksExceedLimit, match="at most 1 are allowed"):
             await env.service.preview(env.account_id, draft)
         with pytest.raises(errors.ProductNotExist):
             await env.service.preview(env.account_id + 1000, draft)
-    finally:
-        await env.close()
 
 
 # --- the purge -----------------------------------------------------------------------------------------------

@@ -16,18 +16,15 @@ from fleetops.ids import new_task_id
 from fleetops.store.database import open_database
 from fleetops.store.products import ProductStore
 from fleetops.store.tasks import TaskStore
-from tests.support import TaskEnv, open_task_env
+from tests.support import TaskEnv, task_env
 
 DAY = 86_400
 
 
 @pytest.fixture
 async def env(database_url: str) -> AsyncIterator[TaskEnv]:
-    task_env = await open_task_env(database_url, max_open_tasks=3)
-    try:
-        yield task_env
-    finally:
-        await task_env.close()
+    async with task_env(database_url, max_open_tasks=3) as env:
+        yield env
 
 
 async def test_create_stores_the_effective_values(env: TaskEnv) -> None:
