@@ -35,7 +35,7 @@ from starlette.applications import Starlette
 from starlette.routing import BaseRoute, Mount
 
 from fleetops.api.actions import all_actions
-from fleetops.api.app import ApiConfig, ApiEndpoint, Readiness, create_app
+from fleetops.api.app import ApiApp, ApiConfig, ApiEndpoint, Readiness, create_app
 from fleetops.api.metrics import MetricsEndpoint, NodeMetrics, StateMetrics
 from fleetops.api.ratelimit import LocalRateLimiter, RateLimiter, SharedRateLimiter
 from fleetops.api.registry import Registry
@@ -370,7 +370,7 @@ class Node:
         )
         return [Mount("/mqtt", app=router)]
 
-    def app(self, *, manage_services: bool = True) -> Starlette:
+    def app(self, *, manage_services: bool = True) -> ApiApp:
         """The ASGI app; with ``manage_services`` its lifespan starts and stops messaging and the engine."""
         endpoint = ApiEndpoint(
             registry=Registry(all_actions()),

@@ -18,7 +18,7 @@ from typing import Any, Final
 from starlette.applications import Starlette
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import PlainTextResponse, Response
-from starlette.routing import BaseRoute, Route, request_response
+from starlette.routing import BaseRoute, Route
 from starlette.types import Receive, Scope, Send
 
 from fleetops import errors
@@ -41,6 +41,7 @@ from fleetops.ports.telemetry import HealthCheck
 
 # The access log's outcome for a request whose client went away before sending it whole: not a Tencent code.
 CLIENT_DISCONNECTED = "ClientDisconnected"
+_CONTENT_TYPE: Final = CONTENT_TYPE.encode()
 
 log = logging.getLogger("fleetops.access")
 error_log = logging.getLogger("fleetops.api")
@@ -71,13 +72,16 @@ class ApiEndpoint:
         self._clock = clock
         self.metrics = metrics
 
-    async def __call__(self, request: Request) -> Response:
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """``/`` as a raw ASGI app: every method reaches :func:`parse_request` (which answers the envelope's
+        ``UnsupportedProtocol`` for PUT, TRACE, PROPFIND, ...), and no Request or Response object is built
+        (issue 12: those and Starlette's routing cost as much as the action's own work)."""
         started = time.perf_counter()
         request_id = new_request_id()
         outcome, call = "OK", _CallInfo()
         language = "en-US"
         try:
-            raw = await self._read(request)
+            raw = await self._read(scope, receive)
             language = detect_language(raw)
             result = await self._dispatch(raw, request_id, language, call)
             body = success_body(result, request_id)
@@ -91,32 +95,42 @@ class ApiEndpoint:
             error_log.exception("unhandled error in %s (RequestId %s)", call.action, request_id)
             body = error_body(errors.InternalError(), request_id, language)
         elapsed_s = time.perf_counter() - started
-        elapsed_ms = elapsed_s * 1000
         # unknown action names are not used as labels: a client could otherwise grow the series without bound
         self.metrics.observe(call.action, outcome, elapsed_s)
-        log.info(
-            "action=%s account=%s request_id=%s outcome=%s latency_ms=%.1f",
-            call.action,
-            call.account,
-            request_id,
-            outcome,
-            elapsed_ms,
+        if log.isEnabledFor(logging.INFO):
+            log.info(
+                "action=%s account=%s request_id=%s outcome=%s latency_ms=%.1f",
+                call.action,
+                call.account,
+                request_id,
+                outcome,
+                elapsed_s * 1000,
+            )
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 200,
+                "headers": [(b"content-type", _CONTENT_TYPE), (b"content-length", str(len(body)).encode())],
+            }
         )
-        return Response(body, status_code=200, headers={"content-type": CONTENT_TYPE})
+        await send({"type": "http.response.body", "body": body})
 
-    async def _read(self, request: Request) -> RawRequest:
-        method = request.method.upper()
-        headers = {k.lower(): v for k, v in request.headers.items()}
-        raw_query = request.scope.get("query_string", b"").decode("latin-1")
+    async def _read(self, scope: Scope, receive: Receive) -> RawRequest:
+        method = str(scope["method"]).upper()
+        # ASGI gives header names lower-cased; a repeated header keeps its last value
+        headers = {name.decode("latin-1"): value.decode("latin-1") for name, value in scope["headers"]}
+        raw_query = bytes(scope.get("query_string", b"")).decode("latin-1")
         # the method and the size limits are checked by parse_request; only a POST body is read, and its read
         # stops at the limit so an oversize body is never held in memory whole
         body = b""
         if method == "POST":
-            body = await self._read_body(request, headers)
-        client = request.client.host if request.client is not None else ""
-        return RawRequest(method=method, raw_query=raw_query, headers=headers, body=body, client=client)
+            body = await self._read_body(receive, headers)
+        client = scope.get("client")
+        return RawRequest(
+            method=method, raw_query=raw_query, headers=headers, body=body, client=str(client[0]) if client else ""
+        )
 
-    async def _read_body(self, request: Request, headers: dict[str, str]) -> bytes:
+    async def _read_body(self, receive: Receive, headers: dict[str, str]) -> bytes:
         # v1-signed requests carry no Authorization header; they are limited to 1 MB, TC3 to max_body_bytes.
         limit = self._config.max_body_bytes if "authorization" in headers else MAX_V1_BODY_BYTES
         declared = headers.get("content-length", "")
@@ -124,12 +138,17 @@ class ApiEndpoint:
             raise _too_large(int(declared), limit)
         chunks: list[bytes] = []
         size = 0
-        async for chunk in request.stream():
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":  # http.disconnect: the client went away mid-request
+                raise ClientDisconnect()
+            chunk = message.get("body", b"")
             size += len(chunk)
             if size > limit:
                 raise _too_large(size, limit)
             chunks.append(chunk)
-        return b"".join(chunks)
+            if not message.get("more_body", False):
+                return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
     async def _dispatch(self, raw: RawRequest, request_id: str, language: str, call: _CallInfo) -> dict[str, Any]:
         parsed = parse_request(raw)
@@ -194,21 +213,6 @@ def _too_large(size: int, limit: int) -> errors.RequestSizeLimitExceeded:
     )
 
 
-class _EveryMethod:
-    """The API endpoint as a raw ASGI app, so that its route takes every method.
-
-    Starlette gives a route whose endpoint is a function or method a method list (GET only when none is given)
-    and answers any other method with a plain-text 405. Here every method (TRACE, CONNECT, PROPFIND, ...)
-    reaches ``parse_request``, which answers the JSON envelope ``UnsupportedProtocol`` as for PUT.
-    """
-
-    def __init__(self, handler: Callable[[Request], Awaitable[Response]]) -> None:
-        self._app = request_response(handler)
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        await self._app(scope, receive, send)
-
-
 async def _healthz(_request: Request) -> Response:
     """Liveness: the process serves HTTP (nothing else is asked, so a database outage does not get it killed)."""
     return PlainTextResponse("ok")
@@ -244,6 +248,21 @@ class Readiness:
         return PlainTextResponse("ready\n" + "".join(f"{check.name}: ok\n" for check in self._checks))
 
 
+class ApiApp:
+    """The node's ASGI app: ``/`` straight to the API endpoint, every other path to the Starlette app (health,
+    metrics, console, MQTT hooks) and the lifespan to it too."""
+
+    def __init__(self, endpoint: ApiEndpoint, rest: Starlette) -> None:
+        self.endpoint = endpoint
+        self.rest = rest
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["path"] == "/":
+            await self.endpoint(scope, receive, send)
+        else:
+            await self.rest(scope, receive, send)
+
+
 def create_app(
     endpoint: ApiEndpoint,
     *,
@@ -251,12 +270,11 @@ def create_app(
     readiness: Readiness,
     extra_routes: Sequence[BaseRoute] = (),
     lifespan: Any = None,
-) -> Starlette:
+) -> ApiApp:
     routes: list[BaseRoute] = [
-        Route("/", _EveryMethod(endpoint.__call__)),
         Route("/healthz", _healthz, methods=["GET"]),
         Route("/readyz", readiness.__call__, methods=["GET"]),
         Route("/metrics", metrics, methods=["GET"]),
         *extra_routes,
     ]
-    return Starlette(routes=routes, lifespan=lifespan)
+    return ApiApp(endpoint, Starlette(routes=routes, lifespan=lifespan))

@@ -46,9 +46,20 @@ class ApiMetrics:
             "fleetops_api_request_seconds", "API request latency by action", ["action"], registry=registry
         )
 
+        # the labelled children, looked up once per (action, outcome): labels() costs more than inc() and
+        # observe() together. Bounded: actions are the registry's names (or "-"), outcomes the error codes.
+        self._counted: dict[tuple[str, str], Counter] = {}
+        self._timed: dict[str, Histogram] = {}
+
     def observe(self, action: str, outcome: str, seconds: float) -> None:
-        self.requests.labels(action=action, outcome=outcome).inc()
-        self.latency.labels(action=action).observe(seconds)
+        counter = self._counted.get((action, outcome))
+        if counter is None:
+            counter = self._counted[action, outcome] = self.requests.labels(action=action, outcome=outcome)
+        counter.inc()
+        histogram = self._timed.get(action)
+        if histogram is None:
+            histogram = self._timed[action] = self.latency.labels(action=action)
+        histogram.observe(seconds)
 
 
 class NodeMetrics:
