@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Final
+from typing import Any, Final
 
 import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
 
 from fleetops import ids
 from fleetops.ports.store import AccountNameTaken, ApiKey
-from fleetops.store.database import Database
+from fleetops.store.database import Database, PointQuery
 from fleetops.store.tables import accounts, api_keys
 
 _KEYS: Final = sa.select(
@@ -21,7 +21,7 @@ _KEYS: Final = sa.select(
     api_keys.c.created_at,
 ).join(accounts, accounts.c.id == api_keys.c.account_id)
 # built once: a statement composed per call costs more than the read itself (issue 12)
-_KEY_BY_ID: Final = _KEYS.where(api_keys.c.secret_id == sa.bindparam("secret_id"))
+_KEY_BY_ID: Final = PointQuery(_KEYS.where(api_keys.c.secret_id == sa.bindparam("secret_id")))
 
 
 class AccountStore:
@@ -66,9 +66,8 @@ class AccountStore:
         return key
 
     async def get_key(self, secret_id: str) -> ApiKey | None:
-        async with self._db.read() as conn:
-            row = (await conn.execute(_KEY_BY_ID, {"secret_id": secret_id})).first()
-        return None if row is None else _key(row)
+        rows = await self._db.point(_KEY_BY_ID, {"secret_id": secret_id})
+        return _key(rows[0]) if rows else None
 
     async def list_keys(self) -> list[ApiKey]:
         async with self._db.connect() as conn:
@@ -87,7 +86,7 @@ class AccountStore:
         return _KEYS
 
 
-def _key(row: sa.Row[tuple[str, str, int, str, bool, int]]) -> ApiKey:
+def _key(row: Any) -> ApiKey:
     return ApiKey(
         secret_id=row.secret_id,
         secret_key=row.secret_key,

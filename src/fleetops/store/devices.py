@@ -32,7 +32,7 @@ from fleetops.ports.store import (
     ProductMissing,
 )
 from fleetops.store import dialect
-from fleetops.store.database import Database
+from fleetops.store.database import Database, PointQuery
 from fleetops.store.shadows import NEW_SHADOW_COLUMN_NAMES, NEW_SHADOW_COLUMNS, NEW_SHADOW_TEXT
 from fleetops.store.tables import devices, products
 
@@ -58,7 +58,7 @@ _DEVICE_COLUMNS = (
 )
 # DescribeDevice's read, built once (a statement composed per call costs more than the read, issue 12): the
 # product's row always, the device's when it exists, so one query tells a missing product from a missing device
-_DEVICE_BY_NAME: Final = (
+_DEVICE_BY_NAME: Final = PointQuery(
     sa.select(products.c.id.label("owner_pk"), *_DEVICE_COLUMNS)
     .select_from(
         products.outerjoin(
@@ -207,11 +207,10 @@ class DeviceStore:
 
     async def get(self, account_id: int, product_id: str, name: str) -> DeviceRecord:
         """One device. Raises ProductMissing or DeviceMissing (one query tells them apart)."""
-        async with self._db.read() as conn:
-            params = {"name": name, "account_id": account_id, "product_id": product_id}
-            row = (await conn.execute(_DEVICE_BY_NAME, params)).first()
-        if row is None:
+        rows = await self._db.point(_DEVICE_BY_NAME, {"name": name, "account_id": account_id, "product_id": product_id})
+        if not rows:
             raise ProductMissing(product_id)
+        row = rows[0]
         if row.id is None:
             raise DeviceMissing([name])
         return _record(row, product_id)
@@ -231,26 +230,27 @@ class DeviceStore:
         Both queries walk the ``(product_pk, name)`` unique index: the product's range of it, in order, so a
         page costs ``offset + limit`` index entries and no sort. Raises ProductMissing.
         """
-        async with self._db.connect() as conn:
-            pk = await _product_pk(conn, account_id, product_id)
-            conditions: list[Any] = [devices.c.product_pk == pk]
+
+        def page(conn: sa.Connection) -> DevicePage:
+            found = conn.execute(_PRODUCT_PK, {"account_id": account_id, "product_id": product_id}).first()
+            if found is None:
+                raise ProductMissing(product_id)
+            conditions: list[Any] = [devices.c.product_pk == found.id]
             if name_contains:
-                conditions.append(dialect.contains(conn, devices.c.name, name_contains))
+                conditions.append(dialect.contains(conn.dialect.name, devices.c.name, name_contains))
             if enabled is not None:
                 conditions.append(devices.c.enabled == enabled)
-            total = (
-                await conn.execute(sa.select(sa.func.count()).select_from(devices).where(*conditions))
-            ).scalar_one()
-            rows = (
-                await conn.execute(
-                    sa.select(*_DEVICE_COLUMNS)
-                    .where(*conditions)
-                    .order_by(devices.c.product_pk, devices.c.name)
-                    .offset(offset)
-                    .limit(limit)
-                )
+            total = conn.execute(sa.select(sa.func.count()).select_from(devices).where(*conditions)).scalar_one()
+            rows = conn.execute(
+                sa.select(*_DEVICE_COLUMNS)
+                .where(*conditions)
+                .order_by(devices.c.product_pk, devices.c.name)
+                .offset(offset)
+                .limit(limit)
             ).all()
-        return DevicePage(int(total), [_record(r, product_id) for r in rows])
+            return DevicePage(int(total), [_record(r, product_id) for r in rows])
+
+        return await self._db.scan(page)
 
     async def iter_names(self, account_id: int, product_id: str, batch_size: int = 10_000) -> AsyncIterator[str]:
         """Every device name of the product, in order, read in keyset pages (short transactions)."""
@@ -417,12 +417,13 @@ async def mark_all_offline(conn: AsyncConnection, now_s: int) -> int:
     return int(result.rowcount or 0)
 
 
+_PRODUCT_PK: Final = sa.select(products.c.id).where(
+    products.c.account_id == sa.bindparam("account_id"), products.c.product_id == sa.bindparam("product_id")
+)
+
+
 async def _product_pk(conn: AsyncConnection, account_id: int, product_id: str) -> int:
-    row = (
-        await conn.execute(
-            sa.select(products.c.id).where(products.c.account_id == account_id, products.c.product_id == product_id)
-        )
-    ).first()
+    row = (await conn.execute(_PRODUCT_PK, {"account_id": account_id, "product_id": product_id})).first()
     if row is None:
         raise ProductMissing(product_id)
     return int(row.id)

@@ -48,16 +48,18 @@ from fleetops.ports.store import (
     TaskRecord,
 )
 from fleetops.ports.store import TaskStore as TaskStorePort
-from fleetops.store.database import Database
+from fleetops.store.database import Database, PointQuery
 from fleetops.store.outcomes import insert_batch
 from fleetops.store.tables import accounts, devices, task_batches, task_client_tokens, task_devices, tasks
 from fleetops.store.task_json import extensions_from_json, extensions_to_json, spec_from_json, spec_to_json
 
 # DescribeTask's read, built once (a statement composed per call costs more than the read, issue 12)
-_TASK_BY_ID: Final = sa.select(tasks).where(
-    tasks.c.id == sa.bindparam("id"),
-    tasks.c.account_id == sa.bindparam("account_id"),
-    tasks.c.created_at >= sa.bindparam("created_after"),
+_TASK_BY_ID: Final = PointQuery(
+    sa.select(tasks).where(
+        tasks.c.id == sa.bindparam("id"),
+        tasks.c.account_id == sa.bindparam("account_id"),
+        tasks.c.created_at >= sa.bindparam("created_after"),
+    )
 )
 
 
@@ -213,10 +215,10 @@ class TaskStore(TaskStorePort):
             return await _count_open(conn, account_id)
 
     async def get(self, account_id: int, task_id: str, created_after: int) -> TaskRecord | None:
-        async with self._db.read() as conn:
-            params = {"id": task_id, "account_id": account_id, "created_after": created_after}
-            row = (await conn.execute(_TASK_BY_ID, params)).first()
-        return None if row is None else _record(row)
+        rows = await self._db.point(
+            _TASK_BY_ID, {"id": task_id, "account_id": account_id, "created_after": created_after}
+        )
+        return _record(rows[0]) if rows else None
 
     async def page(self, account_id: int, offset: int, limit: int, created_after: int) -> tuple[int, list[TaskRecord]]:
         """The account's tasks, newest first (ties: the larger id first; ids start with the creation time)."""
