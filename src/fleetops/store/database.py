@@ -149,6 +149,7 @@ class Database:
     _kept_busy: bool = field(default=False, init=False, repr=False)
     # PostgreSQL: connections of pg_reads held open for PointQuery reads (a checkout costs more than the read)
     _held: list[AsyncConnection] = field(default_factory=list, init=False, repr=False)
+    _held_loop: asyncio.AbstractEventLoop | None = field(default=None, init=False, repr=False)
     held_limit: int = 10
     telemetry: Telemetry = NO_TELEMETRY
 
@@ -197,8 +198,14 @@ class Database:
 
     async def _pg_point(self, sql: str, args: tuple[Any, ...]) -> Sequence[Sequence[Any]]:
         assert self.pg_reads is not None
+        # held connections belong to the loop that opened them (the serving loop); another loop (a script's
+        # second asyncio.run) reads on a connection of its own, not held
+        loop = asyncio.get_running_loop()
+        if self._held_loop is None:
+            self._held_loop = loop
+        holding = loop is self._held_loop
         for attempt in (1, 2):
-            conn = self._held.pop() if self._held else await self.pg_reads.connect()
+            conn = self._held.pop() if self._held and holding else await self.pg_reads.connect()
             try:
                 driver = (await conn.get_raw_connection()).driver_connection
                 assert driver is not None
@@ -212,7 +219,7 @@ class Database:
                         self.telemetry.database_error()
                     raise
                 continue
-            if len(self._held) < self.held_limit:
+            if holding and len(self._held) < self.held_limit:
                 self._held.append(conn)
             else:
                 await conn.close()
@@ -262,8 +269,10 @@ class Database:
 
     async def dispose(self) -> None:
         held, self._held = self._held, []
-        for conn in held:
-            await conn.close()
+        if self._held_loop is asyncio.get_running_loop():
+            for conn in held:
+                await conn.close()
+        self._held_loop = None
         await self.engine.dispose()
         if self.pg_reads is not None:
             await self.pg_reads.dispose()
