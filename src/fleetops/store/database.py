@@ -7,10 +7,11 @@ in the event loop on a plain ``sqlite3`` connection of a second, synchronous eng
 takes microseconds, less than aiosqlite's hand-off to its thread and back (issue 12 measured 60 % of a request's
 time in those hand-offs). Reads that may scan (pages, counts) and writes stay off the loop, so a long statement
 or a wait for the write lock never holds it: most writes go through aiosqlite, and a write of one statement
-(UpdateDeviceShadow's compare-and-set) runs whole in a worker thread (:meth:`Database.write_one`). In WAL mode a
-reader neither waits for nor blocks the writer, and each SELECT outside a transaction sees the newest committed
-state, as on the aiosqlite connections. On PostgreSQL the point reads have a pool of their own in autocommit,
-without a ping per checkout (``Database.pg_reads``).
+(a shadow's compare-and-set) runs whole in a worker thread (:meth:`Database.write_one`). In WAL mode a reader
+neither waits for nor blocks the writer, and each SELECT outside a transaction sees the newest committed state,
+as on the aiosqlite connections. On PostgreSQL the point reads, and the writes of one statement, have a pool of
+their own in autocommit, without a ping per checkout (``Database.pg_autocommit``): a read or a compare-and-set
+is one round trip.
 """
 
 from __future__ import annotations
@@ -83,9 +84,11 @@ class Database:
     # SQLite: a synchronous engine on the same file, for the point reads that run in the loop and the single
     # statement writes that run whole in a worker thread (module docstring)
     sqlite_sync: sa.Engine | None = None
-    # PostgreSQL: the point reads' pool, in autocommit (no BEGIN and ROLLBACK around a SELECT) and without a
-    # ping per checkout (ReadConnection retries a read whose connection was closed): one round trip, not four
-    pg_reads: AsyncEngine | None = None
+    # PostgreSQL: the pool of the point reads and of the writes of one statement (write_one), in autocommit (no
+    # BEGIN and COMMIT or ROLLBACK around the statement) and without a ping per checkout (ReadConnection retries
+    # a read whose connection was closed; a write is never retried): one round trip, not four. Last in, first
+    # out, so a write_one right after a read takes the connection that read just proved alive.
+    pg_autocommit: AsyncEngine | None = None
     # its connection kept for the thread that reads most (the serving loop): a pool checkout and return cost as
     # much as the read itself; another thread, or a read inside a read, takes one from the pool
     _kept: sa.Connection | None = field(default=None, init=False, repr=False)
@@ -100,7 +103,7 @@ class Database:
     async def read(self) -> AsyncIterator[ReadConnection]:
         """A connection for a short read of a few rows by key (never a scan: it may run in the event loop)."""
         if self.sqlite_sync is None:
-            async with (self.pg_reads or self.engine).connect() as conn:
+            async with (self.pg_autocommit or self.engine).connect() as conn:
                 yield ReadConnection(conn)
             return
         if self._kept_busy or (self._kept is not None and self._kept_thread != threading.get_ident()):
@@ -122,12 +125,21 @@ class Database:
         kept.rollback()
 
     async def write_one(self, statement: Executable, parameters: dict[str, Any]) -> int:
-        """SQLite only: run one write statement in a transaction of its own (BEGIN, the statement, COMMIT) whole
-        in a worker thread, and answer its row count: one thread hand-off instead of one per step through
-        aiosqlite."""
+        """Run one write statement as a transaction by itself and answer its row count. SQLite: BEGIN, the
+        statement, COMMIT, whole in a worker thread (one thread hand-off instead of one per step through
+        aiosqlite). PostgreSQL: the statement alone on the autocommit pool (a single statement is atomic): one
+        round trip.
+
+        Never run twice: when the connection breaks during the statement, it may have committed all the same, so
+        the error (``DBAPIError.connection_invalidated``) is raised for the caller to decide, not retried as a
+        read is (a compare-and-set run again would look lost and be applied again on top of itself)."""
         engine = self.sqlite_sync
         if engine is None:
-            raise TypeError("Database.write_one is SQLite's (PostgreSQL writes on a connection)")
+            async with (self.pg_autocommit or self.engine).connect() as conn:
+                result = await conn.execute(statement, parameters)
+                if self.pg_autocommit is None:
+                    await conn.commit()
+                return int(result.rowcount)
 
         def run() -> int:
             with engine.begin() as conn:
@@ -148,8 +160,8 @@ class Database:
 
     async def dispose(self) -> None:
         await self.engine.dispose()
-        if self.pg_reads is not None:
-            await self.pg_reads.dispose()
+        if self.pg_autocommit is not None:
+            await self.pg_autocommit.dispose()
         if self._kept is not None:
             self._kept.close()
             self._kept = None
@@ -161,11 +173,11 @@ def open_database(url: str, *, pool_size: int = 10, telemetry: Telemetry = NO_TE
     """``telemetry`` hears of every failed database operation (``fleetops_database_errors_total``)."""
     aurl = async_url(url)
     kwargs: dict[str, Any] = {"json_serializer": _dumps, "json_deserializer": orjson.loads}
-    pg_reads = None
+    pg_autocommit = None
     if aurl.startswith("postgresql"):
         kwargs.update(pool_size=pool_size, max_overflow=pool_size)
-        pg_reads = create_async_engine(aurl, isolation_level="AUTOCOMMIT", **kwargs)
-        event.listen(pg_reads.sync_engine, "handle_error", partial(_count_error, telemetry))
+        pg_autocommit = create_async_engine(aurl, isolation_level="AUTOCOMMIT", pool_use_lifo=True, **kwargs)
+        event.listen(pg_autocommit.sync_engine, "handle_error", partial(_count_error, telemetry))
         kwargs.update(pool_pre_ping=True)
     engine = create_async_engine(aurl, **kwargs)
     sqlite_sync = None
@@ -181,7 +193,7 @@ def open_database(url: str, *, pool_size: int = 10, telemetry: Telemetry = NO_TE
         event.listen(sqlite_sync, "connect", _sqlite_pragmas)
         event.listen(sqlite_sync, "handle_error", partial(_count_error, telemetry))
     event.listen(engine.sync_engine, "handle_error", partial(_count_error, telemetry))
-    return Database(engine, sqlite_sync, pg_reads)
+    return Database(engine, sqlite_sync, pg_autocommit)
 
 
 def _count_error(telemetry: Telemetry, context: ExceptionContext) -> None:
