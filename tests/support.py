@@ -144,6 +144,20 @@ def postgres_database(*, migrated: bool = True) -> Iterator[str]:
             conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
+def close_server_connections(database_url: str) -> int:
+    """Have the PostgreSQL server close every connection to the database of ``database_url`` (as a restart or
+    an operator's ``pg_terminate_backend`` would); the number closed."""
+    import psycopg
+    from sqlalchemy.engine import make_url
+
+    name = make_url(database_url).database
+    with psycopg.connect(_ADMIN, autocommit=True) as conn:
+        closed = conn.execute(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE datname = %s", (name,)
+        ).fetchone()
+    return 0 if closed is None else int(closed[0])
+
+
 def sqlite_database(path: Path) -> str:
     """A SQLite database at ``path``: a copy of the session's migrated template file."""
     import shutil

@@ -310,7 +310,7 @@ async def test_concurrent_shadow_writers_lose_no_update(env: Env) -> None:
     await asyncio.gather(*(writer(w, env.shadows) for w in range(writers)))
     shadow = await env.shadows.read(env.owner, PID, "hot")
     assert shadow.version == 2 * writers * rounds
-    assert env.shadows._turns == {}
+    assert env.shadows._queues == {}
 
 
 async def test_shadow_update_results_and_refusals(env: Env) -> None:

@@ -238,8 +238,9 @@ class ShadowStore(Protocol):
     ) -> T:
         """Apply the pure ``change`` atomically against every other writer (compare-and-set on the version).
 
-        ``change(current)`` returns ``(new, result)``; ``new`` None writes nothing. It may run more than once.
-        Raises ShadowMissing, ShadowContention.
+        ``change(current)`` returns ``(new, result)``; ``new`` None writes nothing. It may run more than once,
+        and with other callers' changes of the same shadow in one write, each on the previous one's document
+        (the result is the same as one write after the other). Raises ShadowMissing, ShadowContention.
         """
         ...
 

@@ -7,10 +7,11 @@ in the event loop on a plain ``sqlite3`` connection of a second, synchronous eng
 takes microseconds, less than aiosqlite's hand-off to its thread and back (issue 12 measured 60 % of a request's
 time in those hand-offs). Reads that may scan (pages, counts) and writes stay off the loop, so a long statement
 or a wait for the write lock never holds it: most writes go through aiosqlite, and a write of one statement
-(UpdateDeviceShadow's compare-and-set) runs whole in a worker thread (:meth:`Database.write_one`). In WAL mode a
-reader neither waits for nor blocks the writer, and each SELECT outside a transaction sees the newest committed
-state, as on the aiosqlite connections. On PostgreSQL the point reads have a pool of their own in autocommit,
-without a ping per checkout (``Database.pg_reads``).
+(a shadow's compare-and-set) runs whole in a worker thread (:meth:`Database.write_one`). In WAL mode a reader
+neither waits for nor blocks the writer, and each SELECT outside a transaction sees the newest committed state,
+as on the aiosqlite connections. On PostgreSQL the point reads, and the writes of one statement, have a pool of
+their own in autocommit, without a ping per checkout (``Database.pg_autocommit``): a read or a compare-and-set
+is one round trip.
 """
 
 from __future__ import annotations
@@ -139,15 +140,17 @@ class Database:
     # SQLite: a synchronous engine on the same file, for the point reads that run in the loop and the single
     # statement writes that run whole in a worker thread (module docstring)
     sqlite_sync: sa.Engine | None = None
-    # PostgreSQL: the point reads' pool, in autocommit (no BEGIN and ROLLBACK around a SELECT) and without a
-    # ping per checkout (ReadConnection retries a read whose connection was closed): one round trip, not four
-    pg_reads: AsyncEngine | None = None
+    # PostgreSQL: the pool of the point reads and of the writes of one statement (write_one), in autocommit (no
+    # BEGIN and COMMIT or ROLLBACK around the statement) and without a ping per checkout (ReadConnection retries
+    # a read whose connection was closed; a write is never retried): one round trip, not four. Last in, first
+    # out, so a write_one right after a read takes the connection that read just proved alive.
+    pg_autocommit: AsyncEngine | None = None
     # its connection kept for the thread that reads most (the serving loop): a pool checkout and return cost as
     # much as the read itself; another thread, or a read inside a read, takes one from the pool
     _kept: sa.Connection | None = field(default=None, init=False, repr=False)
     _kept_thread: int = field(default=0, init=False, repr=False)
     _kept_busy: bool = field(default=False, init=False, repr=False)
-    # PostgreSQL: connections of pg_reads held open for PointQuery reads (a checkout costs more than the read)
+    # PostgreSQL: connections of pg_autocommit held open for PointQuery reads (a checkout costs more than the read)
     _held: list[AsyncConnection] = field(default_factory=list, init=False, repr=False)
     _held_loop: asyncio.AbstractEventLoop | None = field(default=None, init=False, repr=False)
     held_limit: int = 10
@@ -161,7 +164,7 @@ class Database:
     async def read(self) -> AsyncIterator[ReadConnection]:
         """A connection for a short read of a few rows by key (never a scan: it may run in the event loop)."""
         if self.sqlite_sync is None:
-            async with (self.pg_reads or self.engine).connect() as conn:
+            async with (self.pg_autocommit or self.engine).connect() as conn:
                 yield ReadConnection(conn)
             return
         if self._kept_busy or (self._kept is not None and self._kept_thread != threading.get_ident()):
@@ -197,34 +200,51 @@ class Database:
         return compiled.rows(raw)
 
     async def _pg_point(self, sql: str, args: tuple[Any, ...]) -> Sequence[Sequence[Any]]:
-        assert self.pg_reads is not None
-        # held connections belong to the loop that opened them (the serving loop); another loop (a script's
-        # second asyncio.run) reads on a connection of its own, not held
+        for attempt in (1, 2):
+            try:
+                async with self._autocommit() as conn:
+                    driver = (await conn.get_raw_connection()).driver_connection
+                    assert driver is not None
+                    rows: Sequence[Sequence[Any]] = await driver.fetch(sql, *args)
+                    return rows
+            except Exception as exc:
+                # a connection the server closed (a restart, a terminated backend): the read runs once more, on a
+                # new connection (_autocommit has dropped the ones that may be as stale)
+                if attempt == 2 or not _connection_lost(exc):
+                    self.telemetry.database_error()
+                    raise
+        raise AssertionError("unreachable")
+
+    @asynccontextmanager
+    async def _autocommit(self) -> AsyncIterator[AsyncConnection]:
+        """PostgreSQL: a connection of the autocommit pool, held open between uses (a checkout costs more than
+        a point read), last used first (the one most recently proved alive).
+
+        Held connections belong to the loop that opened them (the serving loop); another loop (a script's second
+        asyncio.run) gets a connection of its own, not held. A statement that fails drops its connection, and
+        when the connection was lost every held one is dropped and the pool disposed (SQLAlchemy does the same
+        for a disconnect it sees itself): after a server restart each of them would fail once more.
+        """
+        assert self.pg_autocommit is not None
         loop = asyncio.get_running_loop()
         if self._held_loop is None:
             self._held_loop = loop
         holding = loop is self._held_loop
-        for attempt in (1, 2):
-            conn = self._held.pop() if self._held and holding else await self.pg_reads.connect()
-            try:
-                driver = (await conn.get_raw_connection()).driver_connection
-                assert driver is not None
-                rows: Sequence[Sequence[Any]] = await driver.fetch(sql, *args)
-            except BaseException as exc:
-                # a connection the server closed (a restart, a terminated backend) or a read cut short: that
-                # connection is dropped, never reused; a closed connection's read runs once more on a new one
-                await _drop(conn)
-                if attempt == 2 or not _connection_lost(exc):
-                    if isinstance(exc, Exception):
-                        self.telemetry.database_error()
-                    raise
-                continue
-            if holding and len(self._held) < self.held_limit:
-                self._held.append(conn)
-            else:
-                await conn.close()
-            return rows
-        raise AssertionError("unreachable")
+        conn = self._held.pop() if self._held and holding else await self.pg_autocommit.connect()
+        try:
+            yield conn
+        except BaseException as exc:
+            await _drop(conn)
+            if _connection_lost(exc):
+                held, self._held = self._held, []
+                for stale in held:
+                    await _drop(stale)
+                await self.pg_autocommit.dispose()
+            raise
+        if holding and len(self._held) < self.held_limit:
+            self._held.append(conn)
+        else:
+            await conn.close()
 
     async def scan(self, read: Callable[[sa.Connection], T]) -> T:
         """A read that may scan (a page, a count): ``read`` runs whole off the event loop on a synchronous
@@ -233,7 +253,7 @@ class Database:
         the autocommit pool (each statement is its own snapshot, as in a READ COMMITTED transaction)."""
         engine = self.sqlite_sync
         if engine is None:
-            async with (self.pg_reads or self.engine).connect() as conn:
+            async with (self.pg_autocommit or self.engine).connect() as conn:
                 return await conn.run_sync(read)
 
         def run() -> T:
@@ -243,12 +263,18 @@ class Database:
         return await asyncio.to_thread(run)
 
     async def write_one(self, statement: Executable, parameters: dict[str, Any]) -> int:
-        """SQLite only: run one write statement in a transaction of its own (BEGIN, the statement, COMMIT) whole
-        in a worker thread, and answer its row count: one thread hand-off instead of one per step through
-        aiosqlite."""
+        """Run one write statement as a transaction by itself and answer its row count. SQLite: BEGIN, the
+        statement, COMMIT, whole in a worker thread (one thread hand-off instead of one per step through
+        aiosqlite). PostgreSQL: the statement alone on the autocommit pool (a single statement is atomic): one
+        round trip.
+
+        Never run twice: when the connection breaks during the statement, it may have committed all the same, so
+        the error (``DBAPIError.connection_invalidated``) is raised for the caller to decide, not retried as a
+        read is (a compare-and-set run again would look lost and be applied again on top of itself)."""
         engine = self.sqlite_sync
         if engine is None:
-            raise TypeError("Database.write_one is SQLite's (PostgreSQL writes on a connection)")
+            async with self._autocommit() as conn:
+                return int((await conn.execute(statement, parameters)).rowcount)
 
         def run() -> int:
             with engine.begin() as conn:
@@ -274,8 +300,8 @@ class Database:
                 await conn.close()
         self._held_loop = None
         await self.engine.dispose()
-        if self.pg_reads is not None:
-            await self.pg_reads.dispose()
+        if self.pg_autocommit is not None:
+            await self.pg_autocommit.dispose()
         if self._kept is not None:
             self._kept.close()
             self._kept = None
@@ -292,17 +318,22 @@ async def _drop(conn: AsyncConnection) -> None:
 
 def _connection_lost(exc: BaseException) -> bool:
     """An error that says the connection is gone or unusable, not that the statement failed."""
+    if isinstance(exc, DBAPIError):  # through SQLAlchemy (write_one): it has told a disconnect apart
+        return bool(exc.connection_invalidated)
     return isinstance(exc, _CONNECTION_LOST)
 
 
 # asyncpg's errors for a connection the server closed (a restart: AdminShutdown; a terminated backend, or one
 # that went away: ConnectionDoesNotExist; the socket's own) and for a connection in a state it cannot be used in
+# (Interface; InternalClient: an idle connection that received the server's termination notice answers the next
+# statement with "another operation is in progress")
 _CONNECTION_LOST: Final = (
     OSError,
     asyncpg.exceptions.ConnectionDoesNotExistError,
     asyncpg.exceptions.AdminShutdownError,
     asyncpg.exceptions.CannotConnectNowError,
     asyncpg.exceptions.InterfaceError,
+    asyncpg.exceptions.InternalClientError,
 )
 
 
@@ -310,11 +341,11 @@ def open_database(url: str, *, pool_size: int = 10, telemetry: Telemetry = NO_TE
     """``telemetry`` hears of every failed database operation (``fleetops_database_errors_total``)."""
     aurl = async_url(url)
     kwargs: dict[str, Any] = {"json_serializer": _dumps, "json_deserializer": orjson.loads}
-    pg_reads = None
+    pg_autocommit = None
     if aurl.startswith("postgresql"):
         kwargs.update(pool_size=pool_size, max_overflow=pool_size)
-        pg_reads = create_async_engine(aurl, isolation_level="AUTOCOMMIT", **kwargs)
-        event.listen(pg_reads.sync_engine, "handle_error", partial(_count_error, telemetry))
+        pg_autocommit = create_async_engine(aurl, isolation_level="AUTOCOMMIT", pool_use_lifo=True, **kwargs)
+        event.listen(pg_autocommit.sync_engine, "handle_error", partial(_count_error, telemetry))
         kwargs.update(pool_pre_ping=True)
     engine = create_async_engine(aurl, **kwargs)
     sqlite_sync = None
@@ -330,7 +361,7 @@ def open_database(url: str, *, pool_size: int = 10, telemetry: Telemetry = NO_TE
         event.listen(sqlite_sync, "connect", _sqlite_pragmas)
         event.listen(sqlite_sync, "handle_error", partial(_count_error, telemetry))
     event.listen(engine.sync_engine, "handle_error", partial(_count_error, telemetry))
-    return Database(engine, sqlite_sync, pg_reads, held_limit=pool_size, telemetry=telemetry)
+    return Database(engine, sqlite_sync, pg_autocommit, held_limit=pool_size, telemetry=telemetry)
 
 
 def _count_error(telemetry: Telemetry, context: ExceptionContext) -> None:

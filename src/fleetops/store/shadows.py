@@ -7,6 +7,13 @@ another writer got there first the update touches no row; the whole read-compute
 fresh document, a bounded number of times. The same statements run on SQLite and PostgreSQL, so both behave
 alike; no database lock is held while Python computes.
 
+Writes of one shadow on one node are committed in groups (:class:`ShadowStore`): the changes waiting for a
+shadow run one after the other on one read and are written by one compare-and-set, each caller answered with
+its own step (its own version), so one shadow takes as many writes per second as a node sends it, not one over
+the latency of a write. Without an outcome watch the compare-and-set is one statement alone
+(``Database.write_one``: on SQLite whole in a worker thread, on PostgreSQL one round trip in autocommit); with
+a watch it is a transaction that also decides the outcome.
+
 The task engine's batched merge of a desired patch into many shadows is here too (:func:`merge_desired_flat`,
 :func:`merge_desired_each`), run inside the engine's batch transaction (``store/batches.py``): a flat patch
 (``domain.shadow.is_flat``) is merged by the database itself - SQLite's built-in ``json_patch``, on PostgreSQL
@@ -20,9 +27,10 @@ writer increments ``shadow_version``: that is what makes the compare-and-set sou
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import random
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections import deque
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any, Final, TypeVar
 
 import orjson
@@ -33,7 +41,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from fleetops.domain.outcomes import DeviceOutcome, holds, tracked_values
 from fleetops.domain.shadow import JSONObject, Shadow
 from fleetops.ports.store import DesiredMerge, ShadowContention, ShadowMissing
-from fleetops.store.database import Database, ReadConnection
+from fleetops.store.database import Database, PointQuery
 from fleetops.store.outcomes import TaskWatches, decide_watch, insert_batch
 from fleetops.store.tables import devices, products
 
@@ -63,12 +71,15 @@ NEW_SHADOW_TEXT: Final = tuple(orjson.dumps(NEW_SHADOW_COLUMNS[name]).decode() f
 
 # Enough for dozens of writers on other nodes hammering one shadow; a lost round costs a read and a pause.
 DEFAULT_MAX_ATTEMPTS = 100
+# The most changes of one shadow written by one compare-and-set: a burst is drained in a few writes, and the
+# changes run in the event loop between two writes stay a short slice of it.
+MAX_GROUP: Final = 256
 _BACKOFF_CAP_S = 0.01
 
 
 # The two hot statements are built once: constructing a Core statement costs about as much as running it on
 # SQLite. Values go in as bound parameters.
-_READ = (
+_READ = PointQuery(
     sa.select(
         devices.c.id,
         devices.c.shadow_reported,
@@ -104,12 +115,49 @@ _COMPARE_AND_SET = (
 )
 
 
-class ShadowStore:
-    """Shadow reads and compare-and-set writes.
+@dataclass(eq=False, slots=True)
+class _Writer:
+    """One caller of :meth:`ShadowStore.update` waiting in its shadow's queue."""
 
-    Writers that share one ShadowStore (one node) also queue on an in-process lock per shadow, so they take
-    turns instead of failing each other's compare-and-set and retrying; the compare-and-set still guards
-    against every other writer (other nodes, other stores, the task executor).
+    change: Callable[[Shadow], tuple[Shadow | None, Any]]
+    answer: asyncio.Future[Any]  # its result or its exception; cancelled when the caller is
+
+
+@dataclass(eq=False, slots=True)
+class _Queue:
+    """The writers of one shadow waiting for the next group, and the task writing the groups."""
+
+    waiting: deque[_Writer] = field(default_factory=deque)
+    leader: asyncio.Task[None] | None = None
+
+
+@dataclass(slots=True)
+class _Run:
+    """A group's changes run in order on one read: the document after the last, the documents of the accepted
+    steps (what the watch decides on), and each writer's answer (False: the change raised ``value``)."""
+
+    final: Shadow
+    accepted: list[Shadow]
+    answers: list[tuple[bool, Any]]
+
+
+class ShadowStore:
+    """Shadow reads and compare-and-set writes, committed in groups per shadow.
+
+    Writers that share one ShadowStore (one node) queue per shadow, and their changes are written together: a
+    leader task (started by the writer that finds no queue, ending when the queue is empty) takes up to
+    :data:`MAX_GROUP` waiting changes, reads the shadow once, runs the changes in their order of arrival (each
+    on the document the previous one left), and writes the last document with one compare-and-set on the
+    version it read. Once the write has won, each writer gets its own step's answer, as if the changes had run
+    one after the other; a lost compare-and-set runs them all again on a fresh read. The changes that arrive
+    while a group is being written form the next group, so writes of one shadow go one at a time, as before,
+    but a write serves every writer that came meanwhile. The compare-and-set still guards against every other
+    writer (other nodes, other stores, the task executor).
+
+    A writer cancelled while it waits leaves its shadow's queue and its change is not run again; its answer is
+    dropped. The leader is not the writer's own task, so cancelling a writer never stops the group it is in: a
+    change in the group being written may be written although its writer was cancelled (as a cancelled write
+    always could), and it is never written twice.
 
     A write of a device that an outcome-tracking task watches (``devices.watch_task``) also decides, in the
     same transaction, whether the device has now Converged or was Superseded for that task
@@ -119,13 +167,12 @@ class ShadowStore:
     def __init__(self, db: Database, *, max_attempts: int = DEFAULT_MAX_ATTEMPTS) -> None:
         self._db = db
         self._max_attempts = max_attempts
-        self._turns: dict[tuple[str, str], tuple[asyncio.Lock, list[int]]] = {}
+        self._queues: dict[tuple[int, str, str], _Queue] = {}
         self._watches = TaskWatches()
 
     async def read(self, account_id: int, product_id: str, device_name: str) -> Shadow:
         """The current shadow. Raises ShadowMissing."""
-        async with self._db.read() as conn:
-            _pk, shadow, _watch = await _read(conn, account_id, product_id, device_name)
+        _pk, shadow, _watch = await _read(self._db, account_id, product_id, device_name)
         return shadow
 
     async def update(
@@ -140,61 +187,143 @@ class ShadowStore:
         ``change(current)`` returns ``(new, result)``; ``new`` None means "write nothing" (a refused update,
         such as a version mismatch reported as a result). ``change`` must be pure: it may run more than once,
         each time on a fresher document, and only its last result is returned. Exceptions it raises propagate
-        and nothing is written. Raises ShadowMissing, ShadowContention.
+        and nothing of it is written. Raises ShadowMissing, ShadowContention.
         """
-        async with self._turn((product_id, device_name)):
-            for attempt in range(self._max_attempts):
+        key = (account_id, product_id, device_name)
+        queue = self._queues.get(key)
+        if queue is None:
+            queue = self._queues[key] = _Queue()
+        writer = _Writer(change, asyncio.get_running_loop().create_future())
+        queue.waiting.append(writer)
+        if queue.leader is None:
+            queue.leader = asyncio.create_task(self._lead(key, queue), name=f"shadow writes {product_id}/{device_name}")
+        result: T = await writer.answer
+        return result
+
+    async def _lead(self, key: tuple[int, str, str], queue: _Queue) -> None:
+        """Write the queue's groups one after the other until it is empty, then drop it."""
+        group: list[_Writer] = []
+        try:
+            while queue.waiting:
+                group = []
+                while queue.waiting and len(group) < MAX_GROUP:
+                    writer = queue.waiting.popleft()
+                    if not writer.answer.done():  # done: cancelled while it waited
+                        group.append(writer)
+                await self._write_group(key, group)
+        except BaseException:
+            # cancelled (the event loop is closing) or a change raised what is not an Exception: nobody may wait
+            # for an answer that will not come
+            for writer in (*group, *queue.waiting):
+                writer.answer.cancel()
+            raise
+        finally:
+            # no await since the last look at the queue: a writer that comes now finds no queue and starts anew
+            queue.leader = None
+            if self._queues.get(key) is queue:
+                del self._queues[key]
+
+    async def _write_group(self, key: tuple[int, str, str], group: list[_Writer]) -> None:
+        """Run ``group``'s changes and write them with one compare-and-set; answer every writer of the group."""
+        account_id, product_id, device_name = key
+        for attempt in range(self._max_attempts):
+            # a writer cancelled since the last attempt (whose change was not written) is not run again
+            group = [writer for writer in group if not writer.answer.done()]
+            if not group:
+                return
+            try:
                 # The read is a point read outside any transaction (Database.read: on SQLite in the loop, no
                 # thread hand-off), the write a compare-and-set on the version read: PostgreSQL (READ COMMITTED)
                 # re-checks the WHERE against the newest committed row, and SQLite's UPDATE waits on
-                # busy_timeout, never on a stale snapshot. A refused change writes nothing and takes no
-                # write connection.
-                async with self._db.read() as reader:
-                    pk, current, watch = await _read(reader, account_id, product_id, device_name)
-                new, result = change(current)
-                if new is None:
-                    return result
-                if watch is None and self._db.is_sqlite:  # one statement, whole in a worker thread
-                    written = await self._compare_and_set(None, pk, current.version, new, None)
-                else:
-                    async with self._db.connect() as conn:
-                        decided = None
-                        if watch is not None:
-                            watch, decided = await decide_watch(conn, self._watches, watch, device_name, new)
-                        written = await self._compare_and_set(conn, pk, current.version, new, watch)
-                        if written and decided is not None:
-                            await conn.execute(decided)
-                        await conn.commit()
-                if written:
-                    return result
+                # busy_timeout, never on a stale snapshot. A group whose changes are all refused writes nothing
+                # and takes no write connection.
+                pk, current, watch = await _read(self._db, account_id, product_id, device_name)
+                run = _run_changes(group, current)
+                if not run.accepted:
+                    _answer(group, run.answers)
+                    return
+                written = await self._write(pk, current.version, run, watch, device_name)
+            except ShadowMissing:
+                _fail(group, lambda: ShadowMissing(f"{product_id}/{device_name}"))
+                return
+            except Exception as exc:  # the database's: every writer of the group hears of it
+                _fail(group, exc)
+                return
+            if written:
+                _answer(group, run.answers)
+                return
+            if attempt + 1 < self._max_attempts:
                 await _back_off(attempt)
-        raise ShadowContention(f"{product_id}/{device_name}: gave up after {self._max_attempts} attempts")
+        gave_up = f"{product_id}/{device_name}: gave up after {self._max_attempts} attempts"
+        _fail(group, lambda: ShadowContention(gave_up))
 
-    @contextlib.asynccontextmanager
-    async def _turn(self, key: tuple[str, str]) -> AsyncIterator[None]:
-        """An in-process lock per shadow, dropped when nobody holds or waits for it."""
-        entry = self._turns.get(key)
-        if entry is None:
-            entry = self._turns[key] = (asyncio.Lock(), [0])
-        lock, users = entry
-        users[0] += 1
-        try:
-            async with lock:
-                yield
-        finally:
-            users[0] -= 1
-            if users[0] == 0:
-                del self._turns[key]
+    async def _write(self, pk: int, read_version: int, run: _Run, watch: str | None, device_name: str) -> bool:
+        """Whether the compare-and-set of ``run.final`` on ``read_version`` won."""
+        if watch is None:  # one statement, alone (Database.write_one: SQLite in a worker thread)
+            return await self._compare_and_set(None, pk, read_version, run.final, None)
+        async with self._db.connect() as conn:
+            # What writing the steps one at a time would decide: each step is decided on its own document while
+            # the watch lasts; the first that decides (or finds the task keeps no outcomes any more) ends the
+            # watch, and the later steps find none. decide_watch reads the task and its batches, which a shadow
+            # write does not change, so one transaction for the group decides as a transaction per step would.
+            # (The last document alone would not: a device that reports the values and then something else has
+            # Converged.)
+            decided = None
+            for new in run.accepted:
+                watch, decided = await decide_watch(conn, self._watches, watch, device_name, new)
+                if watch is None:
+                    break
+            written = await self._compare_and_set(conn, pk, read_version, run.final, watch)
+            if written and decided is not None:
+                await conn.execute(decided)
+            await conn.commit()
+        return written
 
     async def _compare_and_set(
         self, conn: AsyncConnection | None, device_pk: int, read_version: int, new: Shadow, watch: str | None
     ) -> bool:
-        """Whether the write won. Without ``conn`` (SQLite only): in a transaction of its own
-        (:meth:`Database.write_one`)."""
+        """Whether the write won. Without ``conn``: a statement by itself (:meth:`Database.write_one`), never
+        run twice (a broken connection raises: the write may have been committed)."""
         params = _cas_params(device_pk, read_version, new, watch)
         if conn is None:
             return bool(await self._db.write_one(_COMPARE_AND_SET, params))
         return bool((await conn.execute(_COMPARE_AND_SET, params)).rowcount)
+
+
+def _run_changes(group: Sequence[_Writer], current: Shadow) -> _Run:
+    """Each change on the document the previous one left; a change that refuses (``new`` None) or raises
+    leaves it as it was."""
+    document = current
+    accepted: list[Shadow] = []
+    answers: list[tuple[bool, Any]] = []
+    for writer in group:
+        try:
+            new, result = writer.change(document)
+        except Exception as exc:
+            answers.append((False, exc))
+            continue
+        if new is not None:
+            document = new
+            accepted.append(new)
+        answers.append((True, result))
+    return _Run(document, accepted, answers)
+
+
+def _answer(group: Sequence[_Writer], answers: Sequence[tuple[bool, Any]]) -> None:
+    for writer, (ok, value) in zip(group, answers, strict=True):
+        if writer.answer.done():  # cancelled meanwhile: nobody listens
+            continue
+        if ok:
+            writer.answer.set_result(value)
+        else:
+            writer.answer.set_exception(value)
+
+
+def _fail(group: Sequence[_Writer], error: Exception | Callable[[], Exception]) -> None:
+    """Every writer still listening gets ``error``: the one exception, or a new one each from a factory."""
+    for writer in group:
+        if not writer.answer.done():
+            writer.answer.set_exception(error if isinstance(error, Exception) else error())
 
 
 async def _back_off(attempt: int) -> None:
@@ -216,14 +345,12 @@ def _cas_params(device_pk: int, read_version: int, new: Shadow, watch: str | Non
     }
 
 
-async def _read(
-    conn: AsyncConnection | ReadConnection, account_id: int, product_id: str, device_name: str
-) -> tuple[int, Shadow, str | None]:
+async def _read(db: Database, account_id: int, product_id: str, device_name: str) -> tuple[int, Shadow, str | None]:
     """(device pk, shadow, the task watching it)."""
-    params = {"account_id": account_id, "product_id": product_id, "device_name": device_name}
-    row = (await conn.execute(_READ, params)).first()
-    if row is None:
+    rows = await db.point(_READ, {"account_id": account_id, "product_id": product_id, "device_name": device_name})
+    if not rows:
         raise ShadowMissing(f"{product_id}/{device_name}")
+    row = rows[0]
     shadow = Shadow(
         reported=dict(row.shadow_reported or {}),
         desired=None if row.shadow_desired is None else dict(row.shadow_desired),
