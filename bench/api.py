@@ -3,15 +3,18 @@
     .venv/bin/python bench/api.py                                  # SQLite and PostgreSQL, 1M-device task on SQLite
     .venv/bin/python bench/api.py --databases sqlite --duration 5 --big-task 0
     .venv/bin/python bench/api.py --big-task 1000000 --big-task-database postgresql
+    .venv/bin/python bench/api.py --workers 1,2,4                    # fleetops serve --workers N for each N
 
 Needs ``wrk`` on the PATH (Debian: ``apt-get install -y wrk``). In one run it measures:
 
 * **bare**: a Starlette app under uvicorn (its defaults: uvloop and httptools when installed) answering every
   POST with the body fleetops gave for the DescribeTask below (the same size and bytes), in a child process;
-* **fleetops**: ``fleetops serve`` in a child process (a temp data directory; SQLite, and a fresh PostgreSQL
-  database on 127.0.0.1:5432) answering TC3-signed DescribeTask, DescribeDeviceShadow, DescribeDevices and
-  UpdateDeviceShadow (ShadowVersion 0). The API's rate limit is raised through ``FLEETOPS_RATE_LIMIT_PER_S``
-  (printed), so that the figures are the server's, not the limiter's.
+* **fleetops**: ``fleetops serve --workers N`` in a child process, for each N of ``--workers`` (default 1 and 2;
+  a temp data directory; SQLite, and a fresh PostgreSQL database on 127.0.0.1:5432, each new for each N)
+  answering TC3-signed DescribeTask, DescribeDeviceShadow, DescribeDevices (answered by the API workers too) and
+  UpdateDeviceShadow (ShadowVersion 0; forwarded by the workers to the primary). The API's rate limit is raised
+  through ``FLEETOPS_RATE_LIMIT_PER_S`` (printed), so that the figures are the server's, not the limiter's. The
+  measures start once every API worker serves (``fleetops_api_workers`` on ``/metrics``).
 
 **wrk** (a Lua script replaying one request, signed once at the start of each wrk run and valid for its 300 s
 window; an identical replay is a valid request) measures requests/s, p50 and p99 at each ``--connections``
@@ -32,6 +35,7 @@ import asyncio
 import json
 import os
 import shutil
+import socket
 import statistics
 import subprocess
 import sys
@@ -287,59 +291,98 @@ def row(label: str, figures: Figures, bare: Figures | None) -> str:
     )
 
 
-def start_serve(tmp: Path, url: str, name: str, env: dict[str, str]) -> tuple[Serve, Target]:
-    data_dir = tmp / name
+def start_serve(tmp: Path, url: str, name: str, env: dict[str, str], workers: int) -> tuple[Serve, Target]:
+    data_dir = tmp / f"{name}-{workers}"
     data_dir.mkdir()
-    serve = Serve(data_dir, url, {"FLEETOPS_RATE_LIMIT_PER_S": RATE_LIMIT, **env})
-    return serve, Target(serve.port, serve.secret_id, serve.secret_key)
+    serve = Serve(data_dir, url, {"FLEETOPS_RATE_LIMIT_PER_S": RATE_LIMIT, **env, "FLEETOPS_WORKERS": str(workers)})
+    target = Target(serve.port, serve.secret_id, serve.secret_key)
+    wait_for_workers(target, workers - 1)
+    return serve, target
+
+
+def wait_for_workers(target: Target, count: int, timeout_s: float = 60) -> None:
+    """Until ``count`` API workers serve (``fleetops_api_workers`` on /metrics)."""
+    if count == 0:
+        return
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        with socket.create_connection(("127.0.0.1", target.port), timeout=5) as probe:
+            probe.sendall(b"GET /metrics HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n")
+            text = b""
+            while chunk := probe.recv(65536):
+                text += chunk
+        if f"\nfleetops_api_workers {count}.0\n".encode() in text:
+            return
+        time.sleep(0.1)
+    raise SystemExit(f"{count} API workers did not come up within {timeout_s:g} s")
 
 
 def measure(args: argparse.Namespace, tmp: Path, env: dict[str, str]) -> None:
     script = tmp / "replay.lua"
     bare_figures: dict[int, Figures] = {}
     for database in args.databases.split(","):
-        with bench_database(database) as url:
-            serve, target = start_serve(tmp, url, database, env)
-            try:
-                fixture = make_fixture(target)
-                if not bare_figures:
-                    body_file = tmp / "describe_task.json"
-                    describe = target.request("DescribeTask", {"Id": fixture.task_id})
-                    body_file.write_bytes(asyncio.run(fetch(target, describe)))
-                    bare = Bare(body_file)
-                    try:
-                        print(f"bare Starlette/uvicorn, {body_file.stat().st_size} bytes (fleetops' DescribeTask body)")
-                        bare_target = Target(bare.port)
-                        bare_request = bare_target.request("DescribeTask", {})
-                        for c in args.connections:
-                            bare_figures[c] = wrk(bare_target, bare_request, c, args.duration, script)
-                            print(row(f"wrk -c {c}", bare_figures[c], None), flush=True)
-                        print(
-                            "  "
-                            + paced_line(
-                                asyncio.run(paced(bare_target, bare_request, args.paced_rate, args.paced_s)),
-                                args.paced_rate,
-                            ),
-                            flush=True,
-                        )
-                    finally:
-                        bare.stop()
-                print(
-                    f"fleetops serve on {database} (FLEETOPS_RATE_LIMIT_PER_S={RATE_LIMIT}"
-                    + "".join(f", {k}={v}" for k, v in env.items())
-                    + ")"
-                )
-                for action, params in actions(fixture):
-                    request = target.request(action, params)
-                    target.call(action, params)
-                    for c in args.connections:
-                        figures = wrk(target, request, c, args.duration, script)
-                        print(row(f"{action} wrk -c {c}", figures, bare_figures.get(c)), flush=True)
-                    latencies = asyncio.run(paced(target, request, args.paced_rate, args.paced_s))
-                    print(f"  {action} " + paced_line(latencies, args.paced_rate), flush=True)
-                    target.call(action, params)
-            finally:
-                serve.stop()
+        for workers in args.workers:
+            measure_serve(args, tmp, env, database, workers, script, bare_figures)
+
+
+def measure_serve(
+    args: argparse.Namespace,
+    tmp: Path,
+    env: dict[str, str],
+    database: str,
+    workers: int,
+    script: Path,
+    bare_figures: dict[int, Figures],
+) -> None:
+    """The actions against ``fleetops serve --workers N`` on a new database (the bare app the first time)."""
+    with bench_database(database) as url:
+        serve, target = start_serve(tmp, url, database, env, workers)
+        try:
+            fixture = make_fixture(target)
+            if not bare_figures:
+                measure_bare(args, tmp, target, fixture, script, bare_figures)
+            print(
+                f"fleetops serve --workers {workers} on {database} (FLEETOPS_RATE_LIMIT_PER_S={RATE_LIMIT}"
+                + "".join(f", {k}={v}" for k, v in env.items())
+                + ")"
+            )
+            for action, params in actions(fixture):
+                request = target.request(action, params)
+                target.call(action, params)
+                for c in args.connections:
+                    figures = wrk(target, request, c, args.duration, script)
+                    print(row(f"{action} wrk -c {c}", figures, bare_figures.get(c)), flush=True)
+                latencies = asyncio.run(paced(target, request, args.paced_rate, args.paced_s))
+                print(f"  {action} " + paced_line(latencies, args.paced_rate), flush=True)
+                target.call(action, params)
+        finally:
+            serve.stop()
+
+
+def measure_bare(
+    args: argparse.Namespace,
+    tmp: Path,
+    target: Target,
+    fixture: Fixture,
+    script: Path,
+    bare_figures: dict[int, Figures],
+) -> None:
+    """The bare app, answering fleetops' DescribeTask body, at each --connections (into ``bare_figures``)."""
+    body_file = tmp / "describe_task.json"
+    describe = target.request("DescribeTask", {"Id": fixture.task_id})
+    body_file.write_bytes(asyncio.run(fetch(target, describe)))
+    bare = Bare(body_file)
+    try:
+        print(f"bare Starlette/uvicorn, {body_file.stat().st_size} bytes (fleetops' DescribeTask body)")
+        bare_target = Target(bare.port)
+        bare_request = bare_target.request("DescribeTask", {})
+        for c in args.connections:
+            bare_figures[c] = wrk(bare_target, bare_request, c, args.duration, script)
+            print(row(f"wrk -c {c}", bare_figures[c], None), flush=True)
+        latencies = asyncio.run(paced(bare_target, bare_request, args.paced_rate, args.paced_s))
+        print("  " + paced_line(latencies, args.paced_rate), flush=True)
+    finally:
+        bare.stop()
 
 
 async def fetch(target: Target, request: Request) -> bytes:
@@ -350,9 +393,9 @@ async def fetch(target: Target, request: Request) -> bytes:
     return body
 
 
-def big_task(args: argparse.Namespace, tmp: Path, env: dict[str, str]) -> None:
+def big_task(args: argparse.Namespace, tmp: Path, env: dict[str, str], workers: int) -> None:
     with bench_database(args.big_task_database) as url:
-        serve, target = start_serve(tmp, url, "big-" + args.big_task_database, env)
+        serve, target = start_serve(tmp, url, "big-" + args.big_task_database, env, workers)
         try:
             product_id = str(target.call("CreateProduct", {"ProductName": PID_NAME})["ProductId"])
             started = time.perf_counter()
@@ -374,7 +417,8 @@ def big_task(args: argparse.Namespace, tmp: Path, env: dict[str, str]) -> None:
                     break
             elapsed = time.perf_counter() - started
             print(
-                f"UpdateShadow task over {args.big_task:,} devices: status {info['Status']} after {elapsed:.1f} s "
+                f"UpdateShadow task over {args.big_task:,} devices (--workers {workers}): status {info['Status']} "
+                f"after {elapsed:.1f} s "
                 f"({int(str(info['DoneDeviceCnt'])) / elapsed:,.0f} devices/s); meanwhile DescribeTask "
                 + paced_line(latencies, args.paced_rate),
                 flush=True,
@@ -415,6 +459,12 @@ def main() -> None:
     parser.add_argument("--big-task", type=int, default=1_000_000, help="devices of the task run meanwhile (0: skip)")
     parser.add_argument("--big-task-database", default="sqlite", help="sqlite | postgresql")
     parser.add_argument("--env", action="append", default=[], help="NAME=VALUE passed to fleetops serve")
+    parser.add_argument(
+        "--workers",
+        type=lambda s: [int(n) for n in s.split(",")],
+        default=[1, 2],
+        help="comma-separated: fleetops serve --workers N, each measured (default 1,2)",
+    )
     args = parser.parse_args()
     if shutil.which("wrk") is None:
         raise SystemExit("bench/api.py needs wrk on the PATH (Debian: apt-get install -y wrk)")
@@ -424,7 +474,8 @@ def main() -> None:
         if args.databases:
             measure(args, Path(tmp), env)
         if args.big_task:
-            big_task(args, Path(tmp), env)
+            for workers in args.workers:
+                big_task(args, Path(tmp), env, workers)
 
 
 if __name__ == "__main__":

@@ -12,7 +12,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Itera
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Final, TypeVar
 
 import pytest
 
@@ -352,6 +352,53 @@ class FakeClock:
 
     def advance(self, seconds: float) -> None:
         self.now += seconds
+
+
+# A sequence of RateWindows.reserve calls (SecretId, Action, window, asked, limit) and the grant of each, from a
+# fresh counter: the store's (store/rate_windows.py) and the primary's in memory (api/primary_rate.py) alike.
+RESERVATIONS: Final = (
+    (("AKID1", "DescribeDevice", 1_700_000_000, 7, 10), (7, 7)),
+    (("AKID1", "DescribeDevice", 1_700_000_000, 7, 10), (3, 10)),
+    (("AKID1", "DescribeDevice", 1_700_000_000, 7, 10), (0, 10)),
+    # other actions and keys have counters of their own
+    (("AKID1", "DescribeProduct", 1_700_000_000, 4, 10), (4, 4)),
+    (("AKID2", "DescribeDevice", 1_700_000_000, 20, 10), (10, 10)),
+    # the next window reuses the counter
+    (("AKID1", "DescribeDevice", 1_700_000_001, 7, 10), (7, 7)),
+    # a node whose clock is behind is charged to the counter's newer window
+    (("AKID1", "DescribeDevice", 1_700_000_000, 7, 10), (3, 10)),
+    # a node configured with a lower limit than what is granted already gets nothing
+    (("AKID1", "DescribeDevice", 1_700_000_001, 1, 5), (0, 10)),
+)
+
+
+def update_shadow_order(product_id: str, name_filter: str, desired: str, **extensions: Any) -> dict[str, Any]:
+    """CreateTask's parameters for an UpdateShadow task due now (``extensions``: fleetops' own members)."""
+    return {
+        "TaskType": "UpdateShadow",
+        "ProductId": product_id,
+        "DeviceNameFilter": name_filter,
+        "ScheduleTimeInSeconds": 0,
+        "Tasks": {"UpdateShadowTask": {"Desired": desired}},
+        **extensions,
+    }
+
+
+class QuietMessaging:
+    """A node's MQTT side that serves nothing (``Node.open(messaging_factory=...)``): what the node publishes goes
+    to ``publisher``, a test double (by default a :class:`TaskPublisher`)."""
+
+    def __init__(self, publisher: Any = None) -> None:
+        self.publisher: Any = publisher if publisher is not None else TaskPublisher()
+
+    async def start(self) -> None:
+        return None
+
+    async def stop(self) -> None:
+        return None
+
+    async def disconnect_device(self, product_id: str, device_name: str) -> bool:
+        return False
 
 
 class TaskPublisher:

@@ -89,9 +89,12 @@ def _settings(ctx: click.Context, **overrides: Any) -> Settings:
         raise SetupError(str(exc)) from exc
 
 
-def _configure_logging(settings: Settings) -> None:
+def _configure_logging(settings: Settings, process: str = "") -> None:
+    """``process`` names the process in every line (an API worker's lines share the primary's stderr)."""
     logging.basicConfig(
-        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s", stream=sys.stderr
+        level=settings.log_level.upper(),
+        format=f"%(asctime)s %(levelname)s %(name)s {process}%(message)s",
+        stream=sys.stderr,
     )
     logging.getLogger("alembic").setLevel(logging.WARNING)
 
@@ -119,6 +122,12 @@ def main() -> None:
 )
 @click.option("--mqtt-url", default=None, help="external broker mqtt://user:pass@host:port [FLEETOPS_MQTT_URL]")
 @click.option("--node-id", default=None, help="stable name of this node in task leases [FLEETOPS_NODE_ID]")
+@click.option(
+    "--workers",
+    type=int,
+    default=None,
+    help="processes serving the API port, 1..32: this one and N-1 API workers [FLEETOPS_WORKERS, default 1]",
+)
 @click.option("--log-level", default=None, help="log level [FLEETOPS_LOG_LEVEL, default INFO]")
 @click.pass_context
 def serve(ctx: click.Context, /, **options: Any) -> None:
@@ -128,6 +137,20 @@ def serve(ctx: click.Context, /, **options: Any) -> None:
     from fleetops.server import run_server
 
     _run(run_server(settings))
+
+
+@main.command("api-worker", hidden=True)
+@click.option("--index", type=int, required=True)
+@click.option("--listen-fd", type=int, required=True)
+@click.option("--control-fd", type=int, required=True)
+@click.option("--forward-to", required=True)
+def api_worker(index: int, listen_fd: int, control_fd: int, forward_to: str) -> None:
+    """An API worker of `fleetops serve --workers N`, started by it (its settings in the environment)."""
+    settings = _settings(click.get_current_context())
+    _configure_logging(settings, f"[api-worker {index}] ")
+    from fleetops.workers import run_api_worker
+
+    _run(run_api_worker(settings, index=index, listen_fd=listen_fd, control_fd=control_fd, forward_to=forward_to))
 
 
 @main.command()

@@ -15,6 +15,11 @@ and nothing is attached after construction. The only cycle (the broker hands dev
 backend, the backend publishes through the broker) does not exist: a device's own shadow requests need no
 publisher (``backend.device_shadows``), so the broker is built first and the cloud-side use cases after it.
 
+API workers (``fleetops serve --workers N``, ``fleetops.workers``): each worker process opens a node of
+``Role.API``, its stores and use cases with ``messaging.absent.NoBroker`` in the broker's place and no engine; it
+serves ``Node.worker_app`` (``api.forwarding.WorkerFront``), and the primary serves ``Node.forwarded_app`` to its
+workers on a Unix socket.
+
 Telemetry: one ``api.metrics.NodeMetrics`` per node, built first and handed to the database handle (its
 errors), the engine (batches, task ends) and the use cases (shadow writes, broker errors) as the
 ``ports.telemetry.Telemetry`` port; ``api.metrics.StateMetrics`` reads the task table and the MQTT side when
@@ -27,18 +32,23 @@ import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import StrEnum
+from functools import partial
 from pathlib import Path
+from typing import Protocol
 
 from starlette.applications import Starlette
 from starlette.routing import BaseRoute, Mount
 
 from fleetops.api.actions import all_actions
 from fleetops.api.app import ApiApp, ApiConfig, ApiEndpoint, Readiness, create_app
-from fleetops.api.metrics import MetricsEndpoint, NodeMetrics, StateMetrics
+from fleetops.api.forwarding import RELAY_PATH, UP_PATH, ForwardedFront, Forwarder, WorkerFront, worker_up
+from fleetops.api.metrics import MetricsEndpoint, NodeMetrics, RequestObserver, StateMetrics
+from fleetops.api.primary_rate import RATE_PATH, RateWindowsInMemory, RateWindowsOfPrimary
 from fleetops.api.ratelimit import LocalRateLimiter, RateLimiter, SharedRateLimiter
 from fleetops.api.registry import Registry
+from fleetops.api.relayed_metrics import MetricsRelay, WorkerRequests, apply_relayed
 from fleetops.backend.container import Backend
 from fleetops.backend.device_shadows import DeviceShadowService
 from fleetops.backend.devices import DeviceService
@@ -54,19 +64,27 @@ from fleetops.engine.executor import ExecutorConfig, TaskExecutor
 from fleetops.engine.scheduler import Scheduler
 from fleetops.engine.worker import TaskWorker, default_node_id
 from fleetops.errors import ConfigurationError
+from fleetops.messaging.absent import NoBroker
 from fleetops.messaging.device_messages import DeviceMessenger
 from fleetops.messaging.embedded import BrokerOptions, EmbeddedBroker, TlsListener
 from fleetops.messaging.external import BrokerAddress, BrokerLogin, ExternalBroker, ExternalOptions, default_client_id
 from fleetops.messaging.http_auth import mqtt_auth_router
 from fleetops.messaging.shadow_protocol import DeviceShadowProtocol
-from fleetops.ports.messaging import DeviceEvents, DeviceMessages, MessagingService, ShadowRequestHandler
+from fleetops.ports.messaging import (
+    DeviceEvents,
+    DeviceMessages,
+    DeviceSessions,
+    MessagingService,
+    ShadowRequestHandler,
+)
+from fleetops.ports.store import RateWindows
 from fleetops.ports.telemetry import NO_TELEMETRY, HealthCheck, MqttStatsSource, Telemetry
 from fleetops.settings import Settings
 from fleetops.store.accounts import AccountStore
 from fleetops.store.batches import DeviceBatches
 from fleetops.store.broker_boots import BrokerBootStore
 from fleetops.store.broker_credentials import BrokerCredentialStore
-from fleetops.store.database import Database, DatabaseHealth, open_migrated_database
+from fleetops.store.database import Database, DatabaseHealth, open_database, open_migrated_database
 from fleetops.store.devices import DeviceStore
 from fleetops.store.outcomes import TaskOutcomeStore
 from fleetops.store.products import ProductStore
@@ -81,9 +99,21 @@ log = logging.getLogger("fleetops")
 MessagingFactory = Callable[[ShadowRequestHandler], MessagingService]
 
 
+class ApiWorkerPool(Protocol):
+    """What the forwarding socket tells the primary's API workers (fleetops.workers.ApiWorkers)."""
+
+    @property
+    def serving(self) -> int: ...
+
+    def up(self, index: int, pid: int) -> None: ...
+
+
 class Role(StrEnum):
     SERVE = "serve"  # HTTP API, MQTT side (serving device shadow requests) and the task engine
     WORKER = "worker"  # the task engine only; publishes on the external broker, leaves shadow requests to serve
+    # an API worker process of `serve --workers N`: the read actions on its own database handle, no engine and no
+    # MQTT side (NoBroker in the broker's place); everything else goes to its primary (api.forwarding)
+    API = "api"
 
 
 @dataclass(frozen=True)
@@ -107,10 +137,12 @@ class Stores:
         await self.db.dispose()
 
 
-async def open_stores(settings: Settings, telemetry: Telemetry = NO_TELEMETRY) -> Stores:
-    """Open the configured database, migrate it to the newest schema, and build the stores on it."""
+async def open_stores(settings: Settings, telemetry: Telemetry = NO_TELEMETRY, *, migrate: bool = True) -> Stores:
+    """Open the configured database, migrate it to the newest schema (unless not ``migrate``: an API worker, whose
+    primary has), and build the stores on it."""
     settings.data_dir.mkdir(parents=True, exist_ok=True)
-    db = await open_migrated_database(settings.effective_database_url, telemetry=telemetry)
+    url = settings.effective_database_url
+    db = await open_migrated_database(url, telemetry=telemetry) if migrate else open_database(url, telemetry=telemetry)
     return Stores(
         db=db,
         accounts=AccountStore(db),
@@ -256,13 +288,17 @@ class Node:
     settings: Settings
     stores: Stores
     messaging: MessagingService
-    engine: TaskWorker
+    engine: TaskWorker | None  # None in an API worker (Role.API)
     backend: Backend
     clock: Callable[[], float]
     shadow_handler: ShadowRequestHandler
-    deliveries: TaskDeliveries
+    deliveries: TaskDeliveries | None  # None in an API worker
     metrics: NodeMetrics  # what happens (counted by the engine, the use cases, the database handle)
     state_metrics: StateMetrics  # what is (read at scrape time: tasks by status, the MQTT side)
+    # an API worker's counts, sent to its primary's /metrics instead (api.relayed_metrics); None elsewhere
+    relay: MetricsRelay | None = None
+    # SQLite with API workers: the rate limit's counters, held by the primary for its workers (api.primary_rate)
+    rate_windows: RateWindowsInMemory = field(default_factory=RateWindowsInMemory)
 
     @classmethod
     async def open(
@@ -277,39 +313,50 @@ class Node:
         """``messaging_factory`` builds the MQTT side instead of the broker Settings name (a test double, or an
         application embedding fleetops); it receives the handler of device shadow requests. ``device_events`` is
         told of devices' connects, subscriptions and disconnects by the embedded gateway, or by the Mosquitto
-        plugin through this node (the devices the plugin hands to it)."""
+        plugin through this node (the devices the plugin hands to it). ``role`` API builds an API worker's node:
+        its stores and use cases, no MQTT side and no engine (docs/deployment.md#api-worker-processes)."""
         metrics = NodeMetrics()
-        stores = await open_stores(settings, metrics)
-        shadow_handler = DeviceShadowProtocol(DeviceShadowService(stores.shadows, stores.devices, metrics), clock)
+        relay = MetricsRelay() if role is Role.API else None
+        telemetry: Telemetry = metrics if relay is None else relay
+        stores = await open_stores(settings, telemetry, migrate=role is not Role.API)
+        shadow_handler = DeviceShadowProtocol(DeviceShadowService(stores.shadows, stores.devices, telemetry), clock)
         # the broker tells of devices' connects and subscriptions (late delivery); the inbox only queues them,
         # so it can be built before the broker and read by what is built after it
         inbox = DeviceEventInbox()
-        if messaging_factory is not None:
-            messaging = messaging_factory(shadow_handler)
+        messaging: MessagingService
+        messages: DeviceMessages
+        sessions: DeviceSessions
+        engine: TaskWorker | None = None
+        deliveries: TaskDeliveries | None = None
+        if role is Role.API:
+            messaging = messages = sessions = NoBroker("an API worker process")
         else:
-            try:
-                login = await broker_login(settings, stores, clock)
-                events = inbox if device_events is None else DeviceEventsToBoth(inbox, device_events)
-                messaging = _messaging(settings, stores, shadow_handler, role, login, events)
-            except BaseException:
-                await stores.close()
-                raise
+            if messaging_factory is not None:
+                messaging = messaging_factory(shadow_handler)
+            else:
+                try:
+                    login = await broker_login(settings, stores, clock)
+                    events = inbox if device_events is None else DeviceEventsToBoth(inbox, device_events)
+                    messaging = _messaging(settings, stores, shadow_handler, role, login, events)
+                except BaseException:
+                    await stores.close()
+                    raise
+            messages, sessions = DeviceMessenger(messaging.publisher), messaging
+            # on Mosquitto with the plugin, a message's outcome is told by the devices' recorded presence
+            deliveries = TaskDeliveries(
+                stores.tasks, stores.outcomes, messages, clock, inbox=inbox, presence=stores.devices
+            )
+            engine = build_engine(
+                settings, stores.tasks, stores.batches, stores.outcomes, messages, clock, deliveries, metrics
+            )
         state_metrics = StateMetrics(
             stores.tasks.count_by_status, messaging if isinstance(messaging, MqttStatsSource) else None
-        )
-        messages = DeviceMessenger(messaging.publisher)
-        # on Mosquitto with the plugin, a message's outcome is told by the devices' recorded presence
-        deliveries = TaskDeliveries(
-            stores.tasks, stores.outcomes, messages, clock, inbox=inbox, presence=stores.devices
-        )
-        engine = build_engine(
-            settings, stores.tasks, stores.batches, stores.outcomes, messages, clock, deliveries, metrics
         )
         product_names = ProductNames(stores.products)
         devices = DeviceService(
             stores.devices,
             clock,
-            sessions=messaging,
+            sessions=sessions,
             product_names=product_names,
             max_devices_per_product=settings.max_devices_per_product,
         )
@@ -323,7 +370,7 @@ class Node:
                 clock,
                 product_names=product_names,
                 delta_publish_timeout_s=settings.delta_publish_timeout_s,
-                telemetry=metrics,
+                telemetry=telemetry,
             ),
             tasks=TaskService(
                 stores.tasks,
@@ -333,15 +380,25 @@ class Node:
                 retention_s=settings.task_retention_s,
                 batches=stores.batches,
                 outcomes=stores.outcomes,
-                on_created=engine.wake,
+                on_created=None if engine is None else engine.wake,
             ),
             messages=MessageService(
-                devices, messages, publish_timeout_s=settings.delta_publish_timeout_s, telemetry=metrics
+                devices, messages, publish_timeout_s=settings.delta_publish_timeout_s, telemetry=telemetry
             ),
             signatures=SignatureGuard(stores.signatures, clock, bind_tc3=settings.signature_binding),
         )
         return cls(
-            settings, stores, messaging, engine, backend, clock, shadow_handler, deliveries, metrics, state_metrics
+            settings,
+            stores,
+            messaging,
+            engine,
+            backend,
+            clock,
+            shadow_handler,
+            deliveries,
+            metrics,
+            state_metrics,
+            relay,
         )
 
     # --- the HTTP side ------------------------------------------------------------------------------------
@@ -370,16 +427,22 @@ class Node:
         )
         return [Mount("/mqtt", app=router)]
 
-    def app(self, *, manage_services: bool = True) -> ApiApp:
-        """The ASGI app; with ``manage_services`` its lifespan starts and stops messaging and the engine."""
-        endpoint = ApiEndpoint(
-            registry=Registry(all_actions()),
+    def _api_config(self) -> ApiConfig:
+        return ApiConfig(max_body_bytes=self.settings.max_body_bytes, clock_skew_s=self.settings.clock_skew_s)
+
+    def _endpoint(self, registry: Registry, observer: RequestObserver, limiter: RateLimiter) -> ApiEndpoint:
+        return ApiEndpoint(
+            registry=registry,
             backend=self.backend,
-            limiter=self._rate_limiter(),
-            config=ApiConfig(max_body_bytes=self.settings.max_body_bytes, clock_skew_s=self.settings.clock_skew_s),
-            metrics=self.metrics.api,
+            limiter=limiter,
+            config=self._api_config(),
+            metrics=observer,
             clock=self.clock,
         )
+
+    def app(self, *, manage_services: bool = True) -> ApiApp:
+        """The ASGI app; with ``manage_services`` its lifespan starts and stops messaging and the engine."""
+        endpoint = self._endpoint(Registry(all_actions()), self.metrics.api, self._rate_limiter(self.rate_windows))
         lifespan = self._lifespan if manage_services else None
         return create_app(
             endpoint,
@@ -389,12 +452,39 @@ class Node:
             lifespan=lifespan,
         )
 
-    def _rate_limiter(self) -> RateLimiter:
-        """PostgreSQL: the limit holds for every node on the database; SQLite serves one node, counted here
-        (docs/limits.md#the-api-rate-limit)."""
-        if self.stores.db.is_sqlite:
+    def forwarded_app(self, app: ApiApp, workers: ApiWorkerPool) -> ForwardedFront:
+        """``app`` as the primary serves it to its API ``workers`` on the forwarding socket (api.forwarding), with
+        their metrics batches added to this node's, and ``fleetops_api_worker_requests_total`` and
+        ``fleetops_api_workers``."""
+        counted = WorkerRequests(self.metrics.registry, lambda: workers.serving)
+        internal: dict[str, Callable[[bytes], bytes | None]] = {
+            RELAY_PATH: partial(apply_relayed, self.metrics, counted),
+            UP_PATH: worker_up(workers.up),
+            RATE_PATH: self.rate_windows.answer,
+        }
+        return ForwardedFront(app, internal=internal, forwarded=counted.forwarded.inc)
+
+    def worker_app(self, forwarder: Forwarder) -> WorkerFront:
+        """An API worker's ASGI app (Role.API): the read actions answered here, the rest sent to ``forwarder``."""
+        assert self.relay is not None, "an API worker's node is opened with Role.API"
+        registry = Registry(all_actions())
+        return WorkerFront(
+            self._endpoint(registry, self.relay, self._rate_limiter(RateWindowsOfPrimary(forwarder))),
+            forwarder,
+            registry=registry,
+            config=self._api_config(),
+            observer=self.relay,
+        )
+
+    def _rate_limiter(self, node_windows: RateWindows) -> RateLimiter:
+        """PostgreSQL: the limit holds for every node on the database. SQLite serves one node: counted here when
+        it is one process; with API workers, in ``node_windows`` (the primary's counters, held by it or asked of
+        it: api.primary_rate) (docs/limits.md#the-api-rate-limit)."""
+        if not self.stores.db.is_sqlite:
+            return SharedRateLimiter(self.settings.rate_limit_per_s, self.clock, self.stores.rate_windows)
+        if self.settings.workers <= 1:
             return LocalRateLimiter(self.settings.rate_limit_per_s, self.clock)
-        return SharedRateLimiter(self.settings.rate_limit_per_s, self.clock, self.stores.rate_windows)
+        return SharedRateLimiter(self.settings.rate_limit_per_s, self.clock, node_windows)
 
     def _health_checks(self) -> list[HealthCheck]:
         """What ``/readyz`` asks: the database, and the broker when the MQTT side can tell."""
@@ -414,12 +504,17 @@ class Node:
     # --- lifecycle: messaging first, so a task resumed at start finds the broker ----------------------------
 
     async def start(self) -> None:
+        """Nothing to start in an API worker: the primary runs the MQTT side, the engine and the ledger's pruning."""
+        if self.engine is None or self.deliveries is None:
+            return
         await self.messaging.start()
         await self.deliveries.start()
         await self.engine.start()
         await self.backend.signatures.start()
 
     async def stop(self) -> None:
+        if self.engine is None or self.deliveries is None:
+            return
         await self.backend.signatures.stop()
         await self.engine.stop()
         await self.deliveries.stop()

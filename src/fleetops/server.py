@@ -12,7 +12,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Final, Literal
+from typing import Any, ClassVar, Final, Literal
 
 import uvicorn
 from starlette.types import ASGIApp
@@ -46,6 +46,8 @@ class HttpServer(uvicorn.Server):
     when it has shut down, which would kill the process before the node stops its MQTT side and releases its task
     leases; here the signal only asks for a graceful stop.
     """
+
+    handled_signals: ClassVar[tuple[signal.Signals, ...]] = (signal.SIGINT, signal.SIGTERM)
 
     def __init__(self, app: ASGIApp, limits: HttpLimits, *, lifespan: Literal["on", "off"] = "off") -> None:
         self.limits = limits
@@ -82,8 +84,7 @@ class HttpServer(uvicorn.Server):
         if threading.current_thread() is not threading.main_thread():
             yield
             return
-        handled = (signal.SIGINT, signal.SIGTERM)
-        original = {sig: signal.signal(sig, self.handle_exit) for sig in handled}
+        original = {sig: signal.signal(sig, self.handle_exit) for sig in self.handled_signals}
         try:
             yield
         finally:
@@ -134,6 +135,9 @@ def http_limits(settings: Settings) -> HttpLimits:
 def listener_caps(settings: Settings) -> dict[str, int]:
     """The connection caps of this process's listeners, by the setting that sets them (the file-limit check)."""
     caps = {"FLEETOPS_HTTP_MAX_CONNECTIONS": settings.http_max_connections}
+    if settings.workers > 1:  # a request in flight at an API worker holds a connection to the primary
+        forwarded = settings.http_max_connections * (settings.workers - 1)
+        caps["FLEETOPS_HTTP_MAX_CONNECTIONS x (FLEETOPS_WORKERS - 1), forwarded by API workers"] = forwarded
     if not settings.mqtt_url:  # the embedded gateway: a plain listener, and a TLS one when asked for
         listeners = 2 if settings.mqtt_tls_port else 1
         caps[f"FLEETOPS_MQTT_MAX_CONNECTIONS x {listeners}"] = settings.mqtt_max_connections * listeners
@@ -167,6 +171,9 @@ def _where(settings: Settings) -> str:
 
 
 async def run_server(settings: Settings) -> None:
+    from fleetops.workers import serve_with_workers, worker_count  # it builds on this module
+
+    workers = worker_count(settings)
     warn_if_over_file_limit(raise_file_limit(), listener_caps(settings))
     limits = http_limits(settings)  # a certificate that cannot be read stops the start before anything binds
     listener = bind_http(settings.host, settings.port)
@@ -190,11 +197,22 @@ async def run_server(settings: Settings) -> None:
             # start the MQTT side and the engine before serving HTTP, so a bad configuration (MQTT port taken,
             # broker refusing our credentials) stops the command with one clear message instead of a traceback
             await node.start()
-            server = HttpServer(node.app(manage_services=False), limits, lifespan="on")
+            app = node.app(manage_services=False)
+            server = HttpServer(app, limits, lifespan="on")
             scheme = "https" if limits.tls is not None else "http"
-            log.info("fleetops API on %s://%s:%d (%s)", scheme, settings.host, settings.port, _where(settings))
+            processes = (
+                f", {workers} processes: this one and {workers - 1} API worker{'s' if workers > 2 else ''}"
+                if workers > 1
+                else ""
+            )
+            log.info(
+                "fleetops API on %s://%s:%d (%s%s)", scheme, settings.host, settings.port, _where(settings), processes
+            )
             try:
-                await server.serve(sockets=[listener])
+                if workers > 1:
+                    await serve_with_workers(server, listener, node, app, workers)
+                else:
+                    await server.serve(sockets=[listener])
             finally:
                 await node.stop()
         finally:
@@ -221,6 +239,7 @@ async def run_worker(settings: Settings) -> None:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
+        assert node.engine is not None
         log.info("fleetops worker %s running tasks (%s)", node.engine.scheduler.node_id, _where(settings))
         try:
             await stop.wait()

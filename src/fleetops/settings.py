@@ -43,6 +43,13 @@ class Settings:
         default=10.0,
         metadata={"doc": "a request (TLS handshake, headers and body) must arrive whole within this time"},
     )
+    workers: int = field(
+        default=1,
+        metadata={
+            "doc": "processes serving the API port (1..32): the node itself, and workers-1 API workers that answer "
+            "the read actions and forward everything else to it (docs/deployment.md#api-worker-processes)"
+        },
+    )
     mqtt_host: str = field(default="127.0.0.1", metadata={"doc": "embedded MQTT broker listen address"})
     mqtt_port: int = field(default=1883, metadata={"doc": "embedded MQTT broker listen port"})
     mqtt_tls_port: int = field(

@@ -20,7 +20,7 @@ from fleetops.messaging.embedded import EmbeddedBroker
 from fleetops.ports.messaging import Delivery, DeviceCredentials
 from tests.brokers import BROKERS, EMBEDDED, DeviceSide, node_with_broker
 from tests.mqtt_support import PahoDevice
-from tests.support import LiveServer, new_product, sdk_client, sdk_error_code, server_on
+from tests.support import LiveServer, QuietMessaging, new_product, sdk_client, sdk_error_code, server_on
 
 
 @pytest.fixture(scope="module")
@@ -233,25 +233,9 @@ class _UnreachableBroker:
         return None
 
 
-class _UnreachableSide:
-    """An MQTT side whose broker is down."""
-
-    def __init__(self, *, hang: bool) -> None:
-        self.publisher = _UnreachableBroker(hang=hang)
-
-    async def start(self) -> None:
-        return None
-
-    async def stop(self) -> None:
-        return None
-
-    async def disconnect_device(self, product_id: str, device_name: str) -> bool:
-        return False
-
-
 @pytest.mark.parametrize("hang", [False, True])
 def test_an_unreachable_broker_is_a_clear_failure_not_an_internal_error(tmp_path: Path, hang: bool) -> None:
-    side = _UnreachableSide(hang=hang)
+    side = QuietMessaging(_UnreachableBroker(hang=hang))  # an MQTT side whose broker is down
     with server_on("sqlite", tmp_path, messaging_factory=lambda _handler: side) as down_server:
         client = sdk_client(down_server)
         creds = _device(client, new_product(client))

@@ -18,7 +18,7 @@ from tencentcloud.iotcloud.v20180614 import models
 
 from fleetops.errors import BrokerUnavailable
 from fleetops.ports.messaging import Delivery
-from tests.support import LiveServer, sdk_client, sdk_error_code, server_on
+from tests.support import LiveServer, QuietMessaging, sdk_client, sdk_error_code, server_on
 
 
 class RecordingPublisher:
@@ -51,26 +51,10 @@ class RecordingPublisher:
         return taken
 
 
-class RecordingBroker:
-    """The node's MQTT side for this module: nothing listens, the delta pushes are recorded."""
-
-    def __init__(self) -> None:
-        self.publisher = RecordingPublisher()
-
-    async def start(self) -> None:
-        return None
-
-    async def stop(self) -> None:
-        return None
-
-    async def disconnect_device(self, product_id: str, device_name: str) -> bool:
-        return False
-
-
 @pytest.fixture(scope="module", params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
 def server(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
     """One live server per database for the whole module (tests use products of their own)."""
-    broker = RecordingBroker()
+    broker = QuietMessaging(RecordingPublisher())  # nothing listens, the delta pushes are recorded
     with server_on(request.param, tmp_path_factory.mktemp("shadows-api"), messaging_factory=lambda _: broker) as live:
         live.extra["broker"] = broker
         yield live

@@ -11,7 +11,7 @@ from fleetops.api.ratelimit import SharedRateLimiter
 from fleetops.ports.store import Grant
 from fleetops.store.database import open_database
 from fleetops.store.rate_windows import RateWindowStore
-from tests.support import FakeClock, free_port, postgres_database
+from tests.support import RESERVATIONS, FakeClock, free_port, postgres_database
 
 W = 1_700_000_000
 
@@ -20,18 +20,8 @@ async def test_grants_stop_at_the_limit_and_a_new_window_starts_again(database_u
     db = open_database(database_url)
     try:
         store = RateWindowStore(db)
-        assert await store.reserve("AKID1", "DescribeDevice", W, 7, 10) == Grant(7, 7)
-        assert await store.reserve("AKID1", "DescribeDevice", W, 7, 10) == Grant(3, 10)
-        assert await store.reserve("AKID1", "DescribeDevice", W, 7, 10) == Grant(0, 10)
-        # other actions and keys have rows of their own
-        assert await store.reserve("AKID1", "DescribeProduct", W, 4, 10) == Grant(4, 4)
-        assert await store.reserve("AKID2", "DescribeDevice", W, 20, 10) == Grant(10, 10)
-        # the next window reuses the row
-        assert await store.reserve("AKID1", "DescribeDevice", W + 1, 7, 10) == Grant(7, 7)
-        # a node whose clock is behind is charged to the row's newer window
-        assert await store.reserve("AKID1", "DescribeDevice", W, 7, 10) == Grant(3, 10)
-        # a node configured with a lower limit than what is granted already gets nothing
-        assert await store.reserve("AKID1", "DescribeDevice", W + 1, 1, 5) == Grant(0, 10)
+        for asked, granted in RESERVATIONS:
+            assert await store.reserve(*asked) == Grant(*granted), asked
         async with db.connect() as conn:
             rows = (await conn.exec_driver_sql("SELECT count(*) FROM rate_windows")).scalar_one()
         assert rows == 3

@@ -24,7 +24,7 @@ from starlette.types import Receive, Scope, Send
 from fleetops import errors
 from fleetops.api.decoding import decode_request
 from fleetops.api.envelope import CONTENT_TYPE, error_body, new_request_id, success_body
-from fleetops.api.metrics import ApiMetrics
+from fleetops.api.metrics import RequestObserver
 from fleetops.api.ratelimit import RateLimiter
 from fleetops.api.registry import ActionContext, Registry
 from fleetops.api.replay import refuse_replay
@@ -62,7 +62,7 @@ class ApiEndpoint:
         backend: Backend,
         limiter: RateLimiter,
         config: ApiConfig,
-        metrics: ApiMetrics,
+        metrics: RequestObserver,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._registry = registry

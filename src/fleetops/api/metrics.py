@@ -13,7 +13,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable, Iterator, Mapping
-from typing import Final
+from typing import Final, Protocol
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -30,6 +30,13 @@ TASK_COUNTS_CACHE_S: Final = 5.0
 TASK_COUNTS_TIMEOUT_S: Final = 2.0
 # task durations run from seconds (a few thousand devices) to the 24 h deadline
 TASK_DURATION_BUCKETS_S: Final = (1, 5, 15, 60, 300, 900, 3600, 4 * 3600, 12 * 3600, 24 * 3600)
+
+
+class RequestObserver(Protocol):
+    """What the API endpoint tells of each request: :class:`ApiMetrics`, or an API worker's relay to the primary
+    (``fleetops.api.relayed_metrics``)."""
+
+    def observe(self, action: str, outcome: str, seconds: float) -> None: ...
 
 
 class ApiMetrics:
