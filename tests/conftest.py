@@ -1,15 +1,30 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 import pytest
 
-from tests.support import LiveServer, drop_templates, postgres_database, sqlite_database, start_server, template_dir
+from fleetops.event_loop import LoopFactory
+from tests.support import (
+    LiveServer,
+    drop_templates,
+    node_loop_factory,
+    postgres_database,
+    sqlite_database,
+    start_server,
+    template_dir,
+)
 
 # The SDK honours HTTP(S)_PROXY for http:// endpoints; test traffic must stay on loopback.
 os.environ["NO_PROXY"] = os.environ["no_proxy"] = "127.0.0.1,localhost"
+
+
+def pytest_asyncio_loop_factories(config: pytest.Config, item: pytest.Item) -> Mapping[str, LoopFactory]:
+    """Every async test runs on the event loop `fleetops serve` runs on: FLEETOPS_EVENT_LOOP, by default uvloop
+    when it is installed (``FLEETOPS_EVENT_LOOP=asyncio pytest ...`` runs them on asyncio's)."""
+    return {"loop": node_loop_factory()}
 
 
 @pytest.fixture(scope="session", autouse=True)

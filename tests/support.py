@@ -17,6 +17,7 @@ from typing import Any, Final, TypeVar
 import pytest
 
 from fleetops.backend.tasks import TaskService
+from fleetops.event_loop import LoopFactory, loop_factory
 from fleetops.node import Node
 from fleetops.ports.messaging import Delivery
 from fleetops.settings import Settings
@@ -216,6 +217,12 @@ class LiveServer:
         self._thread.join(30)
 
 
+def node_loop_factory() -> LoopFactory:
+    """The event loop `fleetops serve` would run on here (FLEETOPS_EVENT_LOOP, default auto: uvloop when it is
+    installed), for the in-process servers and the async tests."""
+    return loop_factory(os.environ.get("FLEETOPS_EVENT_LOOP", "auto")) or asyncio.new_event_loop
+
+
 def start_server(data_dir: Path, database_url: str, *, messaging_factory: Any = None, **overrides: Any) -> LiveServer:
     """A live node; ``messaging_factory`` replaces its MQTT side (``fleetops.node.Node.open``)."""
     from fleetops.server import HttpServer, bind_http, http_limits
@@ -230,7 +237,7 @@ def start_server(data_dir: Path, database_url: str, *, messaging_factory: Any = 
     state: dict[str, Any] = {}
 
     def serve() -> None:
-        loop = asyncio.new_event_loop()
+        loop = node_loop_factory()()
         asyncio.set_event_loop(loop)
         state["loop"] = loop
 

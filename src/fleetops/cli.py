@@ -27,6 +27,7 @@ import click
 
 from fleetops.domain.tasks import TaskStatus, TaskType
 from fleetops.errors import ConfigurationError
+from fleetops.event_loop import loop_factory
 from fleetops.settings import Settings
 
 T = TypeVar("T")
@@ -41,10 +42,18 @@ class SetupError(click.ClickException):
     exit_code = 2
 
 
-def _run(coro: Coroutine[Any, Any, T]) -> T:
-    """Run a command's coroutine; a ConfigurationError becomes a SetupError (no traceback)."""
+def _run(coro: Coroutine[Any, Any, T], *, event_loop: str = "asyncio") -> T:
+    """Run a command's coroutine on the loop ``event_loop`` names (``fleetops.event_loop``; Settings
+    ``event_loop`` for serve and worker, asyncio's own for the short commands); a ConfigurationError becomes a
+    SetupError (no traceback)."""
     try:
-        return asyncio.run(coro)
+        try:
+            factory = loop_factory(event_loop)
+        except ConfigurationError:
+            coro.close()  # never started
+            raise
+        with asyncio.Runner(loop_factory=factory) as runner:
+            return runner.run(coro)
     except ConfigurationError as exc:
         raise SetupError(str(exc)) from exc
 
@@ -136,7 +145,7 @@ def serve(ctx: click.Context, /, **options: Any) -> None:
     _configure_logging(settings)
     from fleetops.server import run_server
 
-    _run(run_server(settings))
+    _run(run_server(settings), event_loop=settings.event_loop)
 
 
 @main.command("api-worker", hidden=True)
@@ -150,7 +159,10 @@ def api_worker(index: int, listen_fd: int, control_fd: int, forward_to: str) -> 
     _configure_logging(settings, f"[api-worker {index}] ")
     from fleetops.workers import run_api_worker
 
-    _run(run_api_worker(settings, index=index, listen_fd=listen_fd, control_fd=control_fd, forward_to=forward_to))
+    _run(
+        run_api_worker(settings, index=index, listen_fd=listen_fd, control_fd=control_fd, forward_to=forward_to),
+        event_loop=settings.event_loop,
+    )
 
 
 @main.command()
@@ -165,7 +177,7 @@ def worker(ctx: click.Context, /, **options: Any) -> None:
     _configure_logging(settings)
     from fleetops.server import run_worker
 
-    _run(run_worker(settings))
+    _run(run_worker(settings), event_loop=settings.event_loop)
 
 
 # --- commands on the database alone (no server needed) --------------------------------------------------

@@ -1,12 +1,16 @@
 """The HTTP API's listener limits: slow clients, a connection cap that half-open connections cannot exhaust, TLS,
 and accept() errors logged once per interval (docs/limits.md#connections).
 
-uvicorn serves the API; these limits ride on its public configuration. ``uvicorn.Config(http=...)`` takes the
-protocol class it builds for each accepted connection, and :func:`limited_protocol` returns a subclass of
-uvicorn's httptools protocol that overrides only the interface methods of that class (asyncio's ``Protocol``,
-httptools' parser callbacks ``on_message_begin`` / ``on_headers_complete`` / ``on_message_complete``, and
+uvicorn serves the API; these limits ride on its public interfaces. ``uvicorn.Config(http=...)`` takes the
+protocol class a connection is served by, and :func:`limited_protocol` returns a subclass of uvicorn's httptools
+protocol that overrides only the interface methods of that class (asyncio's ``Protocol``, httptools' parser
+callbacks ``on_message_begin`` / ``on_headers_complete`` / ``on_message_complete``, and
 ``on_response_complete``, which uvicorn's request cycle calls when a response is complete), each calling the
-original first or last. No attribute of uvicorn's is read or written.
+original first or last. No attribute of uvicorn's is read or written. The connections are accepted by
+:class:`HttpListener` (``fleetops.listeners.Acceptor``), not by the event loop's ``create_server``, which builds
+each one's protocol and has the loop make its transport (``loop.connect_accepted_socket``), the same way on
+asyncio's loop and uvloop's; the protocol uses only the transport's public methods (uvloop's transports are not
+``asyncio.Transport`` subclasses).
 
 Rules:
 
@@ -24,31 +28,36 @@ Rules:
   half-open connections therefore cannot lock legitimate clients out: each new connection evicts the oldest
   half-open one, and a client whose request arrives whole is never evicted. uvicorn's ``limit_concurrency`` is
   not used: it counts half-open connections too and would answer every request ``503`` once they fill it.
-* **TLS.** The handshake is done here (``loop.start_tls``), not by ``create_server``, so that a connection
-  counts against the cap and the deadline from its first byte: asyncio's own handshake timeout is 60 s and the
-  connection would not count until the handshake had finished.
-* **accept() errors.** asyncio reports a failed ``accept()`` (EMFILE, ENFILE, ENOBUFS, ENOMEM) to the loop's
-  exception handler and pauses accepting for a second; :func:`install_accept_error_handler` turns that into one
-  log line per interval with a count, no traceback, and frees a descriptor by closing the oldest waiting
-  connection of that listener.
+* **TLS.** The handshake is done by ``loop.connect_accepted_socket`` once the connection has been admitted, so
+  that it counts against the cap and the deadline from its first byte (with ``create_server`` the loop's own
+  handshake timeout, 60 s, would apply and the connection would not count until the handshake had finished).
+* **accept() errors.** A failed ``accept()`` (EMFILE, ENFILE, ENOBUFS, ENOMEM) is one log line per interval with
+  a count and no traceback, frees a descriptor by closing the oldest waiting connection of the listener, and
+  accepting resumes 0.2 s later (``fleetops.listeners.Acceptor``; neither loop's own accept loop does this:
+  asyncio logs a traceback a second, uvloop nothing, closing the connections waiting in the backlog).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import functools
 import logging
+import socket
 import ssl
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar, Final
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-from fleetops.listeners import OUT_OF_RESOURCES, ConnectionTable, LimitedLog
+from fleetops.listeners import Acceptor, ConnectionTable
 
 __all__ = [
     "MAX_HEADER_BYTES",
     "HttpLimits",
-    "install_accept_error_handler",
+    "HttpListener",
+    "LimitedHttpProtocol",
     "limited_protocol",
 ]
 
@@ -73,22 +82,24 @@ class HttpLimits:
     trusted_proxies: tuple[str, ...] = ()
 
 
-class _LimitedHttpToolsProtocol(HttpToolsProtocol):
+class LimitedHttpProtocol(HttpToolsProtocol):
     """uvicorn's httptools protocol under a listener's :class:`HttpLimits` (module docstring).
 
+    Built by :class:`HttpListener` for a connection it has just accepted, which then calls :meth:`_fo_accept`.
     Own state is kept in attributes prefixed ``_fo_`` so that it cannot clash with uvicorn's.
     """
 
     limits: ClassVar[HttpLimits]
     table: ClassVar[ConnectionTable[_Handle]]
 
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:  # type: ignore[override]
-        assert isinstance(transport, asyncio.Transport)
+    def _fo_accept(self, sock: socket.socket) -> asyncio.Task[Any] | None:
+        """Admit the connection just accepted on ``sock`` and have the loop make its transport (and do its TLS
+        handshake); the task doing that, or None when the listener is full and the connection was refused."""
         loop = asyncio.get_running_loop()
-        self._fo_raw = transport
         self._fo_loop = loop
-        self._fo_started = False  # uvicorn's connection_made has run (after the TLS handshake, with TLS)
-        self._fo_early: list[bytes] = []  # data that arrived before it had
+        self._fo_raw: asyncio.Transport | None = None  # the transport once the loop has made it (after TLS)
+        self._fo_setup: asyncio.Task[Any] | None = None
+        self._fo_started = False  # uvicorn's connection_made has run
         self._fo_begun = self._fo_completed = self._fo_answered = 0  # requests begun / arrived whole / answered
         self._fo_header_bytes = 0  # of the request line and headers being received
         self._fo_tail = b""  # the last bytes of them, for a CRLF CRLF split across two chunks
@@ -99,51 +110,56 @@ class _LimitedHttpToolsProtocol(HttpToolsProtocol):
         if not self.table.admit(self._fo_handle):
             self._fo_handle = None
             if self.limits.tls is None:
-                transport.write(_REFUSED)
-            transport.close()
-            return
+                with contextlib.suppress(OSError):  # 90 bytes into an empty send buffer; a peer gone is no matter
+                    sock.send(_REFUSED)
+            sock.close()
+            return None
         self._fo_arm()
-        if self.limits.tls is None:
-            self._fo_started = True
-            super().connection_made(transport)
-            return
-        # Paused before any byte is read: start_tls must see the ClientHello (asyncio registers the reader
-        # after connection_made, and not at all while reading is paused).
-        transport.pause_reading()
-        self._fo_tls_task = loop.create_task(self._fo_start_tls(transport, self.limits.tls))
+        tls = self.limits.tls
+        setup = loop.create_task(
+            loop.connect_accepted_socket(
+                lambda: self,
+                sock,
+                ssl=tls,
+                ssl_handshake_timeout=self.limits.request_timeout_s if tls is not None else None,
+            )
+        )
+        setup.add_done_callback(functools.partial(self._fo_set_up, sock))
+        self._fo_setup = setup
+        return setup
 
-    async def _fo_start_tls(self, transport: asyncio.Transport, context: ssl.SSLContext) -> None:
-        try:
-            tls = await self._fo_loop.start_tls(
-                transport, self, context, server_side=True, ssl_handshake_timeout=self.limits.request_timeout_s
-            )
-        except Exception as exc:  # whatever a handshake raises, it is the client's failure, not ours
+    def _fo_set_up(self, sock: socket.socket, setup: asyncio.Task[Any]) -> None:
+        """The end of the setup task: when it failed (a TLS handshake) or was cancelled (the connection was evicted
+        or timed out meanwhile, or the server stops), the connection is forgotten and its socket closed (the
+        loop has closed the transport if it had made one)."""
+        self._fo_setup = None
+        failure = None if setup.cancelled() else setup.exception()
+        if not setup.cancelled() and failure is None:
+            return
+        self._fo_release()
+        if self._fo_raw is None:
+            sock.close()
+        if failure is not None:  # whatever a handshake raises, it is the client's failure, not ours
             self.table.limited_log(
-                f"{self.table.name}-tls",
+                f"{self.table.name}-setup",
                 logging.INFO,
-                "%s listener: TLS handshake failed: %s",
+                "%s listener: %s failed: %s",
                 self.table.name,
-                exc or type(exc).__name__,
+                "TLS handshake" if self.limits.tls is not None else "connection setup",
+                failure or type(failure).__name__,
             )
-            self._fo_release()
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        # typed as uvicorn's: asyncio.Transport stands for the interface, not the class (uvloop's transports have
+        # its methods without subclassing it), and only its public methods are used
+        self._fo_raw = transport
+        if self._fo_handle is None:  # evicted, timed out or stopped while the loop was making the transport
             transport.abort()
             return
-        if tls is None or self._fo_handle is None:  # closed (evicted, timed out) during the handshake
-            if tls is not None:
-                tls.abort()
-            return
         self._fo_started = True
-        super().connection_made(tls)
-        early, self._fo_early = self._fo_early, []
-        for data in early:
-            self.data_received(data)
+        super().connection_made(transport)
 
     def data_received(self, data: bytes) -> None:
-        if not self._fo_started:
-            # The client's first request can come in the same segment as its last handshake message: asyncio's
-            # TLS layer hands it over before start_tls() has returned to us, so before uvicorn has a transport.
-            self._fo_early.append(data)
-            return
         if self._fo_in_headers and self._fo_handle is not None:
             # the bytes of this chunk up to the end of the headers (CRLF CRLF, which may straddle two chunks)
             window = self._fo_tail + data
@@ -240,22 +256,30 @@ class _LimitedHttpToolsProtocol(HttpToolsProtocol):
             self.limits.request_timeout_s,
         )
         self._fo_release()
-        self._fo_raw.abort()
+        self._fo_abort()
 
     def _fo_close(self, status: bytes) -> None:
         """Close with ``status`` (a plain connection with nothing in flight), else abort."""
         plain = self.limits.tls is None and self._fo_answered >= self._fo_completed
+        raw = self._fo_raw
         self._fo_release()
-        if plain and not self._fo_raw.is_closing():
-            self._fo_raw.write(status)
-            self._fo_raw.close()
+        if plain and raw is not None and not raw.is_closing():
+            raw.write(status)
+            raw.close()
         else:
+            self._fo_abort()
+
+    def _fo_abort(self) -> None:
+        """Close at once: the transport, or, before the loop has made it, the setup making it (a TLS handshake)."""
+        if self._fo_raw is not None:
             self._fo_raw.abort()
+        elif self._fo_setup is not None:
+            self._fo_setup.cancel()
 
     def _fo_evicted(self) -> None:
         self._fo_handle = None  # the table has already forgotten it
         self._fo_disarm()
-        self._fo_raw.abort()
+        self._fo_abort()
 
     def _fo_release(self) -> None:
         self._fo_disarm()
@@ -272,46 +296,42 @@ class _Handle:
 
     __slots__ = ("_protocol",)
 
-    def __init__(self, protocol: _LimitedHttpToolsProtocol) -> None:
+    def __init__(self, protocol: LimitedHttpProtocol) -> None:
         self._protocol = protocol
 
     def evict(self) -> None:
         self._protocol._fo_evicted()
 
 
-def limited_protocol(limits: HttpLimits, table: ConnectionTable[Any]) -> type[asyncio.Protocol]:
-    """The protocol class to pass as ``uvicorn.Config(http=...)`` for one listener."""
-    return type("LimitedHttpProtocol", (_LimitedHttpToolsProtocol,), {"limits": limits, "table": table})
+def limited_protocol(limits: HttpLimits, table: ConnectionTable[Any]) -> type[LimitedHttpProtocol]:
+    """The protocol class of one listener (also given as ``uvicorn.Config(http=...)``)."""
+    return type("LimitedHttpProtocol", (LimitedHttpProtocol,), {"limits": limits, "table": table})
 
 
-def install_accept_error_handler(
-    loop: asyncio.AbstractEventLoop, tables: dict[int, ConnectionTable[Any]], limited_log: LimitedLog
-) -> None:
-    """Log accept() failures of the listeners in ``tables`` (by listening socket fd) once per interval.
+class HttpListener:
+    """Accepts the connections of the API's listening sockets (``fleetops.listeners.Acceptor``: accept() errors
+    as the module docstring says) and serves each with a protocol built by ``protocol_factory`` (an instance of
+    a :func:`limited_protocol` class), admitted to its table at once."""
 
-    asyncio reports them through the loop's exception handler with a traceback, once per second per listener
-    for as long as the process is out of descriptors; everything else goes to the handler already installed.
-    """
-    previous = loop.get_exception_handler()
+    def __init__(self, table: ConnectionTable[Any], protocol_factory: Callable[[], LimitedHttpProtocol]) -> None:
+        self._factory = protocol_factory
+        self._acceptor = Acceptor(table, self._accepted)
+        self._setups: set[asyncio.Task[Any]] = set()
 
-    def handle(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
-        exc = context.get("exception")
-        sock = context.get("socket")
-        table = tables.get(sock.fileno()) if sock is not None else None
-        if table is None or not isinstance(exc, OSError) or exc.errno not in OUT_OF_RESOURCES:
-            if previous is not None:
-                previous(loop, context)
-            else:
-                loop.default_exception_handler(context)
-            return
-        limited_log(
-            f"{table.name}-accept",
-            logging.ERROR,
-            "%s listener: accept() failed: %s; new connections wait. Raise the process's file limit (ulimit -n) "
-            "or lower FLEETOPS_HTTP_MAX_CONNECTIONS",
-            table.name,
-            exc.strerror,
-        )
-        table.evict_oldest_waiting()  # a legitimate client may be waiting behind a half-open connection
+    def start(self, sockets: Sequence[socket.socket]) -> None:
+        self._acceptor.start(sockets)
 
-    loop.set_exception_handler(handle)
+    async def stop(self) -> None:
+        """Stop accepting; connections still being set up (TLS handshakes) are closed. The listening sockets are
+        left open, and the connections already served to uvicorn's shutdown."""
+        self._acceptor.stop()
+        for setup in list(self._setups):
+            setup.cancel()
+        if self._setups:
+            await asyncio.gather(*self._setups, return_exceptions=True)
+
+    def _accepted(self, sock: socket.socket) -> None:
+        setup = self._factory()._fo_accept(sock)
+        if setup is not None:
+            self._setups.add(setup)
+            setup.add_done_callback(self._setups.discard)

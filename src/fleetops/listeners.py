@@ -1,24 +1,28 @@
-"""What every listening socket of fleetops shares (the HTTP API, the MQTT gateway's listeners): the connection
-table with its eviction rule, TLS contexts from PEM files, log lines limited to one per interval, and the
-process's file limit."""
+"""What every listening socket of fleetops shares (the HTTP API, the MQTT gateway's listeners): the accept loop,
+the connection table with its eviction rule, TLS contexts from PEM files, log lines limited to one per interval,
+and the process's file limit."""
 
 from __future__ import annotations
 
+import asyncio
 import errno
 import logging
 import resource
+import socket
 import ssl
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Final, Generic, Protocol, TypeVar
+from typing import Any, Final, Generic, Protocol, TypeVar
 
 from fleetops.errors import ConfigurationError
 
 __all__ = [
+    "ACCEPT_PAUSE_S",
     "OUT_OF_RESOURCES",
     "RESERVED_FILES",
+    "Acceptor",
     "ConnectionTable",
     "Evictable",
     "LimitedLog",
@@ -34,6 +38,9 @@ log = logging.getLogger("fleetops")
 RESERVED_FILES: Final = 1024
 # accept() errors that mean the process (or the system) is out of descriptors or memory for now, not a bad client
 OUT_OF_RESOURCES: Final = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
+# after a failed accept(), the listener accepts again this much later (the failure would repeat at once)
+ACCEPT_PAUSE_S: Final = 0.2
+_ACCEPTS_PER_WAKEUP: Final = 256
 
 
 class LimitedLog:
@@ -118,7 +125,7 @@ class ConnectionTable(Generic[C]):
         self.name = name
         self.max_connections = max_connections
         self.limited_log = limited_log
-        self._setting = setting
+        self.setting = setting
         self._owed = owed
         self._open: set[C] = set()
         self._waiting: OrderedDict[C, None] = OrderedDict()  # never served yet, oldest first
@@ -147,7 +154,7 @@ class ConnectionTable(Generic[C]):
             "%s listener full (%d connections, %s, none waiting for its %s): refused a connection",
             self.name,
             self.max_connections,
-            self._setting,
+            self.setting,
             self._owed,
         )
         return False
@@ -205,6 +212,90 @@ class ConnectionTable(Generic[C]):
         self._waiting.pop(connection, None)
         self._served.pop(connection, None)
         self._open.discard(connection)
+
+
+class Acceptor:
+    """Accepts the connections of a listener's sockets itself, the same way on every event loop, and hands each
+    accepted socket (non-blocking, ``TCP_NODELAY`` set) to ``accepted``.
+
+    ``loop.add_reader`` on the listening socket, then ``socket.accept()``, instead of the loop's own accept loop
+    (``loop.create_server``), because neither loop's does what a fleetops listener must when accept() fails for
+    lack of descriptors or memory: asyncio reports the failure to the loop's exception handler with a traceback,
+    once a second; uvloop reports nothing at all (libuv's ``uv__server_io``: on EMFILE / ENFILE it closes a
+    descriptor it keeps in reserve, accepts and at once closes every connection waiting in the backlog,
+    legitimate clients' included, and opens the reserve again; any other failure, or EMFILE without the
+    reserve, it ignores until the loop's next turn). Here a failure is one log line per interval
+    (``table.limited_log``) with a count and no traceback; one that means the process is out of resources
+    (:data:`OUT_OF_RESOURCES`) also closes the connection of ``table`` that has waited longest (it frees a
+    descriptor, and a legitimate client may be waiting behind a half-open connection). Either way the listener
+    accepts again :data:`ACCEPT_PAUSE_S` later, the new connections waiting in the backlog meanwhile.
+    """
+
+    def __init__(self, table: ConnectionTable[Any], accepted: Callable[[socket.socket], None]) -> None:
+        self._table = table
+        self._accepted = accepted
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._sockets: Sequence[socket.socket] = ()
+        self._serving = False
+
+    def start(self, sockets: Sequence[socket.socket]) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._sockets = sockets
+        self._serving = True
+        for sock in sockets:
+            sock.setblocking(False)
+            self._loop.add_reader(sock.fileno(), self._ready, sock)
+
+    def stop(self) -> None:
+        """Stop accepting; the listening sockets stay open (their owner closes them)."""
+        self._serving = False
+        if self._loop is not None:
+            for sock in self._sockets:
+                if sock.fileno() >= 0:
+                    self._loop.remove_reader(sock.fileno())
+
+    def _ready(self, listening: socket.socket) -> None:
+        for _ in range(_ACCEPTS_PER_WAKEUP):
+            try:
+                sock, _address = listening.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except ConnectionAbortedError:
+                continue
+            except OSError as exc:
+                self._failed(listening, exc)
+                return
+            sock.setblocking(False)
+            try:
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            except OSError:  # the peer is already gone; its transport will notice
+                pass
+            self._accepted(sock)
+
+    def _failed(self, listening: socket.socket, exc: OSError) -> None:
+        table = self._table
+        if exc.errno in OUT_OF_RESOURCES:
+            table.limited_log(
+                f"{table.name}-accept",
+                logging.ERROR,
+                "%s listener: accept() failed: %s; new connections wait. Raise the process's file limit "
+                "(ulimit -n) or lower %s",
+                table.name,
+                exc.strerror,
+                table.setting,
+            )
+            table.evict_oldest_waiting()
+        else:
+            table.limited_log(
+                f"{table.name}-accept-other", logging.WARNING, "%s listener: accept() failed: %s", table.name, exc
+            )
+        assert self._loop is not None
+        self._loop.remove_reader(listening.fileno())
+        self._loop.call_later(ACCEPT_PAUSE_S, self._resume, listening)
+
+    def _resume(self, listening: socket.socket) -> None:
+        if self._serving and self._loop is not None:
+            self._loop.add_reader(listening.fileno(), self._ready, listening)
 
 
 def raise_file_limit() -> int:

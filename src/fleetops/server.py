@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import functools
 import logging
 import signal
 import socket
@@ -19,7 +20,8 @@ from starlette.types import ASGIApp
 
 from fleetops.credentials import bootstrap_default_account
 from fleetops.errors import ConfigurationError
-from fleetops.http_limits import HttpLimits, install_accept_error_handler, limited_protocol
+from fleetops.event_loop import loop_name
+from fleetops.http_limits import HttpLimits, HttpListener, limited_protocol
 from fleetops.listeners import (
     ConnectionTable,
     LimitedLog,
@@ -42,6 +44,12 @@ _PER_REQUEST_WARNINGS: Final = frozenset({"Invalid HTTP request received.", "Uns
 class HttpServer(uvicorn.Server):
     """uvicorn serving the API with fleetops' listener limits (``http_limits``), and a clean stop.
 
+    fleetops accepts the API's connections itself (``http_limits.HttpListener``), on asyncio's loop and uvloop's
+    alike: :meth:`startup` gives uvicorn's no socket, so that it starts the lifespan without a listener of its
+    own, and each connection's protocol is built as uvicorn builds it, from the ``Config(http=...)`` class with
+    the config, the server state and the lifespan state (uvicorn's contract with its protocol classes); uvicorn's
+    shutdown then sees those connections in its server state as usual.
+
     SIGINT/SIGTERM end the process with status 0 once fleetops has stopped: uvicorn re-raises the captured signal
     when it has shut down, which would kill the process before the node stops its MQTT side and releases its task
     leases; here the signal only asks for a graceful stop.
@@ -58,9 +66,11 @@ class HttpServer(uvicorn.Server):
             setting="FLEETOPS_HTTP_MAX_CONNECTIONS",
             owed="request",
         )
+        self._protocol_class = limited_protocol(limits, self.table)
+        self._listener: HttpListener | None = None
         config = uvicorn.Config(
             app,
-            http=limited_protocol(limits, self.table),
+            http=self._protocol_class,
             ws="none",  # an upgraded connection would leave the protocol, and with it the listener's limits
             log_config=None,
             access_log=False,
@@ -74,10 +84,21 @@ class HttpServer(uvicorn.Server):
 
     async def serve(self, sockets: list[socket.socket] | None = None) -> None:
         assert sockets, "fleetops binds its listening socket itself (bind_http)"
-        loop = asyncio.get_running_loop()
-        install_accept_error_handler(loop, {sock.fileno(): self.table for sock in sockets}, self.table.limited_log)
         _limit_uvicorn_warnings()
         await super().serve(sockets=sockets)
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets=[])  # the lifespan, and no listener of uvicorn's
+        protocol = functools.partial(
+            self._protocol_class, config=self.config, server_state=self.server_state, app_state=self.lifespan.state
+        )
+        self._listener = HttpListener(self.table, protocol)
+        self._listener.start(sockets or [])
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        if self._listener is not None:
+            await self._listener.stop()  # before uvicorn closes the sockets
+        await super().shutdown(sockets=sockets)
 
     @contextlib.contextmanager
     def capture_signals(self) -> Iterator[None]:
@@ -167,7 +188,10 @@ def bind_http(host: str, port: int) -> socket.socket:
 
 
 def _where(settings: Settings) -> str:
-    return f"data directory {settings.data_dir.resolve()}, database {display_url(settings.effective_database_url)}"
+    return (
+        f"data directory {settings.data_dir.resolve()}, database {display_url(settings.effective_database_url)}, "
+        f"event loop {loop_name(asyncio.get_running_loop())}"
+    )
 
 
 async def run_server(settings: Settings) -> None:

@@ -129,6 +129,13 @@ class Settings:
     broker_wait_s: float = field(default=30.0, metadata={"doc": "how long a publish waits for a down broker"})
     node_id: str = field(default="", metadata={"doc": "this node's name in task leases (default host:pid)"})
     task_concurrency: int = field(default=4, metadata={"doc": "tasks one node runs at the same time"})
+    event_loop: str = field(
+        default="auto",
+        metadata={
+            "doc": "event loop of serve and worker: auto (uvloop when it can be imported, else asyncio's own), "
+            "uvloop or asyncio"
+        },
+    )
     log_level: str = field(default="INFO", metadata={"doc": "log level"})
 
     @property

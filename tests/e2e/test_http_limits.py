@@ -1,6 +1,6 @@
 """The API listener against slow and many clients, and HTTPS: a request that does not arrive whole in time is
-closed, a full listener evicts the connection waiting longest (tests/unit/test_http_limits.py: never one with a
-request in progress), oversize
+closed, a full listener evicts the connection waiting longest (tests/unit/test_listeners.py: never one with a
+request in progress) and refuses with 503 when none is waiting, oversize
 headers are refused, and the official SDK works over HTTPS with a CA the test makes while a client that does not
 trust that CA is refused."""
 
@@ -116,6 +116,42 @@ def test_a_full_listener_evicts_the_oldest_half_open_connection(server: LiveServ
     finally:
         for sock in half_open:
             sock.close()
+
+
+class _Busy:
+    """A table entry whose request is in progress: never evicted."""
+
+    def evict(self) -> None:
+        raise AssertionError("a connection with a request in progress was evicted")
+
+
+def test_a_listener_full_of_requests_in_progress_refuses_with_503(server: LiveServer) -> None:
+    deadline = time.monotonic() + 10
+    while server.connections.open_connections:  # the other tests' connections closed (the deadline is 0.5 s)
+        assert time.monotonic() < deadline, f"{server.connections.open_connections} connections stay open"
+        time.sleep(0.01)
+    table = server.connections
+    busy = [_Busy() for _ in range(table.max_connections)]
+
+    async def fill() -> None:  # on the server's loop: each one a request in progress
+        for entry in busy:
+            table.add(entry)
+            table.busy(entry)
+
+    async def empty() -> None:
+        for entry in busy:
+            table.closed(entry)
+
+    refused_before = table.refused
+    server.run(fill())
+    try:
+        with _connect(server, b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n") as sock:
+            received, _ = _closed_within(sock, 5)
+    finally:
+        server.run(empty())
+    assert received.startswith(b"HTTP/1.1 503 Service Unavailable\r\nRetry-After: 1\r\n"), received
+    assert table.refused == refused_before + 1
+    assert requests.get(f"http://{server.endpoint}/healthz", timeout=5).text == "ok"  # room again
 
 
 # --- HTTPS -------------------------------------------------------------------------------------------------

@@ -97,6 +97,24 @@ def test_an_unreadable_tls_certificate_is_one_line_and_exit_2(tmp_path: Path) ->
     assert "Traceback" not in done.stderr
 
 
+@pytest.mark.parametrize("command", ["serve", "worker"])
+def test_an_unknown_event_loop_is_one_line_and_exit_2(tmp_path: Path, command: str) -> None:
+    env = {
+        **os.environ,
+        "FLEETOPS_DATA_DIR": str(tmp_path / "data"),
+        "FLEETOPS_EVENT_LOOP": "trio",
+        "FLEETOPS_MQTT_URL": "mqtt://127.0.0.1:1",  # the worker's own start-up check, were it ever reached
+    }
+    done = subprocess.run(
+        [str(Path(sys.executable).parent / "fleetops"), command], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 2, done.stderr
+    lines = [line for line in (done.stdout + done.stderr).splitlines() if line.strip()]
+    assert len(lines) == 1, lines
+    assert "FLEETOPS_EVENT_LOOP" in lines[0] and "auto, asyncio, uvloop" in lines[0] and "'trio'" in lines[0]
+    assert not (tmp_path / "data").exists()  # refused before anything started
+
+
 def test_a_taken_http_port_is_one_line_and_exit_2_before_anything_starts(tmp_path: Path) -> None:
     # a listening socket of our own holds the port for the whole test: no race with other processes
     with socket.socket() as taken:

@@ -31,7 +31,7 @@ FLOOD_PROCESSES = 2  # this machine's file limit is 20,000 per process: each hol
 HTTP_CAP = 1000
 
 
-def _serve(tmp_path: Path, file_limit: int | None = None) -> Iterator[ServeProcess]:
+def _serve(tmp_path: Path, file_limit: int | None = None, **settings: str) -> Iterator[ServeProcess]:
     for attempt in range(3):  # a child process needs its ports named; on a shared machine one may be taken meanwhile
         data_dir = tmp_path / f"data{attempt}"
         data_dir.mkdir()
@@ -41,6 +41,7 @@ def _serve(tmp_path: Path, file_limit: int | None = None) -> Iterator[ServeProce
             "FLEETOPS_PORT": str(free_port()),
             "FLEETOPS_MQTT_PORT": str(free_port()),
             "FLEETOPS_HTTP_MAX_CONNECTIONS": str(HTTP_CAP),
+            **settings,
         }
         process = ServeProcess(data_dir, env, file_limit=file_limit)
         try:
@@ -62,10 +63,11 @@ def serve(tmp_path: Path) -> Iterator[ServeProcess]:
     yield from _serve(tmp_path)
 
 
-@pytest.fixture
-def starved_serve(tmp_path: Path) -> Iterator[ServeProcess]:
-    """A node whose process may open only 400 files, fewer than its connection caps allow."""
-    yield from _serve(tmp_path, file_limit=400)
+@pytest.fixture(params=["asyncio", "uvloop"])
+def starved_serve(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[ServeProcess]:
+    """A node whose process may open only 400 files, fewer than its connection caps allow, on each event loop
+    (their own accept loops would report accept() failures differently: fleetops.listeners.Acceptor)."""
+    yield from _serve(tmp_path, file_limit=400, FLEETOPS_EVENT_LOOP=request.param)
 
 
 async def _flood(port: int, count: int, source: str) -> asyncio.subprocess.Process:
@@ -191,6 +193,7 @@ async def test_out_of_file_descriptors_is_one_line_per_interval_and_the_node_rec
             assert time.monotonic() < deadline, "the API did not recover"
             await asyncio.sleep(0.2)
     log = (serve.data_dir / "serve.log").read_text()
+    assert f"event loop {serve.env['FLEETOPS_EVENT_LOOP']})" in log
     assert "may open only 400 files" in log  # the start-up warning named the problem
     assert "Traceback" not in log
     accept_lines = [line for line in log.splitlines() if "HTTP listener: accept() failed" in line]

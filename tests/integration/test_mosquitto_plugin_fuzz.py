@@ -223,6 +223,8 @@ async def exchange(port: int, packets: list[bytes]) -> None:
         return
     try:
         for data in packets:
+            if writer.is_closing():
+                break  # closed by the broker (uvloop's transport refuses a write then; asyncio's drops it)
             writer.write(data)
             await writer.drain()
             try:

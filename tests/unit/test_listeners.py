@@ -1,14 +1,26 @@
 """What the listeners share (fleetops.listeners): which connection is evicted and when one is refused, log lines
-that stay one per interval however often their event repeats, and the warning when the connection caps do not
-fit the file limit."""
+that stay one per interval however often their event repeats, accept() failures on both event loops, and the
+warning when the connection caps do not fit the file limit."""
 
 from __future__ import annotations
 
+import asyncio
+import errno
 import logging
+import socket
 
 import pytest
 
-from fleetops.listeners import RESERVED_FILES, ConnectionTable, LimitedLog, LimitedLogFilter, warn_if_over_file_limit
+from fleetops import listeners
+from fleetops.event_loop import loop_factory
+from fleetops.listeners import (
+    RESERVED_FILES,
+    Acceptor,
+    ConnectionTable,
+    LimitedLog,
+    LimitedLogFilter,
+    warn_if_over_file_limit,
+)
 
 
 class Clock:
@@ -142,3 +154,57 @@ def test_caps_that_do_not_fit_the_file_limit_are_warned_about(caplog: pytest.Log
         warn_if_over_file_limit(20_000, caps)
     (line,) = [r.getMessage() for r in caplog.records]
     assert "21000 connections" in line and "FLEETOPS_MQTT_MAX_CONNECTIONS x 2 20000" in line and "20000 files" in line
+
+
+class FailingListener(socket.socket):
+    """A listening socket whose accept() first fails with each of ``failures`` (errno values), as the kernel's
+    would for a process out of descriptors."""
+
+    failures: list[int]
+
+    def accept(self) -> tuple[socket.socket, object]:
+        if self.failures:
+            code = self.failures.pop(0)
+            raise OSError(code, f"failure {errno.errorcode[code]}")
+        return super().accept()
+
+
+@pytest.mark.parametrize("event_loop", ["asyncio", "uvloop"])
+def test_accept_failures_are_one_line_each_interval_free_a_descriptor_and_accepting_resumes(
+    event_loop: str, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The same on asyncio's loop and uvloop's, whose own accept loops report such failures differently (or not
+    at all): the Acceptor calls accept() itself."""
+    monkeypatch.setattr(listeners, "ACCEPT_PAUSE_S", 0.001)
+    t = table(10)
+    half_open = [Conn(name) for name in "abcd"]
+    for conn in half_open:
+        t.admit(conn)
+
+    async def run() -> socket.socket:
+        accepted: asyncio.Future[socket.socket] = asyncio.get_running_loop().create_future()
+        with FailingListener(socket.AF_INET, socket.SOCK_STREAM) as listening:
+            listening.failures = [errno.EMFILE, errno.EMFILE, errno.ENFILE, errno.EPERM]
+            listening.bind(("127.0.0.1", 0))
+            listening.listen()
+            acceptor = Acceptor(t, accepted.set_result)
+            acceptor.start([listening])
+            with socket.create_connection(listening.getsockname()):
+                try:
+                    return await asyncio.wait_for(accepted, 10)
+                finally:
+                    acceptor.stop()
+
+    factory = loop_factory(event_loop)
+    with caplog.at_level(logging.INFO), asyncio.Runner(loop_factory=factory) as runner:
+        with runner.run(run()) as sock:
+            assert type(runner.get_loop()).__module__.startswith(event_loop)
+            assert not sock.getblocking() and sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
+    failed = [r for r in caplog.records if "accept() failed" in r.getMessage()]
+    # one line for the three failures for lack of descriptors (once per interval), one for the other failure
+    assert [r.levelno for r in failed] == [logging.ERROR, logging.WARNING], [r.getMessage() for r in failed]
+    assert "failure EMFILE" in failed[0].getMessage() and "FLEETOPS_HTTP_MAX_CONNECTIONS" in failed[0].getMessage()
+    assert "EPERM" in failed[1].getMessage()
+    assert all(r.exc_info is None for r in caplog.records)
+    # each failure for lack of descriptors closed the connection waiting longest; the other failure none
+    assert [conn.evicted for conn in half_open] == [True, True, True, False]

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import sys
 from dataclasses import fields
 from pathlib import Path
 
 import pytest
 
 from fleetops.errors import ConfigurationError
+from fleetops.event_loop import loop_factory
 from fleetops.settings import ENV_PREFIX, Settings, render_reference
 
 
@@ -40,3 +42,23 @@ def test_the_reference_lists_every_setting_with_its_variable_and_doc() -> None:
     for f in fields(Settings):
         assert f"`{ENV_PREFIX}{f.name.upper()}`" in reference
         assert f.metadata.get("doc"), f"{f.name} has no doc"
+
+
+def test_the_event_loop_is_uvloop_by_default_asyncio_on_request_and_nothing_else() -> None:
+    import uvloop
+
+    assert Settings.from_env({}).event_loop == "auto"
+    assert loop_factory("auto") is uvloop.new_event_loop  # installed here (a pinned dependency)
+    assert loop_factory("uvloop") is uvloop.new_event_loop
+    assert loop_factory("asyncio") is None  # asyncio's own
+    with pytest.raises(ConfigurationError, match=r"event_loop \(FLEETOPS_EVENT_LOOP\) must be one of auto, asyncio, "):
+        loop_factory(Settings.from_env({"FLEETOPS_EVENT_LOOP": "UVLOOP"}).event_loop)
+
+
+def test_without_uvloop_auto_falls_back_to_asyncio_and_uvloop_is_a_configuration_error(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setitem(sys.modules, "uvloop", None)  # as if it were not installed: importing it fails
+    assert loop_factory("auto") is None
+    with pytest.raises(ConfigurationError, match=r"uvloop cannot be imported .*: install it, or choose auto"):
+        loop_factory("uvloop")

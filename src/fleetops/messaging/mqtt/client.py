@@ -17,6 +17,7 @@ import time
 from collections.abc import Callable, Collection
 from typing import Final
 
+from fleetops.event_loop import StreamTransport
 from fleetops.messaging.mqtt.codec import (
     DISCONNECT_BYTES,
     PINGREQ_BYTES,
@@ -68,7 +69,7 @@ class MqttClient(asyncio.Protocol):
         """``on_message(topic, payload, qos)`` for each incoming PUBLISH (it must not block)."""
         self._on_message = on_message
         self._on_lost = on_lost
-        self._transport: asyncio.Transport | None = None
+        self._transport: StreamTransport | None = None
         self._reader = PacketReader(_MAX_PACKET_BYTES)
         self._connack: asyncio.Future[Connack] = asyncio.get_running_loop().create_future()
         self._pubacks: dict[int, Callable[[int], None]] = {}
@@ -193,7 +194,7 @@ class MqttClient(asyncio.Protocol):
     # --- asyncio.Protocol ---------------------------------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
+        assert isinstance(transport, StreamTransport)  # asyncio's or uvloop's (not an asyncio.Transport subclass)
         self._transport = transport
         transport.set_write_buffer_limits(high=_HIGH_WATER_BYTES)
 

@@ -39,6 +39,7 @@ from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
+from fleetops.event_loop import StreamTransport
 from fleetops.listeners import LimitedLog
 from fleetops.messaging.batching import CredentialLookup, PresenceWriter
 from fleetops.messaging.device_auth import ConnackCode, ConnectDecision
@@ -138,7 +139,7 @@ class DeviceConnection(asyncio.Protocol):
     def __init__(self, gateway: Gateway, listener: Listener) -> None:
         self.gateway = gateway
         self.listener = listener
-        self.transport: asyncio.Transport | None = None
+        self.transport: StreamTransport | None = None
         self.reader = PacketReader(gateway.options.max_packet_bytes)
         self.state = _NEW
         self.session: Session | None = None
@@ -167,9 +168,9 @@ class DeviceConnection(asyncio.Protocol):
     # --- asyncio.Protocol -------------------------------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
+        assert isinstance(transport, StreamTransport)  # asyncio's or uvloop's (not an asyncio.Transport subclass)
         self.transport = transport
-        peer = transport.get_extra_info("peername")  # cached by asyncio: no ENOTCONN for a peer already gone
+        peer = transport.get_extra_info("peername")  # cached by the loop: no ENOTCONN for a peer already gone
         self.peer_ip = str(peer[0]) if isinstance(peer, tuple) and peer else None
         transport.set_write_buffer_limits(high=_WRITE_HIGH_WATER_BYTES)
         self.listener.pending(self)

@@ -1,9 +1,10 @@
 """A TCP (or TLS) listener with a connection limit that half-open connections cannot exhaust.
 
-fleetops accepts connections itself (``loop.add_reader`` on the listening socket, then
-``loop.connect_accepted_socket``) instead of ``loop.create_server``, because asyncio's own accept loop logs a
-full traceback each time ``accept()`` fails for lack of file descriptors (EMFILE) - once a second for as long
-as the process is out of them - and offers no hook to refuse or evict before the protocol exists.
+fleetops accepts connections itself (``fleetops.listeners.Acceptor``: ``loop.add_reader`` on the listening
+socket, then ``loop.connect_accepted_socket``) instead of ``loop.create_server``, because neither event loop's
+own accept loop reports a failed ``accept()`` usefully (asyncio: a full traceback each time, once a second for as
+long as the process is out of file descriptors; uvloop: nothing, closing the connections waiting in the
+backlog), and neither offers a hook to refuse or evict before the protocol exists.
 
 Rules (docs/limits.md):
 
@@ -23,14 +24,11 @@ import socket
 import ssl
 import time
 from collections.abc import Callable
-from typing import Final, Protocol
+from typing import Protocol
 
-from fleetops.listeners import OUT_OF_RESOURCES, ConnectionTable, LimitedLog
+from fleetops.listeners import Acceptor, ConnectionTable, LimitedLog
 
 log = logging.getLogger("fleetops.messaging.gateway")
-
-_ACCEPTS_PER_WAKEUP: Final = 256
-_ACCEPT_PAUSE_S: Final = 0.2
 
 
 class Evictable(Protocol):
@@ -78,13 +76,13 @@ class Listener:
         self._ssl = ssl_context
         self._handshake_timeout_s = handshake_timeout_s
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._serving = False
         self._tasks: set[asyncio.Task[None]] = set()
         self.limited_log = LimitedLog(log, log_interval_s)
         # pending = waiting for its CONNECT: the table's one eviction rule, shared with the HTTP API
         self._table: ConnectionTable[Evictable] = ConnectionTable(
             f"MQTT {name}", max_connections, self.limited_log, setting="FLEETOPS_MQTT_MAX_CONNECTIONS", owed="CONNECT"
         )
+        self._acceptor = Acceptor(self._table, self._admit)
 
     @property
     def port(self) -> int:
@@ -104,16 +102,12 @@ class Listener:
 
     def start(self) -> None:
         self._loop = asyncio.get_running_loop()
-        self._serving = True
-        for sock in self.sockets:
-            self._loop.add_reader(sock.fileno(), self._accept_ready, sock)
+        self._acceptor.start(self.sockets)
 
     async def stop(self) -> None:
         """Stop accepting and close the listening sockets (open connections are the application's)."""
-        self._serving = False
+        self._acceptor.stop()
         for sock in self.sockets:
-            if self._loop is not None:
-                self._loop.remove_reader(sock.fileno())
             sock.close()
         for task in list(self._tasks):
             task.cancel()
@@ -137,49 +131,10 @@ class Listener:
 
     # --- accepting ------------------------------------------------------------------------------------------
 
-    def _accept_ready(self, listening: socket.socket) -> None:
-        for _ in range(_ACCEPTS_PER_WAKEUP):
-            try:
-                sock, _address = listening.accept()
-            except (BlockingIOError, InterruptedError):
-                return
-            except ConnectionAbortedError:
-                continue
-            except OSError as exc:
-                self._accept_failed(listening, exc)
-                return
-            self._admit(sock)
-
-    def _accept_failed(self, listening: socket.socket, exc: OSError) -> None:
-        if exc.errno in OUT_OF_RESOURCES:
-            self.limited_log(
-                "accept",
-                logging.ERROR,
-                "MQTT %s listener: accept() failed: %s; new connections wait. Raise the process's file limit "
-                "(ulimit -n) or lower FLEETOPS_MQTT_MAX_CONNECTIONS",
-                self.name,
-                exc.strerror,
-            )
-            self._table.evict_oldest_waiting()  # a device may be waiting behind a half-open connection
-        else:
-            self.limited_log("accept-other", logging.WARNING, "MQTT %s listener: accept() failed: %s", self.name, exc)
-        assert self._loop is not None
-        self._loop.remove_reader(listening.fileno())
-        self._loop.call_later(_ACCEPT_PAUSE_S, self._resume, listening)
-
-    def _resume(self, listening: socket.socket) -> None:
-        if self._serving and self._loop is not None:
-            self._loop.add_reader(listening.fileno(), self._accept_ready, listening)
-
     def _admit(self, sock: socket.socket) -> None:
         if not self._table.make_room():
             sock.close()
             return
-        sock.setblocking(False)
-        try:
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        except OSError:  # the peer is already gone; the transport will notice
-            pass
         handshake = _Handshake()
         self.pending(handshake)
         assert self._loop is not None
