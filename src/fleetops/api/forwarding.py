@@ -179,7 +179,7 @@ class Forwarder:
         raise AssertionError("unreachable")
 
     async def post(self, path: str, body: bytes) -> Answer:
-        """POST ``body`` (JSON) to ``path`` of the primary (the workers' own messages: INTERNAL_PATHS)."""
+        """POST ``body`` (JSON) to ``path`` of the primary: a worker's own messages (RELAY_PATH, UP_PATH, RATE_PATH)."""
         head = (
             f"POST {path} HTTP/1.1\r\nhost: fleetops-primary\r\ncontent-type: application/json\r\n"
             f"content-length: {len(body)}\r\n\r\n"
