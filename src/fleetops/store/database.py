@@ -2,7 +2,7 @@
 
 The differences between the two databases live here and in ``store/dialect.py``; everything else is shared Core.
 
-Point reads (:meth:`Database.read`: a few rows by key, such as a request's key, a task or a shadow) on SQLite run
+Point reads (:meth:`Database.point`: a few rows by key, such as a request's key, a task or a shadow) on SQLite run
 in the event loop on a plain ``sqlite3`` connection of a second, synchronous engine on the same file: such a read
 takes microseconds, less than aiosqlite's hand-off to its thread and back (issue 12 measured 60 % of a request's
 time in those hand-offs). Reads that may scan (pages, counts) and writes stay off the loop, so a long statement
@@ -59,36 +59,6 @@ def async_url(url: str) -> str:
     )
 
 
-class ReadConnection:
-    """A connection for point reads (:meth:`Database.read`): ``execute`` answers a buffered Result, as
-    ``AsyncConnection.execute`` does, whether the statement ran in the loop (SQLite) or on the driver (asyncpg)."""
-
-    def __init__(self, conn: AsyncConnection | sa.Connection) -> None:
-        self._conn = conn
-        self.dialect = conn.dialect
-
-    def driver_rows(self, sql: str, args: tuple[Any, ...]) -> list[Any]:
-        """SQLite (the in-loop connection): the rows of ``sql`` run on the ``sqlite3`` connection itself."""
-        assert isinstance(self._conn, sa.Connection)
-        driver = self._conn.connection.driver_connection
-        assert driver is not None
-        return list(driver.execute(sql, args).fetchall())
-
-    async def execute(self, statement: Executable, parameters: dict[str, Any] | None = None) -> sa.Result[Any]:
-        if not isinstance(self._conn, AsyncConnection):
-            return self._conn.execute(statement, parameters)
-        try:
-            return await self._conn.execute(statement, parameters)
-        except DBAPIError as exc:
-            if not exc.connection_invalidated:
-                raise
-            # the read pool does not ping on checkout: a connection the server closed (a restart, a terminated
-            # backend) fails once, SQLAlchemy drops it and every older one of the pool, and the read runs again
-            # on a new connection
-            await self._conn.rollback()
-            return await self._conn.execute(statement, parameters)
-
-
 class PointQuery:
     """A SELECT of a few rows by key, compiled once per dialect and run on the driver's own connection.
 
@@ -141,7 +111,7 @@ class Database:
     # statement writes that run whole in a worker thread (module docstring)
     sqlite_sync: sa.Engine | None = None
     # PostgreSQL: the pool of the point reads and of the writes of one statement (write_one), in autocommit (no
-    # BEGIN and COMMIT or ROLLBACK around the statement) and without a ping per checkout (ReadConnection retries
+    # BEGIN and COMMIT or ROLLBACK around the statement) and without a ping per checkout (Database.point retries
     # a read whose connection was closed; a write is never retried): one round trip, not four. Last in, first
     # out, so a write_one right after a read takes the connection that read just proved alive.
     pg_autocommit: AsyncEngine | None = None
@@ -149,7 +119,6 @@ class Database:
     # much as the read itself; another thread, or a read inside a read, takes one from the pool
     _kept: sa.Connection | None = field(default=None, init=False, repr=False)
     _kept_thread: int = field(default=0, init=False, repr=False)
-    _kept_busy: bool = field(default=False, init=False, repr=False)
     # PostgreSQL: connections of pg_autocommit held open for PointQuery reads (a checkout costs more than the read)
     _held: list[AsyncConnection] = field(default_factory=list, init=False, repr=False)
     _held_loop: asyncio.AbstractEventLoop | None = field(default=None, init=False, repr=False)
@@ -160,30 +129,24 @@ class Database:
     def is_sqlite(self) -> bool:
         return self.engine.dialect.name == "sqlite"
 
-    @asynccontextmanager
-    async def read(self) -> AsyncIterator[ReadConnection]:
-        """A connection for a short read of a few rows by key (never a scan: it may run in the event loop)."""
-        if self.sqlite_sync is None:
-            async with (self.pg_autocommit or self.engine).connect() as conn:
-                yield ReadConnection(conn)
-            return
-        if self._kept_busy or (self._kept is not None and self._kept_thread != threading.get_ident()):
-            with self.sqlite_sync.connect() as sync_conn:
-                yield ReadConnection(sync_conn)
-            return
+    def _sqlite_rows(self, sql: str, args: tuple[Any, ...]) -> list[Any]:
+        """SQLite: the rows of ``sql``, run in the loop on the ``sqlite3`` connection kept for the thread that reads
+        most (the serving loop: a pool checkout costs as much as the read); another thread takes one from the
+        pool. No SQLAlchemy transaction is opened (sqlite3 opens none for a SELECT), so each read sees the newest
+        commit."""
+        engine = self.sqlite_sync
+        assert engine is not None
+        if self._kept is not None and self._kept_thread != threading.get_ident():
+            with engine.connect() as conn:
+                return _driver_rows(conn, sql, args)
         if self._kept is None:
-            self._kept, self._kept_thread = self.sqlite_sync.connect(), threading.get_ident()
-        kept, self._kept_busy = self._kept, True
+            self._kept, self._kept_thread = engine.connect(), threading.get_ident()
         try:
-            yield ReadConnection(kept)
+            return _driver_rows(self._kept, sql, args)
         except BaseException:
-            self._kept = None  # a failed read may leave the connection unusable: the next read takes a new one
+            kept, self._kept = self._kept, None  # a failed read may leave it unusable: the next takes a new one
             kept.close()
             raise
-        finally:
-            self._kept_busy = False
-        # ends SQLAlchemy's transaction (sqlite3 opened none for a SELECT): the next read sees the newest commit
-        kept.rollback()
 
     async def point(self, query: PointQuery, parameters: dict[str, Any]) -> list[Any]:
         """The rows of a :class:`PointQuery` (a few rows by key: it may run in the event loop on SQLite)."""
@@ -191,12 +154,11 @@ class Database:
         args = compiled.args(parameters)
         if self.sqlite_sync is None:
             return compiled.rows(await self._pg_point(compiled.sql, args))
-        async with self.read() as conn:
-            try:
-                raw = conn.driver_rows(compiled.sql, args)
-            except Exception:
-                self.telemetry.database_error()
-                raise
+        try:
+            raw = self._sqlite_rows(compiled.sql, args)
+        except Exception:
+            self.telemetry.database_error()
+            raise
         return compiled.rows(raw)
 
     async def _pg_point(self, sql: str, args: tuple[Any, ...]) -> Sequence[Sequence[Any]]:
@@ -307,6 +269,12 @@ class Database:
             self._kept = None
         if self.sqlite_sync is not None:
             self.sqlite_sync.dispose()
+
+
+def _driver_rows(conn: sa.Connection, sql: str, args: tuple[Any, ...]) -> list[Any]:
+    driver = conn.connection.driver_connection
+    assert driver is not None
+    return list(driver.execute(sql, args).fetchall())
 
 
 async def _drop(conn: AsyncConnection) -> None:

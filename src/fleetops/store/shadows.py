@@ -232,7 +232,7 @@ class ShadowStore:
             if not group:
                 return
             try:
-                # The read is a point read outside any transaction (Database.read: on SQLite in the loop, no
+                # The read is a point read outside any transaction (Database.point: on SQLite in the loop, no
                 # thread hand-off), the write a compare-and-set on the version read: PostgreSQL (READ COMMITTED)
                 # re-checks the WHERE against the newest committed row, and SQLite's UPDATE waits on
                 # busy_timeout, never on a stale snapshot. A group whose changes are all refused writes nothing
